@@ -1,0 +1,134 @@
+//! Multi-document YAML → typed resources. One bad document is reported alone;
+//! the others still parse.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::k8s::{Namespace, Node, Pod, Service};
+use super::{ConfigError, FieldError, ObjectMeta, ObjectRef};
+
+/// A parsed configuration object. Kinds the mesh does not model yet stay
+/// [`Resource::Other`] so a source can pass them through untouched.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Namespace(Namespace),
+    Node(Node),
+    Pod(Pod),
+    Service(Service),
+    Other(RawObject),
+}
+
+/// Any object, before its kind is decoded.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawObject {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(flatten)]
+    pub rest: serde_yaml::Mapping,
+}
+
+impl RawObject {
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef::new(&self.kind, self.metadata.namespace.as_deref(), &self.metadata.name)
+    }
+
+    /// The API group, `""` for core kinds (`v1`).
+    pub fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+
+    /// Decodes the whole object as `T`, with the failing field's path in the error.
+    pub fn decode<T: DeserializeOwned>(&self, value: &serde_yaml::Value) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Invalid {
+                object: self.object_ref(),
+                error: FieldError::new(if path == "." { String::new() } else { path }, e.into_inner().to_string()),
+            }
+        })
+    }
+}
+
+impl Resource {
+    pub fn object_ref(&self) -> ObjectRef {
+        match self {
+            Resource::Namespace(o) => ObjectRef::new("Namespace", None, &o.metadata.name),
+            Resource::Node(o) => ObjectRef::new("Node", None, &o.metadata.name),
+            Resource::Pod(o) => ObjectRef::new("Pod", Some(o.metadata.namespace_or_default()), &o.metadata.name),
+            Resource::Service(o) => {
+                ObjectRef::new("Service", Some(o.metadata.namespace_or_default()), &o.metadata.name)
+            }
+            Resource::Other(o) => o.object_ref(),
+        }
+    }
+}
+
+/// Parses every `---`-separated document of `text`. `source_name` (a file path,
+/// usually) prefixes errors for documents that are not even objects.
+pub fn parse_documents(source_name: &str, text: &str) -> Vec<Result<Resource, ConfigError>> {
+    serde_yaml::Deserializer::from_str(text)
+        .enumerate()
+        .filter_map(|(index, doc)| match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => None,
+            Ok(value) => Some(parse_one(source_name, index, value)),
+            Err(e) => Some(Err(ConfigError::Yaml { source_name: source_name.into(), index, message: e.to_string() })),
+        })
+        .collect()
+}
+
+fn parse_one(source_name: &str, index: usize, value: serde_yaml::Value) -> Result<Resource, ConfigError> {
+    for field in ["apiVersion", "kind", "metadata"] {
+        if value.get(field).is_none() {
+            return Err(ConfigError::MissingField { source_name: source_name.into(), index, field });
+        }
+    }
+    let raw: RawObject = serde_yaml::from_value(value.clone())
+        .map_err(|e| ConfigError::Yaml { source_name: source_name.into(), index, message: e.to_string() })?;
+    if raw.metadata.name.is_empty() {
+        return Err(ConfigError::MissingField { source_name: source_name.into(), index, field: "metadata.name" });
+    }
+    decode_kind(raw, &value)
+}
+
+fn decode_kind(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {
+    Ok(match (raw.group(), raw.kind.as_str()) {
+        ("", "Namespace") => Resource::Namespace(raw.decode(value)?),
+        ("", "Node") => Resource::Node(raw.decode(value)?),
+        ("", "Pod") => Resource::Pod(raw.decode(value)?),
+        ("", "Service") => Resource::Service(raw.decode(value)?),
+        _ => Resource::Other(raw),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_several_documents_and_reports_bad_ones_alone() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nspec: {nodeName: [x]}\n---\n\
+                    apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
+        let out = parse_documents("t.yaml", text);
+        assert_eq!(out.len(), 3);
+        assert!(matches!(out[0], Ok(Resource::Namespace(_))));
+        let err = out[1].as_ref().unwrap_err().to_string();
+        assert!(err.starts_with("Pod a/p: spec.nodeName:"), "{err}");
+        assert!(matches!(out[2], Ok(Resource::Node(_))));
+    }
+
+    #[test]
+    fn malformed_yaml_names_the_source_and_document() {
+        let out = parse_documents("bad.yaml", "kind: [unclosed");
+        let err = out[0].as_ref().unwrap_err().to_string();
+        assert!(err.starts_with("bad.yaml: document 0: malformed YAML"), "{err}");
+    }
+
+    #[test]
+    fn missing_name_is_reported() {
+        let out = parse_documents("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {}\n");
+        assert!(out[0].as_ref().unwrap_err().to_string().contains("metadata.name"));
+    }
+}

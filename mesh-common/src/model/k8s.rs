@@ -1,0 +1,157 @@
+//! Kubernetes core kinds, mirrored with only the fields the mesh reads.
+//! Unknown fields are accepted: these objects come from the API server or
+//! `kubectl get -o yaml`, which carry many fields the mesh does not need.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::ObjectMeta;
+
+/// Project annotation that enrolls a namespace (value `ambient`).
+pub const ENROLL_ANNOTATION: &str = "mesh.io/dataplane-mode";
+/// Istio's label with the same meaning, honoured as well.
+pub const ISTIO_DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
+/// Istio's label that sends a namespace's or Service's traffic through a waypoint.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
+
+impl Namespace {
+    /// True when the namespace opts in, by our annotation or Istio's label.
+    pub fn is_enrolled(&self) -> bool {
+        let m = &self.metadata;
+        m.annotations.get(ENROLL_ANNOTATION).is_some_and(|v| v == "ambient")
+            || m.labels.get(ISTIO_DATAPLANE_LABEL).is_some_and(|v| v == "ambient")
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub metadata: ObjectMeta,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "podIP")]
+    pub pod_ip: Option<Ipv4Addr>,
+    /// `Running`, `Pending`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PodCondition>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+}
+
+impl Pod {
+    pub fn service_account(&self) -> &str {
+        self.spec.service_account_name.as_deref().unwrap_or("default")
+    }
+
+    /// Ready unless a `Ready` condition says otherwise (local YAML rarely carries status).
+    pub fn is_ready(&self) -> bool {
+        !self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status != "True")
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "clusterIP")]
+    pub cluster_ip: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    /// A number, or a container port name (names are resolved by the consumer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// The numeric target port, defaulting to `port` like Kubernetes does.
+    pub fn target_port_number(&self) -> u16 {
+        self.target_port
+            .as_ref()
+            .and_then(serde_yaml::Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_by_annotation_or_istio_label() {
+        let mut ns = Namespace::default();
+        assert!(!ns.is_enrolled());
+        ns.metadata.annotations.insert(ENROLL_ANNOTATION.into(), "ambient".into());
+        assert!(ns.is_enrolled());
+        let mut ns = Namespace::default();
+        ns.metadata.labels.insert(ISTIO_DATAPLANE_LABEL.into(), "ambient".into());
+        assert!(ns.is_enrolled());
+    }
+
+    #[test]
+    fn target_port_defaults_to_port() {
+        let p: ServicePort = serde_yaml::from_str("port: 9080").unwrap();
+        assert_eq!(p.target_port_number(), 9080);
+        let p: ServicePort = serde_yaml::from_str("port: 80\ntargetPort: 9080").unwrap();
+        assert_eq!(p.target_port_number(), 9080);
+    }
+}
