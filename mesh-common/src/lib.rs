@@ -9,3 +9,5 @@ pub mod abi;
 
 #[cfg(feature = "std")]
 pub mod model;
+#[cfg(feature = "std")]
+pub mod source;

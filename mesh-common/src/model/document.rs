@@ -68,14 +68,29 @@ impl Resource {
 /// Parses every `---`-separated document of `text`. `source_name` (a file path,
 /// usually) prefixes errors for documents that are not even objects.
 pub fn parse_documents(source_name: &str, text: &str) -> Vec<Result<Resource, ConfigError>> {
-    serde_yaml::Deserializer::from_str(text)
-        .enumerate()
-        .filter_map(|(index, doc)| match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => None,
-            Ok(value) => Some(parse_one(source_name, index, value)),
-            Err(e) => Some(Err(ConfigError::Yaml { source_name: source_name.into(), index, message: e.to_string() })),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => {}
+            Ok(value) => out.push(parse_one(source_name, index, value)),
+            Err(e) => {
+                // The scanner cannot resynchronise after a syntax error (the iterator
+                // would yield the same error forever), so the rest of the file is unread.
+                let message = e.to_string();
+                out.push(Err(ConfigError::Yaml { source_name: source_name.into(), index, message }));
+                break;
+            }
+        }
+    }
+    out
+}
+
+impl Resource {
+    /// Decodes one object that is already a YAML/JSON value (the Kubernetes source
+    /// converts watched objects with this, so both sources share one decoder).
+    pub fn from_value(source_name: &str, value: serde_yaml::Value) -> Result<Resource, ConfigError> {
+        parse_one(source_name, 0, value)
+    }
 }
 
 fn parse_one(source_name: &str, index: usize, value: serde_yaml::Value) -> Result<Resource, ConfigError> {

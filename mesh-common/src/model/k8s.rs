@@ -15,6 +15,11 @@ pub const ENROLL_ANNOTATION: &str = "mesh.io/dataplane-mode";
 pub const ISTIO_DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
 /// Istio's label that sends a namespace's or Service's traffic through a waypoint.
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// Local mode only: the pod's network namespace path (written by the netns harness,
+/// where Kubernetes mode discovers it from the container runtime instead).
+pub const LOCAL_NETNS_ANNOTATION: &str = "mesh.io/local-netns";
+/// Local mode only: the pod's cgroup v2 directory.
+pub const LOCAL_CGROUP_ANNOTATION: &str = "mesh.io/local-cgroup";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -9,6 +9,7 @@ pub mod document;
 pub mod error;
 pub mod k8s;
 pub mod object;
+pub mod store;
 
 pub use document::{Resource, parse_documents};
 pub use error::{ConfigError, FieldError};
