@@ -1,1 +1,34 @@
-fn main() {}
+//! mesh-node: the per-node daemon. See README.md for what it does and how to run it.
+
+mod admin;
+mod cli;
+mod config;
+mod daemon;
+mod ebpf;
+mod http_server;
+mod metrics;
+mod readiness;
+mod state;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Run(args) => {
+            init_tracing(&args.log)?;
+            // One thread carries the data path: on 2 vCPUs a current_thread runtime
+            // moved more bytes than a work-stealing one (HBONE-NOTES.md, step 11).
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(daemon::run(args))
+        }
+    }
+}
+
+fn init_tracing(filter: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| anyhow::anyhow!("invalid --log filter {filter:?}: {e}"))?;
+    // `init` also installs the log->tracing bridge, which carries aya-log's records.
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(true).init();
+    Ok(())
+}

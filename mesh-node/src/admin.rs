@@ -1,0 +1,84 @@
+//! Admin endpoint (loopback only): `/config_dump` (workloads, services, namespaces,
+//! rejected configuration, readiness, and whatever sections subsystems add, such as
+//! certificates) and `/workloads`.
+
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::config::StateRx;
+use crate::http_server::{self, Body};
+use crate::readiness::Readiness;
+
+type Section = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// Extra `/config_dump` sections registered by subsystems at start-up.
+#[derive(Clone, Default)]
+pub struct Sections(Arc<Mutex<Vec<(&'static str, Section)>>>);
+
+impl Sections {
+    pub fn add(&self, name: &'static str, f: impl Fn() -> Value + Send + Sync + 'static) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((name, Arc::new(f)));
+        }
+    }
+
+    fn render(&self) -> Vec<(&'static str, Value)> {
+        let sections: Vec<_> = self.0.lock().map(|v| v.clone()).unwrap_or_default();
+        sections.into_iter().map(|(n, f)| (n, f())).collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    pub state: StateRx,
+    pub readiness: Readiness,
+    pub sections: Sections,
+}
+
+impl Admin {
+    pub async fn handle(&self, req: http::Request<Incoming>) -> http::Response<Body> {
+        match req.uri().path() {
+            "/config_dump" => http_server::json(&self.config_dump()),
+            "/workloads" => http_server::json(&self.workloads()),
+            _ => http_server::text(StatusCode::NOT_FOUND, "endpoints: /config_dump /workloads\n"),
+        }
+    }
+
+    fn workloads(&self) -> Value {
+        let state = self.state.borrow().clone();
+        let mut list: Vec<_> = state.workloads.values().cloned().collect();
+        list.sort_by(|a, b| a.key().cmp(&b.key()));
+        let rows: Vec<Value> = list
+            .iter()
+            .map(|w| {
+                json!({
+                    "workload": w.key(), "ip": w.ip, "node": w.node, "identity": w.identity(),
+                    "enrolled": w.enrolled, "local": w.node == state.node, "ready": w.ready,
+                })
+            })
+            .collect();
+        Value::Array(rows)
+    }
+
+    fn config_dump(&self) -> Value {
+        let state = self.state.borrow().clone();
+        let readiness: serde_json::Map<String, Value> =
+            self.readiness.snapshot().into_iter().map(|(k, c)| (k.to_owned(), json!(format!("{c:?}")))).collect();
+        let mut dump = json!({
+            "node": state.node,
+            "generation": state.generation,
+            "readiness": readiness,
+            "workloads": self.workloads(),
+            "services": state.services.values().collect::<Vec<_>>(),
+            "namespaces": state.namespaces,
+            "config_errors": state.config_errors,
+        });
+        for (name, value) in self.sections.render() {
+            dump[name] = value;
+        }
+        dump
+    }
+}

@@ -1,0 +1,69 @@
+//! Keeps [`MeshState`] current: polls the configuration directory, applies changes
+//! to the store (bad objects keep their last good version) and publishes a new
+//! state to every subsystem through a `watch` channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_common::model::store::ConfigStore;
+use mesh_common::source::dir::DirSource;
+use tokio::sync::watch;
+
+use crate::readiness::{Condition, Readiness};
+use crate::state::MeshState;
+
+pub type StateRx = watch::Receiver<Arc<MeshState>>;
+
+pub struct ConfigLoop {
+    source: DirSource,
+    store: ConfigStore,
+    node: String,
+    trust_domain: String,
+    tx: watch::Sender<Arc<MeshState>>,
+}
+
+impl ConfigLoop {
+    pub fn new(source: DirSource, node: &str, trust_domain: &str) -> (Self, StateRx) {
+        let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
+        let node = node.to_owned();
+        let trust_domain = trust_domain.to_owned();
+        (Self { source, store: ConfigStore::default(), node, trust_domain, tx }, rx)
+    }
+
+    /// One poll: re-reads changed files and publishes a new state if anything changed.
+    pub fn poll_once(&mut self, readiness: &Readiness) {
+        match self.source.poll(&mut self.store, &|_| Ok(())) {
+            Ok(report) => {
+                for line in &report.rejected {
+                    tracing::warn!("configuration rejected, last good version kept: {line}");
+                }
+                let first = self.tx.borrow().generation == 0 && self.store.generation() > 0;
+                if !report.is_noop() || first {
+                    let state = MeshState::build(&self.store, &self.node, &self.trust_domain);
+                    tracing::info!(
+                        generation = state.generation,
+                        workloads = state.workloads.len(),
+                        services = state.services.len(),
+                        "configuration applied"
+                    );
+                    self.tx.send_replace(Arc::new(state));
+                }
+                let objects = self.store.iter().count();
+                readiness.set("config", Condition::Ok(format!("{objects} objects from {}", self.source.root().display())));
+            }
+            Err(e) => {
+                tracing::error!("{e}; serving the last good configuration");
+                readiness.set("config", Condition::Failed(e.to_string()));
+            }
+        }
+    }
+
+    pub async fn run(mut self, every: Duration, readiness: Readiness) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll_once(&readiness);
+        }
+    }
+}

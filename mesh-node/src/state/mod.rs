@@ -1,0 +1,132 @@
+//! The daemon's view of the mesh, rebuilt from the configuration store on every change
+//! and published through a `watch` channel: workloads by IP, services by VIP.
+
+mod workload;
+mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use mesh_common::model::Resource;
+use mesh_common::model::k8s::Namespace;
+use mesh_common::model::store::ConfigStore;
+use serde::Serialize;
+
+pub use service::ServiceEntry;
+pub use workload::Workload;
+
+#[derive(Debug, Default, Serialize)]
+pub struct MeshState {
+    /// The node this daemon serves.
+    pub node: String,
+    pub trust_domain: String,
+    pub workloads: HashMap<Ipv4Addr, Arc<Workload>>,
+    pub services: HashMap<Ipv4Addr, Arc<ServiceEntry>>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Store generation this view was built from.
+    pub generation: u64,
+    /// Objects currently rejected (they keep their last good version), one line each.
+    pub config_errors: Vec<String>,
+}
+
+impl MeshState {
+    pub fn build(store: &ConfigStore, node: &str, trust_domain: &str) -> Self {
+        let namespaces: BTreeMap<String, Namespace> = store
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Namespace(n) => Some((n.metadata.name.clone(), n.clone())),
+                _ => None,
+            })
+            .collect();
+        let workloads = workload::collect(store, &namespaces, trust_domain);
+        let services = service::collect(store, &namespaces, &workloads);
+        Self {
+            node: node.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            workloads,
+            services,
+            namespaces,
+            generation: store.generation(),
+            config_errors: store.errors().flat_map(|(_, e)| e.iter().cloned()).collect(),
+        }
+    }
+
+    /// Enrolled pods scheduled on this node: the ones whose traffic this daemon captures.
+    pub fn local_enrolled(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values().filter(|w| w.enrolled && w.node == self.node)
+    }
+
+    pub fn workload(&self, ip: Ipv4Addr) -> Option<&Arc<Workload>> {
+        self.workloads.get(&ip)
+    }
+
+    pub fn service(&self, vip: Ipv4Addr) -> Option<&Arc<ServiceEntry>> {
+        self.services.get(&vip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_common::model::parse_documents;
+
+    pub(crate) fn state_from(yaml: &str, node: &str) -> MeshState {
+        let mut store = ConfigStore::default();
+        let report = store.apply_source("t", parse_documents("t", yaml), &|_| Ok(()));
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        MeshState::build(&store, node, "cluster.local")
+    }
+
+    const TOPOLOGY: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, annotations: {mesh.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: shop, labels: {app: web}}
+spec: {nodeName: n1, serviceAccountName: web}
+status: {podIP: 198.18.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: shop, labels: {app: web}}
+spec: {nodeName: n2}
+status: {podIP: 198.18.2.2, conditions: [{type: Ready, status: 'False'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: plain}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+";
+
+    #[test]
+    fn local_enrolled_is_this_nodes_pods_in_enrolled_namespaces() {
+        let s = state_from(TOPOLOGY, "n1");
+        let local: Vec<_> = s.local_enrolled().map(|w| w.name.as_str()).collect();
+        assert_eq!(local, vec!["a"]);
+        let a = s.workload("198.18.1.2".parse().unwrap()).unwrap();
+        assert_eq!(a.identity(), "spiffe://cluster.local/ns/shop/sa/web");
+    }
+
+    #[test]
+    fn service_endpoints_follow_the_selector() {
+        let s = state_from(TOPOLOGY, "n1");
+        let svc = s.service("198.19.0.10".parse().unwrap()).unwrap();
+        assert_eq!(svc.endpoints.len(), 2);
+        let ready: Vec<_> = svc.ready_endpoints(&s).map(|w| w.name.as_str()).collect();
+        assert_eq!(ready, vec!["a"]);
+        assert_eq!(svc.target_port(80), Some(8080));
+    }
+}

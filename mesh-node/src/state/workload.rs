@@ -1,0 +1,75 @@
+//! A pod as the mesh sees it: address, identity, node, and where it lives on the host.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mesh_common::model::Resource;
+use mesh_common::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, Namespace, Pod};
+use mesh_common::model::store::ConfigStore;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    /// Its namespace opts into the mesh.
+    pub enrolled: bool,
+    pub trust_domain: String,
+    /// Network namespace path (local mode annotation, or discovered in Kubernetes mode).
+    pub netns: Option<PathBuf>,
+    /// cgroup v2 directory of the pod.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Workload {
+    /// SPIFFE id: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    pub fn identity(&self) -> String {
+        format!("spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn from_pod(pod: &Pod, namespaces: &BTreeMap<String, Namespace>, trust_domain: &str) -> Option<Self> {
+        let ip = pod.status.pod_ip?;
+        let namespace = pod.metadata.namespace_or_default().to_owned();
+        let annotation = |k: &str| pod.metadata.annotations.get(k).map(PathBuf::from);
+        Some(Self {
+            enrolled: namespaces.get(&namespace).is_some_and(Namespace::is_enrolled),
+            namespace,
+            name: pod.metadata.name.clone(),
+            service_account: pod.service_account().to_owned(),
+            node: pod.spec.node_name.clone().unwrap_or_default(),
+            ip,
+            labels: pod.metadata.labels.clone(),
+            ready: pod.is_ready(),
+            trust_domain: trust_domain.to_owned(),
+            netns: annotation(LOCAL_NETNS_ANNOTATION),
+            cgroup: annotation(LOCAL_CGROUP_ANNOTATION),
+        })
+    }
+}
+
+/// Pods without an IP yet are not workloads (nothing can address them).
+pub(super) fn collect(
+    store: &ConfigStore,
+    namespaces: &BTreeMap<String, Namespace>,
+    trust_domain: &str,
+) -> HashMap<Ipv4Addr, Arc<Workload>> {
+    store
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Pod(p) => Workload::from_pod(p, namespaces, trust_domain),
+            _ => None,
+        })
+        .map(|w| (w.ip, Arc::new(w)))
+        .collect()
+}
