@@ -1,12 +1,14 @@
 //! mesh-node: the per-node daemon. See README.md for what it does and how to run it.
 
 mod admin;
+mod capture;
 mod cli;
 mod config;
 mod daemon;
 mod ebpf;
 mod http_server;
 mod metrics;
+mod netns;
 mod readiness;
 mod state;
 
