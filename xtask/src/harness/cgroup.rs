@@ -22,8 +22,11 @@ pub fn subtree(dir: &Path) -> Vec<PathBuf> {
     let mut i = 0;
     while i < out.len() {
         if let Ok(entries) = std::fs::read_dir(&out[i]) {
-            let children: Vec<_> =
-                entries.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
+            let children: Vec<_> = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
             out.extend(children);
         }
         i += 1;

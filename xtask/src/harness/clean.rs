@@ -58,17 +58,25 @@ fn find_prefixes() -> Result<BTreeSet<String>, HarnessError> {
         }
     };
     ip::netns_list().iter().for_each(|n| add(n));
-    ip::host_links().unwrap_or_default().iter().for_each(|n| add(n));
+    ip::host_links()
+        .unwrap_or_default()
+        .iter()
+        .for_each(|n| add(n));
     if let Ok(root) = hostfs::harness_cgroup_root() {
         dir_names(&root).iter().for_each(|n| add(n));
     }
-    dir_names(Path::new(hostfs::BPFFS_MOUNT)).iter().for_each(|n| add(n));
+    dir_names(Path::new(hostfs::BPFFS_MOUNT))
+        .iter()
+        .for_each(|n| add(n));
     dir_names(&hostfs::state_root()).iter().for_each(|n| add(n));
     Ok(found)
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

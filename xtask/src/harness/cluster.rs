@@ -55,18 +55,13 @@ pub struct NodeInfo {
     pub uplink: String,
 }
 
-/// A pod as created.
+/// A pod as created: its [`PodSpec`] (namespace, name, node, ip, service account,
+/// labels, annotations; reachable through `Deref`, e.g. `pod.ip`) and where it lives.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub node: String,
-    pub ip: Ipv4Addr,
+    pub spec: PodSpec,
     /// Default gateway (the node's `198.18.N.1`).
     pub gateway_ip: Ipv4Addr,
-    pub service_account: String,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
     pub netns: String,
     pub netns_path: PathBuf,
     pub cgroup: PathBuf,
@@ -74,6 +69,13 @@ pub struct PodInfo {
     pub iface: String,
     /// The node-side end of the pod's veth (in the node netns).
     pub host_iface: String,
+}
+
+impl std::ops::Deref for PodInfo {
+    type Target = PodSpec;
+    fn deref(&self) -> &PodSpec {
+        &self.spec
+    }
 }
 
 /// A local cluster: one netns + cgroup per node and per pod, a fabric netns with a
@@ -137,8 +139,9 @@ impl Cluster {
         }
         let bpffs = hostfs::ensure_bpffs()?;
         let cgroup_root = hostfs::harness_cgroup_root()?;
-        std::fs::create_dir_all(&cgroup_root).map_err(|e| HarnessError::io("create cgroup", &cgroup_root, e))?;
-        let prefix = reserve_prefix(&cgroup_root, options.prefix.as_deref())?;
+        std::fs::create_dir_all(&cgroup_root)
+            .map_err(|e| HarnessError::io("create cgroup", &cgroup_root, e))?;
+        let prefix = reserve_prefix(options.prefix.as_deref())?;
         let mut cluster = Cluster {
             cgroup_dir: cgroup_root.join(&prefix),
             bpf_dir: bpffs.join(&prefix),
@@ -159,8 +162,9 @@ impl Cluster {
     fn build(&mut self, topology: Topology) -> Result<(), HarnessError> {
         let prefix = self.names.prefix.clone();
         tracing::info!(%prefix, nodes = topology.nodes().len(), pods = topology.pods().count(), "creating local cluster");
-        self.make_dir(&self.state_dir.clone())?;
-        owner::record(&self.state_dir)?;
+        self.step("cluster cgroup")?;
+        std::fs::create_dir(&self.cgroup_dir)
+            .map_err(|e| HarnessError::io("create cgroup", &self.cgroup_dir, e))?;
         self.make_dir(&self.bpf_dir.clone())?;
         self.create_fabric()?;
         let nodes: Vec<NodeSpec> = topology.nodes().to_vec();
@@ -179,7 +183,10 @@ impl Cluster {
     fn step(&mut self, what: &str) -> Result<(), HarnessError> {
         self.steps += 1;
         if self.fail_after_steps.is_some_and(|n| self.steps > n) {
-            return Err(HarnessError::sys(format!("{what} (injected failure)"), std::io::Error::other("test hook")));
+            return Err(HarnessError::sys(
+                format!("{what} (injected failure)"),
+                std::io::Error::other("test hook"),
+            ));
         }
         tracing::debug!(prefix = %self.names.prefix, "{what}");
         Ok(())
@@ -195,7 +202,14 @@ impl Cluster {
         tracing::info!(%netns, "fabric: bridge {}", self.names.bridge());
         ip::netns_add(&netns)?;
         let br = self.names.bridge();
-        ip::batch(&netns, &["link set lo up".into(), format!("link add {br} type bridge"), format!("link set {br} up")])
+        ip::batch(
+            &netns,
+            &[
+                "link set lo up".into(),
+                format!("link add {br} type bridge"),
+                format!("link set {br} up"),
+            ],
+        )
     }
 
     fn create_node(&mut self, node: &NodeSpec, all: &[NodeSpec]) -> Result<(), HarnessError> {
@@ -210,15 +224,25 @@ impl Cluster {
         ip::batch(
             &self.names.fabric_netns(),
             &[
-                format!("link add {port} type veth peer name {uplink} netns {}", info.netns),
+                format!(
+                    "link add {port} type veth peer name {uplink} netns {}",
+                    info.netns
+                ),
                 format!("link set {port} master {}", self.names.bridge()),
                 format!("link set {port} up"),
             ],
         )?;
-        let mut lines = vec!["link set lo up".into(), format!("addr add {}/24 dev {uplink}", info.ip), format!("link set {uplink} up")];
+        let mut lines = vec![
+            "link set lo up".into(),
+            format!("addr add {}/24 dev {uplink}", info.ip),
+            format!("link set {uplink} up"),
+        ];
         for other in all.iter().filter(|o| o.index != node.index) {
             let (net, len) = other.pod_cidr();
-            lines.push(format!("route add {net}/{len} via {} dev {uplink}", other.fabric_ip()));
+            lines.push(format!(
+                "route add {net}/{len} via {} dev {uplink}",
+                other.fabric_ip()
+            ));
         }
         ip::batch(&info.netns, &lines)?;
         netns::write_sysctl(&info.netns_path, "net/ipv4/ip_forward", "1")
@@ -226,11 +250,15 @@ impl Cluster {
 
     fn create_pod(&mut self, pod: &PodSpec) -> Result<PodInfo, HarnessError> {
         if self.next_pod_index > MAX_POD_INDEX {
-            return Err(HarnessError::sys("allocating a pod interface index", std::io::Error::other("cluster ran out of pod indexes")));
+            return Err(HarnessError::sys(
+                "allocating a pod interface index",
+                std::io::Error::other("cluster ran out of pod indexes"),
+            ));
         }
         let index = self.next_pod_index;
         self.next_pod_index += 1;
-        self.pod_index.insert((pod.namespace.clone(), pod.name.clone()), index);
+        self.pod_index
+            .insert((pod.namespace.clone(), pod.name.clone()), index);
         let info = self.pod_info(pod, index);
         self.step(&format!("pod {}/{}", pod.namespace, pod.name))?;
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), node = %pod.node, ip = %pod.ip, "creating pod");
@@ -241,7 +269,10 @@ impl Cluster {
         ip::batch(
             &node_netns,
             &[
-                format!("link add {host} type veth peer name {iface} netns {}", info.netns),
+                format!(
+                    "link add {host} type veth peer name {iface} netns {}",
+                    info.netns
+                ),
                 format!("addr add {gw}/32 dev {host}"),
                 format!("link set {host} up"),
                 format!("route add {}/32 dev {host}", pod.ip),
@@ -281,17 +312,13 @@ impl Cluster {
         let netns = self.names.pod_netns(&pod.namespace, &pod.name);
         let [a, b, c, _] = pod.ip.octets();
         PodInfo {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-            node: pod.node.clone(),
-            ip: pod.ip,
+            spec: pod.clone(),
             gateway_ip: Ipv4Addr::new(a, b, c, 1),
-            service_account: pod.service_account.clone(),
-            labels: pod.labels.clone(),
-            annotations: pod.annotations.clone(),
             netns_path: Path::new(hostfs::NETNS_DIR).join(&netns),
             netns,
-            cgroup: self.cgroup_dir.join(self.names.pod_cgroup(&pod.namespace, &pod.name)),
+            cgroup: self
+                .cgroup_dir
+                .join(self.names.pod_cgroup(&pod.namespace, &pod.name)),
             iface: self.names.pod_veth(index),
             host_iface: self.names.pod_host_veth(index),
         }
@@ -331,7 +358,11 @@ impl Cluster {
 
     /// All nodes, in topology order.
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.topology.nodes().iter().map(|n| self.node_info(n)).collect()
+        self.topology
+            .nodes()
+            .iter()
+            .map(|n| self.node_info(n))
+            .collect()
     }
 
     /// One node by name.
@@ -339,26 +370,37 @@ impl Cluster {
         let spec = self
             .topology
             .node(name)
-            .ok_or_else(|| HarnessError::UnknownNode { prefix: self.names.prefix.clone(), name: name.into() })?;
+            .ok_or_else(|| HarnessError::UnknownNode {
+                prefix: self.names.prefix.clone(),
+                name: name.into(),
+            })?;
         Ok(self.node_info(spec))
     }
 
     /// All pods, sorted by namespace then name.
     pub fn pods(&self) -> Vec<PodInfo> {
-        self.topology.pods().filter_map(|p| self.pod_info_of(p)).collect()
+        self.topology
+            .pods()
+            .filter_map(|p| self.pod_info_of(p))
+            .collect()
     }
 
     /// One pod.
     pub fn pod(&self, namespace: &str, name: &str) -> Result<PodInfo, HarnessError> {
-        self.topology.pod(namespace, name).and_then(|p| self.pod_info_of(p)).ok_or_else(|| HarnessError::UnknownPod {
-            prefix: self.names.prefix.clone(),
-            namespace: namespace.into(),
-            name: name.into(),
-        })
+        self.topology
+            .pod(namespace, name)
+            .and_then(|p| self.pod_info_of(p))
+            .ok_or_else(|| HarnessError::UnknownPod {
+                prefix: self.names.prefix.clone(),
+                namespace: namespace.into(),
+                name: name.into(),
+            })
     }
 
     fn pod_info_of(&self, pod: &PodSpec) -> Option<PodInfo> {
-        let index = *self.pod_index.get(&(pod.namespace.clone(), pod.name.clone()))?;
+        let index = *self
+            .pod_index
+            .get(&(pod.namespace.clone(), pod.name.clone()))?;
         Some(self.pod_info(pod, index))
     }
 
@@ -377,7 +419,11 @@ impl Cluster {
             Ok(info) => Ok(info),
             Err(e) => {
                 if let Err(cleanup) = self.destroy_pod(&spec.namespace, &spec.name) {
-                    tracing::warn!("rolling back pod {}/{}: {cleanup}", spec.namespace, spec.name);
+                    tracing::warn!(
+                        "rolling back pod {}/{}: {cleanup}",
+                        spec.namespace,
+                        spec.name
+                    );
                 }
                 Err(e)
             }
@@ -392,7 +438,12 @@ impl Cluster {
                 Resource::Pod(p) => pods.push(p),
                 other => {
                     let object = other.object_ref();
-                    return Err(mesh_common::model::ConfigError::invalid(&object, "kind", "only Pods can be added to a running cluster").into());
+                    return Err(mesh_common::model::ConfigError::invalid(
+                        &object,
+                        "kind",
+                        "only Pods can be added to a running cluster",
+                    )
+                    .into());
                 }
             }
         }
@@ -407,13 +458,24 @@ impl Cluster {
     }
 
     fn destroy_pod(&mut self, namespace: &str, name: &str) -> Result<(), HarnessError> {
-        let Some(spec) = self.topology.remove_pod(namespace, name) else { return Ok(()) };
-        let Some(index) = self.pod_index.remove(&(namespace.to_owned(), name.to_owned())) else { return Ok(()) };
+        let Some(spec) = self.topology.remove_pod(namespace, name) else {
+            return Ok(());
+        };
+        let Some(index) = self
+            .pod_index
+            .remove(&(namespace.to_owned(), name.to_owned()))
+        else {
+            return Ok(());
+        };
         let info = self.pod_info(&spec, index);
         tracing::info!(pod = %format!("{namespace}/{name}"), "removing pod");
-        let left = super::cgroup::stop_all(&info.cgroup, Duration::from_secs(2), Duration::from_secs(5));
+        let left =
+            super::cgroup::stop_all(&info.cgroup, Duration::from_secs(2), Duration::from_secs(5));
         if !left.is_empty() {
-            return Err(HarnessError::Teardown { prefix: self.names.prefix.clone(), leftovers: vec![format!("processes {left:?}")] });
+            return Err(HarnessError::Teardown {
+                prefix: self.names.prefix.clone(),
+                leftovers: vec![format!("processes {left:?}")],
+            });
         }
         // Deleting the node end removes the pod's route even if a socket keeps the pod netns alive.
         let node_netns = self.names.node_netns(&spec.node);
@@ -428,90 +490,145 @@ impl Cluster {
 
     /// Sets (`Some`) or removes (`None`) an annotation of a namespace, creating the
     /// namespace when unknown. Takes effect for daemons at the next [`Cluster::write_config`].
-    pub fn set_namespace_annotation(&mut self, namespace: &str, key: &str, value: Option<&str>) -> Result<(), HarnessError> {
-        let ns = self.namespace_entry(namespace)?;
+    pub fn set_namespace_annotation(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), HarnessError> {
+        let annotations = &mut self.namespace_entry(namespace)?.metadata.annotations;
         match value {
-            Some(v) => ns.metadata.annotations.insert(key.into(), v.into()),
-            None => ns.metadata.annotations.remove(key),
+            Some(v) => annotations.insert(key.into(), v.into()),
+            None => annotations.remove(key),
         };
         Ok(())
     }
 
-    /// Sets (`Some`) or removes (`None`) a label of a namespace (see [`Cluster::set_namespace_annotation`]).
-    pub fn set_namespace_label(&mut self, namespace: &str, key: &str, value: Option<&str>) -> Result<(), HarnessError> {
-        let ns = self.namespace_entry(namespace)?;
-        match value {
-            Some(v) => ns.metadata.labels.insert(key.into(), v.into()),
-            None => ns.metadata.labels.remove(key),
-        };
-        Ok(())
+    /// The namespace `namespace` for editing its labels or annotations, created when
+    /// unknown. Changes reach daemons at the next [`Cluster::write_config`].
+    pub fn namespace_mut(&mut self, namespace: &str) -> Result<&mut Namespace, HarnessError> {
+        self.namespace_entry(namespace)
     }
 
     fn namespace_entry(&mut self, namespace: &str) -> Result<&mut Namespace, HarnessError> {
         if self.topology.namespace(namespace).is_none() {
-            let meta = ObjectMeta { name: namespace.into(), ..ObjectMeta::default() };
+            let meta = ObjectMeta {
+                name: namespace.into(),
+                ..ObjectMeta::default()
+            };
             self.topology.add_namespace(Namespace { metadata: meta })?;
         }
-        Ok(self.topology.namespace_mut(namespace).expect("inserted above"))
+        Ok(self
+            .topology
+            .namespace_mut(namespace)
+            .expect("inserted above"))
     }
 
     // ---- processes and sockets ----
 
     fn pod_place(&self, namespace: &str, name: &str) -> Result<Placement, HarnessError> {
         let pod = self.pod(namespace, name)?;
-        Ok(Placement { netns_path: pod.netns_path, cgroup_dir: pod.cgroup, label: format!("pod {namespace}/{name}") })
+        Ok(Placement {
+            netns_path: pod.netns_path,
+            cgroup_dir: pod.cgroup,
+            label: format!("pod {namespace}/{name}"),
+        })
     }
 
     fn node_place(&self, node: &str) -> Result<Placement, HarnessError> {
         let n = self.node(node)?;
-        Ok(Placement { netns_path: n.netns_path, cgroup_dir: n.cgroup, label: format!("node {node}") })
+        Ok(Placement {
+            netns_path: n.netns_path,
+            cgroup_dir: n.cgroup,
+            label: format!("node {node}"),
+        })
     }
 
     /// Starts `cmd` inside the pod: in its cgroup and netns. `cmd` may be a
     /// `Command` or `&mut Command` (reusing one adds another pre-exec hook each time).
-    pub fn spawn_in_pod(&self, namespace: &str, name: &str, cmd: impl BorrowMut<Command>) -> Result<ProcessGuard, HarnessError> {
+    pub fn spawn_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        cmd: impl BorrowMut<Command>,
+    ) -> Result<ProcessGuard, HarnessError> {
         process::spawn(&self.pod_place(namespace, name)?, cmd)
     }
 
     /// Starts `cmd` on the node (its netns and cgroup): how daemons are run.
-    pub fn spawn_on_node(&self, node: &str, cmd: impl BorrowMut<Command>) -> Result<ProcessGuard, HarnessError> {
+    pub fn spawn_on_node(
+        &self,
+        node: &str,
+        cmd: impl BorrowMut<Command>,
+    ) -> Result<ProcessGuard, HarnessError> {
         process::spawn(&self.node_place(node)?, cmd)
     }
 
     /// Runs `cmd` in the pod to completion (at most [`RUN_TIMEOUT`]) and returns its
     /// output. A non-zero exit is not an error: check `status`.
-    pub fn run_in_pod(&self, namespace: &str, name: &str, cmd: impl BorrowMut<Command>) -> Result<Output, HarnessError> {
+    pub fn run_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        cmd: impl BorrowMut<Command>,
+    ) -> Result<Output, HarnessError> {
         process::run(&self.pod_place(namespace, name)?, cmd, RUN_TIMEOUT)
     }
 
     /// Runs `cmd` on the node to completion (at most [`RUN_TIMEOUT`]).
-    pub fn run_on_node(&self, node: &str, cmd: impl BorrowMut<Command>) -> Result<Output, HarnessError> {
+    pub fn run_on_node(
+        &self,
+        node: &str,
+        cmd: impl BorrowMut<Command>,
+    ) -> Result<Output, HarnessError> {
         process::run(&self.node_place(node)?, cmd, RUN_TIMEOUT)
     }
 
     /// Runs `f` on a thread inside the pod's netns (not its cgroup: sockets made
     /// there belong to the calling process's cgroup, so cgroup eBPF hooks of the
     /// pod do not apply to them; spawn a process for captured traffic).
-    pub fn in_pod<T: Send>(&self, namespace: &str, name: &str, f: impl FnOnce() -> T + Send) -> Result<T, HarnessError> {
+    pub fn in_pod<T: Send>(
+        &self,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce() -> T + Send,
+    ) -> Result<T, HarnessError> {
         netns::in_netns(&self.pod(namespace, name)?.netns_path, f)
     }
 
     /// Runs `f` on a thread inside the node's netns.
-    pub fn in_node<T: Send>(&self, node: &str, f: impl FnOnce() -> T + Send) -> Result<T, HarnessError> {
+    pub fn in_node<T: Send>(
+        &self,
+        node: &str,
+        f: impl FnOnce() -> T + Send,
+    ) -> Result<T, HarnessError> {
         netns::in_netns(&self.node(node)?.netns_path, f)
     }
 
     /// A TCP listener on `0.0.0.0:port` inside the pod's netns (port 0: any).
-    pub fn listen_in_pod(&self, namespace: &str, name: &str, port: u16) -> Result<TcpListener, HarnessError> {
+    pub fn listen_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<TcpListener, HarnessError> {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
         self.in_pod(namespace, name, || TcpListener::bind(addr))?
             .map_err(|e| HarnessError::sys(format!("bind {addr} in pod {namespace}/{name}"), e))
     }
 
     /// A TCP connection to `addr` made from inside the pod's netns (source: the pod IP).
-    pub fn connect_from_pod(&self, namespace: &str, name: &str, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, HarnessError> {
-        self.in_pod(namespace, name, || TcpStream::connect_timeout(&addr, timeout))?
-            .map_err(|e| HarnessError::sys(format!("connect to {addr} from pod {namespace}/{name}"), e))
+    pub fn connect_from_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpStream, HarnessError> {
+        self.in_pod(namespace, name, || {
+            TcpStream::connect_timeout(&addr, timeout)
+        })?
+        .map_err(|e| HarnessError::sys(format!("connect to {addr} from pod {namespace}/{name}"), e))
     }
 
     // ---- config and teardown ----
@@ -534,7 +651,14 @@ impl Cluster {
         let prefix = self.names.prefix.clone();
         tracing::info!(%prefix, "tearing down local cluster");
         let failures = teardown::remove_prefix(&prefix);
-        if failures.is_empty() { Ok(()) } else { Err(HarnessError::Teardown { prefix, leftovers: failures }) }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(HarnessError::Teardown {
+                prefix,
+                leftovers: failures,
+            })
+        }
     }
 }
 
@@ -547,29 +671,50 @@ impl Drop for Cluster {
     }
 }
 
-/// Claims a prefix by creating its cgroup directory (mkdir is atomic, so two
-/// processes can never get the same one).
-fn reserve_prefix(cgroup_root: &Path, wanted: Option<&str>) -> Result<String, HarnessError> {
-    if let Some(prefix) = wanted {
-        if !names::is_prefix(prefix) {
-            return Err(HarnessError::sys(
-                format!("using cluster prefix {prefix:?}"),
-                std::io::Error::other(format!("a prefix is `{}` followed by {} of [0-9a-z]", names::TAG, names::ID_LEN)),
+/// Claims a prefix by creating its state directory, owner record included, in one
+/// atomic rename: two processes never get the same prefix, and `clean_leftovers`
+/// never sees a cluster of a live process without its owner record.
+fn reserve_prefix(wanted: Option<&str>) -> Result<String, HarnessError> {
+    if let Some(prefix) = wanted
+        && !names::is_prefix(prefix)
+    {
+        return Err(HarnessError::sys(
+            format!("using cluster prefix {prefix:?}"),
+            std::io::Error::other(format!(
+                "a prefix is `{}` followed by {} of [0-9a-z]",
+                names::TAG,
+                names::ID_LEN
+            )),
+        ));
+    }
+    let root = hostfs::state_root();
+    std::fs::create_dir_all(&root).map_err(|e| HarnessError::io("create", &root, e))?;
+    let tmp = root.join(format!(".new-{}", names::new_prefix()));
+    std::fs::create_dir(&tmp).map_err(|e| HarnessError::io("create", &tmp, e))?;
+    let claimed = owner::record(&tmp).and_then(|()| claim(&root, &tmp, wanted));
+    let _ = std::fs::remove_dir_all(&tmp);
+    claimed
+}
+
+fn claim(root: &Path, tmp: &Path, wanted: Option<&str>) -> Result<String, HarnessError> {
+    let attempts = if wanted.is_some() { 1 } else { 16 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let prefix = wanted.map_or_else(names::new_prefix, str::to_owned);
+        let dir = root.join(&prefix);
+        if dir.exists() {
+            last_err = Some(HarnessError::io(
+                "claim",
+                dir,
+                std::io::ErrorKind::AlreadyExists.into(),
             ));
+            continue;
         }
-        let dir = cgroup_root.join(prefix);
-        return std::fs::create_dir(&dir).map(|()| prefix.to_owned()).map_err(|e| HarnessError::io("create cgroup", dir, e));
-    }
-    let mut last = None;
-    for _ in 0..16 {
-        let prefix = names::new_prefix();
-        let dir = cgroup_root.join(&prefix);
-        match std::fs::create_dir(&dir) {
+        // rename(2) fails if `dir` appeared meanwhile with content (the owner record).
+        match std::fs::rename(tmp, &dir) {
             Ok(()) => return Ok(prefix),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((dir, e)),
-            Err(e) => return Err(HarnessError::io("create cgroup", dir, e)),
+            Err(e) => last_err = Some(HarnessError::io("claim", dir, e)),
         }
     }
-    let (dir, e) = last.expect("loop ran");
-    Err(HarnessError::io("create cgroup", dir, e))
+    Err(last_err.expect("at least one attempt"))
 }

@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use mesh_common::model::k8s::{Node, Pod, PodCondition, PodSpec, PodStatus};
 use mesh_common::model::ObjectMeta;
+use mesh_common::model::k8s::{Node, Pod, PodCondition, PodSpec, PodStatus};
 use serde::Serialize;
 
+use super::HarnessError;
 use super::cluster::{Cluster, NodeInfo, PodInfo};
 use super::topology::LOCAL_IP_ANNOTATION;
-use super::HarnessError;
 
 /// Pod/Node annotation: path of the netns bind mount (e.g. `/run/netns/mh3k9zq-pod-a.x`).
 pub const LOCAL_NETNS_ANNOTATION: &str = "mesh.io/local-netns";
@@ -47,7 +47,9 @@ pub fn render(cluster: &Cluster) -> Result<String, HarnessError> {
 }
 
 fn document(kind: &str, object: &impl Serialize) -> Result<String, HarnessError> {
-    let mut value = serde_yaml::to_value(object).map_err(|e| HarnessError::sys(format!("serializing a {kind}"), std::io::Error::other(e)))?;
+    let mut value = serde_yaml::to_value(object).map_err(|e| {
+        HarnessError::sys(format!("serializing a {kind}"), std::io::Error::other(e))
+    })?;
     if let serde_yaml::Value::Mapping(map) = &mut value {
         let mut head = serde_yaml::Mapping::new();
         head.insert("apiVersion".into(), "v1".into());
@@ -55,14 +57,25 @@ fn document(kind: &str, object: &impl Serialize) -> Result<String, HarnessError>
         head.extend(std::mem::take(map));
         *map = head;
     }
-    serde_yaml::to_string(&value).map_err(|e| HarnessError::sys(format!("serializing a {kind}"), std::io::Error::other(e)))
+    serde_yaml::to_string(&value)
+        .map_err(|e| HarnessError::sys(format!("serializing a {kind}"), std::io::Error::other(e)))
 }
 
 fn node_object(node: &NodeInfo) -> Node {
-    let mut metadata = ObjectMeta { name: node.name.clone(), labels: node.labels.clone(), ..ObjectMeta::default() };
+    let mut metadata = ObjectMeta {
+        name: node.name.clone(),
+        labels: node.labels.clone(),
+        ..ObjectMeta::default()
+    };
     let a = &mut metadata.annotations;
-    a.insert(LOCAL_NETNS_ANNOTATION.into(), node.netns_path.display().to_string());
-    a.insert(LOCAL_CGROUP_ANNOTATION.into(), node.cgroup.display().to_string());
+    a.insert(
+        LOCAL_NETNS_ANNOTATION.into(),
+        node.netns_path.display().to_string(),
+    );
+    a.insert(
+        LOCAL_CGROUP_ANNOTATION.into(),
+        node.cgroup.display().to_string(),
+    );
     a.insert(LOCAL_IP_ANNOTATION.into(), node.ip.to_string());
     Node { metadata }
 }
@@ -75,15 +88,27 @@ fn pod_object(pod: &PodInfo) -> Pod {
         annotations: pod.annotations.clone(),
         ..ObjectMeta::default()
     };
-    metadata.annotations.insert(LOCAL_NETNS_ANNOTATION.into(), pod.netns_path.display().to_string());
-    metadata.annotations.insert(LOCAL_CGROUP_ANNOTATION.into(), pod.cgroup.display().to_string());
+    metadata.annotations.insert(
+        LOCAL_NETNS_ANNOTATION.into(),
+        pod.netns_path.display().to_string(),
+    );
+    metadata.annotations.insert(
+        LOCAL_CGROUP_ANNOTATION.into(),
+        pod.cgroup.display().to_string(),
+    );
     Pod {
         metadata,
-        spec: PodSpec { node_name: Some(pod.node.clone()), service_account_name: Some(pod.service_account.clone()) },
+        spec: PodSpec {
+            node_name: Some(pod.node.clone()),
+            service_account_name: Some(pod.service_account.clone()),
+        },
         status: PodStatus {
             pod_ip: Some(pod.ip),
             phase: Some("Running".into()),
-            conditions: vec![PodCondition { type_: "Ready".into(), status: "True".into() }],
+            conditions: vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+            }],
         },
     }
 }

@@ -28,7 +28,9 @@ fn unescape_mount_path(s: &str) -> String {
     let mut rest = s;
     while let Some(pos) = rest.find('\\') {
         out.push_str(&rest[..pos]);
-        let code = rest.get(pos + 1..pos + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(pos + 1..pos + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(byte as char);
@@ -50,7 +52,9 @@ fn read_mounts() -> Result<String, HarnessError> {
 
 /// The first cgroup2 mount point.
 pub fn cgroup2_root() -> Result<PathBuf, HarnessError> {
-    mount_points(&read_mounts()?, "cgroup2").next().ok_or(HarnessError::NoCgroup2)
+    mount_points(&read_mounts()?, "cgroup2")
+        .next()
+        .ok_or(HarnessError::NoCgroup2)
 }
 
 /// The cgroup that holds every harness cluster's cgroups.
@@ -82,9 +86,16 @@ pub fn ensure_bpffs() -> Result<PathBuf, HarnessError> {
         .map_err(|(_, e)| HarnessError::sys(format!("flock {}", lock_path.display()), e))?;
     if !bpffs_mounted()? {
         tracing::info!("mounting bpffs at {BPFFS_MOUNT}");
-        std::fs::create_dir_all(BPFFS_MOUNT).map_err(|e| HarnessError::io("create", BPFFS_MOUNT, e))?;
-        nix::mount::mount(Some("bpf"), BPFFS_MOUNT, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| HarnessError::sys(format!("mount -t bpf bpf {BPFFS_MOUNT}"), e))?;
+        std::fs::create_dir_all(BPFFS_MOUNT)
+            .map_err(|e| HarnessError::io("create", BPFFS_MOUNT, e))?;
+        nix::mount::mount(
+            Some("bpf"),
+            BPFFS_MOUNT,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| HarnessError::sys(format!("mount -t bpf bpf {BPFFS_MOUNT}"), e))?;
     }
     Ok(PathBuf::from(BPFFS_MOUNT))
 }
@@ -97,8 +108,14 @@ mod tests {
     fn finds_cgroup2_on_hybrid_hosts() {
         let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
                       cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nbpf /sys/fs/my\\040bpf bpf rw 0 0\n";
-        assert_eq!(mount_points(mounts, "cgroup2").next(), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(mount_points(mounts, "bpf").next(), Some(PathBuf::from("/sys/fs/my bpf")));
+        assert_eq!(
+            mount_points(mounts, "cgroup2").next(),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            mount_points(mounts, "bpf").next(),
+            Some(PathBuf::from("/sys/fs/my bpf"))
+        );
         assert_eq!(mount_points(mounts, "ext4").next(), None);
     }
 }

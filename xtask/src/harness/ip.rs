@@ -13,7 +13,11 @@ pub fn run(args: &[&str]) -> Result<String, HarnessError> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| HarnessError::Spawn { program: "ip".into(), place: "the host".into(), source: e })?;
+        .map_err(|e| HarnessError::Spawn {
+            program: "ip".into(),
+            place: "the host".into(),
+            source: e,
+        })?;
     if !out.status.success() {
         return Err(HarnessError::Command {
             command,
@@ -29,7 +33,11 @@ pub fn run(args: &[&str]) -> Result<String, HarnessError> {
 pub fn batch(netns: &str, lines: &[String]) -> Result<(), HarnessError> {
     let script = lines.join("\n") + "\n";
     let command = format!("ip -n {netns} -batch - <<< {script:?}");
-    let spawn_err = |e| HarnessError::Spawn { program: "ip".into(), place: "the host".into(), source: e };
+    let spawn_err = |e| HarnessError::Spawn {
+        program: "ip".into(),
+        place: "the host".into(),
+        source: e,
+    };
     let mut child = Command::new("ip")
         .args(["-n", netns, "-batch", "-"])
         .stdin(Stdio::piped())
@@ -61,8 +69,11 @@ pub fn netns_del(name: &str) -> Result<(), HarnessError> {
 
 /// Names of the netns in /run/netns (empty when the directory does not exist).
 pub fn netns_list() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(super::hostfs::NETNS_DIR) else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()
+    let Ok(dir) = std::fs::read_dir(super::hostfs::NETNS_DIR) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect()
 }
 
 /// Interface names in the host's netns (read-only: `ip -o link show`).

@@ -56,12 +56,16 @@ use mesh_common::model::k8s::Pod;
 
 pub use clean::{CleanOptions, CleanReport, clean_leftovers, clean_leftovers_with};
 pub use cluster::{Cluster, ClusterOptions, NodeInfo, PodInfo, RUN_TIMEOUT};
-pub use config::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, TOPOLOGY_FILE, render as render_config};
+pub use config::{
+    LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, TOPOLOGY_FILE, render as render_config,
+};
 pub use error::HarnessError;
 pub use hostfs::{cgroup2_root, ensure_bpffs};
-pub use names::{TAG, is_prefix};
+pub use names::{TAG, is_prefix, new_prefix};
 pub use netns::in_netns;
-pub use process::{DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid};
+pub use process::{
+    DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid,
+};
 pub use shutdown::{Shutdown, install_shutdown_handler};
 pub use teardown::leftovers;
 pub use topology::{LOCAL_IP_ANNOTATION, NodeSpec, PodSpec, Topology};
@@ -70,7 +74,11 @@ pub use topology::{LOCAL_IP_ANNOTATION, NodeSpec, PodSpec, Topology};
 /// or annotations through its `metadata` before passing it in.
 pub fn pod(namespace: &str, name: &str, node: &str) -> Pod {
     let mut pod = Pod {
-        metadata: ObjectMeta { name: name.into(), namespace: Some(namespace.into()), ..ObjectMeta::default() },
+        metadata: ObjectMeta {
+            name: name.into(),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
         ..Pod::default()
     };
     pod.spec.node_name = Some(node.into());
@@ -80,11 +88,19 @@ pub fn pod(namespace: &str, name: &str, node: &str) -> Pod {
 /// Path of a workspace binary (e.g. `mesh-node`) next to the running executable:
 /// `target/<profile>/NAME`, also when called from a test in `target/<profile>/deps/`.
 pub fn bin_path(name: &str) -> Result<PathBuf, HarnessError> {
-    let exe = std::env::current_exe().map_err(|e| HarnessError::sys("finding the current executable", e))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| HarnessError::sys("finding the current executable", e))?;
     let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
     let path = dir.join(name);
-    if path.is_file() { Ok(path) } else { Err(HarnessError::BinaryMissing { name: name.into(), path }) }
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::BinaryMissing {
+            name: name.into(),
+            path,
+        })
+    }
 }

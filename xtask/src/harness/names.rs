@@ -39,7 +39,9 @@ pub fn new_prefix() -> String {
 pub fn is_prefix(s: &str) -> bool {
     s.len() == PREFIX_LEN
         && s.starts_with(TAG)
-        && s[TAG.len()..].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        && s[TAG.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
 /// The cluster prefix a harness object name starts with, if it is one of ours.
@@ -118,7 +120,12 @@ mod tests {
         assert!(is_prefix(&p), "{p}");
         assert_ne!(new_prefix(), new_prefix());
         let names = Names { prefix: p.clone() };
-        for name in [names.pod_veth(99_999), names.pod_host_veth(99_999), names.bridge(), names.node_uplink(254)] {
+        for name in [
+            names.pod_veth(99_999),
+            names.pod_host_veth(99_999),
+            names.bridge(),
+            names.node_uplink(254),
+        ] {
             assert!(name.len() <= 15, "{name}");
             assert_eq!(prefix_of(&name), Some(p.as_str()), "{name}");
         }

@@ -11,17 +11,23 @@ use super::HarnessError;
 
 /// Runs `f` on a fresh thread that has joined the netns at `netns_path`
 /// (e.g. `/run/netns/<name>`), and returns its result.
-pub fn in_netns<T: Send>(netns_path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, HarnessError> {
+pub fn in_netns<T: Send>(
+    netns_path: &Path,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, HarnessError> {
     let file = File::open(netns_path).map_err(|e| HarnessError::io("open netns", netns_path, e))?;
     let joined = std::thread::scope(|s| {
         s.spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| HarnessError::sys(format!("setns into {}", netns_path.display()), e))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                HarnessError::sys(format!("setns into {}", netns_path.display()), e)
+            })?;
             Ok(f())
         })
         .join()
     });
-    joined.map_err(|_| HarnessError::ThreadPanicked { netns: netns_path.display().to_string() })?
+    joined.map_err(|_| HarnessError::ThreadPanicked {
+        netns: netns_path.display().to_string(),
+    })?
 }
 
 /// Writes a per-netns sysctl (path under /proc/sys, e.g. `net/ipv4/ip_forward`)
@@ -29,5 +35,6 @@ pub fn in_netns<T: Send>(netns_path: &Path, f: impl FnOnce() -> T + Send) -> Res
 /// thread's netns, so the host's value is never touched.
 pub fn write_sysctl(netns_path: &Path, key: &str, value: &str) -> Result<(), HarnessError> {
     let path = Path::new("/proc/sys").join(key);
-    in_netns(netns_path, || std::fs::write(&path, value))?.map_err(|e| HarnessError::io("write sysctl", path.clone(), e))
+    in_netns(netns_path, || std::fs::write(&path, value))?
+        .map_err(|e| HarnessError::io("write sysctl", path.clone(), e))
 }

@@ -26,9 +26,13 @@ pub fn record(state_dir: &Path) -> Result<(), HarnessError> {
 
 /// True when the owner recorded in `state_dir` is still running.
 pub fn is_alive(state_dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(state_dir.join(FILE)) else { return false };
+    let Ok(text) = std::fs::read_to_string(state_dir.join(FILE)) else {
+        return false;
+    };
     let mut fields = text.split_whitespace().map(str::parse::<u64>);
-    let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next()) else { return false };
+    let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next()) else {
+        return false;
+    };
     u32::try_from(pid).ok().and_then(start_time) == Some(started)
 }
 
@@ -43,7 +47,10 @@ mod tests {
         record(&dir).unwrap();
         assert!(is_alive(&dir));
         std::fs::write(dir.join(FILE), "1 12345678901\n").unwrap();
-        assert!(!is_alive(&dir), "pid 1 with another start time is not the owner");
+        assert!(
+            !is_alive(&dir),
+            "pid 1 with another start time is not the owner"
+        );
         std::fs::write(dir.join(FILE), "garbage").unwrap();
         assert!(!is_alive(&dir));
         std::fs::remove_dir_all(&dir).unwrap();

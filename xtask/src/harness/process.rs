@@ -30,12 +30,19 @@ pub(crate) struct Placement {
 /// Starts `cmd` joined to `place`: the child writes itself into the cgroup's
 /// `cgroup.procs` and `setns`es into the netns between fork and exec, so
 /// everything it runs (and forks) lives there from its first instruction.
-pub(crate) fn spawn(place: &Placement, mut cmd: impl BorrowMut<Command>) -> Result<ProcessGuard, HarnessError> {
+pub(crate) fn spawn(
+    place: &Placement,
+    mut cmd: impl BorrowMut<Command>,
+) -> Result<ProcessGuard, HarnessError> {
     let cmd = cmd.borrow_mut();
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let netns = File::open(&place.netns_path).map_err(|e| HarnessError::io("open netns", &place.netns_path, e))?;
+    let netns = File::open(&place.netns_path)
+        .map_err(|e| HarnessError::io("open netns", &place.netns_path, e))?;
     let procs_path = place.cgroup_dir.join("cgroup.procs");
-    let procs = OpenOptions::new().write(true).open(&procs_path).map_err(|e| HarnessError::io("open", &procs_path, e))?;
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(|e| HarnessError::io("open", &procs_path, e))?;
     // SAFETY: the closure only makes async-signal-safe system calls (write, setns) on
     // descriptors opened above (close-on-exec, kept alive by the closure).
     unsafe {
@@ -50,26 +57,50 @@ pub(crate) fn spawn(place: &Placement, mut cmd: impl BorrowMut<Command>) -> Resu
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| HarnessError::Spawn { program: program.clone(), place: place.label.clone(), source: e })?;
+    let child = cmd.spawn().map_err(|e| HarnessError::Spawn {
+        program: program.clone(),
+        place: place.label.clone(),
+        source: e,
+    })?;
     tracing::debug!(pid = child.id(), %program, place = %place.label, "spawned");
-    Ok(ProcessGuard { child, label: format!("{program} in {}", place.label), stop_timeout: DEFAULT_STOP_TIMEOUT, status: None })
+    Ok(ProcessGuard {
+        child,
+        label: format!("{program} in {}", place.label),
+        stop_timeout: DEFAULT_STOP_TIMEOUT,
+        status: None,
+    })
 }
 
 /// Runs `cmd` in `place` to completion (stdout and stderr captured), killing it
 /// if it runs longer than `timeout`.
-pub(crate) fn run(place: &Placement, mut cmd: impl BorrowMut<Command>, timeout: Duration) -> Result<Output, HarnessError> {
+pub(crate) fn run(
+    place: &Placement,
+    mut cmd: impl BorrowMut<Command>,
+    timeout: Duration,
+) -> Result<Output, HarnessError> {
     let cmd = cmd.borrow_mut();
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut guard = spawn(place, cmd)?;
     let out = guard.child.stdout.take().map(reader_thread);
     let err = guard.child.stderr.take().map(reader_thread);
     let status = guard.wait_timeout(timeout)?;
     let Some(status) = status else {
         guard.kill()?;
-        return Err(HarnessError::Timeout { what: guard.label.clone(), timeout });
+        return Err(HarnessError::Timeout {
+            what: guard.label.clone(),
+            timeout,
+        });
     };
-    let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
-    Ok(Output { status, stdout: collect(out), stderr: collect(err) })
+    let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Ok(Output {
+        status,
+        stdout: collect(out),
+        stderr: collect(err),
+    })
 }
 
 fn reader_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
@@ -119,13 +150,17 @@ impl ProcessGuard {
             return Ok(());
         }
         let pid = Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).map_err(|e| HarnessError::sys(format!("kill -{signal} {pid} ({})", self.label), e))
+        nix::sys::signal::kill(pid, signal)
+            .map_err(|e| HarnessError::sys(format!("kill -{signal} {pid} ({})", self.label), e))
     }
 
     /// The exit status if the process has exited (reaping it), without blocking.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, HarnessError> {
         if self.status.is_none() {
-            self.status = self.child.try_wait().map_err(|e| HarnessError::sys(format!("wait for {}", self.label), e))?;
+            self.status = self
+                .child
+                .try_wait()
+                .map_err(|e| HarnessError::sys(format!("wait for {}", self.label), e))?;
         }
         Ok(self.status)
     }
@@ -153,7 +188,10 @@ impl ProcessGuard {
     pub fn kill(&mut self) -> Result<ExitStatus, HarnessError> {
         self.signal(Signal::SIGKILL)?;
         self.wait_timeout(Duration::from_secs(10))?
-            .ok_or_else(|| HarnessError::Timeout { what: format!("SIGKILL of {}", self.label), timeout: Duration::from_secs(10) })
+            .ok_or_else(|| HarnessError::Timeout {
+                what: format!("SIGKILL of {}", self.label),
+                timeout: Duration::from_secs(10),
+            })
     }
 
     /// SIGTERM, wait up to the stop timeout, then SIGKILL; reaps the process.
@@ -178,7 +216,11 @@ impl Drop for ProcessGuard {
 pub fn cgroup_of(pid: u32) -> Result<String, HarnessError> {
     let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
     let text = std::fs::read_to_string(&path).map_err(|e| HarnessError::io("read", &path, e))?;
-    Ok(text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_default().to_owned())
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned())
 }
 
 /// The netns identity (`net:[inode]`) of `pid`, comparable with [`netns_id_of_path`].
@@ -189,5 +231,7 @@ pub fn netns_id_of_pid(pid: u32) -> Result<u64, HarnessError> {
 /// The inode of a netns file (a `/run/netns/...` bind mount or `/proc/PID/ns/net`).
 pub fn netns_id_of_path(path: &Path) -> Result<u64, HarnessError> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.ino()).map_err(|e| HarnessError::io("stat", path, e))
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| HarnessError::io("stat", path, e))
 }

@@ -23,14 +23,21 @@ pub fn remove_prefix(prefix: &str) -> Vec<String> {
             failures.push(format!("processes {left:?} would not die"));
         }
     }
-    for netns in ip::netns_list().into_iter().filter(|n| names::prefix_of(n) == Some(prefix)) {
+    for netns in ip::netns_list()
+        .into_iter()
+        .filter(|n| names::prefix_of(n) == Some(prefix))
+    {
         if let Err(e) = ip::netns_del(&netns) {
             failures.push(e.to_string());
         }
     }
     // Veths are created inside the cluster's namespaces and die with them; this only
     // catches an interface that ended up in the host netns by accident.
-    for link in ip::host_links().unwrap_or_default().into_iter().filter(|l| names::prefix_of(l) == Some(prefix)) {
+    for link in ip::host_links()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| names::prefix_of(l) == Some(prefix))
+    {
         if let Err(e) = ip::run(&["link", "del", &link]) {
             failures.push(e.to_string());
         }
@@ -40,7 +47,11 @@ pub fn remove_prefix(prefix: &str) -> Vec<String> {
     {
         failures.push(e.to_string());
     }
-    for dir in [Path::new(hostfs::BPFFS_MOUNT).join(prefix), hostfs::state_root().join(prefix)] {
+    // The state dir goes last: it holds the owner record that `clean_leftovers` checks.
+    for dir in [
+        Path::new(hostfs::BPFFS_MOUNT).join(prefix),
+        hostfs::state_root().join(prefix),
+    ] {
         if let Err(e) = remove_dir_all_if_present(&dir) {
             failures.push(e.to_string());
         }
@@ -50,7 +61,9 @@ pub fn remove_prefix(prefix: &str) -> Vec<String> {
 
 fn remove_dir_all_if_present(dir: &Path) -> Result<(), HarnessError> {
     match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HarnessError::io("remove", dir, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(HarnessError::io("remove", dir, e))
+        }
         _ => Ok(()),
     }
 }
@@ -65,15 +78,26 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
         .collect();
     if let Ok(root) = hostfs::harness_cgroup_root() {
         let dir = root.join(prefix);
-        found.extend(cgroup::subtree_procs(&dir).into_iter().map(|p| format!("process {p}")));
+        found.extend(
+            cgroup::subtree_procs(&dir)
+                .into_iter()
+                .map(|p| format!("process {p}")),
+        );
         if dir.exists() {
             found.push(format!("cgroup {}", dir.display()));
         }
     }
     found.extend(
-        ip::host_links().unwrap_or_default().into_iter().filter(|l| names::prefix_of(l) == Some(prefix)).map(|l| format!("interface {l}")),
+        ip::host_links()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| names::prefix_of(l) == Some(prefix))
+            .map(|l| format!("interface {l}")),
     );
-    for dir in [Path::new(hostfs::BPFFS_MOUNT).join(prefix), hostfs::state_root().join(prefix)] {
+    for dir in [
+        Path::new(hostfs::BPFFS_MOUNT).join(prefix),
+        hostfs::state_root().join(prefix),
+    ] {
         if dir.exists() {
             found.push(format!("directory {}", dir.display()));
         }

@@ -80,26 +80,35 @@ impl Topology {
                 Ok(Resource::Namespace(ns)) => namespaces.push(ns),
                 Ok(Resource::Node(node)) => nodes.push(node),
                 Ok(Resource::Pod(pod)) => pods.push(pod),
-                Ok(other) => tracing::debug!(object = %other.object_ref(), "topology: kind ignored by the harness"),
+                Ok(other) => {
+                    tracing::debug!(object = %other.object_ref(), "topology: kind ignored by the harness")
+                }
                 Err(e) => errors.push(e),
             }
         }
         let mut topology = Topology::default();
         for ns in namespaces {
-            topology.add_namespace(ns).unwrap_or_else(|e| errors.push(e));
+            topology
+                .add_namespace(ns)
+                .unwrap_or_else(|e| errors.push(e));
         }
         for node in nodes {
             topology.add_node(node).unwrap_or_else(|e| errors.push(e));
         }
         // Pinned addresses first, so a dynamically allocated pod never takes one.
-        let (pinned, dynamic): (Vec<_>, Vec<_>) =
-            pods.into_iter().partition(|p| p.metadata.annotations.contains_key(LOCAL_IP_ANNOTATION));
+        let (pinned, dynamic): (Vec<_>, Vec<_>) = pods
+            .into_iter()
+            .partition(|p| p.metadata.annotations.contains_key(LOCAL_IP_ANNOTATION));
         for pod in pinned.into_iter().chain(dynamic) {
             if let Err(e) = topology.add_pod(pod) {
                 errors.push(e);
             }
         }
-        if errors.is_empty() { Ok(topology) } else { Err(HarnessError::Topology(errors)) }
+        if errors.is_empty() {
+            Ok(topology)
+        } else {
+            Err(HarnessError::Topology(errors))
+        }
     }
 
     pub fn nodes(&self) -> &[NodeSpec] {
@@ -135,7 +144,11 @@ impl Topology {
         let object = ObjectRef::new("Namespace", None, &ns.metadata.name);
         check_name(&object, &ns.metadata.name, false)?;
         if self.namespaces.contains_key(&ns.metadata.name) {
-            return Err(ConfigError::invalid(&object, "metadata.name", "duplicate Namespace"));
+            return Err(ConfigError::invalid(
+                &object,
+                "metadata.name",
+                "duplicate Namespace",
+            ));
         }
         self.namespaces.insert(ns.metadata.name.clone(), ns);
         Ok(())
@@ -146,13 +159,25 @@ impl Topology {
         let object = ObjectRef::new("Node", None, &name);
         check_name(&object, &name, true)?;
         if self.node(&name).is_some() {
-            return Err(ConfigError::invalid(&object, "metadata.name", "duplicate Node"));
+            return Err(ConfigError::invalid(
+                &object,
+                "metadata.name",
+                "duplicate Node",
+            ));
         }
         if self.nodes.len() >= MAX_NODES {
-            return Err(ConfigError::invalid(&object, "metadata.name", format!("too many nodes: at most {MAX_NODES}")));
+            return Err(ConfigError::invalid(
+                &object,
+                "metadata.name",
+                format!("too many nodes: at most {MAX_NODES}"),
+            ));
         }
         let index = u8::try_from(self.nodes.len() + 1).expect("bounded by MAX_NODES");
-        let spec = NodeSpec { name, index, labels: node.metadata.labels };
+        let spec = NodeSpec {
+            name,
+            index,
+            labels: node.metadata.labels,
+        };
         self.used.insert(spec.gateway_ip());
         self.nodes.push(spec);
         Ok(())
@@ -164,8 +189,12 @@ impl Topology {
         let spec = self.check_pod(pod)?;
         let key = (spec.namespace.clone(), spec.name.clone());
         if !self.namespaces.contains_key(&spec.namespace) {
-            let meta = ObjectMeta { name: spec.namespace.clone(), ..ObjectMeta::default() };
-            self.namespaces.insert(spec.namespace.clone(), Namespace { metadata: meta });
+            let meta = ObjectMeta {
+                name: spec.namespace.clone(),
+                ..ObjectMeta::default()
+            };
+            self.namespaces
+                .insert(spec.namespace.clone(), Namespace { metadata: meta });
         }
         self.used.insert(spec.ip);
         Ok(self.pods.entry(key).or_insert(spec))
@@ -178,25 +207,48 @@ impl Topology {
         check_name(&object, &meta.name, true)?;
         if !self.namespaces.contains_key(&namespace) {
             check_name(&object, &namespace, false).map_err(|_| {
-                ConfigError::invalid(&object, "metadata.namespace", "must be a DNS label ([a-z0-9-], at most 63)")
+                ConfigError::invalid(
+                    &object,
+                    "metadata.namespace",
+                    "must be a DNS label ([a-z0-9-], at most 63)",
+                )
             })?;
         }
         if self.pod(&namespace, &meta.name).is_some() {
-            return Err(ConfigError::invalid(&object, "metadata.name", "duplicate Pod in this namespace"));
+            return Err(ConfigError::invalid(
+                &object,
+                "metadata.name",
+                "duplicate Pod in this namespace",
+            ));
         }
         let node_name = pod.spec.node_name.ok_or_else(|| {
-            ConfigError::invalid(&object, "spec.nodeName", "required: the harness places every pod on a Node")
+            ConfigError::invalid(
+                &object,
+                "spec.nodeName",
+                "required: the harness places every pod on a Node",
+            )
         })?;
-        let node = self
-            .node(&node_name)
-            .ok_or_else(|| ConfigError::invalid(&object, "spec.nodeName", format!("unknown node \"{node_name}\"")))?;
+        let node = self.node(&node_name).ok_or_else(|| {
+            ConfigError::invalid(
+                &object,
+                "spec.nodeName",
+                format!("unknown node \"{node_name}\""),
+            )
+        })?;
         let ip = match meta.annotations.get(LOCAL_IP_ANNOTATION) {
             Some(text) => self.check_pinned_ip(&object, node, text)?,
             None => self.free_ip(node).ok_or_else(|| {
-                ConfigError::invalid(&object, "spec.nodeName", format!("node \"{node_name}\" has no free pod address left"))
+                ConfigError::invalid(
+                    &object,
+                    "spec.nodeName",
+                    format!("node \"{node_name}\" has no free pod address left"),
+                )
             })?,
         };
-        let service_account = pod.spec.service_account_name.unwrap_or_else(|| "default".into());
+        let service_account = pod
+            .spec
+            .service_account_name
+            .unwrap_or_else(|| "default".into());
         Ok(PodSpec {
             namespace,
             name: meta.name,
@@ -208,32 +260,48 @@ impl Topology {
         })
     }
 
-    fn check_pinned_ip(&self, object: &ObjectRef, node: &NodeSpec, text: &str) -> Result<Ipv4Addr, ConfigError> {
-        let ip: Ipv4Addr = text
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::invalid(object, LOCAL_IP_FIELD, format!("\"{text}\" is not an IPv4 address")))?;
+    fn check_pinned_ip(
+        &self,
+        object: &ObjectRef,
+        node: &NodeSpec,
+        text: &str,
+    ) -> Result<Ipv4Addr, ConfigError> {
+        let ip: Ipv4Addr = text.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                object,
+                LOCAL_IP_FIELD,
+                format!("\"{text}\" is not an IPv4 address"),
+            )
+        })?;
         let [a, b, c, d] = ip.octets();
         if (a, b, c) != (198, 18, node.index) || !(2..=254).contains(&d) {
             let (net, _) = node.pod_cidr();
             return Err(ConfigError::invalid(
                 object,
                 LOCAL_IP_FIELD,
-                format!("{ip} is outside node \"{}\"'s pod range {net}/24 (.2 to .254)", node.name),
+                format!(
+                    "{ip} is outside node \"{}\"'s pod range {net}/24 (.2 to .254)",
+                    node.name
+                ),
             ));
         }
         if let Some(owner) = self.pods.values().find(|p| p.ip == ip) {
             return Err(ConfigError::invalid(
                 object,
                 LOCAL_IP_FIELD,
-                format!("{ip} is already the address of Pod {}/{}", owner.namespace, owner.name),
+                format!(
+                    "{ip} is already the address of Pod {}/{}",
+                    owner.namespace, owner.name
+                ),
             ));
         }
         Ok(ip)
     }
 
     fn free_ip(&self, node: &NodeSpec) -> Option<Ipv4Addr> {
-        (2..=254).map(|d| Ipv4Addr::new(198, 18, node.index, d)).find(|ip| !self.used.contains(ip))
+        (2..=254)
+            .map(|d| Ipv4Addr::new(198, 18, node.index, d))
+            .find(|ip| !self.used.contains(ip))
     }
 
     /// Forgets a pod (its address becomes free again).
@@ -247,8 +315,10 @@ impl Topology {
 /// Names become netns and cgroup names: restrict them to what Kubernetes allows
 /// (DNS subdomain for nodes and pods, DNS label for namespaces), at most 63 bytes.
 fn check_name(object: &ObjectRef, name: &str, dots: bool) -> Result<(), ConfigError> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
-    let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if name.len() <= 63 && edges_ok && name.chars().all(ok_char) {
         return Ok(());
     }
@@ -256,7 +326,9 @@ fn check_name(object: &ObjectRef, name: &str, dots: bool) -> Result<(), ConfigEr
     Err(ConfigError::invalid(
         object,
         "metadata.name",
-        format!("\"{name}\" is not a valid name: use {allowed}, start and end alphanumeric, at most 63 characters"),
+        format!(
+            "\"{name}\" is not a valid name: use {allowed}, start and end alphanumeric, at most 63 characters"
+        ),
     ))
 }
 
@@ -267,97 +339,171 @@ mod tests {
     const NODES: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n2}\n";
 
     fn pod(ns: &str, name: &str, node: &str, extra_meta: &str) -> String {
-        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}{extra_meta}}}\nspec: {{nodeName: {node}}}\n")
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}{extra_meta}}}\nspec: {{nodeName: {node}}}\n"
+        )
     }
 
-    fn error_of(yaml: &str) -> String {
-        Topology::parse(yaml).expect_err("topology should be rejected").to_string()
+    /// Asserts that `yaml` is rejected with an error containing every `expected` text.
+    fn assert_rejected(yaml: &str, expected: &[&str]) {
+        let err = Topology::parse(yaml)
+            .expect_err("topology should be rejected")
+            .to_string();
+        for text in expected {
+            assert!(err.contains(text), "expected {text:?} in: {err}");
+        }
     }
 
     #[test]
     fn valid_topology_gets_addresses_and_implicit_namespaces() {
+        let ns = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a, annotations: {mesh.io/dataplane-mode: ambient}}\n";
+        let pinned = pod(
+            "b",
+            "y",
+            "n2",
+            ", annotations: {mesh.io/local-ip: 198.18.2.2}",
+        );
         let yaml = format!(
-            "{NODES}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: a, annotations: {{mesh.io/dataplane-mode: ambient}}}}\n{}{}{}",
+            "{NODES}{ns}{}{pinned}{}",
             pod("a", "x", "n1", ""),
-            pod("b", "y", "n2", ", annotations: {mesh.io/local-ip: 198.18.2.2}"),
-            pod("b", "z", "n2", ""),
+            pod("b", "z", "n2", "")
         );
         let t = Topology::parse(&yaml).unwrap();
-        assert_eq!(t.node("n2").unwrap().fabric_ip(), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(
+            t.node("n2").unwrap().fabric_ip(),
+            Ipv4Addr::new(198, 18, 0, 2)
+        );
         assert_eq!(t.pod("a", "x").unwrap().ip, Ipv4Addr::new(198, 18, 1, 2));
         assert_eq!(t.pod("b", "y").unwrap().ip, Ipv4Addr::new(198, 18, 2, 2));
-        assert_eq!(t.pod("b", "z").unwrap().ip, Ipv4Addr::new(198, 18, 2, 3), "pinned address is skipped");
+        assert_eq!(
+            t.pod("b", "z").unwrap().ip,
+            Ipv4Addr::new(198, 18, 2, 3),
+            "pinned address is skipped"
+        );
         assert_eq!(t.pod("b", "z").unwrap().service_account, "default");
         assert!(t.namespace("a").unwrap().is_enrolled());
-        assert!(t.namespace("b").is_some(), "namespace b is created implicitly");
+        assert!(
+            t.namespace("b").is_some(),
+            "namespace b is created implicitly"
+        );
     }
 
     #[test]
-    fn unknown_node_names_pod_and_field() {
-        let err = error_of(&format!("{NODES}{}", pod("a", "x", "n9", "")));
-        assert!(err.contains("Pod a/x: spec.nodeName: unknown node \"n9\""), "{err}");
-    }
-
-    #[test]
-    fn missing_node_name_is_rejected() {
-        let err = error_of(&format!("{NODES}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: x, namespace: a}}\n"));
-        assert!(err.contains("Pod a/x: spec.nodeName: required"), "{err}");
+    fn pod_placement_errors_name_pod_and_field() {
+        assert_rejected(
+            &format!("{NODES}{}", pod("a", "x", "n9", "")),
+            &["Pod a/x: spec.nodeName: unknown node \"n9\""],
+        );
+        let no_node = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: x, namespace: a}\n";
+        assert_rejected(
+            &format!("{NODES}{no_node}"),
+            &["Pod a/x: spec.nodeName: required"],
+        );
+        let two_bad = format!(
+            "{NODES}{}{}",
+            pod("a", "x", "n8", ""),
+            pod("a", "y", "n9", "")
+        );
+        assert_rejected(
+            &two_bad,
+            &["Pod a/x: spec.nodeName", "Pod a/y: spec.nodeName"],
+        );
     }
 
     #[test]
     fn duplicates_name_the_object() {
-        let err = error_of(&format!("{NODES}{}{}", pod("a", "x", "n1", ""), pod("a", "x", "n2", "")));
-        assert!(err.contains("Pod a/x: metadata.name: duplicate Pod"), "{err}");
-        let err = error_of(&format!("{NODES}---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n"));
-        assert!(err.contains("Node n1: metadata.name: duplicate Node"), "{err}");
+        let dup_pod = format!(
+            "{NODES}{}{}",
+            pod("a", "x", "n1", ""),
+            pod("a", "x", "n2", "")
+        );
+        assert_rejected(&dup_pod, &["Pod a/x: metadata.name: duplicate Pod"]);
+        let node = "---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
+        assert_rejected(
+            &format!("{NODES}{node}"),
+            &["Node n1: metadata.name: duplicate Node"],
+        );
         let ns = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
-        let err = error_of(&format!("{NODES}{ns}{ns}"));
-        assert!(err.contains("Namespace a: metadata.name: duplicate Namespace"), "{err}");
+        assert_rejected(
+            &format!("{NODES}{ns}{ns}"),
+            &["Namespace a: metadata.name: duplicate Namespace"],
+        );
     }
 
     #[test]
     fn address_clash_and_range_name_the_annotation() {
-        let pin = |ip: &str| format!(", annotations: {{mesh.io/local-ip: \"{ip}\"}}");
-        let err = error_of(&format!("{NODES}{}{}", pod("a", "x", "n1", &pin("198.18.1.7")), pod("a", "y", "n1", &pin("198.18.1.7"))));
-        assert!(err.contains("Pod a/y: metadata.annotations[\"mesh.io/local-ip\"]: 198.18.1.7 is already the address of Pod a/x"), "{err}");
-        let err = error_of(&format!("{NODES}{}", pod("a", "x", "n1", &pin("198.18.2.7"))));
-        assert!(err.contains("Pod a/x: metadata.annotations[\"mesh.io/local-ip\"]: 198.18.2.7 is outside node \"n1\""), "{err}");
-        let err = error_of(&format!("{NODES}{}", pod("a", "x", "n1", &pin("198.18.1.1"))));
-        assert!(err.contains("is outside"), "the gateway address is reserved: {err}");
-        let err = error_of(&format!("{NODES}{}", pod("a", "x", "n1", &pin("nope"))));
-        assert!(err.contains("\"nope\" is not an IPv4 address"), "{err}");
+        let pinned = |name: &str, ip: &str| {
+            pod(
+                "a",
+                name,
+                "n1",
+                &format!(", annotations: {{mesh.io/local-ip: \"{ip}\"}}"),
+            )
+        };
+        let field = "metadata.annotations[\"mesh.io/local-ip\"]";
+        let clash = format!(
+            "{NODES}{}{}",
+            pinned("x", "198.18.1.7"),
+            pinned("y", "198.18.1.7")
+        );
+        assert_rejected(
+            &clash,
+            &[&format!(
+                "Pod a/y: {field}: 198.18.1.7 is already the address of Pod a/x"
+            )],
+        );
+        let other_node = format!("{NODES}{}", pinned("x", "198.18.2.7"));
+        assert_rejected(
+            &other_node,
+            &[&format!(
+                "Pod a/x: {field}: 198.18.2.7 is outside node \"n1\""
+            )],
+        );
+        assert_rejected(
+            &format!("{NODES}{}", pinned("x", "198.18.1.1")),
+            &["is outside"],
+        );
+        assert_rejected(
+            &format!("{NODES}{}", pinned("x", "nope")),
+            &[&format!("{field}: \"nope\" is not an IPv4 address")],
+        );
     }
 
     #[test]
-    fn malformed_yaml_names_the_document() {
-        let err = error_of(&format!("{NODES}---\nkind: [unclosed\n"));
-        assert!(err.contains("topology: document 2: malformed YAML"), "{err}");
-    }
-
-    #[test]
-    fn bad_names_are_rejected() {
-        let err = error_of("apiVersion: v1\nkind: Node\nmetadata: {name: N_1}\n");
-        assert!(err.contains("Node N_1: metadata.name: \"N_1\" is not a valid name"), "{err}");
-        let err = error_of(&format!("{NODES}{}", pod("a.b", "x", "n1", "")));
-        assert!(err.contains("Pod a.b/x: metadata.namespace: must be a DNS label"), "{err}");
-    }
-
-    #[test]
-    fn all_errors_are_reported_together() {
-        let err = error_of(&format!("{NODES}{}{}", pod("a", "x", "n8", ""), pod("a", "y", "n9", "")));
-        assert!(err.contains("Pod a/x: spec.nodeName") && err.contains("Pod a/y: spec.nodeName"), "{err}");
+    fn malformed_yaml_and_bad_names_are_rejected() {
+        assert_rejected(
+            &format!("{NODES}---\nkind: [unclosed\n"),
+            &["topology: document 2: malformed YAML"],
+        );
+        let bad_node = "apiVersion: v1\nkind: Node\nmetadata: {name: N_1}\n";
+        assert_rejected(
+            bad_node,
+            &["Node N_1: metadata.name: \"N_1\" is not a valid name"],
+        );
+        assert_rejected(
+            &format!("{NODES}{}", pod("a.b", "x", "n1", "")),
+            &["Pod a.b/x: metadata.namespace: must be a DNS label"],
+        );
     }
 
     #[test]
     fn full_node_is_reported_and_removal_frees_the_address() {
         let mut t = Topology::parse(NODES).unwrap();
         for i in 0..253 {
-            let p: Pod = serde_yaml::from_str(&format!("metadata: {{name: p{i}, namespace: a}}\nspec: {{nodeName: n1}}")).unwrap();
+            let p: Pod = serde_yaml::from_str(&format!(
+                "metadata: {{name: p{i}, namespace: a}}\nspec: {{nodeName: n1}}"
+            ))
+            .unwrap();
             t.add_pod(p).unwrap();
         }
-        let extra: Pod = serde_yaml::from_str("metadata: {name: extra, namespace: a}\nspec: {nodeName: n1}").unwrap();
+        let extra: Pod =
+            serde_yaml::from_str("metadata: {name: extra, namespace: a}\nspec: {nodeName: n1}")
+                .unwrap();
         let err = t.add_pod(extra.clone()).unwrap_err().to_string();
-        assert!(err.contains("Pod a/extra: spec.nodeName: node \"n1\" has no free pod address left"), "{err}");
+        assert!(
+            err.contains("Pod a/extra: spec.nodeName: node \"n1\" has no free pod address left"),
+            "{err}"
+        );
         let freed = t.remove_pod("a", "p7").unwrap().ip;
         assert_eq!(t.add_pod(extra).unwrap().ip, freed);
     }
