@@ -374,3 +374,37 @@ fn bin_path_points_into_the_target_dir() {
     );
     assert_fails(harness::bin_path("no-such-binary"), "/target/");
 }
+
+#[test]
+fn two_hundred_pods_are_added_reached_and_removed() {
+    let mut cluster = Cluster::from_yaml(TOPOLOGY).unwrap();
+    let started = Instant::now();
+    for i in 0..200 {
+        let node = if i < 100 { "n1" } else { "n2" };
+        cluster
+            .add_pod(harness::pod("many", &format!("p{i}"), node))
+            .unwrap();
+    }
+    let added_in = started.elapsed();
+    let first = cluster.pod("many", "p0").unwrap();
+    let last = cluster.pod("many", "p199").unwrap();
+    assert_eq!(
+        (first.ip, last.ip),
+        (Ipv4Addr::new(198, 18, 1, 3), Ipv4Addr::new(198, 18, 2, 102))
+    );
+    let (addr, served) = echo_once(&cluster, "many", "p199");
+    assert_eq!(
+        exchange(&cluster, "many", "p0", addr),
+        "198.18.1.3|hello over the fabric"
+    );
+    served.join().unwrap().unwrap();
+    let started = Instant::now();
+    for i in 0..200 {
+        cluster.remove_pod("many", &format!("p{i}")).unwrap();
+    }
+    eprintln!(
+        "200 pods: added in {added_in:?}, removed in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cluster.pods().len(), 3);
+}

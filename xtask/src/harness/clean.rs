@@ -49,6 +49,16 @@ pub fn clean_leftovers_with(options: CleanOptions) -> Result<CleanReport, Harnes
     Ok(report)
 }
 
+/// Everything of every harness cluster on this machine, live or not (see
+/// [`leftovers`](super::leftovers)); empty when no cluster exists. `cargo xtask test`
+/// can assert this after the suite.
+pub fn all_leftovers() -> Result<Vec<String>, HarnessError> {
+    Ok(find_prefixes()?
+        .iter()
+        .flat_map(|p| teardown::leftovers(p))
+        .collect())
+}
+
 /// Every cluster prefix that has any object on this machine.
 fn find_prefixes() -> Result<BTreeSet<String>, HarnessError> {
     let mut found = BTreeSet::new();

@@ -275,7 +275,8 @@ impl Cluster {
                 ),
                 format!("addr add {gw}/32 dev {host}"),
                 format!("link set {host} up"),
-                format!("route add {}/32 dev {host}", pod.ip),
+                // `replace`: a removed pod whose netns a socket still holds keeps its old route.
+                format!("route replace {}/32 dev {host}", pod.ip),
             ],
         )?;
         ip::batch(
@@ -477,11 +478,6 @@ impl Cluster {
                 leftovers: vec![format!("processes {left:?}")],
             });
         }
-        // Deleting the node end removes the pod's route even if a socket keeps the pod netns alive.
-        let node_netns = self.names.node_netns(&spec.node);
-        if ip::netns_list().contains(&node_netns) {
-            let _ = ip::run(&["-n", &node_netns, "link", "del", &info.host_iface]);
-        }
         if ip::netns_list().contains(&info.netns) {
             ip::netns_del(&info.netns)?;
         }
@@ -633,7 +629,11 @@ impl Cluster {
 
     // ---- config and teardown ----
 
-    /// Writes the topology for a local-mode daemon (see [`super::config`]).
+    /// Writes the topology for a local-mode daemon into `dir/`[`TOPOLOGY_FILE`](super::TOPOLOGY_FILE)
+    /// (atomically) and returns the file's path: Namespaces with their annotations,
+    /// Nodes, and Pods with `status.podIP` and the [`LOCAL_NETNS_ANNOTATION`](super::LOCAL_NETNS_ANNOTATION)
+    /// / [`LOCAL_CGROUP_ANNOTATION`](super::LOCAL_CGROUP_ANNOTATION) paths. Call it again
+    /// after adding/removing pods or changing namespaces.
     pub fn write_config(&self, dir: &Path) -> Result<PathBuf, HarnessError> {
         super::config::write(self, dir)
     }

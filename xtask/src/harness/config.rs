@@ -1,21 +1,21 @@
 //! The topology as YAML for a local-mode daemon: Namespaces (with annotations),
 //! Nodes and Pods (with `status.podIP` and annotations saying where the pod's
-//! netns and cgroup are).
+//! netns and cgroup are: mesh-common's `LOCAL_NETNS_ANNOTATION` (the
+//! `/run/netns/...` path) and `LOCAL_CGROUP_ANNOTATION` (the absolute cgroup2
+//! directory); Nodes carry the same two plus `mesh.io/local-ip`).
 
 use std::path::{Path, PathBuf};
 
 use mesh_common::model::ObjectMeta;
-use mesh_common::model::k8s::{Node, Pod, PodCondition, PodSpec, PodStatus};
+use mesh_common::model::k8s::{
+    LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, Node, Pod, PodCondition, PodSpec, PodStatus,
+};
 use serde::Serialize;
 
 use super::HarnessError;
 use super::cluster::{Cluster, NodeInfo, PodInfo};
 use super::topology::LOCAL_IP_ANNOTATION;
 
-/// Pod/Node annotation: path of the netns bind mount (e.g. `/run/netns/mh3k9zq-pod-a.x`).
-pub const LOCAL_NETNS_ANNOTATION: &str = "mesh.io/local-netns";
-/// Pod/Node annotation: absolute path of the cgroup2 directory.
-pub const LOCAL_CGROUP_ANNOTATION: &str = "mesh.io/local-cgroup";
 /// File name [`write`] uses inside the config directory.
 pub const TOPOLOGY_FILE: &str = "00-harness-topology.yaml";
 

@@ -54,13 +54,12 @@ use std::path::PathBuf;
 use mesh_common::model::ObjectMeta;
 use mesh_common::model::k8s::Pod;
 
-pub use clean::{CleanOptions, CleanReport, clean_leftovers, clean_leftovers_with};
+pub use clean::{CleanOptions, CleanReport, all_leftovers, clean_leftovers, clean_leftovers_with};
 pub use cluster::{Cluster, ClusterOptions, NodeInfo, PodInfo, RUN_TIMEOUT};
-pub use config::{
-    LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, TOPOLOGY_FILE, render as render_config,
-};
+pub use config::{TOPOLOGY_FILE, render as render_config};
 pub use error::HarnessError;
-pub use hostfs::{cgroup2_root, ensure_bpffs};
+pub use hostfs::{BPFFS_MOUNT, NETNS_DIR, cgroup2_root, ensure_bpffs};
+pub use mesh_common::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION};
 pub use names::{TAG, is_prefix, new_prefix};
 pub use netns::in_netns;
 pub use process::{
