@@ -139,8 +139,6 @@ impl Cluster {
         }
         let bpffs = hostfs::ensure_bpffs()?;
         let cgroup_root = hostfs::harness_cgroup_root()?;
-        std::fs::create_dir_all(&cgroup_root)
-            .map_err(|e| HarnessError::io("create cgroup", &cgroup_root, e))?;
         let prefix = reserve_prefix(options.prefix.as_deref())?;
         let mut cluster = Cluster {
             cgroup_dir: cgroup_root.join(&prefix),
@@ -163,7 +161,8 @@ impl Cluster {
         let prefix = self.names.prefix.clone();
         tracing::info!(%prefix, nodes = topology.nodes().len(), pods = topology.pods().count(), "creating local cluster");
         self.step("cluster cgroup")?;
-        std::fs::create_dir(&self.cgroup_dir)
+        // `_all`: `clean_leftovers` may remove the shared parent when it sees it empty.
+        std::fs::create_dir_all(&self.cgroup_dir)
             .map_err(|e| HarnessError::io("create cgroup", &self.cgroup_dir, e))?;
         self.make_dir(&self.bpf_dir.clone())?;
         self.create_fabric()?;
