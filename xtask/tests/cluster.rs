@@ -146,6 +146,15 @@ fn two_nodes_three_pods_talk_over_the_fabric_and_leave_nothing_behind() {
         "198.18.1.50|hello over the fabric"
     );
     served.join().unwrap().unwrap();
+    // Readiness-style polling from the node's netns, and the printed summary.
+    let (addr, served) = echo_once(&cluster, "shop", "server");
+    cluster.wait_tcp_on_node("n1", addr, IO_TIMEOUT).unwrap();
+    drop(served);
+    let summary = cluster.to_string();
+    assert!(
+        summary.contains("198.18.2.2") && summary.contains("pods 198.18.2.0/24"),
+        "{summary}"
+    );
     // A Service VIP leaves the pod and nothing answers it.
     let vip = SocketAddr::from(([198, 19, 0, 10], 80));
     assert!(

@@ -131,6 +131,16 @@ impl Cluster {
         Self::create(Topology::parse(yaml)?, options)
     }
 
+    /// Reads, validates and creates the topology in the YAML file `path` (errors
+    /// name the file).
+    pub fn from_file(path: &Path) -> Result<Cluster, HarnessError> {
+        let text = std::fs::read_to_string(path).map_err(|e| HarnessError::io("read", path, e))?;
+        Self::create(
+            Topology::parse_named(&path.display().to_string(), &text)?,
+            ClusterOptions::default(),
+        )
+    }
+
     /// Creates `topology`. On any failure, everything created so far is removed
     /// before the error is returned.
     pub fn create(topology: Topology, options: ClusterOptions) -> Result<Cluster, HarnessError> {
@@ -626,6 +636,75 @@ impl Cluster {
         .map_err(|e| HarnessError::sys(format!("connect to {addr} from pod {namespace}/{name}"), e))
     }
 
+    /// Polls until a TCP connect to `addr` from inside the netns at `netns_path`
+    /// succeeds (e.g. a daemon's readiness port), or fails with a timeout error.
+    fn wait_tcp(
+        &self,
+        netns_path: &Path,
+        place: &str,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), HarnessError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let ready = netns::in_netns(netns_path, || {
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if TcpStream::connect_timeout(
+                    &addr,
+                    left.clamp(Duration::from_millis(1), Duration::from_millis(200)),
+                )
+                .is_ok()
+                {
+                    return true;
+                }
+                if left.is_zero() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20).min(left));
+            }
+        })?;
+        if ready {
+            Ok(())
+        } else {
+            Err(HarnessError::Timeout {
+                what: format!("waiting for {addr} to accept from {place}"),
+                timeout,
+            })
+        }
+    }
+
+    /// Waits until `addr` accepts TCP connections from the node's netns (e.g. the
+    /// node daemon's readiness port `127.0.0.1:15021`).
+    pub fn wait_tcp_on_node(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), HarnessError> {
+        self.wait_tcp(
+            &self.node(node)?.netns_path,
+            &format!("node {node}"),
+            addr,
+            timeout,
+        )
+    }
+
+    /// Waits until `addr` accepts TCP connections from the pod's netns.
+    pub fn wait_tcp_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), HarnessError> {
+        self.wait_tcp(
+            &self.pod(namespace, name)?.netns_path,
+            &format!("pod {namespace}/{name}"),
+            addr,
+            timeout,
+        )
+    }
+
     // ---- config and teardown ----
 
     /// Writes the topology for a local-mode daemon into `dir/`[`TOPOLOGY_FILE`](super::TOPOLOGY_FILE)
@@ -658,6 +737,34 @@ impl Cluster {
                 leftovers: failures,
             })
         }
+    }
+}
+
+/// Nodes and pods with their addresses, one per line (what the demo prints).
+impl std::fmt::Display for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "cluster {} (fabric netns {})",
+            self.prefix(),
+            self.fabric_netns()
+        )?;
+        for node in self.nodes() {
+            writeln!(
+                f,
+                "  node {:<12} {:<15} pods 198.18.{}.0/24  netns {}",
+                node.name, node.ip, node.index, node.netns
+            )?;
+        }
+        for pod in self.pods() {
+            let pod_name = format!("{}/{}", pod.namespace, pod.name);
+            writeln!(
+                f,
+                "  pod  {pod_name:<28} {:<15} on {:<8} sa {}",
+                pod.ip, pod.node, pod.service_account
+            )?;
+        }
+        Ok(())
     }
 }
 

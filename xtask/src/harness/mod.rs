@@ -29,6 +29,29 @@
 //! cgroups `<cgroup2>/mesh-harness/<p>/{node-<node>,pod-<ns>.<pod>}`; bpffs
 //! `/sys/fs/bpf/<p>/<node>`; state `$TMPDIR/mesh-harness/<p>`.
 //!
+//! # Use
+//! ```no_run
+//! # fn main() -> Result<(), xtask::harness::HarnessError> {
+//! use std::process::Command;
+//! use std::time::Duration;
+//! use xtask::harness::{self, Cluster};
+//!
+//! let mut cluster = Cluster::from_file("samples/bookinfo/platform/topology.yaml".as_ref())?;
+//! println!("{cluster}"); // nodes, pods, addresses
+//! let config = cluster.state_dir().join("config");
+//! cluster.write_config(&config)?; // Namespaces, Nodes, Pods (+ podIP, netns/cgroup paths)
+//! let mut daemon = Command::new(harness::bin_path("mesh-node")?);
+//! daemon.args(["run", "--node", "node1", "--config-dir"]).arg(&config);
+//! let _node1 = cluster.spawn_on_node("node1", daemon)?; // node netns + node cgroup
+//! cluster.wait_tcp_on_node("node1", ([127, 0, 0, 1], 15021).into(), Duration::from_secs(10))?;
+//! let app = cluster.spawn_in_pod("bookinfo", "details-v1", Command::new("sleep").arg("60"))?;
+//! let listener = cluster.listen_in_pod("bookinfo", "ratings-v1", 9080)?; // a socket in that netns
+//! cluster.add_pod(harness::pod("bookinfo", "extra", "node2"))?;
+//! cluster.set_namespace_annotation("bookinfo", "mesh.io/dataplane-mode", Some("ambient"))?;
+//! cluster.write_config(&config)?;
+//! # drop((app, listener)); Ok(()) }
+//! ```
+//!
 //! # Cleanup
 //! Dropping a [`Cluster`] (also while unwinding from a panic) removes all of it.
 //! [`clean_leftovers`] removes what killed processes left behind; the demo calls

@@ -73,9 +73,14 @@ impl Topology {
     /// one implicitly (no annotations), as `kubectl create namespace` would.
     /// All problems are reported together, each naming object and field.
     pub fn parse(yaml: &str) -> Result<Topology, HarnessError> {
+        Self::parse_named("topology", yaml)
+    }
+
+    /// [`Topology::parse`] with `source_name` (e.g. the file path) in YAML errors.
+    pub fn parse_named(source_name: &str, yaml: &str) -> Result<Topology, HarnessError> {
         let mut errors = Vec::new();
         let (mut namespaces, mut nodes, mut pods) = (Vec::new(), Vec::new(), Vec::new());
-        for doc in parse_documents("topology", yaml) {
+        for doc in parse_documents(source_name, yaml) {
             match doc {
                 Ok(Resource::Namespace(ns)) => namespaces.push(ns),
                 Ok(Resource::Node(node)) => nodes.push(node),
@@ -484,6 +489,17 @@ mod tests {
             &format!("{NODES}{}", pod("a.b", "x", "n1", "")),
             &["Pod a.b/x: metadata.namespace: must be a DNS label"],
         );
+    }
+
+    #[test]
+    fn the_demo_topology_is_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../samples/bookinfo/platform/topology.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("the demo topology exists");
+        let t = Topology::parse_named(path, &text).unwrap();
+        assert!(t.nodes().len() >= 2 && t.pods().count() >= 3);
     }
 
     #[test]
