@@ -417,3 +417,28 @@ fn two_hundred_pods_are_added_reached_and_removed() {
     );
     assert_eq!(cluster.pods().len(), 3);
 }
+
+#[test]
+fn processes_that_ignore_sigterm_or_fork_are_still_removed() {
+    let cluster = Cluster::from_yaml(TOPOLOGY).unwrap();
+    let prefix = cluster.prefix().to_owned();
+    // SIG_IGN survives exec, so every `sleep` the loop forks ignores SIGTERM too.
+    let script = "trap '' TERM; while :; do sleep 0.05 & sleep 0.05; done";
+    let mut stubborn = cluster
+        .spawn_in_pod("shop", "client", Command::new("sh").args(["-c", script]))
+        .unwrap();
+    let pod_cgroup = cluster.pod("shop", "client").unwrap().cgroup;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while std::fs::read_to_string(pod_cgroup.join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the script never forked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(cluster);
+    assert_exits(&mut stubborn, "SIGTERM-proof process killed at teardown");
+    assert_eq!(harness::leftovers(&prefix), Vec::<String>::new());
+}

@@ -24,6 +24,28 @@ pub struct CleanReport {
     pub failures: Vec<String>,
 }
 
+/// One line per cluster removed or skipped, then failures (what `cargo xtask clean` prints).
+impl std::fmt::Display for CleanReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.removed.is_empty() && self.skipped_live.is_empty() {
+            writeln!(f, "no harness leftovers")?;
+        }
+        for prefix in &self.removed {
+            writeln!(f, "removed cluster {prefix}")?;
+        }
+        for prefix in &self.skipped_live {
+            writeln!(
+                f,
+                "kept cluster {prefix}: its owner process is still running"
+            )?;
+        }
+        for failure in &self.failures {
+            writeln!(f, "could not remove: {failure}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Removes every harness cluster whose owner process has exited: its processes
 /// (killed by PID from its cgroups), netns, veths, cgroups, bpffs dir and state dir.
 pub fn clean_leftovers() -> Result<CleanReport, HarnessError> {
