@@ -230,7 +230,7 @@ fn a_panic_in_the_test_body_still_cleans_up() {
 
 #[test]
 fn failed_creation_removes_what_was_created() {
-    for steps in [0, 2, 5] {
+    for steps in [0, 1, 2, 4, 6] {
         let prefix = harness::new_prefix();
         let options = ClusterOptions {
             prefix: Some(prefix.clone()),
@@ -441,4 +441,23 @@ fn processes_that_ignore_sigterm_or_fork_are_still_removed() {
     drop(cluster);
     assert_exits(&mut stubborn, "SIGTERM-proof process killed at teardown");
     assert_eq!(harness::leftovers(&prefix), Vec::<String>::new());
+}
+
+#[test]
+fn a_pod_that_fails_to_start_leaves_nothing() {
+    // 7 steps build TOPOLOGY (cluster cgroup, fabric, 2 nodes, 3 pods); the 8th fails.
+    let options = ClusterOptions {
+        fail_after_steps: Some(7),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::from_yaml_with(TOPOLOGY, options).unwrap();
+    assert_fails(
+        cluster.add_pod(harness::pod("shop", "late", "n2")),
+        "injected failure",
+    );
+    assert_fails(cluster.pod("shop", "late"), "no pod shop/late");
+    let netns = format!("{}-pod-shop.late", cluster.prefix());
+    let cgroup = cluster.cgroup_dir().join("pod-shop.late");
+    assert!(!std::path::Path::new("/run/netns").join(netns).exists() && !cgroup.exists());
+    assert_eq!(cluster.pods().len(), 3);
 }

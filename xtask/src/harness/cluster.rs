@@ -170,10 +170,10 @@ impl Cluster {
     fn build(&mut self, topology: Topology) -> Result<(), HarnessError> {
         let prefix = self.names.prefix.clone();
         tracing::info!(%prefix, nodes = topology.nodes().len(), pods = topology.pods().count(), "creating local cluster");
-        self.step("cluster cgroup")?;
         // `_all`: `clean_leftovers` may remove the shared parent when it sees it empty.
         std::fs::create_dir_all(&self.cgroup_dir)
             .map_err(|e| HarnessError::io("create cgroup", &self.cgroup_dir, e))?;
+        self.step("cluster cgroup")?;
         self.make_dir(&self.bpf_dir.clone())?;
         self.create_fabric()?;
         let nodes: Vec<NodeSpec> = topology.nodes().to_vec();
@@ -189,6 +189,8 @@ impl Cluster {
         Ok(())
     }
 
+    /// Marks one object as (partly) created; the test hook fails here, so rollback
+    /// is exercised with half-made objects in place.
     fn step(&mut self, what: &str) -> Result<(), HarnessError> {
         self.steps += 1;
         if self.fail_after_steps.is_some_and(|n| self.steps > n) {
@@ -207,9 +209,9 @@ impl Cluster {
 
     fn create_fabric(&mut self) -> Result<(), HarnessError> {
         let netns = self.names.fabric_netns();
-        self.step("fabric netns")?;
         tracing::info!(%netns, "fabric: bridge {}", self.names.bridge());
         ip::netns_add(&netns)?;
+        self.step("fabric netns")?;
         let br = self.names.bridge();
         ip::batch(
             &netns,
@@ -223,12 +225,12 @@ impl Cluster {
 
     fn create_node(&mut self, node: &NodeSpec, all: &[NodeSpec]) -> Result<(), HarnessError> {
         let info = self.node_info(node);
-        self.step(&format!("node {}", node.name))?;
         tracing::info!(node = %node.name, ip = %info.ip, netns = %info.netns, "creating node");
         ip::netns_add(&info.netns)?;
         self.make_dir(&info.cgroup)?;
         self.make_dir(&info.bpf_dir)?;
         self.make_dir(&info.state_dir)?;
+        self.step(&format!("node {}", node.name))?;
         let (port, uplink) = (self.names.fabric_port(node.index), &info.uplink);
         ip::batch(
             &self.names.fabric_netns(),
@@ -269,10 +271,10 @@ impl Cluster {
         self.pod_index
             .insert((pod.namespace.clone(), pod.name.clone()), index);
         let info = self.pod_info(pod, index);
-        self.step(&format!("pod {}/{}", pod.namespace, pod.name))?;
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), node = %pod.node, ip = %pod.ip, "creating pod");
         ip::netns_add(&info.netns)?;
         self.make_dir(&info.cgroup)?;
+        self.step(&format!("pod {}/{}", pod.namespace, pod.name))?;
         let node_netns = self.names.node_netns(&pod.node);
         let (host, iface, gw) = (&info.host_iface, &info.iface, info.gateway_ip);
         ip::batch(
