@@ -1,21 +1,25 @@
 //! [`Cluster`]: a topology brought to life as network namespaces, veths, routes and
-//! cgroups, torn down when dropped.
+//! cgroups, torn down when dropped. Wiring is in `wiring`, processes and sockets in
+//! `workloads`.
 
-use std::borrow::BorrowMut;
+mod info;
+mod wiring;
+mod workloads;
+
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use mesh_common::model::k8s::{Namespace, Pod};
 use mesh_common::model::parse_documents;
 use mesh_common::model::{ObjectMeta, Resource};
 
-use super::names::{self, Names};
-use super::process::{self, Placement, ProcessGuard};
+pub use info::{NodeInfo, PodInfo};
+
+use super::names::Names;
 use super::topology::{NodeSpec, PodSpec, Topology};
-use super::{HarnessError, hostfs, ip, netns, owner, teardown};
+use super::{HarnessError, hostfs, ip, owner, teardown};
 
 /// How long [`Cluster::run_in_pod`] lets a command run.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,53 +33,6 @@ pub struct ClusterOptions {
     /// Test hook: fail creation after this many steps, to check the rollback.
     #[doc(hidden)]
     pub fail_after_steps: Option<usize>,
-}
-
-/// A node as created: where it lives and how it is addressed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NodeInfo {
-    pub name: String,
-    /// 1-based; the node owns `198.18.<index>.0/24`.
-    pub index: u8,
-    /// Address on the fabric, `198.18.0.<index>`.
-    pub ip: Ipv4Addr,
-    /// The node's address on every pod veth (pods' default gateway), `198.18.<index>.1`.
-    pub gateway_ip: Ipv4Addr,
-    pub labels: BTreeMap<String, String>,
-    /// Netns name (`ip netns` name) and its path under /run/netns.
-    pub netns: String,
-    pub netns_path: PathBuf,
-    /// cgroup2 directory for the node's daemons.
-    pub cgroup: PathBuf,
-    /// Per-node bpffs directory for pins, `/sys/fs/bpf/<prefix>/<node>`.
-    pub bpf_dir: PathBuf,
-    /// Per-node state directory (certificates, sockets...), under the cluster's state dir.
-    pub state_dir: PathBuf,
-    /// The node's fabric interface (in the node netns).
-    pub uplink: String,
-}
-
-/// A pod as created: its [`PodSpec`] (namespace, name, node, ip, service account,
-/// labels, annotations; reachable through `Deref`, e.g. `pod.ip`) and where it lives.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodInfo {
-    pub spec: PodSpec,
-    /// Default gateway (the node's `198.18.N.1`).
-    pub gateway_ip: Ipv4Addr,
-    pub netns: String,
-    pub netns_path: PathBuf,
-    pub cgroup: PathBuf,
-    /// The pod's interface (in the pod netns).
-    pub iface: String,
-    /// The node-side end of the pod's veth (in the node netns).
-    pub host_iface: String,
-}
-
-impl std::ops::Deref for PodInfo {
-    type Target = PodSpec;
-    fn deref(&self) -> &PodSpec {
-        &self.spec
-    }
 }
 
 /// A local cluster: one netns + cgroup per node and per pod, a fabric netns with a
@@ -118,7 +75,7 @@ pub struct Cluster {
 }
 
 /// The largest pod index whose interface names still fit in 15 bytes.
-const MAX_POD_INDEX: u32 = 99_999;
+pub(super) const MAX_POD_INDEX: u32 = 99_999;
 
 impl Cluster {
     /// Parses, validates and creates the topology in `yaml` (see [`Topology::parse`]).
@@ -149,7 +106,7 @@ impl Cluster {
         }
         let bpffs = hostfs::ensure_bpffs()?;
         let cgroup_root = hostfs::harness_cgroup_root()?;
-        let prefix = reserve_prefix(options.prefix.as_deref())?;
+        let prefix = owner::claim_prefix(options.prefix.as_deref())?;
         let mut cluster = Cluster {
             cgroup_dir: cgroup_root.join(&prefix),
             bpf_dir: bpffs.join(&prefix),
@@ -205,102 +162,6 @@ impl Cluster {
 
     fn make_dir(&mut self, dir: &Path) -> Result<(), HarnessError> {
         std::fs::create_dir_all(dir).map_err(|e| HarnessError::io("create", dir, e))
-    }
-
-    fn create_fabric(&mut self) -> Result<(), HarnessError> {
-        let netns = self.names.fabric_netns();
-        tracing::info!(%netns, "fabric: bridge {}", self.names.bridge());
-        ip::netns_add(&netns)?;
-        self.step("fabric netns")?;
-        let br = self.names.bridge();
-        ip::batch(
-            &netns,
-            &[
-                "link set lo up".into(),
-                format!("link add {br} type bridge"),
-                format!("link set {br} up"),
-            ],
-        )
-    }
-
-    fn create_node(&mut self, node: &NodeSpec, all: &[NodeSpec]) -> Result<(), HarnessError> {
-        let info = self.node_info(node);
-        tracing::info!(node = %node.name, ip = %info.ip, netns = %info.netns, "creating node");
-        ip::netns_add(&info.netns)?;
-        self.make_dir(&info.cgroup)?;
-        self.make_dir(&info.bpf_dir)?;
-        self.make_dir(&info.state_dir)?;
-        self.step(&format!("node {}", node.name))?;
-        let (port, uplink) = (self.names.fabric_port(node.index), &info.uplink);
-        ip::batch(
-            &self.names.fabric_netns(),
-            &[
-                format!(
-                    "link add {port} type veth peer name {uplink} netns {}",
-                    info.netns
-                ),
-                format!("link set {port} master {}", self.names.bridge()),
-                format!("link set {port} up"),
-            ],
-        )?;
-        let mut lines = vec![
-            "link set lo up".into(),
-            format!("addr add {}/24 dev {uplink}", info.ip),
-            format!("link set {uplink} up"),
-        ];
-        for other in all.iter().filter(|o| o.index != node.index) {
-            let (net, len) = other.pod_cidr();
-            lines.push(format!(
-                "route add {net}/{len} via {} dev {uplink}",
-                other.fabric_ip()
-            ));
-        }
-        ip::batch(&info.netns, &lines)?;
-        netns::write_sysctl(&info.netns_path, "net/ipv4/ip_forward", "1")
-    }
-
-    fn create_pod(&mut self, pod: &PodSpec) -> Result<PodInfo, HarnessError> {
-        if self.next_pod_index > MAX_POD_INDEX {
-            return Err(HarnessError::sys(
-                "allocating a pod interface index",
-                std::io::Error::other("cluster ran out of pod indexes"),
-            ));
-        }
-        let index = self.next_pod_index;
-        self.next_pod_index += 1;
-        self.pod_index
-            .insert((pod.namespace.clone(), pod.name.clone()), index);
-        let info = self.pod_info(pod, index);
-        tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), node = %pod.node, ip = %pod.ip, "creating pod");
-        ip::netns_add(&info.netns)?;
-        self.make_dir(&info.cgroup)?;
-        self.step(&format!("pod {}/{}", pod.namespace, pod.name))?;
-        let node_netns = self.names.node_netns(&pod.node);
-        let (host, iface, gw) = (&info.host_iface, &info.iface, info.gateway_ip);
-        ip::batch(
-            &node_netns,
-            &[
-                format!(
-                    "link add {host} type veth peer name {iface} netns {}",
-                    info.netns
-                ),
-                format!("addr add {gw}/32 dev {host}"),
-                format!("link set {host} up"),
-                // `replace`: a removed pod whose netns a socket still holds keeps its old route.
-                format!("route replace {}/32 dev {host}", pod.ip),
-            ],
-        )?;
-        ip::batch(
-            &info.netns,
-            &[
-                "link set lo up".into(),
-                format!("addr add {}/32 dev {iface}", pod.ip),
-                format!("link set {iface} up"),
-                format!("route add {gw}/32 dev {iface} scope link"),
-                format!("route add default via {gw} dev {iface}"),
-            ],
-        )?;
-        Ok(info)
     }
 
     fn node_info(&self, node: &NodeSpec) -> NodeInfo {
@@ -531,182 +392,6 @@ impl Cluster {
             .expect("inserted above"))
     }
 
-    // ---- processes and sockets ----
-
-    fn pod_place(&self, namespace: &str, name: &str) -> Result<Placement, HarnessError> {
-        let pod = self.pod(namespace, name)?;
-        Ok(Placement {
-            netns_path: pod.netns_path,
-            cgroup_dir: pod.cgroup,
-            label: format!("pod {namespace}/{name}"),
-        })
-    }
-
-    fn node_place(&self, node: &str) -> Result<Placement, HarnessError> {
-        let n = self.node(node)?;
-        Ok(Placement {
-            netns_path: n.netns_path,
-            cgroup_dir: n.cgroup,
-            label: format!("node {node}"),
-        })
-    }
-
-    /// Starts `cmd` inside the pod: in its cgroup and netns. `cmd` may be a
-    /// `Command` or `&mut Command` (reusing one adds another pre-exec hook each time).
-    pub fn spawn_in_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        cmd: impl BorrowMut<Command>,
-    ) -> Result<ProcessGuard, HarnessError> {
-        process::spawn(&self.pod_place(namespace, name)?, cmd)
-    }
-
-    /// Starts `cmd` on the node (its netns and cgroup): how daemons are run.
-    pub fn spawn_on_node(
-        &self,
-        node: &str,
-        cmd: impl BorrowMut<Command>,
-    ) -> Result<ProcessGuard, HarnessError> {
-        process::spawn(&self.node_place(node)?, cmd)
-    }
-
-    /// Runs `cmd` in the pod to completion (at most [`RUN_TIMEOUT`]) and returns its
-    /// output. A non-zero exit is not an error: check `status`.
-    pub fn run_in_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        cmd: impl BorrowMut<Command>,
-    ) -> Result<Output, HarnessError> {
-        process::run(&self.pod_place(namespace, name)?, cmd, RUN_TIMEOUT)
-    }
-
-    /// Runs `cmd` on the node to completion (at most [`RUN_TIMEOUT`]).
-    pub fn run_on_node(
-        &self,
-        node: &str,
-        cmd: impl BorrowMut<Command>,
-    ) -> Result<Output, HarnessError> {
-        process::run(&self.node_place(node)?, cmd, RUN_TIMEOUT)
-    }
-
-    /// Runs `f` on a thread inside the pod's netns (not its cgroup: sockets made
-    /// there belong to the calling process's cgroup, so cgroup eBPF hooks of the
-    /// pod do not apply to them; spawn a process for captured traffic).
-    pub fn in_pod<T: Send>(
-        &self,
-        namespace: &str,
-        name: &str,
-        f: impl FnOnce() -> T + Send,
-    ) -> Result<T, HarnessError> {
-        netns::in_netns(&self.pod(namespace, name)?.netns_path, f)
-    }
-
-    /// Runs `f` on a thread inside the node's netns.
-    pub fn in_node<T: Send>(
-        &self,
-        node: &str,
-        f: impl FnOnce() -> T + Send,
-    ) -> Result<T, HarnessError> {
-        netns::in_netns(&self.node(node)?.netns_path, f)
-    }
-
-    /// A TCP listener on `0.0.0.0:port` inside the pod's netns (port 0: any).
-    pub fn listen_in_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        port: u16,
-    ) -> Result<TcpListener, HarnessError> {
-        let addr = SocketAddr::from(([0, 0, 0, 0], port));
-        self.in_pod(namespace, name, || TcpListener::bind(addr))?
-            .map_err(|e| HarnessError::sys(format!("bind {addr} in pod {namespace}/{name}"), e))
-    }
-
-    /// A TCP connection to `addr` made from inside the pod's netns (source: the pod IP).
-    pub fn connect_from_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<TcpStream, HarnessError> {
-        self.in_pod(namespace, name, || {
-            TcpStream::connect_timeout(&addr, timeout)
-        })?
-        .map_err(|e| HarnessError::sys(format!("connect to {addr} from pod {namespace}/{name}"), e))
-    }
-
-    /// Polls until a TCP connect to `addr` from inside the netns at `netns_path`
-    /// succeeds (e.g. a daemon's readiness port), or fails with a timeout error.
-    fn wait_tcp(
-        &self,
-        netns_path: &Path,
-        place: &str,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<(), HarnessError> {
-        let deadline = std::time::Instant::now() + timeout;
-        let ready = netns::in_netns(netns_path, || {
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if TcpStream::connect_timeout(
-                    &addr,
-                    left.clamp(Duration::from_millis(1), Duration::from_millis(200)),
-                )
-                .is_ok()
-                {
-                    return true;
-                }
-                if left.is_zero() {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(20).min(left));
-            }
-        })?;
-        if ready {
-            Ok(())
-        } else {
-            Err(HarnessError::Timeout {
-                what: format!("waiting for {addr} to accept from {place}"),
-                timeout,
-            })
-        }
-    }
-
-    /// Waits until `addr` accepts TCP connections from the node's netns (e.g. the
-    /// node daemon's readiness port `127.0.0.1:15021`).
-    pub fn wait_tcp_on_node(
-        &self,
-        node: &str,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<(), HarnessError> {
-        self.wait_tcp(
-            &self.node(node)?.netns_path,
-            &format!("node {node}"),
-            addr,
-            timeout,
-        )
-    }
-
-    /// Waits until `addr` accepts TCP connections from the pod's netns.
-    pub fn wait_tcp_in_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<(), HarnessError> {
-        self.wait_tcp(
-            &self.pod(namespace, name)?.netns_path,
-            &format!("pod {namespace}/{name}"),
-            addr,
-            timeout,
-        )
-    }
-
     // ---- config and teardown ----
 
     /// Writes the topology for a local-mode daemon into `dir/`[`TOPOLOGY_FILE`](super::TOPOLOGY_FILE)
@@ -777,52 +462,4 @@ impl Drop for Cluster {
             eprintln!("mesh harness: {e}; run `cargo xtask clean` to remove leftovers");
         }
     }
-}
-
-/// Claims a prefix by creating its state directory, owner record included, in one
-/// atomic rename: two processes never get the same prefix, and `clean_leftovers`
-/// never sees a cluster of a live process without its owner record.
-fn reserve_prefix(wanted: Option<&str>) -> Result<String, HarnessError> {
-    if let Some(prefix) = wanted
-        && !names::is_prefix(prefix)
-    {
-        return Err(HarnessError::sys(
-            format!("using cluster prefix {prefix:?}"),
-            std::io::Error::other(format!(
-                "a prefix is `{}` followed by {} of [0-9a-z]",
-                names::TAG,
-                names::ID_LEN
-            )),
-        ));
-    }
-    let root = hostfs::state_root();
-    std::fs::create_dir_all(&root).map_err(|e| HarnessError::io("create", &root, e))?;
-    let tmp = root.join(format!(".new-{}", names::new_prefix()));
-    std::fs::create_dir(&tmp).map_err(|e| HarnessError::io("create", &tmp, e))?;
-    let claimed = owner::record(&tmp).and_then(|()| claim(&root, &tmp, wanted));
-    let _ = std::fs::remove_dir_all(&tmp);
-    claimed
-}
-
-fn claim(root: &Path, tmp: &Path, wanted: Option<&str>) -> Result<String, HarnessError> {
-    let attempts = if wanted.is_some() { 1 } else { 16 };
-    let mut last_err = None;
-    for _ in 0..attempts {
-        let prefix = wanted.map_or_else(names::new_prefix, str::to_owned);
-        let dir = root.join(&prefix);
-        if dir.exists() {
-            last_err = Some(HarnessError::io(
-                "claim",
-                dir,
-                std::io::ErrorKind::AlreadyExists.into(),
-            ));
-            continue;
-        }
-        // rename(2) fails if `dir` appeared meanwhile with content (the owner record).
-        match std::fs::rename(tmp, &dir) {
-            Ok(()) => return Ok(prefix),
-            Err(e) => last_err = Some(HarnessError::io("claim", dir, e)),
-        }
-    }
-    Err(last_err.expect("at least one attempt"))
 }

@@ -1,10 +1,10 @@
 //! Which process owns a cluster, so `clean_leftovers` removes only clusters whose
-//! owner is gone. The record is `<pid> <start time>` (the start time guards
+//! owner is gone; and claiming a new cluster's prefix together with that record. The record is `<pid> <start time>` (the start time guards
 //! against a recycled PID).
 
 use std::path::Path;
 
-use super::HarnessError;
+use super::{HarnessError, hostfs, names};
 
 const FILE: &str = "owner";
 
@@ -34,6 +34,54 @@ pub fn is_alive(state_dir: &Path) -> bool {
         return false;
     };
     u32::try_from(pid).ok().and_then(start_time) == Some(started)
+}
+
+/// Claims a prefix by creating its state directory, owner record included, in one
+/// atomic rename: two processes never get the same prefix, and `clean_leftovers`
+/// never sees a cluster of a live process without its owner record.
+pub fn claim_prefix(wanted: Option<&str>) -> Result<String, HarnessError> {
+    if let Some(prefix) = wanted
+        && !names::is_prefix(prefix)
+    {
+        return Err(HarnessError::sys(
+            format!("using cluster prefix {prefix:?}"),
+            std::io::Error::other(format!(
+                "a prefix is `{}` followed by {} of [0-9a-z]",
+                names::TAG,
+                names::ID_LEN
+            )),
+        ));
+    }
+    let root = hostfs::state_root();
+    std::fs::create_dir_all(&root).map_err(|e| HarnessError::io("create", &root, e))?;
+    let tmp = root.join(format!(".new-{}", names::new_prefix()));
+    std::fs::create_dir(&tmp).map_err(|e| HarnessError::io("create", &tmp, e))?;
+    let claimed = record(&tmp).and_then(|()| claim(&root, &tmp, wanted));
+    let _ = std::fs::remove_dir_all(&tmp);
+    claimed
+}
+
+fn claim(root: &Path, tmp: &Path, wanted: Option<&str>) -> Result<String, HarnessError> {
+    let attempts = if wanted.is_some() { 1 } else { 16 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let prefix = wanted.map_or_else(names::new_prefix, str::to_owned);
+        let dir = root.join(&prefix);
+        if dir.exists() {
+            last_err = Some(HarnessError::io(
+                "claim",
+                dir,
+                std::io::ErrorKind::AlreadyExists.into(),
+            ));
+            continue;
+        }
+        // rename(2) fails if `dir` appeared meanwhile with content (the owner record).
+        match std::fs::rename(tmp, &dir) {
+            Ok(()) => return Ok(prefix),
+            Err(e) => last_err = Some(HarnessError::io("claim", dir, e)),
+        }
+    }
+    Err(last_err.expect("at least one attempt"))
 }
 
 #[cfg(test)]
