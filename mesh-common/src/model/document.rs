@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::istio::networking::{self, DestinationRule, Gateway, VirtualService};
 use super::k8s::{Namespace, Node, Pod, Service};
 use super::{ConfigError, FieldError, ObjectMeta, ObjectRef};
 
@@ -15,6 +16,9 @@ pub enum Resource {
     Node(Node),
     Pod(Pod),
     Service(Service),
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
+    Gateway(Gateway),
     Other(RawObject),
 }
 
@@ -60,9 +64,16 @@ impl Resource {
             Resource::Service(o) => {
                 ObjectRef::new("Service", Some(o.metadata.namespace_or_default()), &o.metadata.name)
             }
+            Resource::VirtualService(o) => namespaced("VirtualService", &o.metadata),
+            Resource::DestinationRule(o) => namespaced("DestinationRule", &o.metadata),
+            Resource::Gateway(o) => namespaced("Gateway", &o.metadata),
             Resource::Other(o) => o.object_ref(),
         }
     }
+}
+
+fn namespaced(kind: &str, meta: &ObjectMeta) -> ObjectRef {
+    ObjectRef::new(kind, Some(meta.namespace_or_default()), &meta.name)
 }
 
 /// Parses every `---`-separated document of `text`. `source_name` (a file path,
@@ -113,7 +124,21 @@ fn decode_kind(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, Co
         ("", "Node") => Resource::Node(raw.decode(value)?),
         ("", "Pod") => Resource::Pod(raw.decode(value)?),
         ("", "Service") => Resource::Service(raw.decode(value)?),
+        (networking::GROUP, "VirtualService" | "DestinationRule" | "Gateway") => decode_istio_networking(raw, value)?,
         _ => Resource::Other(raw),
+    })
+}
+
+fn decode_istio_networking(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {
+    let version = raw.api_version.rsplit_once('/').map_or("", |(_, v)| v);
+    if !networking::VERSIONS.contains(&version) {
+        let api_version = raw.api_version.clone();
+        return Err(ConfigError::UnsupportedVersion { object: raw.object_ref(), api_version });
+    }
+    Ok(match raw.kind.as_str() {
+        "VirtualService" => Resource::VirtualService(raw.decode(value)?),
+        "DestinationRule" => Resource::DestinationRule(raw.decode(value)?),
+        _ => Resource::Gateway(raw.decode(value)?),
     })
 }
 
@@ -139,6 +164,38 @@ mod tests {
         let out = parse_documents("bad.yaml", "kind: [unclosed");
         let err = out[0].as_ref().unwrap_err().to_string();
         assert!(err.starts_with("bad.yaml: document 0: malformed YAML"), "{err}");
+    }
+
+    #[test]
+    fn istio_networking_kinds_decode_in_every_version() {
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            let text = format!(
+                "apiVersion: networking.istio.io/{version}\nkind: VirtualService\nmetadata: {{name: r, namespace: b}}\n\
+                 spec: {{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews, subset: v1}}}}]}}]}}\n---\n\
+                 apiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: r}}\n\
+                 spec: {{host: reviews, subsets: [{{name: v1, labels: {{version: v1}}}}]}}\n---\n\
+                 apiVersion: networking.istio.io/{version}\nkind: Gateway\nmetadata: {{name: g}}\n\
+                 spec: {{servers: [{{port: {{number: 80, protocol: HTTP, name: http}}, hosts: ['*']}}]}}\n"
+            );
+            let out = parse_documents("i.yaml", &text);
+            assert!(matches!(&out[0], Ok(Resource::VirtualService(v)) if v.spec.http[0].route[0].destination.subset.as_deref() == Some("v1")), "{out:?}");
+            assert!(matches!(&out[1], Ok(Resource::DestinationRule(d)) if d.spec.subsets.len() == 1));
+            assert_eq!(out[1].as_ref().unwrap().object_ref().to_string(), "DestinationRule default/r");
+            assert!(matches!(&out[2], Ok(Resource::Gateway(_))));
+        }
+    }
+
+    #[test]
+    fn istio_unknown_version_and_unknown_field_are_rejected_with_path() {
+        let out = parse_documents("i.yaml", "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\n");
+        assert!(matches!(out[0], Err(ConfigError::UnsupportedVersion { .. })), "{out:?}");
+        let out = parse_documents(
+            "i.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r, namespace: d}\n\
+             spec: {http: [{}, {retries: {attempts: 2, retryon: 5xx}}]}\n",
+        );
+        let err = out[0].as_ref().unwrap_err().to_string();
+        assert!(err.starts_with("VirtualService d/r: spec.http[1].retries.retryon: unknown field `retryon`"), "{err}");
     }
 
     #[test]

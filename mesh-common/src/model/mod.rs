@@ -7,6 +7,7 @@
 
 pub mod document;
 pub mod error;
+pub mod istio;
 pub mod k8s;
 pub mod object;
 pub mod store;

@@ -1,0 +1,3 @@
+//! Istio's custom resources, mirrored field for field.
+
+pub mod networking;
