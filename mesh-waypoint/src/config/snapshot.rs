@@ -1,0 +1,193 @@
+//! One immutable, fully validated view of the configuration. Requests load the
+//! current snapshot once and keep it until they finish, so a reload never changes
+//! the rules under an in-flight request. Backend state (connection pools, outlier
+//! ejections) carries over from the previous snapshot when the policy is unchanged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use mesh_common::model::Resource;
+
+use super::destination_rule::{self, CompiledRule};
+use super::hosts::{canonical_request_host, qualify};
+use super::virtual_service;
+use crate::backend::policy::{Policy, PolicyParts};
+use crate::backend::pool::Pool;
+use crate::backend::{Backend, BackendKey};
+use crate::discovery::{self, Discovery, ServiceInfo};
+use crate::endpoint::Endpoint;
+use crate::endpoint::connector::Connector;
+use crate::route::{DestinationRef, RouteTable};
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub namespace: String,
+    pub discovery: Discovery,
+    /// Visible VirtualServices, in name order.
+    pub tables: Vec<Arc<RouteTable>>,
+    /// DestinationRule in force per host.
+    pub rules: BTreeMap<String, CompiledRule>,
+    pub backends: HashMap<BackendKey, Arc<Backend>>,
+    /// Dangling references (undefined subsets, unknown hosts), one line each.
+    pub warnings: Vec<String>,
+    /// Objects rejected by validation (they keep their last good version, if any).
+    pub rejected: Vec<String>,
+}
+
+/// Why no backend serves a destination.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("host `{0}` is not a known Service")]
+    UnknownHost(String),
+    #[error("Service `{host}` has no port {port}")]
+    NoPort { host: String, port: u16 },
+    #[error("subset `{subset}` of `{host}` is not defined by any DestinationRule")]
+    UndefinedSubset { host: String, subset: String },
+}
+
+impl Snapshot {
+    pub fn empty(namespace: &str) -> Self {
+        Self::build(&[], namespace, Vec::new(), 0, None, Arc::new(crate::endpoint::connector::PlainTcp))
+    }
+
+    pub fn build(resources: &[Resource], namespace: &str, rejected: Vec<String>, generation: u64, prev: Option<&Snapshot>, connector: Arc<dyn Connector>) -> Self {
+        let discovery = discovery::discover(resources);
+        let mut tables: Vec<Arc<RouteTable>> = Vec::new();
+        let mut rules: BTreeMap<String, CompiledRule> = BTreeMap::new();
+        let mut warnings = Vec::new();
+        for r in resources {
+            match r {
+                Resource::VirtualService(v) => match virtual_service::compile(v) {
+                    Ok(t) if t.visible_from(namespace) => tables.push(Arc::new(t)),
+                    Ok(_) => {}
+                    Err(e) => warnings.push(format!("{}: {e}", r.object_ref())),
+                },
+                Resource::DestinationRule(d) => match destination_rule::compile(d) {
+                    Ok(c) => choose_rule(&mut rules, c, namespace),
+                    Err(e) => warnings.push(format!("{}: {e}", r.object_ref())),
+                },
+                _ => {}
+            }
+        }
+        let backends = build_backends(&discovery, &rules, prev, &connector);
+        let mut snap = Snapshot { generation, namespace: namespace.to_owned(), discovery, tables, rules, backends, warnings, rejected };
+        snap.warnings.extend(dangling_references(resources, &snap));
+        for w in &snap.warnings {
+            tracing::warn!("{w}");
+        }
+        snap
+    }
+
+    /// Canonical FQDN for a request's host: a Service VIP maps to its Service.
+    pub fn request_host(&self, host: &str) -> String {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if let Some(fqdn) = self.discovery.by_cluster_ip.get(&ip) {
+                return fqdn.clone();
+            }
+            return host.to_owned();
+        }
+        canonical_request_host(host, &self.namespace)
+    }
+
+    /// The VirtualService for `fqdn`: exact host first, then the longest wildcard.
+    pub fn table_for(&self, fqdn: &str) -> Option<&Arc<RouteTable>> {
+        self.tables
+            .iter()
+            .filter_map(|t| t.hosts.iter().filter(|h| h.matches(fqdn)).map(|h| h.specificity()).max().map(|s| (s, t)))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.object.cmp(&a.1.object)))
+            .map(|(_, t)| t)
+    }
+
+    pub fn service(&self, fqdn: &str) -> Option<&ServiceInfo> {
+        self.discovery.services.get(fqdn)
+    }
+
+    pub fn backend(&self, dest: &DestinationRef, request_port: u16) -> Result<Arc<Backend>, ResolveError> {
+        let svc = self.service(&dest.host).ok_or_else(|| ResolveError::UnknownHost(dest.host.clone()))?;
+        let port = svc.port(dest.port, request_port).ok_or(ResolveError::NoPort { host: dest.host.clone(), port: dest.port.unwrap_or(request_port) })?;
+        let key = BackendKey { host: dest.host.clone(), subset: dest.subset.clone(), port: port.port };
+        self.backends.get(&key).cloned().ok_or_else(|| ResolveError::UndefinedSubset { host: dest.host.clone(), subset: dest.subset.clone().unwrap_or_default() })
+    }
+}
+
+/// Istio prefers the client's namespace, then the service's; then name order.
+fn choose_rule(rules: &mut BTreeMap<String, CompiledRule>, c: CompiledRule, namespace: &str) {
+    let rank = |r: &CompiledRule| (r.namespace != namespace, !r.host.contains(&format!(".{}.", r.namespace)), r.object.clone());
+    match rules.get(&c.host) {
+        Some(old) if rank(old) <= rank(&c) => {}
+        _ => {
+            rules.insert(c.host.clone(), c);
+        }
+    }
+}
+
+fn build_backends(d: &Discovery, rules: &BTreeMap<String, CompiledRule>, prev: Option<&Snapshot>, connector: &Arc<dyn Connector>) -> HashMap<BackendKey, Arc<Backend>> {
+    let mut out = HashMap::new();
+    for svc in d.services.values() {
+        let rule = rules.get(&svc.fqdn);
+        for port in &svc.ports {
+            let mut variants = vec![(None, None)];
+            if let Some(rule) = rule {
+                variants.extend(rule.subsets.iter().map(|s| (Some(s.name.clone()), Some(s))));
+            }
+            for (subset, sub) in variants {
+                let mut parts = PolicyParts::default();
+                if let Some(rule) = rule {
+                    rule.policy.apply_to(&mut parts, port.port);
+                }
+                if let Some(s) = sub {
+                    s.policy.apply_to(&mut parts, port.port);
+                }
+                let empty = BTreeMap::new();
+                let labels = sub.map_or(&empty, |s| &s.labels);
+                let addrs: Vec<SocketAddr> = discovery::subset_pods(svc, labels).map(|p| SocketAddr::new(p.ip, port.target_port)).collect();
+                let key = BackendKey { host: svc.fqdn.clone(), subset, port: port.port };
+                let backend = carry_over(key.clone(), Policy::from(parts), addrs, prev.and_then(|p| p.backends.get(&key)), connector);
+                out.insert(key, Arc::new(backend));
+            }
+        }
+    }
+    out
+}
+
+fn carry_over(key: BackendKey, policy: Policy, addrs: Vec<SocketAddr>, old: Option<&Arc<Backend>>, connector: &Arc<dyn Connector>) -> Backend {
+    let endpoints = addrs
+        .into_iter()
+        .map(|a| old.and_then(|o| o.endpoints.iter().find(|e| e.addr == a).cloned()).unwrap_or_else(|| Arc::new(Endpoint::new(a))))
+        .collect();
+    let pool = match old {
+        Some(o) if o.pool.limits() == &policy.pool => o.pool.clone(),
+        _ => Arc::new(Pool::new(policy.pool.clone(), connector.clone())),
+    };
+    Backend::new(key, policy, endpoints, pool)
+}
+
+/// Route destinations naming a subset no DestinationRule defines, or a host that is
+/// not a Service: flagged with the object and field path (requests to them get 503).
+fn dangling_references(resources: &[Resource], snap: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in resources {
+        let Resource::VirtualService(v) = r else { continue };
+        let ns = v.metadata.namespace_or_default();
+        let object = r.object_ref();
+        for (i, http) in v.spec.http.iter().enumerate() {
+            let dests = http.route.iter().enumerate().map(|(j, d)| (format!("spec.http[{i}].route[{j}].destination"), &d.destination));
+            let mirror = http.mirror.iter().map(|m| (format!("spec.http[{i}].mirror"), m));
+            for (path, d) in dests.chain(mirror) {
+                let host = qualify(&d.host, ns);
+                if snap.service(&host).is_none() {
+                    out.push(format!("{object}: {path}.host: `{host}` is not a known Service; requests routed there get 503"));
+                    continue;
+                }
+                if let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty()) {
+                    let defined = snap.rules.get(&host).is_some_and(|rule| rule.subsets.iter().any(|s| s.name == subset));
+                    if !defined {
+                        out.push(format!("{object}: {path}.subset: subset `{subset}` of `{host}` is not defined by any DestinationRule; requests routed there get 503"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}

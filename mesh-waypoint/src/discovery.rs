@@ -1,0 +1,108 @@
+//! Endpoint discovery from the config directory: a Service's endpoints are the
+//! ready Pods of its namespace whose labels contain its selector, at
+//! `status.podIP:targetPort`. (The Kubernetes source will feed EndpointSlices into
+//! the same shape.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use mesh_common::model::Resource;
+use mesh_common::model::k8s::{Pod, Service};
+
+use crate::config::hosts::service_fqdn;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ServicePortInfo {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: u16,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub ip: IpAddr,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ServiceInfo {
+    pub fqdn: String,
+    pub namespace: String,
+    pub cluster_ip: Option<IpAddr>,
+    pub ports: Vec<ServicePortInfo>,
+    /// Ready pods selected by the Service.
+    pub pods: Vec<PodInfo>,
+}
+
+impl ServiceInfo {
+    /// The service port a request for `wanted` (or, when absent, `request_port`)
+    /// lands on; a single-port Service takes everything.
+    pub fn port(&self, wanted: Option<u16>, request_port: u16) -> Option<&ServicePortInfo> {
+        match wanted {
+            Some(p) => self.ports.iter().find(|sp| sp.port == p),
+            None if self.ports.len() == 1 => self.ports.first(),
+            None => self.ports.iter().find(|sp| sp.port == request_port),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Discovery {
+    pub services: BTreeMap<String, ServiceInfo>,
+    pub by_cluster_ip: HashMap<IpAddr, String>,
+    pub pods_by_ip: HashMap<IpAddr, PodInfo>,
+}
+
+pub fn discover(resources: &[Resource]) -> Discovery {
+    let pods: Vec<PodInfo> = resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Pod(p) if p.is_ready() => pod_info(p),
+            _ => None,
+        })
+        .collect();
+    let mut d = Discovery { pods_by_ip: pods.iter().map(|p| (p.ip, p.clone())).collect(), ..Discovery::default() };
+    for r in resources {
+        if let Resource::Service(s) = r {
+            let info = service_info(s, &pods);
+            if let Some(ip) = info.cluster_ip {
+                d.by_cluster_ip.insert(ip, info.fqdn.clone());
+            }
+            d.services.insert(info.fqdn.clone(), info);
+        }
+    }
+    d
+}
+
+fn pod_info(p: &Pod) -> Option<PodInfo> {
+    Some(PodInfo {
+        name: p.metadata.name.clone(),
+        namespace: p.metadata.namespace_or_default().to_owned(),
+        ip: IpAddr::V4(p.status.pod_ip?),
+        labels: p.metadata.labels.clone(),
+    })
+}
+
+fn service_info(s: &Service, pods: &[PodInfo]) -> ServiceInfo {
+    let ns = s.metadata.namespace_or_default();
+    let selector = &s.spec.selector;
+    let selected = pods
+        .iter()
+        .filter(|p| p.namespace == ns && !selector.is_empty() && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+        .cloned()
+        .collect();
+    ServiceInfo {
+        fqdn: service_fqdn(&s.metadata.name, ns),
+        namespace: ns.to_owned(),
+        cluster_ip: s.spec.cluster_ip.map(IpAddr::V4),
+        ports: s.spec.ports.iter().map(|p| ServicePortInfo { name: p.name.clone(), port: p.port, target_port: p.target_port_number() }).collect(),
+        pods: selected,
+    }
+}
+
+/// Pods of `service` whose labels contain `labels` (a DestinationRule subset).
+pub fn subset_pods<'a>(service: &'a ServiceInfo, labels: &'a BTreeMap<String, String>) -> impl Iterator<Item = &'a PodInfo> {
+    service.pods.iter().filter(move |p| labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+}

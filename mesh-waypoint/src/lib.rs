@@ -1,0 +1,120 @@
+//! mesh-waypoint: the L7 proxy applying Istio VirtualService / DestinationRule.
+//!
+//! The request path reads as three layers (see `../shared/STYLE.md`):
+//! [`route`] (VirtualService: match, fault, retries, timeouts, rewrite, redirect,
+//! header ops, mirror, CORS) → [`backend`] (Service + DestinationRule subset:
+//! connection pool / circuit breaker, outlier detection) → [`endpoint`] (load
+//! balancer, connector). [`config`] validates Istio YAML into those types and
+//! publishes immutable snapshots; [`proxy`] is the HTTP server tying it together.
+
+pub mod admin;
+pub mod backend;
+pub mod body;
+pub mod config;
+pub mod discovery;
+pub mod endpoint;
+pub mod proxy;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::endpoint::connector::{Connector, PlainTcp};
+use crate::proxy::Proxy;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub namespace: String,
+    /// Gateways served, as written (`mesh`, `name`, `ns/name`).
+    pub gateways: Vec<String>,
+    pub config_dir: Option<PathBuf>,
+    pub poll_interval: Duration,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Options {
+    pub fn new(listen: SocketAddr, namespace: &str) -> Self {
+        Self { listen, namespace: namespace.to_owned(), gateways: vec!["mesh".into()], config_dir: None, poll_interval: Duration::from_millis(500), admin: None }
+    }
+}
+
+/// A running waypoint. Dropping it stops accepting new connections.
+pub struct Waypoint {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub config: Arc<Config>,
+    shutdown: watch::Sender<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot load configuration: {0}")]
+    Config(#[from] mesh_common::model::ConfigError),
+}
+
+impl Waypoint {
+    pub async fn start(opts: Options) -> Result<Self, StartError> {
+        Self::start_with(opts, Arc::new(PlainTcp)).await
+    }
+
+    /// Like [`Waypoint::start`] with a custom upstream [`Connector`] (HBONE later).
+    pub async fn start_with(opts: Options, connector: Arc<dyn Connector>) -> Result<Self, StartError> {
+        let config = Config::new(&opts.namespace, connector);
+        if let Some(dir) = &opts.config_dir {
+            config.poll_dir(dir)?;
+        }
+        let listener = TcpListener::bind(opts.listen).await.map_err(|source| StartError::Listen { addr: opts.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: opts.listen, source })?;
+        let (shutdown, rx) = watch::channel(false);
+        let gateways = crate::config::virtual_service::normalize_gateways(&opts.gateways, &opts.namespace);
+        let proxy = Arc::new(Proxy { config: config.clone(), gateways });
+        tokio::spawn(proxy::server::serve(listener, proxy, rx.clone()));
+        let admin_addr = match opts.admin {
+            Some(a) => {
+                let l = TcpListener::bind(a).await.map_err(|source| StartError::Listen { addr: a, source })?;
+                let bound = l.local_addr().ok();
+                let (cfg, mut stop) = (config.clone(), rx.clone());
+                tokio::spawn(async move {
+                    tokio::select! { _ = admin::serve(l, cfg) => {}, _ = stop.changed() => {} }
+                });
+                bound
+            }
+            None => None,
+        };
+        if let Some(dir) = opts.config_dir.clone() {
+            tokio::spawn(watch_dir(config.clone(), dir, opts.poll_interval, rx));
+        }
+        tracing::info!(%addr, namespace = opts.namespace, "waypoint listening");
+        Ok(Self { addr, admin_addr, config, shutdown })
+    }
+}
+
+impl Drop for Waypoint {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+async fn watch_dir(config: Arc<Config>, dir: PathBuf, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let (c, d) = (config.clone(), dir.clone());
+        match tokio::task::spawn_blocking(move || c.poll_dir(&d)).await {
+            Ok(Err(e)) => tracing::warn!("configuration directory: {e}"),
+            Err(e) => tracing::warn!("configuration poll task failed: {e}"),
+            Ok(Ok(_)) => {}
+        }
+    }
+}

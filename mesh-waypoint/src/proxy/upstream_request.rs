@@ -1,0 +1,40 @@
+//! Builds the request sent upstream: rewritten path and authority, header rules,
+//! hop-by-hop headers dropped, body already buffered (so attempts can be repeated).
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Version};
+use http_body_util::Full;
+
+use crate::route::headers::HeaderOps;
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+];
+
+pub fn build(parts: &Parts, path_and_query: &str, authority: &str, body: Bytes, ops: &[&HeaderOps]) -> Result<Request<Full<Bytes>>, http::Error> {
+    let mut headers = parts.headers.clone();
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+    for op in ops {
+        op.apply(&mut headers);
+    }
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        headers.insert(header::HOST, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if body.is_empty() && !matches!(parts.method, http::Method::POST | http::Method::PUT | http::Method::PATCH) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let mut req = Request::builder().method(parts.method.clone()).uri(path_and_query).version(Version::HTTP_11).body(Full::new(body))?;
+    *req.headers_mut() = headers;
+    Ok(req)
+}

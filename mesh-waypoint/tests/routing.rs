@@ -1,0 +1,297 @@
+//! Table-driven tests of every match field and route option, against real hyper
+//! backends (reviews v1/v2/v3 on their own loopback addresses) through a real waypoint.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Lab, Reply, reviews_vs};
+
+/// One request of a case and what must hold for its reply.
+struct Probe {
+    method: &'static str,
+    host: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    /// Last octet of the source address inside the lab block (`None`: 127.0.0.1).
+    from: Option<u8>,
+    expect: &'static str,
+    check: fn(&Reply) -> bool,
+}
+
+const fn get(path: &'static str, headers: &'static [(&'static str, &'static str)], expect: &'static str, check: fn(&Reply) -> bool) -> Probe {
+    Probe { method: "GET", host: "reviews:9080", path, headers, from: None, expect, check }
+}
+
+fn v(r: &Reply, version: &str) -> bool {
+    r.status == 200 && r.version() == version
+}
+
+fn cases() -> Vec<(&'static str, String, Vec<Probe>)> {
+    let to = |subset: &str| format!("    route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n");
+    let fallback = format!("  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n");
+    let rule = |m: &str| format!("  - match: [{m}]\n{}{fallback}", to("v2"));
+    vec![
+        ("uri exact", rule("{uri: {exact: /exact}}"), vec![
+            get("/exact", &[], "v2", |r| v(r, "v2")),
+            get("/exact/more", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("uri prefix", rule("{uri: {prefix: /pre}}"), vec![
+            get("/prefix/x", &[], "v2", |r| v(r, "v2")),
+            get("/other", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("uri regex (whole path, query ignored)", rule("{uri: {regex: '/re/[0-9]+'}}"), vec![
+            get("/re/42?x=1", &[], "v2", |r| v(r, "v2")),
+            get("/re/42a", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("ignoreUriCase", rule("{uri: {prefix: /CASE}, ignoreUriCase: true}"), vec![
+            get("/case/x", &[], "v2", |r| v(r, "v2")),
+        ]),
+        ("scheme", rule("{scheme: {exact: http}}"), vec![get("/", &[], "v2", |r| v(r, "v2"))]),
+        ("method", rule("{method: {exact: POST}}"), vec![
+            Probe { method: "POST", ..get("/", &[], "v2", |r| v(r, "v2")) },
+            get("/", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("authority", rule("{authority: {regex: 'reviews(:9080)?'}}"), vec![
+            get("/", &[], "v2", |r| v(r, "v2")),
+            Probe { host: "reviews.bookinfo.svc.cluster.local:9080", ..get("/", &[], "v1", |r| v(r, "v1")) },
+        ]),
+        ("headers exact, case-insensitive name", rule("{headers: {End-User: {exact: jason}}}"), vec![
+            get("/", &[("end-user", "jason")], "v2", |r| v(r, "v2")),
+            get("/", &[("end-user", "Jason")], "v1", |r| v(r, "v1")),
+            get("/", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("headers prefix and regex", rule("{headers: {x-a: {prefix: ab}, x-b: {regex: '[0-9]{3}'}}}"), vec![
+            get("/", &[("x-a", "abc"), ("x-b", "123")], "v2", |r| v(r, "v2")),
+            get("/", &[("x-a", "abc"), ("x-b", "1234")], "v1", |r| v(r, "v1")),
+        ]),
+        ("headers presence", rule("{headers: {x-present: {}}}"), vec![
+            get("/", &[("x-present", "anything")], "v2", |r| v(r, "v2")),
+            get("/", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("withoutHeaders", rule("{withoutHeaders: {x-skip: {}}}"), vec![
+            get("/", &[], "v2", |r| v(r, "v2")),
+            get("/", &[("X-Skip", "1")], "v1", |r| v(r, "v1")),
+        ]),
+        ("queryParams", rule("{queryParams: {user: {exact: jason}, id: {regex: '[0-9]+'}}}"), vec![
+            get("/p?user=jason&id=7", &[], "v2", |r| v(r, "v2")),
+            get("/p?user=jason&id=x", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("port", rule("{port: 9080}"), vec![
+            get("/", &[], "v2", |r| v(r, "v2")),
+            Probe { host: "reviews:9999", ..get("/", &[], "v1", |r| v(r, "v1")) },
+        ]),
+        ("sourceLabels", rule("{sourceLabels: {app: productpage}}"), vec![
+            Probe { from: Some(50), ..get("/", &[], "v2", |r| v(r, "v2")) },
+            Probe { from: Some(51), ..get("/", &[], "v1", |r| v(r, "v1")) },
+        ]),
+        ("sourceNamespace", rule("{sourceNamespace: bookinfo}"), vec![
+            Probe { from: Some(50), ..get("/", &[], "v2", |r| v(r, "v2")) },
+            get("/", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("gateways: a block bound to another gateway does not apply to the mesh", rule("{gateways: [ingress], uri: {prefix: /}}"), vec![
+            get("/", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("match blocks OR'ed", format!("  - match: [{{uri: {{exact: /a}}}}, {{headers: {{x-b: {{exact: '1'}}}}}}]\n{}{fallback}", to("v2")), vec![
+            get("/a", &[], "v2", |r| v(r, "v2")),
+            get("/z", &[("x-b", "1")], "v2", |r| v(r, "v2")),
+            get("/z", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("fields AND'ed", rule("{uri: {prefix: /a}, headers: {x-b: {exact: '1'}}}"), vec![
+            get("/a", &[("x-b", "1")], "v2", |r| v(r, "v2")),
+            get("/a", &[], "v1", |r| v(r, "v1")),
+            get("/z", &[("x-b", "1")], "v1", |r| v(r, "v1")),
+        ]),
+        ("first route wins", format!("  - match: [{{uri: {{prefix: /}}}}]\n{}  - match: [{{uri: {{prefix: /}}}}]\n{}", to("v3"), to("v2")), vec![
+            get("/", &[], "v3", |r| v(r, "v3")),
+        ]),
+        ("no route matches: 404 with reason", "  - match: [{uri: {exact: /only}}]\n    route: [{destination: {host: reviews}}]\n".into(), vec![
+            get("/else", &[], "404 NR", |r| r.status == 404 && r.header("x-mesh-flags") == "NR" && r.header("x-mesh-reason").contains("VirtualService bookinfo/reviews")),
+        ]),
+        ("unknown host: 503 with reason", fallback.clone(), vec![
+            Probe { host: "ratings:9080", ..get("/", &[], "503 NR", |r| r.status == 503 && r.header("x-mesh-reason").contains("ratings.bookinfo.svc.cluster.local")) },
+        ]),
+        ("host forms resolve to the same service", fallback.clone(), vec![
+            Probe { host: "reviews.bookinfo:9080", ..get("/", &[], "v1", |r| v(r, "v1")) },
+            Probe { host: "reviews.bookinfo.svc:9080", ..get("/", &[], "v1", |r| v(r, "v1")) },
+            Probe { host: "reviews.bookinfo.svc.cluster.local", ..get("/", &[], "v1", |r| v(r, "v1")) },
+        ]),
+        ("redirect", "  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new, authority: details, redirectCode: 308}\n".into(), vec![
+            get("/old/x", &[], "308 to details/new", |r| r.status == 308 && r.header("location") == "http://details/new"),
+        ]),
+        ("directResponse", "  - directResponse: {status: 503, body: {string: maintenance}}\n".into(), vec![
+            get("/", &[], "503 maintenance", |r| r.status == 503 && r.body == "maintenance"),
+        ]),
+        ("rewrite prefix and authority", "  - match: [{uri: {prefix: /api/v1}}]\n    rewrite: {uri: /v2, authority: reviews-internal}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/api/v1/items?q=1", &[], "backend sees /v2/items?q=1 on reviews-internal", |r| v(r, "v1") && r.json()["path"] == "/v2/items?q=1" && r.json()["host"] == "reviews-internal"),
+        ]),
+        ("rewrite uriRegexRewrite", "  - rewrite: {uriRegexRewrite: {match: '^/svc/([^/]+)(/.*)$', rewrite: '\\2/instance/\\1'}}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/svc/foo/bar", &[], "/bar/instance/foo", |r| r.json()["path"] == "/bar/instance/foo"),
+        ]),
+        ("route headers request/response set/add/remove", "  - headers:\n      request: {set: {x-set: s}, add: {x-add: a}, remove: [x-drop]}\n      response: {set: {x-resp: r}, remove: [x-version]}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/", &[("x-drop", "1"), ("x-set", "old"), ("x-add", "first")], "backend sees set/add/remove; client sees response ops", |r| {
+                v(r, "v1") && r.echoed("x-set") == "s" && r.echoed("x-drop").is_empty() && r.echoed("x-add") == "first,a" && r.header("x-resp") == "r" && r.header("x-version").is_empty()
+            }),
+        ]),
+        ("per-destination headers", "  - route:\n    - destination: {host: reviews, subset: v2}\n      headers: {request: {set: {x-dest: v2}}, response: {add: {x-dest-resp: yes}}}\n".into(), vec![
+            get("/", &[], "x-dest on both sides", |r| v(r, "v2") && r.echoed("x-dest") == "v2" && r.header("x-dest-resp") == "yes"),
+        ]),
+        ("timeout", "  - timeout: 200ms\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/?sleep_ms=2000", &[], "504 UT after ~200ms", |r| r.status == 504 && r.header("x-mesh-flags").contains("UT") && r.elapsed < Duration::from_millis(1500)),
+            get("/", &[], "fast requests pass", |r| v(r, "v1")),
+        ]),
+        ("perTryTimeout retried within route timeout", "  - timeout: 5s\n    retries: {attempts: 2, perTryTimeout: 100ms, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/?sleep_ms=1000", &[], "504 after 3 per-try timeouts", |r| r.status == 504 && r.header("x-mesh-reason").contains("per-try timeout")),
+        ]),
+        ("retries on 5xx then success elsewhere", "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n".into(), vec![
+            get("/?status=503", &[], "503 after retries (all endpoints fail)", |r| r.status == 503 && r.version() != "-"),
+        ]),
+        ("retryOn status code", "  - retries: {attempts: 1, retryOn: '418'}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/?status=418", &[], "418 (retried once, still 418)", |r| r.status == 418),
+        ]),
+        ("fault abort", "  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/", &[], "418 FI", |r| r.status == 418 && r.header("x-mesh-flags").contains("FI") && r.header("x-mesh-reason") == "fault filter abort"),
+        ]),
+        ("fault abort legacy-free percent 0 never aborts", "  - fault: {abort: {httpStatus: 500, percentage: {value: 0}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/", &[], "v1", |r| v(r, "v1")),
+        ]),
+        ("fault delay (legacy percent)", "  - fault: {delay: {fixedDelay: 300ms, percent: 100}}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/", &[], "v1 after >= 300ms, flagged DI", |r| v(r, "v1") && r.elapsed >= Duration::from_millis(300) && r.header("x-mesh-flags").contains("DI")),
+        ]),
+        ("fault delay bounded by route timeout", "  - timeout: 200ms\n    fault: {delay: {fixedDelay: 5s, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/", &[], "504 well before the 5 s delay", |r| r.status == 504 && r.elapsed < Duration::from_millis(2000)),
+        ]),
+        ("grpc abort", "  - fault: {abort: {grpcStatus: UNAVAILABLE}}\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            get("/", &[], "grpc-status 14", |r| r.status == 200 && r.header("grpc-status") == "14"),
+        ]),
+        ("corsPolicy", "  - corsPolicy: {allowOrigins: [{exact: 'https://a.example'}, {regex: 'https://.*\\.b\\.example'}], allowMethods: [GET, POST], allowHeaders: [x-h], exposeHeaders: [x-e], maxAge: 24h, allowCredentials: true}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
+            Probe { method: "OPTIONS", ..get("/", &[("origin", "https://x.b.example"), ("access-control-request-method", "POST")], "preflight answered here", |r| {
+                r.status == 200 && r.header("access-control-allow-origin") == "https://x.b.example" && r.header("access-control-allow-methods") == "GET,POST" && r.header("access-control-max-age") == "86400" && r.version() == "-"
+            }) },
+            get("/", &[("origin", "https://a.example")], "actual request decorated", |r| v(r, "v1") && r.header("access-control-allow-origin") == "https://a.example" && r.header("access-control-expose-headers") == "x-e" && r.header("access-control-allow-credentials") == "true"),
+            get("/", &[("origin", "https://evil.example")], "other origin not decorated", |r| v(r, "v1") && r.header("access-control-allow-origin").is_empty()),
+        ]),
+        ("destination port selector", "  - route: [{destination: {host: reviews, subset: v3, port: {number: 9080}}}]\n".into(), vec![
+            get("/", &[], "v3", |r| v(r, "v3")),
+        ]),
+        ("undefined subset answers 503 with reason", "  - route: [{destination: {host: reviews, subset: v9}}]\n".into(), vec![
+            get("/", &[], "503 naming subset v9", |r| r.status == 503 && r.header("x-mesh-reason").contains("subset `v9`")),
+        ]),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_match_field_and_route_option() {
+    let lab = Lab::bookinfo().await;
+    let mut failures = Vec::new();
+    for (name, http, probes) in cases() {
+        lab.apply("vs.yaml", &reviews_vs(&http));
+        let snap = lab.waypoint.config.load();
+        assert!(snap.rejected.is_empty(), "case `{name}`: config rejected: {:?}", snap.rejected);
+        for p in probes {
+            let mut req = lab.request(p.host, p.path).method(p.method);
+            for (k, val) in p.headers {
+                req = req.header(*k, *val);
+            }
+            let reply = match p.from {
+                Some(last) => lab.send_from(lab.ip(last), req).await,
+                None => lab.send(req).await,
+            };
+            if !(p.check)(&reply) {
+                failures.push(format!("case `{name}` {} {}: expected {}; got {} {:?} {}", p.method, p.path, p.expect, reply.status, reply.headers, reply.body));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_without_virtual_service_is_routed_to_itself() {
+    let lab = Lab::bookinfo().await;
+    let seen: std::collections::BTreeSet<String> = {
+        let mut s = std::collections::BTreeSet::new();
+        for _ in 0..60 {
+            s.insert(lab.get("/").await.version());
+        }
+        s
+    };
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["v1", "v2", "v3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_requests_with_shadow_authority() {
+    let lab = Lab::bookinfo().await;
+    lab.apply("vs.yaml", &reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews, subset: v3}\n    mirrorPercentage: {value: 100}\n"));
+    for _ in 0..5 {
+        assert_eq!(lab.get("/m").await.version(), "v1");
+    }
+    let v3 = &lab.reviews[2];
+    assert!(support::eventually(Duration::from_secs(5), || v3.hits() >= 5).await, "mirror got {} copies", v3.hits());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancers() {
+    let lab = Lab::bookinfo().await;
+    let dr = |lb: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {lb}}}\n");
+    lab.apply("bookinfo.yaml", &support::bookinfo_yaml(lab.block, lab.port).split("---\napiVersion: networking.istio.io").next().unwrap_or_default().to_owned());
+
+    lab.apply("dr.yaml", &dr("{simple: ROUND_ROBIN}"));
+    let rr: Vec<String> = futures_seq(&lab, 6, &[]).await;
+    assert_eq!(rr[0..3], rr[3..6], "round robin cycles: {rr:?}");
+    assert_eq!(rr[0..3].iter().collect::<std::collections::BTreeSet<_>>().len(), 3);
+
+    lab.apply("dr.yaml", &dr("{consistentHash: {httpHeaderName: x-user}}"));
+    for user in ["alice", "bob", "carol"] {
+        let seen: std::collections::BTreeSet<String> = futures_seq(&lab, 20, &[("x-user", user)]).await.into_iter().collect();
+        assert_eq!(seen.len(), 1, "user {user} spread over {seen:?}");
+    }
+
+    lab.apply("dr.yaml", &dr("{consistentHash: {httpCookie: {name: sticky, ttl: 60s}}}"));
+    let first = lab.get("/").await;
+    let cookie = first.header("set-cookie").split(';').next().unwrap_or_default().to_owned();
+    assert!(cookie.starts_with("sticky="), "set-cookie minted: {:?}", first.headers);
+    let seen: std::collections::BTreeSet<String> = futures_seq(&lab, 20, &[("cookie", Box::leak(cookie.into_boxed_str()))]).await.into_iter().collect();
+    assert_eq!(seen.len(), 1);
+
+    lab.apply("dr.yaml", &dr("{consistentHash: {httpQueryParameterName: u}}"));
+    let a: std::collections::BTreeSet<String> = {
+        let mut s = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            s.insert(lab.get("/?u=42").await.version());
+        }
+        s
+    };
+    assert_eq!(a.len(), 1);
+
+    lab.apply("dr.yaml", &dr("{consistentHash: {useSourceIp: true}}"));
+    let s: std::collections::BTreeSet<String> = futures_seq(&lab, 20, &[]).await.into_iter().collect();
+    assert_eq!(s.len(), 1, "one source IP, one endpoint");
+
+    lab.apply("dr.yaml", &dr("{simple: RANDOM}"));
+    let s: std::collections::BTreeSet<String> = futures_seq(&lab, 90, &[]).await.into_iter().collect();
+    assert_eq!(s.len(), 3);
+
+    lab.apply("dr.yaml", &dr("{simple: LEAST_REQUEST}"));
+    let s: std::collections::BTreeSet<String> = futures_seq(&lab, 90, &[]).await.into_iter().collect();
+    assert_eq!(s.len(), 3);
+
+    lab.apply("dr.yaml", &dr("{simple: PASSTHROUGH}").replace("host: reviews", "host: reviews-ip"));
+    lab.apply("vip.yaml", &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: reviews-ip, namespace: bookinfo}}\nspec:\n  clusterIP: {}\n  selector: {{app: reviews}}\n  ports: [{{port: 9080, targetPort: {}}}]\n", lab.ip(3), lab.port));
+    let host = format!("{}:{}", lab.ip(3), lab.port);
+    for _ in 0..10 {
+        let r = lab.send(lab.request(&host, "/")).await;
+        assert_eq!(r.version(), "v2", "passthrough keeps the original destination: {r:?}");
+    }
+}
+
+async fn futures_seq(lab: &Lab, n: usize, headers: &[(&'static str, &'static str)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut req = lab.request("reviews:9080", "/");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        out.push(lab.send(req).await.version());
+    }
+    out
+}
