@@ -29,7 +29,7 @@ fn v(r: &Reply, version: &str) -> bool {
 
 fn cases() -> Vec<(&'static str, String, Vec<Probe>)> {
     let to = |subset: &str| format!("    route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n");
-    let fallback = format!("  - route: [{{destination: {{host: reviews, subset: v1}}}}]\n");
+    let fallback = "  - route: [{destination: {host: reviews, subset: v1}}]\n".to_string();
     let rule = |m: &str| format!("  - match: [{m}]\n{}{fallback}", to("v2"));
     vec![
         ("uri exact", rule("{uri: {exact: /exact}}"), vec![
@@ -233,7 +233,7 @@ async fn mirror_copies_requests_with_shadow_authority() {
 async fn load_balancers() {
     let lab = Lab::bookinfo().await;
     let dr = |lb: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {lb}}}\n");
-    lab.apply("bookinfo.yaml", &support::bookinfo_yaml(lab.block, lab.port).split("---\napiVersion: networking.istio.io").next().unwrap_or_default().to_owned());
+    lab.apply("bookinfo.yaml", support::bookinfo_yaml(lab.block, lab.port).split("---\napiVersion: networking.istio.io").next().unwrap_or_default());
 
     lab.apply("dr.yaml", &dr("{simple: ROUND_ROBIN}"));
     let rr: Vec<String> = futures_seq(&lab, 6, &[]).await;

@@ -55,11 +55,10 @@ impl HostPattern {
 
 /// The host part of an authority (`reviews:9080` → `reviews`, `[::1]:80` → `::1`).
 pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']') {
             return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
         }
-    }
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
         _ => (authority, None),

@@ -5,14 +5,15 @@ pub mod destination_rule;
 pub mod duration;
 pub mod hosts;
 pub mod snapshot;
-pub mod source;
 pub mod virtual_service;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use mesh_common::model::store::ConfigStore;
 use mesh_common::model::{ConfigError, Resource};
+use mesh_common::source::dir::DirSource;
 
 pub use snapshot::Snapshot;
 
@@ -38,8 +39,8 @@ pub struct Config {
 }
 
 struct State {
-    store: source::Store,
-    dir: Option<source::DirSource>,
+    store: ConfigStore,
+    dir: Option<DirSource>,
 }
 
 impl Config {
@@ -47,7 +48,7 @@ impl Config {
         let empty = Snapshot::build(&[], namespace, Vec::new(), 0, None, connector.clone());
         Arc::new(Self {
             current: ArcSwap::from_pointee(empty),
-            state: Mutex::new(State { store: source::Store::default(), dir: None }),
+            state: Mutex::new(State { store: ConfigStore::default(), dir: None }),
             namespace: namespace.to_owned(),
             connector,
         })
@@ -62,8 +63,12 @@ impl Config {
     pub fn poll_dir(&self, dir: &std::path::Path) -> Result<bool, ConfigError> {
         let mut state = self.state.lock().map_err(|_| poisoned())?;
         let state = &mut *state;
-        let source = state.dir.get_or_insert_with(|| source::DirSource::new(PathBuf::from(dir)));
-        let changed = source.poll(&mut state.store, &validate)?;
+        let source = state.dir.get_or_insert_with(|| DirSource::new(PathBuf::from(dir)));
+        let report = source.poll(&mut state.store, &validate)?;
+        for line in &report.rejected {
+            tracing::warn!("rejected: {line}");
+        }
+        let changed = !report.is_noop();
         if changed {
             self.publish(&state.store);
         }
@@ -73,17 +78,19 @@ impl Config {
     /// Applies one named YAML text (a file's content) directly.
     pub fn apply_text(&self, source_name: &str, text: &str) -> bool {
         let Ok(mut state) = self.state.lock() else { return false };
-        let changed = state.store.apply_source(source_name, mesh_common::model::parse_documents(source_name, text), &validate);
+        let report = state.store.apply_source(source_name, mesh_common::model::parse_documents(source_name, text), &validate);
+        let changed = !report.is_noop();
         if changed {
             self.publish(&state.store);
         }
         changed
     }
 
-    fn publish(&self, store: &source::Store) {
+    fn publish(&self, store: &ConfigStore) {
         let resources: Vec<Resource> = store.iter().cloned().collect();
+        let rejected = store.errors().flat_map(|(_, lines)| lines.iter().cloned()).collect();
         let prev = self.current.load();
-        let snap = Snapshot::build(&resources, &self.namespace, store.errors(), store.generation(), Some(&prev), self.connector.clone());
+        let snap = Snapshot::build(&resources, &self.namespace, rejected, prev.generation + 1, Some(&prev), self.connector.clone());
         tracing::info!(generation = snap.generation, objects = resources.len(), rejected = snap.rejected.len(), warnings = snap.warnings.len(), "configuration applied");
         self.current.store(Arc::new(snap));
     }

@@ -189,11 +189,10 @@ impl Proxy {
             }
             tokio::spawn(async move {
                 let cx = crate::endpoint::balancer::PickContext { hash_key: None, original_dst: None, avoid: &[] };
-                if let Ok(ep) = backend.pick(&cx) {
-                    if let Ok(resp) = backend.call(&ep, copy).await {
+                if let Ok(ep) = backend.pick(&cx)
+                    && let Ok(resp) = backend.call(&ep, copy).await {
                         let _ = resp.into_body().collect().await;
                     }
-                }
             });
         }
     }
