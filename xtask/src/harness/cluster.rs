@@ -436,19 +436,31 @@ impl std::fmt::Display for Cluster {
             self.prefix(),
             self.fabric_netns()
         )?;
-        for node in self.nodes() {
+        let pods: Vec<_> = self
+            .pods()
+            .into_iter()
+            .map(|p| (format!("{}/{}", p.namespace, p.name), p))
+            .collect();
+        let nodes = self.nodes();
+        let width = pods
+            .iter()
+            .map(|(n, _)| n.len())
+            .chain(nodes.iter().map(|n| n.name.len()))
+            .max()
+            .unwrap_or(0);
+        for node in &nodes {
+            let (name, ip, index) = (&node.name, node.ip, node.index);
             writeln!(
                 f,
-                "  node {:<12} {:<15} pods 198.18.{}.0/24  netns {}",
-                node.name, node.ip, node.index, node.netns
+                "  node {name:<width$}  {ip:<15} pods 198.18.{index}.0/24, netns {}",
+                node.netns
             )?;
         }
-        for pod in self.pods() {
-            let pod_name = format!("{}/{}", pod.namespace, pod.name);
+        for (name, pod) in &pods {
+            let (ip, node, sa) = (pod.ip, &pod.node, &pod.service_account);
             writeln!(
                 f,
-                "  pod  {pod_name:<28} {:<15} on {:<8} sa {}",
-                pod.ip, pod.node, pod.service_account
+                "  pod  {name:<width$}  {ip:<15} on {node}, service account {sa}"
             )?;
         }
         Ok(())
