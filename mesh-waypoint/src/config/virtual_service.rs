@@ -78,7 +78,7 @@ fn action(r: &vs::HttpRoute, path: &str, ns: &str) -> Result<Action> {
     if let Some(d) = &r.direct_response {
         return direct(d, &format!("{path}.directResponse")).map(Action::Direct);
     }
-    destinations(&r.route, path, ns).map(Action::Forward)
+    destinations(&r.route, path, ns).map(|d| Action::Forward(crate::route::split::Split::new(d)))
 }
 
 fn destinations(route: &[vs::HttpRouteDestination], path: &str, ns: &str) -> Result<Vec<WeightedDestination>> {
@@ -447,7 +447,8 @@ mod tests {
         assert_eq!(jason.matches[0].headers[0].0.as_str(), "end-user");
         assert_eq!(jason.timeout, Some(std::time::Duration::from_secs(10)));
         assert_eq!(jason.retries.attempts, 3);
-        let Action::Forward(d) = &t.http[1].action else { panic!() };
+        let Action::Forward(split) = &t.http[1].action else { panic!() };
+        let d = &split.destinations;
         assert_eq!(d[0].destination.host, "reviews.default.svc.cluster.local");
         assert_eq!((d[0].weight, d[1].weight, d[0].destination.port), (95, 5, Some(9080)));
         assert_eq!(t.http[1].retries, RetryPolicy::default());

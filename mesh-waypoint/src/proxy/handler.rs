@@ -127,7 +127,7 @@ impl Proxy {
             }
             Action::Forward(dests) => dests,
         };
-        let Some(dest) = split::pick(dests, &mut rand::thread_rng()).cloned() else {
+        let Some(dest) = dests.pick().cloned() else {
             return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, Flag::NoRoute, "route has no destination");
         };
         let mut resp = self.forward(snap, parts, body, ctx, sel, &dest, log).await;
@@ -206,11 +206,11 @@ fn service_route(fqdn: &str) -> HttpRoute {
     HttpRoute {
         name: format!("default/{fqdn}"),
         matches: Vec::new(),
-        action: Action::Forward(vec![WeightedDestination {
+        action: Action::Forward(split::Split::new(vec![WeightedDestination {
             destination: DestinationRef { host: fqdn.to_owned(), subset: None, port: None },
             weight: 100,
             headers: Default::default(),
-        }]),
+        }])),
         rewrite: None,
         timeout: None,
         retries: Default::default(),

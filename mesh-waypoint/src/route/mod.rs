@@ -40,7 +40,7 @@ pub struct WeightedDestination {
 
 #[derive(Clone, Debug)]
 pub enum Action {
-    Forward(Vec<WeightedDestination>),
+    Forward(split::Split),
     Redirect(redirect::Redirect),
     Direct(direct::DirectResponse),
 }
