@@ -59,9 +59,78 @@ pub struct RunArgs {
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
 
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mesh_node=debug,info`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Capture limits and exclusions (see DESIGN.md "Outbound" / "Inbound").
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// Destination ports never captured outbound nor steered inbound (comma-separated),
+    /// on top of the mesh ports 15001/15006/15008.
+    #[arg(long, value_delimiter = ',', env = "MESH_CAPTURE_EXCLUDE_PORTS")]
+    pub capture_exclude_ports: Vec<u16>,
+
+    /// IPv4 CIDRs never captured as destinations nor steered as sources (comma-separated,
+    /// e.g. `10.0.0.0/8,192.168.1.7/32`).
+    #[arg(long, value_delimiter = ',', env = "MESH_CAPTURE_EXCLUDE_CIDRS")]
+    pub capture_exclude_cidrs: Vec<Cidr>,
+
+    /// Size of the original-destination maps: concurrent captured connections per node
+    /// (LRU beyond that; entries are deleted when connections close).
+    #[arg(long, default_value_t = mesh_common::abi::DEFAULT_CONN_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub capture_conn_entries: u32,
+
+    /// Maximum enrolled pods on this node (size of the per-pod maps).
+    #[arg(long, default_value_t = mesh_common::abi::DEFAULT_POD_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub capture_pod_entries: u32,
+
+    /// Maximum excluded ports and, separately, excluded CIDRs.
+    #[arg(long, default_value_t = mesh_common::abi::DEFAULT_EXCLUDE_ENTRIES, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub capture_exclude_entries: u32,
+
+    /// Accept backlog of the per-pod capture listeners (15001/15006/15008); it also holds
+    /// connections arriving while the daemon restarts. Capped by net.core.somaxconn.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub listen_backlog: u32,
+
+    /// Inbound plaintext to an enrolled pod whose 15006 listener is gone (daemon down) is
+    /// dropped instead of reaching the app unmeshed (fail closed).
+    #[arg(long, env = "MESH_INBOUND_STRICT_ON_MISS")]
+    pub inbound_strict_on_miss: bool,
+
+    /// On SIGTERM/SIGINT, un-enroll every pod and remove all pins (node drain / uninstall).
+    /// Without it, capture stays attached so a restarted daemon takes over seamlessly.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+
+    /// How often failed enrollments are retried, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub enroll_retry_ms: u64,
+}
+
+/// An IPv4 CIDR (`a.b.c.d/n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, n) = s.split_once('/').unwrap_or((s, "32"));
+        let addr = a.parse().map_err(|e| format!("CIDR {s:?}: address {a:?}: {e}"))?;
+        let prefix_len: u8 = n.parse().map_err(|e| format!("CIDR {s:?}: prefix length {n:?}: {e}"))?;
+        if prefix_len > 32 {
+            return Err(format!("CIDR {s:?}: prefix length {prefix_len} is over 32"));
+        }
+        Ok(Self { addr, prefix_len })
+    }
 }
 
 impl RunArgs {
@@ -90,5 +159,21 @@ mod tests {
         let Command::Run(args) = cli.command;
         assert_eq!(args.state_dir(), PathBuf::from("/var/lib/mesh/n1"));
         assert_eq!(args.bpffs_dir(), PathBuf::from("/sys/fs/bpf/mesh/n1"));
+        assert_eq!(args.capture.listen_backlog, 4096);
+    }
+
+    #[test]
+    fn capture_exclusions_parse_and_bad_cidrs_are_named() {
+        let cli = Cli::try_parse_from([
+            "mesh-node", "run", "--config-dir", "/c", "--node", "n1",
+            "--capture-exclude-ports", "22,9090", "--capture-exclude-cidrs", "10.0.0.0/8,192.168.1.7",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.capture.capture_exclude_ports, vec![22, 9090]);
+        assert_eq!(args.capture.capture_exclude_cidrs[1], Cidr { addr: [192, 168, 1, 7].into(), prefix_len: 32 });
+        let e = "10.0.0.0/33".parse::<Cidr>().unwrap_err();
+        assert!(e.contains("10.0.0.0/33") && e.contains("33"), "{e}");
+        assert!("10.0.0/8".parse::<Cidr>().is_err());
     }
 }

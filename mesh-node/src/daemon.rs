@@ -27,7 +27,6 @@ pub struct ProxyInputs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     readiness.set("config", Condition::Pending("not read yet".into()));
-    readiness.set("ebpf", Condition::Pending("loading".into()));
     let metrics = Metrics::default();
     let sections = Sections::default();
 
@@ -35,16 +34,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.poll_once(&readiness);
     tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
 
-    let mut ebpf = crate::ebpf::load().context("eBPF")?;
-    crate::ebpf::forward_logs(&mut ebpf).context("eBPF logs")?;
-    readiness.set("ebpf", Condition::Ok("embedded object loaded".into()));
-
     let inputs = ProxyInputs { args: Arc::new(args), state, metrics, readiness, admin_sections: sections };
+    let capture = crate::capture::start(&inputs, Arc::new(crate::capture::DirectHandler)).await.context("capture")?;
     serve_endpoints(&inputs).await?;
     tracing::info!(node = %inputs.args.node, "mesh-node started");
     wait_for_shutdown().await;
     tracing::info!("shutting down");
-    drop(ebpf);
+    capture.shutdown().await;
     Ok(())
 }
 

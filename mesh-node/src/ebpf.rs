@@ -6,7 +6,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// Built by build.rs from `mesh-ebpf` for bpfel-unknown-none.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -14,10 +14,6 @@ pub enum EbpfError {
     Load(#[from] aya::EbpfError),
     #[error("cannot set up eBPF log forwarding: {0}")]
     Log(String),
-}
-
-pub fn load() -> Result<Ebpf, EbpfError> {
-    Ok(Ebpf::load(OBJECT)?)
 }
 
 /// Spawns a task that drains the programs' log ring into `tracing` (through the `log`

@@ -1,7 +1,127 @@
 //! eBPF capture of enrolled pods: listeners inside each pod's netns, programs attached
 //! to each pod's cgroup and netns, maps and links pinned so capture outlives the daemon.
+//!
+//! [`start`] loads (or re-opens) the pinned object, then runs the enrollment loop on
+//! the state watch. Connections accepted on the capture listeners go to a
+//! [`ConnectionHandler`] (the seam to the HBONE data path).
 
+pub mod bpf;
+pub mod enroll;
 pub mod handler;
+pub mod listeners;
+pub mod pins;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::daemon::ProxyInputs;
+use crate::readiness::Condition;
+use bpf::CaptureBpf;
+use enroll::Enroller;
+use listeners::{ConnCounter, LoopCtx};
 
 #[allow(unused_imports)] // the seam is used by the HBONE data path as it lands
 pub use handler::{CapturedPod, ConnectionHandler, DirectHandler};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Pins(#[from] pins::PinsError),
+    #[error(transparent)]
+    Bpf(#[from] bpf::BpfError),
+}
+
+/// Running capture; [`Capture::shutdown`] stops it (and with `--detach-on-exit`
+/// removes every pin).
+pub struct Capture {
+    stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+}
+
+impl Capture {
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let (tx, rx) = oneshot::channel();
+            if stop.send(tx).is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Result<Capture, CaptureError> {
+    p.readiness.set("capture", Condition::Pending("loading eBPF".into()));
+    raise_fd_limit();
+    let bpffs = p.args.bpffs_dir();
+    pins::prepare(&bpffs)?;
+    let bpf = CaptureBpf::load(&bpffs, &p.args.capture)?;
+    let connections = ConnCounter::default();
+    p.metrics.register(|r| {
+        r.register("mesh_capture_connections", "Connections accepted on capture listeners", connections.clone())
+    });
+    let lookups = bpf.lookups.clone();
+    let ctx = Arc::new(LoopCtx { handler, lookups: lookups.clone(), connections });
+    let mut enroller = Enroller::new(bpf, bpffs.clone(), p.args.capture.listen_backlog, ctx);
+    let view = enroller.view.clone();
+    p.admin_sections.add("capture", move || {
+        let v = view.lock().map(|v| v.clone()).unwrap_or_default();
+        let counters: serde_json::Map<String, serde_json::Value> =
+            lookups.counters().into_iter().map(|(k, n)| (k.to_owned(), json!(n))).collect();
+        json!({ "bpffs": bpffs, "pods": v.pods, "errors": v.errors, "maps": v.maps,
+                "last_reconcile_ms": v.last_reconcile_ms, "counters": counters })
+    });
+
+    // First pass before reporting ready: a restarted daemon re-adopts its pins here
+    // and then removes what belongs to pods that are gone.
+    let mut state = p.state.clone();
+    let first = state.borrow_and_update().clone();
+    enroller.reconcile(&first).await;
+    enroller.clean_stale();
+    report(p, &enroller);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    tokio::spawn(run(enroller, p.clone(), stop_rx));
+    Ok(Capture { stop: Some(stop_tx) })
+}
+
+fn report(p: &ProxyInputs, e: &Enroller) {
+    let msg = format!("{} pods enrolled", e.enrolled());
+    // Failed pods are retried and shown in /config_dump; the node itself is serving.
+    p.readiness.set("capture", Condition::Ok(msg));
+}
+
+async fn run(mut e: Enroller, p: ProxyInputs, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
+    let mut state = p.state.clone();
+    let mut retry = tokio::time::interval(Duration::from_millis(p.args.capture.enroll_retry_ms));
+    loop {
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { break },
+            _ = retry.tick() => if !e.has_errors() { continue },
+            done = &mut stop => {
+                if p.args.capture.detach_on_exit {
+                    e.detach_all();
+                    tracing::info!("capture detached and pins removed (--detach-on-exit)");
+                }
+                if let Ok(done) = done { let _ = done.send(()); }
+                return;
+            }
+        }
+        let s = state.borrow_and_update().clone();
+        e.reconcile(&s).await;
+        report(&p, &e);
+    }
+}
+
+/// Each enrolled pod holds three listeners plus accepted connections: the default
+/// soft limit of 1024 fds would cap a node at a few hundred pods.
+fn raise_fd_limit() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Enrollment: makes the set of captured pods follow the enrolled local pods of the
+//! current [`MeshState`]. Per pod: listeners in its netns, map entries, programs
+//! attached to its cgroup and netns with pinned links. Un-enrolling detaches and
+//! closes everything for that pod; open connections are separate tasks and go on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mesh_common::abi::{PORT_HBONE, PORT_INBOUND_PLAINTEXT, PORT_OUTBOUND};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use super::bpf::{BpfError, CaptureBpf, PROGRAMS, Target};
+use super::handler::CapturedPod;
+use super::listeners::{Kind, LoopCtx, accept_loop};
+use super::pins;
+use crate::netns::{NetnsError, PodNetns};
+use crate::state::{MeshState, Workload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("pod has no {0} path (local mode needs the mesh.io/local-netns and mesh.io/local-cgroup annotations)")]
+    NoPlacement(&'static str),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("cannot listen on {addr} in the pod's netns: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error("cannot create pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: std::io::Error },
+}
+
+/// One pod in `/config_dump` → `capture.pods`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodView {
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+    pub netns_cookie: u64,
+    pub cgroup: PathBuf,
+    pub listeners: Vec<SocketAddr>,
+    pub pin_dir: PathBuf,
+    pub programs: Vec<&'static str>,
+    /// Links found pinned by a previous daemon and re-adopted (not attached again).
+    pub adopted: usize,
+    pub attached: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CaptureView {
+    pub pods: BTreeMap<String, PodView>,
+    /// Last enrollment error per pod key (retried periodically).
+    pub errors: BTreeMap<String, String>,
+    pub last_reconcile_ms: u128,
+    /// Entries of the per-pod maps as the kernel has them.
+    pub maps: serde_json::Value,
+}
+
+struct Enrolled {
+    pod: Arc<CapturedPod>,
+    view: PodView,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Enrolled {
+    fn drop(&mut self) {
+        // Aborting the accept loops drops the listeners; accepted connections live in
+        // their own tasks and are not cut.
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub struct Enroller {
+    bpf: CaptureBpf,
+    bpffs: PathBuf,
+    backlog: u32,
+    ctx: Arc<LoopCtx>,
+    pods: BTreeMap<String, Enrolled>,
+    pub view: Arc<Mutex<CaptureView>>,
+}
+
+fn same_placement(a: &Workload, b: &Workload) -> bool {
+    a.ip == b.ip && a.netns == b.netns && a.cgroup == b.cgroup
+}
+
+impl Enroller {
+    pub fn new(bpf: CaptureBpf, bpffs: PathBuf, backlog: u32, ctx: Arc<LoopCtx>) -> Self {
+        Self { bpf, bpffs, backlog, ctx, pods: BTreeMap::new(), view: Arc::default() }
+    }
+
+    pub fn enrolled(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.view.lock().is_ok_and(|v| !v.errors.is_empty())
+    }
+
+    pub async fn reconcile(&mut self, state: &MeshState) {
+        let started = Instant::now();
+        let desired: BTreeMap<String, Arc<Workload>> = state.local_enrolled().map(|w| (w.key(), w.clone())).collect();
+        let stale: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(k, e)| desired.get(*k).is_none_or(|w| !same_placement(w, &e.pod.workload)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.unenroll(&k);
+        }
+        let mut errors = BTreeMap::new();
+        for (k, w) in desired {
+            if self.pods.contains_key(&k) {
+                continue;
+            }
+            match self.enroll(w).await {
+                Ok(e) => {
+                    tracing::info!(pod = %k, ip = %e.view.ip, adopted = e.view.adopted, attached = e.view.attached, "pod enrolled");
+                    self.pods.insert(k, e);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %k, "enrollment failed (will retry): {e}");
+                    errors.insert(k, e.to_string());
+                }
+            }
+        }
+        self.publish(errors, started.elapsed().as_millis());
+    }
+
+    fn publish(&self, errors: BTreeMap<String, String>, ms: u128) {
+        if let Ok(mut v) = self.view.lock() {
+            v.pods = self.pods.iter().map(|(k, e)| (k.clone(), e.view.clone())).collect();
+            v.errors = errors;
+            v.last_reconcile_ms = ms;
+            v.maps = self.map_summary();
+        }
+    }
+
+    async fn enroll(&mut self, w: Arc<Workload>) -> Result<Enrolled, EnrollError> {
+        let netns_path = w.netns.clone().ok_or(EnrollError::NoPlacement("netns"))?;
+        let cgroup = w.cgroup.clone().ok_or(EnrollError::NoPlacement("cgroup"))?;
+        let netns = PodNetns::open(&netns_path)?;
+        let cookie = netns.cookie();
+        let pin_dir = pins::pod_dir(&self.bpffs, &w.namespace, &w.name, cookie);
+        let pod = Arc::new(CapturedPod { workload: w.clone(), netns });
+        let view = PodView {
+            ip: w.ip,
+            netns: netns_path.clone(),
+            netns_cookie: cookie,
+            cgroup: cgroup.clone(),
+            listeners: Vec::new(),
+            pin_dir: pin_dir.clone(),
+            programs: Vec::new(),
+            adopted: 0,
+            attached: 0,
+        };
+        let mut e = Enrolled { pod, view, tasks: Vec::new() };
+        // Order matters: listeners and map entries exist before the programs redirect
+        // anything to them, so no connect is ever refused during enrollment.
+        if let Err(err) = self.enroll_steps(&mut e, &netns_path, &cgroup).await {
+            self.teardown(&e);
+            return Err(err);
+        }
+        Ok(e)
+    }
+
+    async fn enroll_steps(&mut self, e: &mut Enrolled, netns_path: &Path, cgroup: &Path) -> Result<(), EnrollError> {
+        let ip = e.pod.workload.ip;
+        let specs = [
+            (SocketAddr::from(([127, 0, 0, 1], PORT_OUTBOUND)), Kind::Outbound),
+            (SocketAddr::from(([0, 0, 0, 0], PORT_INBOUND_PLAINTEXT)), Kind::InboundPlaintext),
+            (SocketAddr::from(([0, 0, 0, 0], PORT_HBONE)), Kind::Hbone),
+        ];
+        let mut listeners = Vec::new();
+        for (addr, kind) in specs {
+            let l = e.pod.netns.listen(addr, self.backlog).await.map_err(|source| EnrollError::Listen { addr, source })?;
+            listeners.push((l, kind));
+        }
+        self.bpf.set_pod(e.view.netns_cookie, ip)?;
+        self.bpf.register_listener(ip, &listeners[1].0)?;
+        for (l, kind) in listeners {
+            e.view.listeners.push(l.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
+            e.tasks.push(tokio::spawn(accept_loop(l, kind, e.pod.clone(), self.ctx.clone())));
+        }
+        std::fs::create_dir_all(&e.view.pin_dir)
+            .map_err(|source| EnrollError::PinDir { path: e.view.pin_dir.clone(), source })?;
+        for (prog, target) in PROGRAMS {
+            let at = if target == Target::Cgroup { cgroup } else { netns_path };
+            let adopted = self.bpf.attach_pinned(prog, target, at, &e.view.pin_dir.join(prog))?;
+            if adopted { e.view.adopted += 1 } else { e.view.attached += 1 }
+            e.view.programs.push(prog);
+        }
+        Ok(())
+    }
+
+    fn unenroll(&mut self, key: &str) {
+        if let Some(e) = self.pods.remove(key) {
+            self.teardown(&e);
+            tracing::info!(pod = %key, "pod un-enrolled");
+        }
+    }
+
+    /// Detach first (new connects stop being redirected), then drop map entries; the
+    /// listeners close when `e` is dropped.
+    fn teardown(&mut self, e: &Enrolled) {
+        if let Err(err) = pins::remove_dir(&e.view.pin_dir) {
+            tracing::warn!(dir = %e.view.pin_dir.display(), "cannot remove pinned links: {err}");
+        }
+        let ip_still_used = self.pods.values().any(|o| o.view.ip == e.view.ip);
+        if !ip_still_used {
+            self.bpf.remove_pod(e.view.netns_cookie, e.view.ip);
+        }
+    }
+
+    /// After the first reconcile of a (re)started daemon: pins and map entries of pods
+    /// that are no longer enrolled, or whose netns is gone, are removed.
+    pub fn clean_stale(&mut self) {
+        let live_dirs: BTreeSet<PathBuf> = self.pods.values().map(|e| e.view.pin_dir.clone()).collect();
+        for d in pins::pinned_pods(&self.bpffs) {
+            if !live_dirs.contains(&d) {
+                match pins::remove_dir(&d) {
+                    Ok(n) => tracing::info!(dir = %d.display(), links = n, "removed stale pinned links"),
+                    Err(e) => tracing::warn!(dir = %d.display(), "cannot remove stale pins: {e}"),
+                }
+            }
+        }
+        let live: BTreeSet<u64> = self.pods.values().map(|e| e.view.netns_cookie).collect();
+        let live_ips: BTreeSet<Ipv4Addr> = self.pods.values().map(|e| e.view.ip).collect();
+        for (cookie, ip) in self.bpf.pod_cookies() {
+            if !live.contains(&cookie) {
+                self.bpf.remove_pod(cookie, if live_ips.contains(&ip) { Ipv4Addr::UNSPECIFIED } else { ip });
+                tracing::info!(netns_cookie = cookie, %ip, "removed stale pod entry");
+            }
+        }
+    }
+
+    /// `--detach-on-exit`: everything goes, pins included.
+    pub fn detach_all(&mut self) {
+        let keys: Vec<String> = self.pods.keys().cloned().collect();
+        for k in keys {
+            self.unenroll(&k);
+        }
+        if let Err(e) = pins::remove_all(&self.bpffs) {
+            tracing::warn!(dir = %self.bpffs.display(), "cannot remove all pins: {e}");
+        }
+    }
+
+    pub fn map_summary(&self) -> serde_json::Value {
+        let pods: Vec<String> = self.bpf.pod_cookies().iter().map(|(c, ip)| format!("{c}={ip}")).collect();
+        let listeners: Vec<String> = self.bpf.listener_ips().iter().map(Ipv4Addr::to_string).collect();
+        serde_json::json!({ "pod_self": pods, "inbound_listeners": listeners })
+    }
+}
