@@ -1,0 +1,402 @@
+//! Shared pieces of the capture e2e tests (included with `#[path]`; as its own test
+//! target it holds no tests). Real daemons, real eBPF, real netns from `xtask::harness`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use xtask::harness::{self, Cluster, ProcessGuard};
+
+pub const HELPER_ENV: &str = "MESH_CAPTURE_HELPER";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Polls `f` until it returns `Some`, failing with `what` after `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn config_dir(cluster: &Cluster) -> PathBuf {
+    cluster.state_dir().join("config")
+}
+
+/// Starts mesh-node on `node` (its netns and cgroup) and waits until it serves.
+pub fn start_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGuard {
+    let n = cluster.node(node).expect("node");
+    std::fs::create_dir_all(&n.state_dir).expect("state dir");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(n.state_dir.join("mesh-node.log"))
+        .expect("log");
+    let mut cmd = Command::new(harness::bin_path("mesh-node").expect("mesh-node binary"));
+    cmd.args(["run", "--node", node, "--config-poll-ms", "100", "--log", "info"])
+        .arg("--config-dir")
+        .arg(config_dir(cluster))
+        .arg("--bpffs-dir")
+        .arg(&n.bpf_dir)
+        .arg("--state-dir")
+        .arg(&n.state_dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let guard = cluster.spawn_on_node(node, cmd).expect("spawn mesh-node");
+    if let Err(e) = cluster.wait_tcp_on_node(node, ([127, 0, 0, 1], 15021).into(), Duration::from_secs(60)) {
+        panic!("mesh-node on {node} did not come up: {e}\n{}", daemon_log(cluster, node));
+    }
+    guard
+}
+
+pub fn daemon_log(cluster: &Cluster, node: &str) -> String {
+    let n = cluster.node(node).expect("node");
+    std::fs::read_to_string(n.state_dir.join("mesh-node.log")).unwrap_or_default()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// `/config_dump` of the daemon on `node` (admin listens on the node's loopback).
+pub fn config_dump(cluster: &Cluster, node: &str) -> Value {
+    let body = cluster.in_node(node, || http_get(([127, 0, 0, 1], 15000).into(), "/config_dump")).expect("in node");
+    serde_json::from_str(&body.expect("admin GET")).expect("config_dump JSON")
+}
+
+pub fn metrics(cluster: &Cluster, node: &str) -> String {
+    cluster
+        .in_node(node, || http_get(([127, 0, 0, 1], 15020).into(), "/metrics"))
+        .expect("in node")
+        .expect("metrics GET")
+}
+
+pub fn counter(dump: &Value, name: &str) -> u64 {
+    dump["capture"]["counters"][name].as_u64().unwrap_or(0)
+}
+
+pub fn captured_pods(dump: &Value) -> Vec<String> {
+    dump["capture"]["pods"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// Deterministic byte stream for transfer checks.
+pub fn pattern(seed: u64, len: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut left = len;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(64 * 1024);
+        left -= n;
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.truncate(n);
+        Some(v)
+    })
+}
+
+pub fn pattern_sha(seed: u64, len: usize) -> String {
+    let mut h = Sha256::new();
+    for c in pattern(seed, len) {
+        h.update(&c);
+    }
+    hex(&h.finalize())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Sends `len` bytes of `pattern(seed_out)` then half-closes, while reading to EOF and
+/// hashing what comes back. Returns (received bytes, sha256 hex).
+pub fn exchange(s: TcpStream, seed_out: u64, len: usize) -> std::io::Result<(usize, String)> {
+    let mut w = s.try_clone()?;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for c in pattern(seed_out, len) {
+            w.write_all(&c)?;
+        }
+        w.shutdown(std::net::Shutdown::Write)
+    });
+    let mut r = s;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k;
+    }
+    writer.join().map_err(|_| std::io::Error::other("writer panicked"))??;
+    Ok((n, hex(&h.finalize())))
+}
+
+/// Test server (runs in the test process, socket inside a pod netns). The first line
+/// is a command: `hello` → one line `peer=<ip:port> local=<ip:port>`; `xfer <len>` →
+/// exchange `len` bytes (the server sends seed 2; what it received goes to `results`);
+/// `echo` → echoes lines until EOF.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub results: std::sync::mpsc::Receiver<(usize, String)>,
+}
+
+pub fn serve(listener: TcpListener) -> Server {
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || serve_one(s, tx));
+        }
+    });
+    Server { addr, results: rx }
+}
+
+fn serve_one(s: TcpStream, tx: std::sync::mpsc::Sender<(usize, String)>) {
+    let _ = s.set_nodelay(true);
+    let Ok(rs) = s.try_clone() else { return };
+    let mut r = BufReader::new(rs);
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut w = s;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["hello"] => {
+            let peer = w.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let local = w.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let _ = writeln!(w, "peer={peer} local={local}");
+        }
+        ["xfer", len] => {
+            let len: usize = len.parse().unwrap_or(0);
+            let mut h = Sha256::new();
+            // Whatever the BufReader already buffered is part of the stream.
+            let buffered = r.buffer().to_vec();
+            h.update(&buffered);
+            let mut n = buffered.len();
+            let Ok(mut wc) = w.try_clone() else { return };
+            let writer = std::thread::spawn(move || {
+                for c in pattern(2, len) {
+                    if wc.write_all(&c).is_err() {
+                        return;
+                    }
+                }
+                let _ = wc.shutdown(std::net::Shutdown::Write);
+            });
+            let mut buf = vec![0u8; 256 * 1024];
+            while let Ok(k) = w.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                n += k;
+            }
+            let _ = writer.join();
+            let _ = tx.send((n, hex(&h.finalize())));
+        }
+        ["echo"] => {
+            let mut l = String::new();
+            while r.read_line(&mut l).is_ok_and(|n| n > 0) {
+                if w.write_all(l.as_bytes()).is_err() {
+                    break;
+                }
+                l.clear();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Runs this test binary's `helper` entry inside the pod (its netns AND cgroup, so the
+/// pod's eBPF programs apply) and returns its `RESULT` lines.
+pub fn run_helper(cluster: &Cluster, ns: &str, pod: &str, mode: &str, args: &[String]) -> Vec<String> {
+    let out = cluster.run_in_pod(ns, pod, helper_cmd(mode, args)).expect("run helper in pod");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = stdout.lines().filter_map(|l| l.strip_prefix("RESULT ")).map(str::to_owned).collect();
+    assert!(
+        !lines.is_empty(),
+        "helper {mode} {args:?} in {ns}/{pod} printed no result: status {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines
+}
+
+pub fn helper_cmd(mode: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"]).env(HELPER_ENV, mode);
+    cmd.env("MESH_CAPTURE_HELPER_ARGS", args.join(" "));
+    cmd
+}
+
+/// The helper side, run when the test binary is started by [`helper_cmd`].
+pub fn helper_main() {
+    let Ok(mode) = std::env::var(HELPER_ENV) else { return };
+    let args: Vec<String> = std::env::var("MESH_CAPTURE_HELPER_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let addr: SocketAddr = args[0].parse().expect("helper address");
+    match mode.as_str() {
+        "hello" => {
+            let line = hello(addr).unwrap_or_else(|e| format!("error={:?}", e.kind()));
+            println!("RESULT {line}");
+        }
+        "xfer" => {
+            let len: usize = args[1].parse().expect("len");
+            let s = TcpStream::connect(addr).expect("connect");
+            let view = format!("local={} getpeername={}", s.local_addr().unwrap(), s.peer_addr().unwrap());
+            let mut w = s.try_clone().unwrap();
+            w.write_all(format!("xfer {len}\n").as_bytes()).unwrap();
+            let started = Instant::now();
+            let (n, sha) = exchange(s, 1, len).expect("exchange");
+            println!("RESULT {view} received={n} sha={sha} secs={:.3}", started.elapsed().as_secs_f64());
+        }
+        "loop" => {
+            // Bounded: `count` connects, at most `secs` seconds.
+            let count: usize = args[1].parse().expect("count");
+            let secs: u64 = args[2].parse().expect("secs");
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let (mut captured, mut escaped, mut failed) = (0, 0, 0);
+            for _ in 0..count {
+                if Instant::now() > deadline {
+                    break;
+                }
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(s) => {
+                        if s.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+                            captured += 1
+                        } else {
+                            escaped += 1
+                        }
+                    }
+                    Err(_) => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            println!("RESULT captured={captured} escaped={escaped} failed={failed}");
+        }
+        "hold" => hold(addr),
+        other => panic!("unknown helper mode {other}"),
+    }
+}
+
+/// A long-lived echo connection: one round-trip every 20 ms until stdin closes.
+fn hold(addr: SocketAddr) {
+    let s = TcpStream::connect(addr).expect("connect");
+    println!("RESULT local={} getpeername={}", s.local_addr().unwrap(), s.peer_addr().unwrap());
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"echo\n").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let _ = std::io::stdin().read(&mut b);
+        let _ = tx.send(());
+    });
+    let mut rounds = 0u64;
+    let mut ok = true;
+    while rx.try_recv().is_err() {
+        let mut l = String::new();
+        if w.write_all(format!("ping {rounds}\n").as_bytes()).is_err()
+            || r.read_line(&mut l).map_or(true, |n| n == 0)
+            || l.trim() != format!("ping {rounds}")
+        {
+            ok = false;
+            break;
+        }
+        rounds += 1;
+        if rounds == 1 {
+            println!("RESULT started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("RESULT rounds={rounds} ok={ok}");
+}
+
+fn hello(addr: SocketAddr) -> std::io::Result<String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let local = s.local_addr()?;
+    let peer = s.peer_addr()?;
+    let mut w = s.try_clone()?;
+    w.write_all(b"hello\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(format!("local={local} getpeername={peer} {}", line.trim().replace("peer=", "app_peer=").replace("local=", "app_local=")))
+}
+
+/// Parses `k=v k=v` into a lookup.
+pub fn kv(line: &str) -> std::collections::BTreeMap<String, String> {
+    line.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// Netfilter state visible from the current netns (iptables/ip6tables/arptables table
+/// names; the tools are not installed here). The mesh must never change it.
+pub fn netfilter_snapshot() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|_| "-".into());
+    format!(
+        "ipt={} ip6t={} arpt={}",
+        read("/proc/thread-self/net/ip_tables_names").trim(),
+        read("/proc/thread-self/net/ip6_tables_names").trim(),
+        read("/proc/thread-self/net/arp_tables_names").trim()
+    )
+}
+
+pub fn netfilter_everywhere(cluster: &Cluster) -> Vec<(String, String)> {
+    let mut v = vec![("host".to_owned(), netfilter_snapshot())];
+    for n in cluster.nodes() {
+        v.push((format!("node {}", n.name), cluster.in_node(&n.name, netfilter_snapshot).expect("in node")));
+    }
+    for p in cluster.pods() {
+        let snap = cluster.in_pod(&p.namespace, &p.name, netfilter_snapshot).expect("in pod");
+        v.push((format!("pod {}/{}", p.namespace, p.name), snap));
+    }
+    v
+}
+
+/// Everything pinned under `dir` (recursively), for "nothing left" assertions.
+pub fn pinned_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out
+}
