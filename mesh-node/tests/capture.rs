@@ -189,21 +189,32 @@ fn hold(c: &Cluster, ns: &str, pod: &str, to: SocketAddr) -> Hold {
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut guard = c.spawn_in_pod(ns, pod, cmd).expect("spawn hold");
     let mut out = BufReader::new(guard.child_mut().stdout.take().expect("stdout"));
-    let mut first = String::new();
-    out.read_line(&mut first).expect("first line");
-    let mut started = String::new();
-    out.read_line(&mut started).expect("started");
+    let first = result_line(&mut out);
+    let started = result_line(&mut out);
     assert!(started.contains("started"), "long-lived connection did not start: {first} {started}");
     Hold { guard, out, first }
+}
+
+/// Next `RESULT` line of a helper (libtest prints its own lines too).
+fn result_line(out: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            return String::new();
+        }
+        if let Some(r) = line.trim().strip_prefix("RESULT ") {
+            return r.to_owned();
+        }
+    }
 }
 
 impl Hold {
     /// Ends the connection and returns (rounds, every round-trip ok).
     fn finish(mut self) -> (u64, bool) {
         drop(self.guard.child_mut().stdin.take());
-        let mut last = String::new();
-        self.out.read_line(&mut last).expect("result");
-        let r = kv(last.trim().trim_start_matches("RESULT "));
+        let last = result_line(&mut self.out);
+        let r = kv(&last);
         let _ = self.guard.wait_timeout(Duration::from_secs(10));
         (r.get("rounds").and_then(|n| n.parse().ok()).unwrap_or(0), r.get("ok").is_some_and(|v| v == "true"))
     }
