@@ -16,6 +16,28 @@ pub struct ServicePortInfo {
     pub name: Option<String>,
     pub port: u16,
     pub target_port: u16,
+    pub protocol: UpstreamProtocol,
+}
+
+/// How the waypoint speaks to a port's endpoints, by Istio's protocol selection:
+/// `appProtocol` (`grpc`, `http2`, `h2c`, `grpc-web`) or the port name's prefix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+fn protocol_of(p: &mesh_common::model::k8s::ServicePort) -> UpstreamProtocol {
+    let h2 = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        ["grpc", "http2", "h2c", "kubernetes.io/h2c"].iter().any(|k| s == *k || s.starts_with(&format!("{k}-")))
+    };
+    if p.app_protocol.as_deref().is_some_and(h2) || p.name.as_deref().is_some_and(h2) {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -97,7 +119,7 @@ fn service_info(s: &Service, pods: &[PodInfo]) -> ServiceInfo {
         fqdn: service_fqdn(&s.metadata.name, ns),
         namespace: ns.to_owned(),
         cluster_ip: s.spec.cluster_ip.map(IpAddr::V4),
-        ports: s.spec.ports.iter().map(|p| ServicePortInfo { name: p.name.clone(), port: p.port, target_port: p.target_port_number() }).collect(),
+        ports: s.spec.ports.iter().map(|p| ServicePortInfo { name: p.name.clone(), port: p.port, target_port: p.target_port_number(), protocol: protocol_of(p) }).collect(),
         pods: selected,
     }
 }

@@ -19,6 +19,7 @@ use self::outlier::Observation;
 use self::policy::Policy;
 use self::pool::{Pool, PoolError};
 use crate::body::{self, Body};
+use crate::discovery::UpstreamProtocol;
 use crate::endpoint::Endpoint;
 use crate::endpoint::balancer::{Balancer, PickContext};
 
@@ -40,6 +41,7 @@ impl std::fmt::Display for BackendKey {
 
 pub struct Backend {
     pub key: BackendKey,
+    pub protocol: UpstreamProtocol,
     pub policy: Policy,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub pool: Arc<Pool>,
@@ -65,7 +67,12 @@ impl CallError {
 
 impl Backend {
     pub fn new(key: BackendKey, policy: Policy, endpoints: Vec<Arc<Endpoint>>, pool: Arc<Pool>) -> Self {
-        Self { key, policy, endpoints, pool, balancer: Balancer::default() }
+        Self { key, protocol: UpstreamProtocol::Http1, policy, endpoints, pool, balancer: Balancer::default() }
+    }
+
+    pub fn with_protocol(mut self, protocol: UpstreamProtocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Endpoints not currently ejected by outlier detection.
@@ -94,6 +101,10 @@ impl Backend {
     }
 
     async fn send(&self, addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Response<hyper::body::Incoming>, CallError> {
+        if self.protocol == UpstreamProtocol::Http2 {
+            let mut sender = self.pool.h2(addr).await?;
+            return sender.send_request(as_h2(req)).await.map_err(CallError::Reset);
+        }
         let mut conn = self.pool.acquire(addr).await?;
         if conn.reused {
             // A pooled connection the server already closed fails before the request
@@ -125,6 +136,17 @@ impl Backend {
             outlier::observe(&self.endpoints, ep, policy, obs, Instant::now());
         }
     }
+}
+
+/// h2 carries the authority in `:authority`, taken from an absolute URI.
+fn as_h2(mut req: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let authority = req.headers_mut().remove(http::header::HOST).and_then(|h| h.to_str().ok().map(str::to_owned));
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    if let Some(uri) = authority.and_then(|a| format!("http://{a}{pq}").parse().ok()) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    req
 }
 
 pub fn clone_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {

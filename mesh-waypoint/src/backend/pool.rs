@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::policy::PoolLimits;
@@ -55,6 +55,8 @@ pub struct Pool {
     active: Arc<AtomicUsize>,
     retries: Arc<AtomicUsize>,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// One multiplexed h2 connection per endpoint (its permit lives in its driver task).
+    h2: tokio::sync::Mutex<HashMap<SocketAddr, http2::SendRequest<Full<Bytes>>>>,
     connector: Arc<dyn Connector>,
 }
 
@@ -83,6 +85,7 @@ impl Pool {
             active: Arc::new(AtomicUsize::new(0)),
             retries: Arc::new(AtomicUsize::new(0)),
             idle: Mutex::new(HashMap::new()),
+            h2: tokio::sync::Mutex::new(HashMap::new()),
             connector,
         }
     }
@@ -148,6 +151,34 @@ impl Pool {
             }
         });
         Ok(Conn { sender, permit, uses: 0, reused: false })
+    }
+
+    /// The shared h2 connection to `addr`, opened on first use or after it closed.
+    /// Concurrency on it is bounded by `http2MaxRequests` (see [`Pool::begin_request`]).
+    pub async fn h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, PoolError> {
+        let mut conns = self.h2.lock().await;
+        if let Some(s) = conns.get(&addr).filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => return Err(PoolError::Overflow("max connections (maxConnections) reached")),
+        };
+        let timeout = self.limits.connect_timeout;
+        let io = match tokio::time::timeout(timeout, self.connector.connect(addr)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return Err(PoolError::Connect(e)),
+            Err(_) => return Err(PoolError::ConnectTimeout(timeout)),
+        };
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.map_err(PoolError::Handshake)?;
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, "upstream h2 connection ended: {e}");
+            }
+        });
+        conns.insert(addr, sender.clone());
+        Ok(sender)
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<Conn> {

@@ -143,7 +143,7 @@ fn build_backends(d: &Discovery, rules: &BTreeMap<String, CompiledRule>, prev: O
                 let labels = sub.map_or(&empty, |s| &s.labels);
                 let addrs: Vec<SocketAddr> = discovery::subset_pods(svc, labels).map(|p| SocketAddr::new(p.ip, port.target_port)).collect();
                 let key = BackendKey { host: svc.fqdn.clone(), subset, port: port.port };
-                let backend = carry_over(key.clone(), Policy::from(parts), addrs, prev.and_then(|p| p.backends.get(&key)), connector);
+                let backend = carry_over(key.clone(), Policy::from(parts), addrs, prev.and_then(|p| p.backends.get(&key)), connector).with_protocol(port.protocol);
                 out.insert(key, Arc::new(backend));
             }
         }

@@ -20,8 +20,13 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 pub fn build(parts: &Parts, path_and_query: &str, authority: &str, body: Bytes, ops: &[&HeaderOps]) -> Result<Request<Full<Bytes>>, http::Error> {
     let mut headers = parts.headers.clone();
+    // `te: trailers` is the one TE value h2 allows, and gRPC needs it end to end.
+    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in HOP_BY_HOP.iter() {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     headers.remove("proxy-connection");
     for op in ops {
