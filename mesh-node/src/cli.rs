@@ -16,6 +16,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the node daemon.
     Run(RunArgs),
+    /// Internal: the listener fd store the daemon starts for itself (keeps capture
+    /// listeners open while the daemon restarts).
+    #[command(hide = true)]
+    FdHolder(FdHolderArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FdHolderArgs {
+    /// Unix SEQPACKET socket to serve on.
+    #[arg(long)]
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,6 +119,12 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub detach_on_exit: bool,
 
+    /// Do not keep listener duplicates in the fd-holder process: a crashed daemon then
+    /// closes the pods' listeners (captured connects are refused, inbound follows
+    /// `--inbound-strict-on-miss`) until it restarts.
+    #[arg(long)]
+    pub no_fd_store: bool,
+
     /// How often failed enrollments are retried, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub enroll_retry_ms: u64,
@@ -156,7 +173,7 @@ mod tests {
     #[test]
     fn defaults_carry_the_node_name() {
         let cli = Cli::try_parse_from(["mesh-node", "run", "--config-dir", "/c", "--node", "n1"]).unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else { panic!("run") };
         assert_eq!(args.state_dir(), PathBuf::from("/var/lib/mesh/n1"));
         assert_eq!(args.bpffs_dir(), PathBuf::from("/sys/fs/bpf/mesh/n1"));
         assert_eq!(args.capture.listen_backlog, 4096);
@@ -169,7 +186,7 @@ mod tests {
             "--capture-exclude-ports", "22,9090", "--capture-exclude-cidrs", "10.0.0.0/8,192.168.1.7",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else { panic!("run") };
         assert_eq!(args.capture.capture_exclude_ports, vec![22, 9090]);
         assert_eq!(args.capture.capture_exclude_cidrs[1], Cidr { addr: [192, 168, 1, 7].into(), prefix_len: 32 });
         let e = "10.0.0.0/33".parse::<Cidr>().unwrap_err();

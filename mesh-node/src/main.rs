@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(daemon::run(args))
         }
+        cli::Command::FdHolder(a) => capture::fdstore::run_holder(&a.socket),
     }
 }
 

@@ -277,6 +277,20 @@ impl AddrIn for Server {
     }
 }
 
+fn holder_pid(c: &Cluster) -> u32 {
+    let d = config_dump(c, "n1");
+    d["capture"]["fd_store"]["holder_pid"].as_u64().expect("fd store holder pid") as u32
+}
+
+fn kill_and_wait(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    poll("the killed process to exit", Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie (its fds are closed) waiting for its reaper.
+        (stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))).then_some(())
+    });
+}
+
 #[test]
 fn kill_9_and_restart_keeps_capture_attached() {
     let Some(c) = cluster(TOPOLOGY) else { return };
@@ -284,8 +298,10 @@ fn kill_9_and_restart_keeps_capture_attached() {
     let srv = serve(c.listen_in_pod("plain", "srv", 8080).expect("listen"));
     let _app_b = serve(c.listen_in_pod("shop", "b", 8080).expect("listen"));
     let to = srv.addr_in(&c);
+    let b_app = SocketAddr::from((ip(&c, "shop", "b"), 8080));
     let bpf_dir = c.node("n1").expect("node").bpf_dir;
-    let pins_before = pinned_files(&bpf_dir);
+    let mut pins_before = pinned_files(&bpf_dir);
+    pins_before.sort();
 
     // A client loops connecting (bounded) across the crash and the restart.
     let mut cmd = helper_cmd("loop", &[to.to_string(), "1500".into(), "10".into()]);
@@ -300,40 +316,68 @@ fn kill_9_and_restart_keeps_capture_attached() {
     // Capture stays: links and maps remain pinned with no daemon holding them.
     let mut pins_down = pinned_files(&bpf_dir);
     pins_down.sort();
-    let mut before = pins_before.clone();
-    before.sort();
-    assert_eq!(pins_down, before, "pins survive kill -9");
-    // Inbound while down fails closed (--inbound-strict-on-miss): it never reaches the app.
-    let r = hello(&c, "plain", "c", SocketAddr::from((ip(&c, "shop", "b"), 8080)));
-    assert!(r.contains_key("error"), "inbound reached the app while the daemon was down: {r:?}");
+    assert_eq!(pins_down, pins_before, "pins survive kill -9");
+    // Inbound arriving while the daemon is down waits in the kept 15006 listener's
+    // backlog and is served (steered, not bypassed) after the restart.
+    let c_ref = &c;
+    std::thread::scope(|s| {
+        let inbound = s.spawn(move || hello(c_ref, "plain", "c", b_app));
+        std::thread::sleep(Duration::from_millis(200)); // the connect happens during the downtime
+        let restart = Instant::now();
+        let _daemon = start_daemon(c_ref, "n1", &["--inbound-strict-on-miss"]);
+        eprintln!(
+            "FIGURE restart: down {:.2} s, restarted daemon serving after {:.2} s",
+            restart.duration_since(dead_at).as_secs_f64(),
+            restart.elapsed().as_secs_f64()
+        );
+        let dump = config_dump(c_ref, "n1");
+        let a = &dump["capture"]["pods"]["shop/a"];
+        assert_eq!((a["adopted"].as_u64(), a["attached"].as_u64()), (Some(6), Some(0)), "re-adopted, not attached twice: {a}");
+        assert_eq!(a["listeners_from_fd_store"].as_u64(), Some(3), "listeners kept across the crash: {a}");
+        let r = inbound.join().expect("inbound client");
+        assert_eq!(host(&r["app_peer"]), b_app.ip().to_string(), "inbound during downtime was steered, not bypassed: {r:?}");
 
-    let restart = Instant::now();
+        let status = looper.wait_timeout(Duration::from_secs(60)).expect("wait loop");
+        assert!(status.is_some(), "loop helper did not finish");
+        let mut out = String::new();
+        std::io::Read::read_to_string(looper.child_mut().stdout.as_mut().expect("stdout"), &mut out).expect("read");
+        let line = out.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("loop result").to_owned();
+        let r = kv(&line);
+        eprintln!("FIGURE kill -9 loop: {line}");
+        assert_eq!(r["escaped"], "0", "a connection escaped capture: {line}");
+        assert!(r["captured"].parse::<u32>().unwrap_or(0) > 5, "{line}");
+
+        let r = hello(c_ref, "shop", "a", to);
+        assert_eq!(host(&r["local"]), "127.0.0.1", "restarted daemon serves: {r:?}");
+        assert_eq!(r["app_local"], to.to_string(), "{r:?}");
+    });
+}
+
+/// Without the fd store (daemon and holder both gone), capture still never fails open:
+/// captured connects are refused and, under `--inbound-strict-on-miss`, inbound is dropped.
+#[test]
+fn strict_on_miss_fails_closed_when_listeners_are_gone() {
+    let Some(c) = cluster(TOPOLOGY) else { return };
+    let mut daemon = start_daemon(&c, "n1", &["--inbound-strict-on-miss"]);
+    let srv = serve(c.listen_in_pod("plain", "srv", 8080).expect("listen"));
+    let _app_b = serve(c.listen_in_pod("shop", "b", 8080).expect("listen"));
+    let b_app = SocketAddr::from((ip(&c, "shop", "b"), 8080));
+    let holder = holder_pid(&c);
+    daemon.kill().expect("kill -9");
+    kill_and_wait(holder);
+
+    let r = hello(&c, "shop", "a", srv.addr_in(&c));
+    assert!(r.contains_key("error"), "a captured connect reached the destination unmeshed: {r:?}");
+    let r = hello(&c, "plain", "c", b_app);
+    assert!(r.contains_key("error"), "inbound reached the app unmeshed: {r:?}");
+
     let _daemon = start_daemon(&c, "n1", &["--inbound-strict-on-miss"]);
-    eprintln!(
-        "FIGURE restart: down {:.2} s, restarted daemon serving after {:.2} s",
-        restart.duration_since(dead_at).as_secs_f64(),
-        restart.elapsed().as_secs_f64()
-    );
     let dump = config_dump(&c, "n1");
-    let a = &dump["capture"]["pods"]["shop/a"];
-    assert_eq!((a["adopted"].as_u64(), a["attached"].as_u64()), (Some(6), Some(0)), "re-adopted, not attached twice: {a}");
-
-    let status = looper.wait_timeout(Duration::from_secs(60)).expect("wait loop");
-    assert!(status.is_some(), "loop helper did not finish");
-    let mut out = String::new();
-    std::io::Read::read_to_string(looper.child_mut().stdout.as_mut().expect("stdout"), &mut out).expect("read");
-    let line = out.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("loop result").to_owned();
-    let r = kv(&line);
-    eprintln!("FIGURE kill -9 loop: {line}");
-    assert_eq!(r["escaped"], "0", "a connection escaped capture: {line}");
-    assert!(r["captured"].parse::<u32>().unwrap_or(0) > 5, "{line}");
-
-    let r = hello(&c, "shop", "a", to);
-    assert_eq!(host(&r["local"]), "127.0.0.1", "restarted daemon serves: {r:?}");
-    assert_eq!(r["app_local"], to.to_string(), "{r:?}");
-    let r = hello(&c, "plain", "c", SocketAddr::from((ip(&c, "shop", "b"), 8080)));
-    assert_eq!(host(&r["app_peer"]), ip(&c, "shop", "b").to_string(), "inbound steered again: {r:?}");
-    let _ = std::io::stdout().flush();
+    assert!(counter(&dump, "sk_lookup_miss_drop") >= 1, "{}", dump["capture"]["counters"]);
+    let r = hello(&c, "plain", "c", b_app);
+    assert_eq!(host(&r["app_peer"]), b_app.ip().to_string(), "steered again after restart: {r:?}");
+    let r = hello(&c, "shop", "a", srv.addr_in(&c));
+    assert_eq!(host(&r["local"]), "127.0.0.1", "{r:?}");
 }
 
 #[test]

@@ -13,6 +13,9 @@ use mesh_common::abi::{PORT_HBONE, PORT_INBOUND_PLAINTEXT, PORT_OUTBOUND};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use std::os::fd::OwnedFd;
+
+use super::fdstore::FdStore;
 use super::bpf::{BpfError, CaptureBpf, PROGRAMS, Target};
 use super::handler::CapturedPod;
 use super::listeners::{Kind, LoopCtx, accept_loop};
@@ -47,6 +50,8 @@ pub struct PodView {
     /// Links found pinned by a previous daemon and re-adopted (not attached again).
     pub adopted: usize,
     pub attached: usize,
+    /// Listeners taken back from the fd store (kept open across a daemon restart).
+    pub listeners_from_fd_store: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,8 +60,12 @@ pub struct CaptureView {
     /// Last enrollment error per pod key (retried periodically).
     pub errors: BTreeMap<String, String>,
     pub last_reconcile_ms: u128,
+    /// The start-up pass (attach or re-adopt every pod), for sizing expectations.
+    pub first_reconcile_ms: Option<u128>,
     /// Entries of the per-pod maps as the kernel has them.
     pub maps: serde_json::Value,
+    /// The listener fd store: socket path and holder PID.
+    pub fd_store: serde_json::Value,
 }
 
 struct Enrolled {
@@ -81,7 +90,18 @@ pub struct Enroller {
     backlog: u32,
     ctx: Arc<LoopCtx>,
     pods: BTreeMap<String, Enrolled>,
+    fdstore: Option<FdStore>,
+    /// Listeners a previous daemon left in the fd store, by name, until enrolled or dropped.
+    held: BTreeMap<String, OwnedFd>,
     pub view: Arc<Mutex<CaptureView>>,
+}
+
+fn fd_name(pin_dir: &Path, port: u16) -> String {
+    format!("{}:{port}", pin_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default())
+}
+
+fn fd_prefix(pin_dir: &Path) -> String {
+    format!("{}:", pin_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default())
 }
 
 fn same_placement(a: &Workload, b: &Workload) -> bool {
@@ -89,8 +109,39 @@ fn same_placement(a: &Workload, b: &Workload) -> bool {
 }
 
 impl Enroller {
-    pub fn new(bpf: CaptureBpf, bpffs: PathBuf, backlog: u32, ctx: Arc<LoopCtx>) -> Self {
-        Self { bpf, bpffs, backlog, ctx, pods: BTreeMap::new(), view: Arc::default() }
+    pub fn new(bpf: CaptureBpf, bpffs: PathBuf, backlog: u32, ctx: Arc<LoopCtx>, fdstore: Option<FdStore>) -> Self {
+        let held = match fdstore.as_ref().map(FdStore::list) {
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
+                tracing::warn!("cannot take listeners back from the fd store: {e}");
+                BTreeMap::new()
+            }
+            None => BTreeMap::new(),
+        };
+        if !held.is_empty() {
+            tracing::info!(listeners = held.len(), "listeners kept by the fd store across the restart");
+        }
+        let fd_store = fdstore.as_ref().map(|s| serde_json::json!({ "holder_pid": s.holder_pid() })).unwrap_or_default();
+        let view = Arc::new(Mutex::new(CaptureView { fd_store, ..CaptureView::default() }));
+        Self { bpf, bpffs, backlog, ctx, pods: BTreeMap::new(), fdstore, held, view }
+    }
+
+    async fn listener(&mut self, e: &mut Enrolled, addr: SocketAddr) -> Result<tokio::net::TcpListener, EnrollError> {
+        let name = fd_name(&e.view.pin_dir, addr.port());
+        let lerr = |source| EnrollError::Listen { addr, source };
+        if let Some(fd) = self.held.remove(&name) {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map_err(lerr)?;
+            e.view.listeners_from_fd_store += 1;
+            return tokio::net::TcpListener::from_std(l).map_err(lerr);
+        }
+        let l = e.pod.netns.listen(addr, self.backlog).await.map_err(lerr)?;
+        if let Some(store) = &self.fdstore
+            && let Err(err) = store.put(&name, &l)
+        {
+            tracing::warn!(listener = %name, "fd store: {err}; this listener will not survive a crash");
+        }
+        Ok(l)
     }
 
     pub fn enrolled(&self) -> usize {
@@ -137,6 +188,7 @@ impl Enroller {
             v.pods = self.pods.iter().map(|(k, e)| (k.clone(), e.view.clone())).collect();
             v.errors = errors;
             v.last_reconcile_ms = ms;
+            v.first_reconcile_ms.get_or_insert(ms);
             v.maps = self.map_summary();
         }
     }
@@ -158,6 +210,7 @@ impl Enroller {
             programs: Vec::new(),
             adopted: 0,
             attached: 0,
+            listeners_from_fd_store: 0,
         };
         let mut e = Enrolled { pod, view, tasks: Vec::new() };
         // Order matters: listeners and map entries exist before the programs redirect
@@ -178,7 +231,7 @@ impl Enroller {
         ];
         let mut listeners = Vec::new();
         for (addr, kind) in specs {
-            let l = e.pod.netns.listen(addr, self.backlog).await.map_err(|source| EnrollError::Listen { addr, source })?;
+            let l = self.listener(e, addr).await?;
             listeners.push((l, kind));
         }
         self.bpf.set_pod(e.view.netns_cookie, ip)?;
@@ -208,6 +261,11 @@ impl Enroller {
     /// Detach first (new connects stop being redirected), then drop map entries; the
     /// listeners close when `e` is dropped.
     fn teardown(&mut self, e: &Enrolled) {
+        if let Some(store) = &self.fdstore
+            && let Err(err) = store.del(&fd_prefix(&e.view.pin_dir))
+        {
+            tracing::warn!("fd store: {err}");
+        }
         if let Err(err) = pins::remove_dir(&e.view.pin_dir) {
             tracing::warn!(dir = %e.view.pin_dir.display(), "cannot remove pinned links: {err}");
         }
@@ -229,6 +287,12 @@ impl Enroller {
                 }
             }
         }
+        for name in std::mem::take(&mut self.held).into_keys() {
+            if let Some(store) = &self.fdstore {
+                let _ = store.del(&name);
+            }
+            tracing::info!(listener = %name, "closed a stale listener from the fd store");
+        }
         let live: BTreeSet<u64> = self.pods.values().map(|e| e.view.netns_cookie).collect();
         let live_ips: BTreeSet<Ipv4Addr> = self.pods.values().map(|e| e.view.ip).collect();
         for (cookie, ip) in self.bpf.pod_cookies() {
@@ -244,6 +308,9 @@ impl Enroller {
         let keys: Vec<String> = self.pods.keys().cloned().collect();
         for k in keys {
             self.unenroll(&k);
+        }
+        if let Some(store) = self.fdstore.take() {
+            let _ = store.quit();
         }
         if let Err(e) = pins::remove_all(&self.bpffs) {
             tracing::warn!(dir = %self.bpffs.display(), "cannot remove all pins: {e}");

@@ -7,6 +7,7 @@
 
 pub mod bpf;
 pub mod enroll;
+pub mod fdstore;
 pub mod handler;
 pub mod listeners;
 pub mod pins;
@@ -63,14 +64,15 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     });
     let lookups = bpf.lookups.clone();
     let ctx = Arc::new(LoopCtx { handler, lookups: lookups.clone(), connections });
-    let mut enroller = Enroller::new(bpf, bpffs.clone(), p.args.capture.listen_backlog, ctx);
+    let fdstore = if p.args.capture.no_fd_store { None } else { open_fd_store(&p.args.state_dir()) };
+    let mut enroller = Enroller::new(bpf, bpffs.clone(), p.args.capture.listen_backlog, ctx, fdstore);
     let view = enroller.view.clone();
     p.admin_sections.add("capture", move || {
         let v = view.lock().map(|v| v.clone()).unwrap_or_default();
         let counters: serde_json::Map<String, serde_json::Value> =
             lookups.counters().into_iter().map(|(k, n)| (k.to_owned(), json!(n))).collect();
         json!({ "bpffs": bpffs, "pods": v.pods, "errors": v.errors, "maps": v.maps,
-                "last_reconcile_ms": v.last_reconcile_ms, "counters": counters })
+                "last_reconcile_ms": v.last_reconcile_ms, "first_reconcile_ms": v.first_reconcile_ms, "counters": counters, "fd_store": v.fd_store })
     });
 
     // First pass before reporting ready: a restarted daemon re-adopts its pins here
@@ -83,6 +85,20 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     let (stop_tx, stop_rx) = oneshot::channel();
     tokio::spawn(run(enroller, p.clone(), stop_rx));
     Ok(Capture { stop: Some(stop_tx) })
+}
+
+fn open_fd_store(state_dir: &std::path::Path) -> Option<fdstore::FdStore> {
+    if let Err(e) = std::fs::create_dir_all(state_dir) {
+        tracing::warn!(dir = %state_dir.display(), "no fd store (listeners will not survive a crash): {e}");
+        return None;
+    }
+    match fdstore::FdStore::connect_or_spawn(&state_dir.join("fdstore.sock")) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no fd store (listeners will not survive a crash): {e}");
+            None
+        }
+    }
 }
 
 fn report(p: &ProxyInputs, e: &Enroller) {
