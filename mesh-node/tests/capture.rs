@@ -95,6 +95,13 @@ fn outbound_is_captured_with_original_destination_and_bytes_intact() {
     assert_eq!(r["app_local"], srv_addr.to_string(), "upstream went to the original destination: {r:?}");
     assert_eq!(host(&r["app_peer"]), a_ip.to_string(), "upstream leaves from the pod IP: {r:?}");
 
+    // A dual-stack socket dialing the v4-mapped address is captured too (connect6).
+    let mapped = SocketAddr::from((ip(&c, "plain", "srv").to_ipv6_mapped(), 8080));
+    let r = hello(&c, "shop", "a", mapped);
+    assert_eq!(r["local"].split(']').next(), Some("[::ffff:127.0.0.1"), "v4-mapped connect captured: {r:?}");
+    assert_eq!(r["getpeername"], mapped.to_string(), "{r:?}");
+    assert_eq!(r["app_local"], srv_addr.to_string(), "{r:?}");
+
     // Non-enrolled namespace: untouched.
     let r = hello(&c, "plain", "c", srv_addr);
     assert_eq!(host(&r["local"]), ip(&c, "plain", "c").to_string(), "{r:?}");
@@ -116,7 +123,8 @@ fn outbound_is_captured_with_original_destination_and_bytes_intact() {
     let dump = config_dump(&c, "n1");
     assert_eq!(counter(&dump, "connect4_calls"), 2, "{}", dump["capture"]);
     assert_eq!(counter(&dump, "connect4_redirected"), 2, "{}", dump["capture"]);
-    assert_eq!(counter(&dump, "sockops_rekeyed"), 2, "{}", dump["capture"]);
+    assert_eq!(counter(&dump, "connect6_redirected"), 1, "{}", dump["capture"]);
+    assert_eq!(counter(&dump, "sockops_rekeyed"), 3, "{}", dump["capture"]);
     let daemon_cg = harness::cgroup_of(daemon.pid()).expect("cgroup of daemon");
     assert!(!daemon_cg.contains("pod-"), "daemon must run outside pod cgroups: {daemon_cg}");
     let mut pods = captured_pods(&dump);
@@ -130,13 +138,13 @@ fn outbound_is_captured_with_original_destination_and_bytes_intact() {
         m.lines().any(|l| l.starts_with("mesh_capture_connections_total")
             && l.contains("direction=\"outbound\"")
             && l.contains("result=\"accepted\"")
-            && l.ends_with(" 2")),
+            && l.ends_with(" 3")),
         "{m}"
     );
     // Entries are deleted when connections close.
     poll("original-destination entries to be deleted at close", Duration::from_secs(10), || {
         let d = config_dump(&c, "n1");
-        (counter(&d, "sockops_close_deleted") >= 2).then_some(())
+        (counter(&d, "sockops_close_deleted") >= 3).then_some(())
     });
 
     assert_eq!(netfilter_everywhere(&c), netfilter_before, "no iptables/nftables state may change");

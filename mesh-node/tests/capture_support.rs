@@ -371,13 +371,41 @@ pub fn netfilter_snapshot() -> String {
     )
 }
 
+/// The rule-set dumps of whichever netfilter tools are installed (`iptables-save`,
+/// `ip6tables-save`, `nft list ruleset`), run in the current netns.
+fn ruleset_dumps(run: impl Fn(Command) -> Option<String>) -> String {
+    let mut out = String::new();
+    for (tool, args) in [("iptables-save", &[][..]), ("ip6tables-save", &[][..]), ("nft", &["list", "ruleset"][..])] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(tool).is_file());
+        if found {
+            let mut cmd = Command::new(tool);
+            cmd.args(args);
+            // Comment lines carry timestamps.
+            let dump = run(cmd).unwrap_or_default();
+            let rules: Vec<&str> = dump.lines().filter(|l| !l.starts_with('#')).collect();
+            out.push_str(&format!(" {tool}=[{}]", rules.join(";")));
+        }
+    }
+    out
+}
+
+fn output(o: Result<std::process::Output, impl std::fmt::Debug>) -> Option<String> {
+    o.ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Netfilter state of the host, every node and every pod (table names from /proc, plus
+/// the rule sets when the tools exist).
 pub fn netfilter_everywhere(cluster: &Cluster) -> Vec<(String, String)> {
-    let mut v = vec![("host".to_owned(), netfilter_snapshot())];
+    let host = netfilter_snapshot() + &ruleset_dumps(|mut c| output(c.output()));
+    let mut v = vec![("host".to_owned(), host)];
     for n in cluster.nodes() {
-        v.push((format!("node {}", n.name), cluster.in_node(&n.name, netfilter_snapshot).expect("in node")));
+        let snap = cluster.in_node(&n.name, netfilter_snapshot).expect("in node")
+            + &ruleset_dumps(|c| output(cluster.run_on_node(&n.name, c)));
+        v.push((format!("node {}", n.name), snap));
     }
     for p in cluster.pods() {
-        let snap = cluster.in_pod(&p.namespace, &p.name, netfilter_snapshot).expect("in pod");
+        let snap = cluster.in_pod(&p.namespace, &p.name, netfilter_snapshot).expect("in pod")
+            + &ruleset_dumps(|c| output(cluster.run_in_pod(&p.namespace, &p.name, c)));
         v.push((format!("pod {}/{}", p.namespace, p.name), snap));
     }
     v
