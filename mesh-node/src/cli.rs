@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the node daemon.
     Run(RunArgs),
+    /// Waypoints (Kubernetes mode).
+    #[command(subcommand)]
+    Waypoint(crate::waypoint_render::WaypointCommand),
     /// Internal: the listener fd store the daemon starts for itself (keeps capture
     /// listeners open while the daemon restarts).
     #[command(hide = true)]

@@ -5,12 +5,15 @@ mod capture;
 mod cli;
 mod config;
 mod daemon;
+#[allow(dead_code, unused_imports)] // Kubernetes mode: the daemon wires pod discovery in
+mod discovery;
 mod ebpf;
 mod http_server;
 mod metrics;
 mod netns;
 mod readiness;
 mod state;
+mod waypoint_render;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +29,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(daemon::run(args))
         }
         cli::Command::FdHolder(a) => capture::fdstore::run_holder(&a.socket),
+        cli::Command::Waypoint(cmd) => waypoint_render::run(cmd),
     }
 }
 

@@ -6,6 +6,7 @@
 //! kind/namespace/name and the field path ([`error`]).
 
 pub mod document;
+pub mod enrollment;
 pub mod error;
 pub mod istio;
 pub mod k8s;

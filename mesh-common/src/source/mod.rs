@@ -3,3 +3,5 @@
 //! source an object came from.
 
 pub mod dir;
+#[cfg(feature = "kube")]
+pub mod kube;

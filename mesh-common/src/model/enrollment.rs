@@ -1,0 +1,50 @@
+//! Which pods the mesh captures: those on this node whose namespace is enrolled.
+
+use std::collections::BTreeSet;
+
+use super::Resource;
+use super::k8s::Pod;
+use super::store::ConfigStore;
+
+/// Pods scheduled on `node` (`spec.nodeName`) in an enrolled namespace
+/// ([`super::k8s::Namespace::is_enrolled`]), in store order (namespace, name).
+pub fn enrolled_pods(store: &ConfigStore, node: &str) -> Vec<Pod> {
+    let enrolled: BTreeSet<&str> = store
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Namespace(ns) if ns.is_enrolled() => Some(ns.metadata.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    store
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Pod(p)
+                if p.spec.node_name.as_deref() == Some(node)
+                    && enrolled.contains(p.metadata.namespace_or_default()) =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_documents;
+
+    #[test]
+    fn only_this_nodes_pods_of_enrolled_namespaces() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: in, annotations: {mesh.io/dataplane-mode: ambient}}\n---\n\
+                    apiVersion: v1\nkind: Namespace\nmetadata: {name: out}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: in}\nspec: {nodeName: n1}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: in}\nspec: {nodeName: n2}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: out}\nspec: {nodeName: n1}\n";
+        let mut store = ConfigStore::default();
+        store.apply_source("f", parse_documents("f", text), &|_| Ok(()));
+        let names: Vec<_> = enrolled_pods(&store, "n1").into_iter().map(|p| p.metadata.name).collect();
+        assert_eq!(names, vec!["a".to_string()]);
+    }
+}

@@ -1,0 +1,82 @@
+//! What the Kubernetes source watches, and which API version it reads each kind at.
+
+use kube::core::ApiResource;
+
+/// One watched kind. Core and Istio kinds go through the same `DynamicObject` path:
+/// the model decodes them from YAML exactly like the directory source does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedKind {
+    pub group: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// Versions we accept, preferred first. Only Istio's CRDs have more than one; the
+    /// API server converts between them, so one version shows every object.
+    pub versions: &'static [&'static str],
+    /// Watch only this node's objects (`spec.nodeName`): pods, on the node daemon.
+    pub node_scoped: bool,
+}
+
+const fn core(kind: &'static str, plural: &'static str, node_scoped: bool) -> WatchedKind {
+    WatchedKind { group: "", kind, plural, versions: &["v1"], node_scoped }
+}
+
+const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const SECURITY: &[&str] = &["v1", "v1beta1"];
+
+const fn istio(group: &'static str, kind: &'static str, plural: &'static str, versions: &'static [&'static str]) -> WatchedKind {
+    WatchedKind { group, kind, plural, versions, node_scoped: false }
+}
+
+/// Everything the mesh reads from the API server (the RBAC in `deploy/` grants
+/// list/watch on exactly these).
+pub const WATCHED: &[WatchedKind] = &[
+    core("Namespace", "namespaces", false),
+    core("Pod", "pods", true),
+    core("Service", "services", false),
+    core("ServiceAccount", "serviceaccounts", false),
+    WatchedKind { group: "discovery.k8s.io", kind: "EndpointSlice", plural: "endpointslices", versions: &["v1"], node_scoped: false },
+    istio("networking.istio.io", "VirtualService", "virtualservices", NETWORKING),
+    istio("networking.istio.io", "DestinationRule", "destinationrules", NETWORKING),
+    istio("networking.istio.io", "Gateway", "gateways", NETWORKING),
+    istio("security.istio.io", "PeerAuthentication", "peerauthentications", SECURITY),
+    istio("security.istio.io", "AuthorizationPolicy", "authorizationpolicies", SECURITY),
+    istio("security.istio.io", "RequestAuthentication", "requestauthentications", SECURITY),
+];
+
+impl WatchedKind {
+    /// Needs API discovery to pick a version (a CRD group whose installed versions vary).
+    pub fn needs_discovery(&self) -> bool {
+        self.versions.len() > 1
+    }
+
+    /// The first of our versions that `served` (from `/apis/<group>`) lists.
+    pub fn pick_version(&self, served: &[String]) -> Option<&'static str> {
+        self.versions.iter().copied().find(|v| served.iter().any(|s| s == v))
+    }
+
+    pub fn api_resource(&self, version: &str) -> ApiResource {
+        let api_version = if self.group.is_empty() { version.to_owned() } else { format!("{}/{version}", self.group) };
+        ApiResource {
+            group: self.group.to_owned(),
+            version: version.to_owned(),
+            api_version,
+            kind: self.kind.to_owned(),
+            plural: self.plural.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_newest_served_version() {
+        let vs = WATCHED.iter().find(|k| k.kind == "VirtualService").unwrap();
+        let served = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(vs.pick_version(&served(&["v1alpha3", "v1beta1", "v1"])), Some("v1"));
+        assert_eq!(vs.pick_version(&served(&["v1alpha3", "v1beta1"])), Some("v1beta1"));
+        assert_eq!(vs.pick_version(&served(&["v2"])), None);
+        assert_eq!(vs.api_resource("v1beta1").api_version, "networking.istio.io/v1beta1");
+    }
+}

@@ -1,0 +1,103 @@
+//! Connection status of the Kubernetes source, for readiness detail and metrics.
+//! While the API server is unreachable the store keeps its last known state; this
+//! status is how the daemon says so.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+/// Aggregated over every watched kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeStatus {
+    /// Every watch is up (its last step succeeded).
+    pub connected: bool,
+    /// Every kind has completed at least one full list: the model is complete.
+    pub synced: bool,
+    /// The most recent error from any watch, with the kind it came from.
+    pub last_error: Option<String>,
+    /// When `connected` last changed.
+    pub since: SystemTime,
+    /// Kinds whose watch is currently failing.
+    pub failing: Vec<String>,
+}
+
+impl Default for KubeStatus {
+    fn default() -> Self {
+        Self { connected: false, synced: false, last_error: None, since: SystemTime::now(), failing: Vec::new() }
+    }
+}
+
+#[derive(Default)]
+struct KindHealth {
+    ok: bool,
+    synced: bool,
+}
+
+/// Per-kind health folded into one [`KubeStatus`], published on a watch channel.
+pub(crate) struct StatusTracker {
+    kinds: BTreeMap<String, KindHealth>,
+    tx: watch::Sender<KubeStatus>,
+}
+
+impl StatusTracker {
+    pub fn new(kinds: impl IntoIterator<Item = String>) -> (Self, watch::Receiver<KubeStatus>) {
+        let (tx, rx) = watch::channel(KubeStatus::default());
+        let kinds = kinds.into_iter().map(|k| (k, KindHealth::default())).collect();
+        (Self { kinds, tx }, rx)
+    }
+
+    pub fn ok(&mut self, kind: &str, synced: bool) {
+        let h = self.kinds.entry(kind.to_owned()).or_default();
+        if h.ok && (h.synced || !synced) {
+            return; // nothing changed: skip waking readers on every event
+        }
+        h.ok = true;
+        h.synced |= synced;
+        self.publish(None);
+    }
+
+    pub fn failed(&mut self, kind: &str, error: String) {
+        self.kinds.entry(kind.to_owned()).or_default().ok = false;
+        self.publish(Some(format!("{kind}: {error}")));
+    }
+
+    fn publish(&self, error: Option<String>) {
+        let connected = self.kinds.values().all(|h| h.ok);
+        let synced = self.kinds.values().all(|h| h.synced);
+        let failing = self.kinds.iter().filter(|(_, h)| !h.ok).map(|(k, _)| k.clone()).collect();
+        self.tx.send_modify(|s| {
+            if s.connected != connected {
+                s.since = SystemTime::now();
+            }
+            s.connected = connected;
+            s.synced = synced;
+            s.failing = failing;
+            if error.is_some() {
+                s.last_error = error;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connected_only_when_every_kind_is_up() {
+        let (mut t, rx) = StatusTracker::new(["Pod".to_string(), "Service".to_string()]);
+        t.ok("Pod", true);
+        assert!(!rx.borrow().connected);
+        t.ok("Service", true);
+        assert!(rx.borrow().connected && rx.borrow().synced);
+        t.failed("Pod", "connection refused".into());
+        let s = rx.borrow().clone();
+        assert!(!s.connected && s.synced);
+        assert_eq!(s.failing, vec!["Pod".to_string()]);
+        assert_eq!(s.last_error.as_deref(), Some("Pod: connection refused"));
+        t.ok("Pod", false);
+        assert!(rx.borrow().connected);
+        assert!(rx.borrow().last_error.is_some(), "last error stays visible after recovery");
+    }
+}

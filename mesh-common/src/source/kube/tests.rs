@@ -1,0 +1,273 @@
+//! The real kube-runtime watcher against a replayed API server ([`super::replay`]).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::replay::{End, Replay, bookmark, event, gone};
+use super::*;
+use crate::model::enrollment::enrolled_pods;
+use crate::model::FieldError;
+use crate::source::dir::DirSource;
+
+const BOOKINFO: &str = include_str!("testdata/bookinfo.yaml");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn config(node: Option<&str>) -> KubeSourceConfig {
+    KubeSourceConfig {
+        node_name: node.map(str::to_owned),
+        controller: "mesh.io/mesh-node".into(),
+        instance: node.map(str::to_owned),
+        record_events: true,
+        retry: Retry::Fixed(Duration::from_millis(20)),
+    }
+}
+
+fn accept_all() -> SharedValidator {
+    Arc::new(|_| Ok(()))
+}
+
+fn objects(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn path(kind: &WatchedKind) -> String {
+    let ar = kind.api_resource(kind.versions[0]);
+    if ar.group.is_empty() { format!("/api/v1/{}", ar.plural) } else { format!("/apis/{}/{}", ar.api_version, ar.plural) }
+}
+
+fn path_of(kind: &str) -> String {
+    path(WATCHED.iter().find(|k| k.kind == kind).unwrap())
+}
+
+/// A list item as the API server returns it: no apiVersion/kind, a resourceVersion.
+fn item(v: &Value, rv: &str) -> Value {
+    let mut v = v.clone();
+    let map = v.as_object_mut().unwrap();
+    map.remove("apiVersion");
+    map.remove("kind");
+    map.get_mut("metadata").unwrap()["resourceVersion"] = json!(rv);
+    v
+}
+
+fn with_rv(v: &Value, rv: &str) -> Value {
+    let mut v = v.clone();
+    v["metadata"]["resourceVersion"] = json!(rv);
+    v
+}
+
+fn replay() -> Replay {
+    let r = Replay::default();
+    let group = |name: &str, versions: &[&str]| {
+        let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": vs, "preferredVersion": vs[0]})
+    };
+    r.fixed("/apis/networking.istio.io", group("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]));
+    r.fixed("/apis/security.istio.io", group("security.istio.io", &["v1", "v1beta1"]));
+    r
+}
+
+/// Lists `objs` for every watched kind not in `except`; their watches then stay idle.
+fn serve_lists(r: &Replay, objs: &[Value], except: &[&str]) {
+    for kind in WATCHED.iter().filter(|k| !except.contains(&k.kind)) {
+        let items = objs.iter().filter(|o| o["kind"] == kind.kind).map(|o| item(o, "5")).collect();
+        r.list(&path(kind), "5", items);
+    }
+}
+
+struct Running {
+    store: SharedStore,
+    status: watch::Receiver<KubeStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn start(r: &Replay, node: Option<&str>, validator: SharedValidator) -> Running {
+    let store = SharedStore::default();
+    let source = KubeSource::new(ClientBuilder::new(r.clone(), "default"), config(node), store.clone(), validator);
+    let status = source.status();
+    Running { store, status, task: tokio::spawn(source.run()) }
+}
+
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn enrolled(run: &Running, node: &str) -> Vec<String> {
+    let store = run.store.lock().unwrap();
+    enrolled_pods(&store, node).into_iter().map(|p| format!("{}/{}", p.metadata.namespace_or_default(), p.metadata.name)).collect()
+}
+
+fn refs(run: &Running) -> Vec<String> {
+    run.store.lock().unwrap().iter().map(|r| r.object_ref().to_string()).collect()
+}
+
+#[tokio::test]
+async fn directory_and_api_server_produce_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bookinfo.yaml"), BOOKINFO).unwrap();
+    let mut from_dir = ConfigStore::default();
+    let report = DirSource::new(dir.path()).poll(&mut from_dir, &|_| Ok(())).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+
+    let r = replay();
+    serve_lists(&r, &objects(BOOKINFO), &[]);
+    let run = start(&r, None, accept_all());
+    until("initial sync", || run.status.borrow().synced.then_some(())).await;
+
+    let dir_model: Vec<Resource> = from_dir.iter().cloned().collect();
+    let kube_model: Vec<Resource> = run.store.lock().unwrap().iter().cloned().collect();
+    assert_eq!(dir_model.len(), 12);
+    assert_eq!(kube_model, dir_model);
+    assert!(run.status.borrow().connected);
+}
+
+/// The node daemon's view through 410 Gone, a dropped stream, a closed stream and
+/// enrollment toggled by annotating the namespace.
+#[tokio::test]
+async fn converges_through_gone_and_dropped_streams_and_follows_enrollment() {
+    let all = objects(BOOKINFO);
+    let find = |kind: &str, name: &str| all.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).unwrap().clone();
+    let mut bookinfo_plain = find("Namespace", "bookinfo");
+    bookinfo_plain["metadata"].as_object_mut().unwrap().remove("annotations");
+    let bookinfo_ambient = find("Namespace", "bookinfo");
+    let other = find("Namespace", "other");
+    let (productpage, reviews_v1, tools) =
+        (find("Pod", "productpage-v1-7d8b9c"), find("Pod", "reviews-v1-5f6c7d"), find("Pod", "tools-0"));
+    let mut ratings = productpage.clone();
+    ratings["metadata"]["name"] = json!("ratings-v1-1a2b3c");
+    let scratch = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "scratch"}});
+
+    let r = replay();
+    let (ns, pods) = (path_of("Namespace"), path_of("Pod"));
+    // Namespaces: list, a watch that ends in 410 Gone (scratch was deleted while we
+    // could not see it), relist, a watch that drops, then a live watch.
+    r.list(&ns, "10", vec![item(&bookinfo_plain, "3"), item(&other, "4"), item(&scratch, "5")]);
+    r.watch(&ns, vec![bookmark("v1", "Namespace", "12"), gone()], End::Close);
+    r.list(&ns, "20", vec![item(&bookinfo_plain, "3"), item(&other, "4")]);
+    r.watch(&ns, vec![event("ADDED", with_rv(&scratch, "21"))], End::Drop);
+    let live = r.live_watch(&ns, vec![event("DELETED", with_rv(&scratch, "22"))]);
+    // Pods of node-a: list, a watch adding one pod and deleting another, then closed.
+    r.list(&pods, "10", vec![item(&productpage, "6"), item(&reviews_v1, "7"), item(&tools, "8")]);
+    r.watch(&pods, vec![event("ADDED", with_rv(&ratings, "11")), event("DELETED", with_rv(&reviews_v1, "12"))], End::Close);
+    serve_lists(&r, &all, &["Namespace", "Pod"]);
+
+    let run = start(&r, Some("node-a"), accept_all());
+    let expected_refs = [
+        "Namespace bookinfo",
+        "Namespace other",
+        "Pod bookinfo/productpage-v1-7d8b9c",
+        "Pod bookinfo/ratings-v1-1a2b3c",
+        "Pod other/tools-0",
+    ];
+    until("the API's final state", || {
+        let have = refs(&run);
+        let core: Vec<&str> = have.iter().map(String::as_str).filter(|s| s.starts_with("Namespace") || s.starts_with("Pod")).collect();
+        (core == expected_refs).then_some(())
+    })
+    .await;
+    assert_eq!(r.requests("GET", &ns).iter().filter(|s| !s.query.contains("watch=true")).count(), 2, "410 Gone relists");
+    let pod_requests = r.requests("GET", &pods);
+    assert!(pod_requests.iter().all(|s| s.query.contains("fieldSelector=spec.nodeName%3Dnode-a")), "{pod_requests:?}");
+    assert!(enrolled(&run, "node-a").is_empty(), "nothing enrolled before the annotation");
+
+    live.send(event("MODIFIED", with_rv(&bookinfo_ambient, "30"))).unwrap();
+    let want = vec!["bookinfo/productpage-v1-7d8b9c".to_string(), "bookinfo/ratings-v1-1a2b3c".to_string()];
+    until("annotation enrolls bookinfo's node-a pods", || (enrolled(&run, "node-a") == want).then_some(())).await;
+
+    live.send(event("MODIFIED", with_rv(&bookinfo_plain, "31"))).unwrap();
+    until("removing it un-enrolls them", || enrolled(&run, "node-a").is_empty().then_some(())).await;
+}
+
+#[tokio::test]
+async fn keeps_last_known_state_while_the_api_server_is_unreachable() {
+    let all = objects(BOOKINFO);
+    let r = replay();
+    let ns = path_of("Namespace");
+    let live = r.live_watch(&ns, Vec::new());
+    serve_lists(&r, &all, &[]);
+    let run = start(&r, Some("node-a"), accept_all());
+    until("initial sync", || run.status.borrow().connected.then_some(())).await;
+    let before = refs(&run);
+
+    r.outage.store(true, Ordering::SeqCst);
+    drop(live); // the watch connection ends; every reconnect now fails
+    let status = until("status shows the outage", || {
+        let s = run.status.borrow().clone();
+        (!s.connected).then_some(s)
+    })
+    .await;
+    assert!(status.last_error.as_deref().unwrap_or_default().contains("Namespace"), "{status:?}");
+    assert_eq!(status.failing, vec!["Namespace".to_string()]);
+    assert_eq!(refs(&run), before, "the model survives the outage");
+
+    r.outage.store(false, Ordering::SeqCst);
+    until("reconnected", || run.status.borrow().connected.then_some(())).await;
+    assert_eq!(refs(&run), before);
+}
+
+/// A consumer validator standing in for the waypoint's (which compiles VirtualServices).
+fn hosts_must_be_a_list() -> SharedValidator {
+    Arc::new(|r: &Resource| match r {
+        Resource::Other(o) if o.kind == "VirtualService" && !o.rest["spec"]["hosts"].is_sequence() => {
+            Err(ConfigError::Invalid { object: o.object_ref(), error: FieldError::new("spec.hosts", "must be a list of hosts") })
+        }
+        _ => Ok(()),
+    })
+}
+
+#[tokio::test]
+async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
+    let mut all = objects(BOOKINFO);
+    let mut bad_vs = all.iter().find(|o| o["kind"] == "VirtualService").unwrap().clone();
+    bad_vs["metadata"]["name"] = json!("broken");
+    bad_vs["metadata"]["uid"] = json!("0b5e7c1e-0000-4000-8000-000000000001");
+    bad_vs["spec"]["hosts"] = json!("reviews");
+    let mut bad_svc = all.iter().find(|o| o["kind"] == "Service").unwrap().clone();
+    bad_svc["metadata"]["name"] = json!("bad-port");
+    bad_svc["spec"]["ports"][0]["port"] = json!("http");
+    all.extend([bad_vs, bad_svc]);
+
+    let r = replay();
+    serve_lists(&r, &all, &[]);
+    let run = start(&r, None, hosts_must_be_a_list());
+    until("initial sync", || run.status.borrow().synced.then_some(())).await;
+
+    let have = refs(&run);
+    assert!(have.contains(&"VirtualService bookinfo/reviews".to_string()), "{have:?}");
+    assert!(!have.contains(&"VirtualService bookinfo/broken".to_string()));
+    assert!(!have.contains(&"Service bookinfo/bad-port".to_string()));
+    let errors: Vec<String> = run.store.lock().unwrap().errors().flat_map(|(_, e)| e.to_vec()).collect();
+    assert!(errors.contains(&"VirtualService bookinfo/broken: spec.hosts: must be a list of hosts".to_string()), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("Service bookinfo/bad-port: spec.ports[0].port:")), "{errors:?}");
+
+    let events_path = "/apis/events.k8s.io/v1/namespaces/bookinfo/events";
+    let events = until("two Events posted", || {
+        let e = r.requests("POST", events_path);
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    let vs_event: Value = events.iter().map(|e| serde_json::from_str::<Value>(&e.body).unwrap()).find(|e| e["regarding"]["kind"] == "VirtualService").unwrap();
+    assert_eq!(vs_event["type"], "Warning");
+    assert_eq!(vs_event["reason"], "InvalidConfiguration");
+    assert_eq!(vs_event["regarding"]["name"], "broken");
+    assert_eq!(vs_event["regarding"]["uid"], "0b5e7c1e-0000-4000-8000-000000000001");
+    assert!(vs_event["note"].as_str().unwrap().contains("spec.hosts"), "{vs_event}");
+}

@@ -1,0 +1,284 @@
+//! `deploy/` is validated against the Kubernetes API schemas (kubernetes-validate, for
+//! the Kubernetes version k8s-openapi targets) and Istio custom resources against our
+//! own CRD schemas.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+/// Matches the k8s-openapi feature (`v1_33`) in the workspace Cargo.toml.
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+}
+
+fn all_yaml() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir(), &mut files);
+    files
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn is_kustomization(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "kustomization.yaml")
+}
+
+fn is_istio(doc: &Value) -> bool {
+    doc["apiVersion"].as_str().is_some_and(|v| v.contains(".istio.io/"))
+}
+
+/// `kubernetes-validate`, however pip installed it.
+fn validator() -> Command {
+    for candidate in [&["kubernetes-validate"][..], &["python3", "-m", "kubernetes_validate"][..]] {
+        let probe = Command::new(candidate[0]).args(&candidate[1..]).arg("--version").output();
+        if probe.is_ok_and(|o| o.status.success()) {
+            let mut c = Command::new(candidate[0]);
+            c.args(&candidate[1..]);
+            return c;
+        }
+    }
+    panic!(
+        "kubernetes-validate is not installed, so deploy/ cannot be checked against the Kubernetes schemas: \
+         run `cargo xtask bootstrap` (it runs `pip install kubernetes-validate==1.37.0`)"
+    );
+}
+
+#[test]
+fn deploy_passes_kubernetes_validate() {
+    // Kustomizations are not API objects; Istio kinds are checked against our CRDs below.
+    let files: Vec<PathBuf> =
+        all_yaml().into_iter().filter(|f| !is_kustomization(f) && !documents(f).iter().any(is_istio)).collect();
+    assert!(files.len() >= 12, "expected the CRDs, install/ and waypoint/ manifests, found {files:?}");
+    let out = validator()
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubernetes-validate rejected deploy/:\n{report}");
+    assert!(!report.contains("ERROR") && !report.contains("WARN"), "{report}");
+}
+
+#[test]
+fn kustomizations_list_existing_files() {
+    for k in all_yaml().iter().filter(|f| is_kustomization(f)) {
+        let doc = &documents(k)[0];
+        for r in doc["resources"].as_sequence().unwrap() {
+            let target = k.parent().unwrap().join(r.as_str().unwrap());
+            assert!(target.exists(), "{} lists missing {}", k.display(), target.display());
+        }
+    }
+}
+
+/// Istio CRs in deploy/ (samples) against deploy/crds: a structural check of the
+/// OpenAPI subset our CRDs use (type, properties, required, enum, items,
+/// additionalProperties, x-kubernetes-preserve-unknown-fields).
+#[test]
+fn samples_match_our_crd_schemas() {
+    let crds = load_crds();
+    assert_eq!(crds.len(), 6);
+    let mut checked = 0;
+    for file in &all_yaml() {
+        for doc in documents(file).iter().filter(|d| is_istio(d)) {
+            if let Err(e) = validate_cr(&crds, doc) {
+                panic!("{}: {e}", file.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} custom resources checked");
+}
+
+#[test]
+fn crd_check_rejects_bad_resources() {
+    let crds = load_crds();
+    let bad = |yaml: &str| validate_cr(&crds, &serde_yaml::from_str(yaml).unwrap()).unwrap_err();
+    let e = bad("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {mtls: {mode: STRICTEST}}");
+    assert!(e.contains("spec.mtls.mode"), "{e}");
+    let e = bad("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: reviews}");
+    assert!(e.contains("spec.hosts: expected array"), "{e}");
+    let e = bad("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {}");
+    assert!(e.contains("not served"), "{e}");
+    let e = bad("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\nspec: {subsets: []}");
+    assert!(e.contains("spec.host: required"), "{e}");
+}
+
+/// Every kind the Kubernetes source watches (mesh-common/src/source/kube/kinds.rs) is
+/// granted list+watch, and nothing else is: least privilege.
+#[test]
+fn rbac_grants_list_watch_on_exactly_the_watched_kinds() {
+    let rbac = documents(&deploy_dir().join("install/rbac.yaml"));
+    let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    let mut granted = Vec::new();
+    for rule in role["rules"].as_sequence().unwrap() {
+        let verbs: Vec<&str> = rule["verbs"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        for r in rule["resources"].as_sequence().unwrap() {
+            if verbs == ["list", "watch"] {
+                granted.push(r.as_str().unwrap().to_owned());
+            } else {
+                assert_eq!((r.as_str().unwrap(), verbs.as_slice()), ("events", &["create", "patch"][..]));
+            }
+        }
+    }
+    granted.sort();
+    let kinds = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-common/src/source/kube/kinds.rs")).unwrap();
+    let mut watched: Vec<String> = watched_plurals(&kinds);
+    watched.sort();
+    assert_eq!(granted, watched);
+    let secrets = rbac.iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(secrets["metadata"]["namespace"], "mesh-system");
+    assert_eq!(secrets["rules"][0]["resourceNames"][0], "mesh-ca");
+    assert_eq!(secrets["rules"][0]["verbs"].as_sequence().unwrap().len(), 1);
+}
+
+/// The plural names in the `WATCHED` table: the second string literal of each
+/// `core(..)` / `istio(..)` / `WatchedKind {..}` entry.
+fn watched_plurals(source: &str) -> Vec<String> {
+    let table = source.split("pub const WATCHED").nth(1).unwrap().split("];").next().unwrap();
+    table
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let quoted: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+            if line.starts_with("core(") {
+                quoted.get(1).map(|s| s.to_string())
+            } else if line.starts_with("istio(") || line.starts_with("WatchedKind {") {
+                quoted.get(2).map(|s| s.to_string())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+struct Crd {
+    group: String,
+    kind: String,
+    /// (version, served, openAPIV3Schema)
+    versions: Vec<(String, bool, Value)>,
+}
+
+fn load_crds() -> Vec<Crd> {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir().join("crds"), &mut files);
+    files
+        .iter()
+        .flat_map(|f| documents(f))
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .map(|d| {
+            let spec = &d["spec"];
+            let versions = spec["versions"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    let name = v["name"].as_str().unwrap().to_owned();
+                    (name, v["served"].as_bool().unwrap_or(false), v["schema"]["openAPIV3Schema"].clone())
+                })
+                .collect();
+            Crd { group: str_of(&spec["group"]), kind: str_of(&spec["names"]["kind"]), versions }
+        })
+        .collect()
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn validate_cr(crds: &[Crd], doc: &Value) -> Result<(), String> {
+    let api_version = doc["apiVersion"].as_str().ok_or("no apiVersion")?;
+    let (group, version) = api_version.split_once('/').ok_or("apiVersion without group")?;
+    let kind = doc["kind"].as_str().ok_or("no kind")?;
+    let name = doc["metadata"]["name"].as_str().ok_or(format!("{kind}: metadata.name: required"))?;
+    let crd =
+        crds.iter().find(|c| c.group == group && c.kind == kind).ok_or(format!("{kind} {name}: no CRD for {group}"))?;
+    let schema = crd
+        .versions
+        .iter()
+        .find(|(v, served, _)| v == version && *served)
+        .map(|(_, _, s)| s)
+        .ok_or(format!("{kind} {name}: version {version} is not served by the CRD"))?;
+    let mut body = doc.as_mapping().cloned().unwrap_or_default();
+    for k in ["apiVersion", "kind", "metadata"] {
+        body.remove(k);
+    }
+    check(schema, &Value::Mapping(body), "").map_err(|e| format!("{kind} {name}: {e}"))
+}
+
+fn check(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
+    let at = if path.is_empty() { "<root>" } else { path };
+    let type_ok = match schema["type"].as_str() {
+        Some("object") => value.is_mapping(),
+        Some("array") => value.is_sequence(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_bool(),
+        _ => true,
+    };
+    if !type_ok {
+        return Err(format!("{at}: expected {}", schema["type"].as_str().unwrap_or_default()));
+    }
+    if let Some(allowed) = schema["enum"].as_sequence()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value:?} is not one of {allowed:?}"));
+    }
+    match value {
+        Value::Mapping(map) => check_object(schema, map, path),
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check(&schema["items"], item, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_object(schema: &Value, map: &Mapping, path: &str) -> Result<(), String> {
+    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    for req in schema["required"].as_sequence().into_iter().flatten() {
+        let key = req.as_str().unwrap_or_default();
+        if !map.contains_key(key) {
+            return Err(format!("{}: required", join(key)));
+        }
+    }
+    let preserve = schema["x-kubernetes-preserve-unknown-fields"].as_bool().unwrap_or(false);
+    for (k, v) in map {
+        let key = k.as_str().ok_or(format!("{path}: non-string key"))?;
+        let sub = if let Some(p) = schema["properties"].get(key) {
+            p
+        } else if let Some(a) = schema.get("additionalProperties") {
+            a
+        } else if preserve {
+            continue;
+        } else {
+            return Err(format!("{}: unknown field", join(key)));
+        };
+        check(sub, v, &join(key))?;
+    }
+    Ok(())
+}
