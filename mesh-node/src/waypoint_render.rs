@@ -53,7 +53,7 @@ fn dns_label(s: &str) -> Result<String, String> {
 
 pub fn run(cmd: WaypointCommand) -> anyhow::Result<()> {
     let WaypointCommand::Render(args) = cmd;
-    let spec = WaypointSpec { namespace: args.namespace, name: args.name, image: args.image, replicas: args.replicas };
+    let spec = WaypointSpec { name: args.name, image: args.image, replicas: args.replicas, ..WaypointSpec::new(&args.namespace) };
     std::io::stdout().lock().write_all(render(&spec)?.as_bytes())?;
     Ok(())
 }
