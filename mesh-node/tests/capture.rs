@@ -405,3 +405,19 @@ fn stale_pins_of_vanished_pods_are_cleaned_on_restart() {
     assert!(left.is_empty(), "pins of the vanished pod are removed: {left:?}");
     assert_eq!(dump["capture"]["maps"]["pod_self"].as_array().map(Vec::len), Some(1), "{}", dump["capture"]["maps"]);
 }
+
+#[test]
+fn a_pod_whose_netns_vanishes_is_cleaned_while_running() {
+    let Some(mut c) = cluster(TOPOLOGY) else { return };
+    let _daemon = start_daemon(&c, "n1", &["--enroll-retry-ms", "200"]);
+    wait_captured(&c, "n1", &["shop/a", "shop/b"]);
+    // The pod disappears but the (stale) configuration still lists it.
+    c.remove_pod("shop", "b").expect("remove pod");
+    wait_captured(&c, "n1", &["shop/a"]);
+    let pods_dir = c.node("n1").expect("node").bpf_dir.join("pods");
+    let left: Vec<_> = pinned_files(&pods_dir).into_iter().filter(|p| p.to_string_lossy().contains("shop_b_")).collect();
+    assert!(left.is_empty(), "pins of the vanished pod are removed: {left:?}");
+    let dump = config_dump(&c, "n1");
+    assert_eq!(dump["capture"]["maps"]["pod_self"].as_array().map(Vec::len), Some(1), "{}", dump["capture"]["maps"]);
+    assert!(dump["capture"]["errors"]["shop/b"].as_str().is_some_and(|e| e.contains("netns")), "{}", dump["capture"]["errors"]);
+}

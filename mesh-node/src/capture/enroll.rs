@@ -275,6 +275,19 @@ impl Enroller {
         }
     }
 
+    /// Un-enrolls pods whose netns has disappeared while the configuration still lists
+    /// them (the kernel already detached their sk_lookup; this drops pins, map entries
+    /// and listeners). Returns how many went.
+    pub fn prune_dead(&mut self) -> usize {
+        let dead: Vec<String> =
+            self.pods.iter().filter(|(_, e)| !e.view.netns.exists()).map(|(k, _)| k.clone()).collect();
+        for k in &dead {
+            tracing::info!(pod = %k, "netns is gone; un-enrolling");
+            self.unenroll(k);
+        }
+        dead.len()
+    }
+
     /// After the first reconcile of a (re)started daemon: pins and map entries of pods
     /// that are no longer enrolled, or whose netns is gone, are removed.
     pub fn clean_stale(&mut self) {

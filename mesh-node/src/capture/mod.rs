@@ -113,7 +113,7 @@ async fn run(mut e: Enroller, p: ProxyInputs, mut stop: oneshot::Receiver<onesho
     loop {
         tokio::select! {
             changed = state.changed() => if changed.is_err() { break },
-            _ = retry.tick() => if !e.has_errors() { continue },
+            _ = retry.tick() => if e.prune_dead() == 0 && !e.has_errors() { continue },
             done = &mut stop => {
                 if p.args.capture.detach_on_exit {
                     e.detach_all();
