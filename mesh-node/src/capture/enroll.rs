@@ -202,7 +202,7 @@ impl Enroller {
         let pod = Arc::new(CapturedPod { workload: w.clone(), netns });
         let view = PodView {
             ip: w.ip,
-            netns: netns_path.clone(),
+            netns: pod.netns.path().to_owned(),
             netns_cookie: cookie,
             cgroup: cgroup.clone(),
             listeners: Vec::new(),
