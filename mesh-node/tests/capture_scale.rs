@@ -60,6 +60,7 @@ fn two_hundred_pods_on_two_nodes_attach_exactly_and_leave_nothing_pinned() {
         let d = config_dump(&c, node);
         eprintln!("FIGURE {node}: attaching {PER_NODE} pods took {} ms", d["capture"]["first_reconcile_ms"]);
         assert_eq!(summary(&c, node), (PER_NODE, 6 * PER_NODE as u64, PER_NODE, PER_NODE), "{node}: {}", d["capture"]["errors"]);
+        assert!(metrics(&c, node).lines().any(|l| l == format!("mesh_capture_enrolled_pods {PER_NODE}")), "{node} gauge");
         let pins = pinned_files(&c.node(node).expect("node").bpf_dir.join("pods"));
         assert_eq!(pins.len(), 6 * PER_NODE, "{node}: one pinned link per program per pod");
     }

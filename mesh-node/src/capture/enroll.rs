@@ -184,6 +184,7 @@ impl Enroller {
     }
 
     fn publish(&self, errors: BTreeMap<String, String>, ms: u128) {
+        self.ctx.enrolled.set(i64::try_from(self.pods.len()).unwrap_or(i64::MAX));
         if let Ok(mut v) = self.view.lock() {
             v.pods = self.pods.iter().map(|(k, e)| (k.clone(), e.view.clone())).collect();
             v.errors = errors;

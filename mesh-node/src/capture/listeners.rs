@@ -37,6 +37,8 @@ pub struct LoopCtx {
     pub lookups: Arc<Lookups>,
     /// `mesh_capture_connections_total{direction, result}`.
     pub connections: ConnCounter,
+    /// `mesh_capture_enrolled_pods`.
+    pub enrolled: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl LoopCtx {

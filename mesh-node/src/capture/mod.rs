@@ -59,11 +59,13 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     pins::prepare(&bpffs)?;
     let bpf = CaptureBpf::load(&bpffs, &p.args.capture)?;
     let connections = ConnCounter::default();
+    let enrolled = prometheus_client::metrics::gauge::Gauge::default();
     p.metrics.register(|r| {
-        r.register("mesh_capture_connections", "Connections accepted on capture listeners", connections.clone())
+        r.register("mesh_capture_connections", "Connections accepted on capture listeners", connections.clone());
+        r.register("mesh_capture_enrolled_pods", "Pods of this node currently captured", enrolled.clone());
     });
     let lookups = bpf.lookups.clone();
-    let ctx = Arc::new(LoopCtx { handler, lookups: lookups.clone(), connections });
+    let ctx = Arc::new(LoopCtx { handler, lookups: lookups.clone(), connections, enrolled });
     let fdstore = if p.args.capture.no_fd_store { None } else { open_fd_store(&p.args.state_dir()) };
     let mut enroller = Enroller::new(bpf, bpffs.clone(), p.args.capture.listen_backlog, ctx, fdstore);
     let view = enroller.view.clone();
