@@ -45,13 +45,14 @@ struct Ctx {
 }
 
 impl Proxy {
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, peer: SocketAddr, local: SocketAddr) -> Response<Body>
+    pub async fn handle<B>(self: Arc<Self>, mut req: Request<B>, peer: SocketAddr, local: SocketAddr) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
         let snap = self.config.load();
+        let downstream_upgrade = upstream_request::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let mut log = AccessLog::default();
         let ctx = context(&snap, &parts, peer, local);
@@ -60,7 +61,10 @@ impl Proxy {
             Err(e) => local_reply::reply(StatusCode::PAYLOAD_TOO_LARGE, Flag::NoRoute, &format!("cannot buffer request body: {e}")),
         };
         log.emit(&parts.method, &ctx.authority, parts.uri.path(), resp.status().as_u16(), started);
-        resp
+        match downstream_upgrade {
+            Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => splice_upgrade(down, resp),
+            _ => resp,
+        }
     }
 
     async fn route(&self, snap: &Arc<Snapshot>, parts: &Parts, body: Bytes, ctx: &Ctx, log: &mut AccessLog) -> Response<Body> {
@@ -196,6 +200,26 @@ impl Proxy {
             });
         }
     }
+}
+
+/// Upgrade accepted upstream (101): once both sides have switched, bytes flow both
+/// ways until either closes. The routing decision was made on the upgrade request.
+fn splice_upgrade(down: hyper::upgrade::OnUpgrade, mut resp: Response<Body>) -> Response<Body> {
+    let up = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (down, up) = match (down.await, up.await) {
+            (Ok(d), Ok(u)) => (d, u),
+            (d, u) => {
+                tracing::debug!(down_ok = d.is_ok(), up_ok = u.is_ok(), "upgrade did not complete");
+                return;
+            }
+        };
+        let (mut down, mut up) = (hyper_util::rt::TokioIo::new(down), hyper_util::rt::TokioIo::new(up));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!("upgraded stream ended: {e}");
+        }
+    });
+    resp
 }
 
 static DEFAULT_OBJECT: std::sync::LazyLock<mesh_common::model::ObjectRef> =

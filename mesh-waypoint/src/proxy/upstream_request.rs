@@ -18,12 +18,28 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("keep-alive"),
 ];
 
+/// An HTTP/1.1 upgrade request (WebSocket and the like): `Connection: upgrade` plus `Upgrade`.
+pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.contains_key(header::UPGRADE)
+}
+
 pub fn build(parts: &Parts, path_and_query: &str, authority: &str, body: Bytes, ops: &[&HeaderOps]) -> Result<Request<Full<Bytes>>, http::Error> {
     let mut headers = parts.headers.clone();
     // `te: trailers` is the one TE value h2 allows, and gRPC needs it end to end.
     let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade = is_upgrade(&parts.headers).then(|| headers.get(header::UPGRADE).cloned()).flatten();
     for name in HOP_BY_HOP.iter() {
         headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
