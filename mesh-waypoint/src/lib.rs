@@ -48,6 +48,8 @@ impl Options {
 /// A running waypoint. Dropping it stops accepting new connections.
 pub struct Waypoint {
     pub addr: SocketAddr,
+    /// The request path, for streams that arrive by other means (HBONE, `tcp` routes).
+    pub proxy: Arc<Proxy>,
     pub admin_addr: Option<SocketAddr>,
     pub config: Arc<Config>,
     shutdown: watch::Sender<bool>,
@@ -77,7 +79,7 @@ impl Waypoint {
         let (shutdown, rx) = watch::channel(false);
         let gateways = crate::config::virtual_service::normalize_gateways(&opts.gateways, &opts.namespace);
         let proxy = Arc::new(Proxy { config: config.clone(), gateways });
-        tokio::spawn(proxy::server::serve(listener, proxy, rx.clone()));
+        tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {
             Some(a) => {
                 let l = TcpListener::bind(a).await.map_err(|source| StartError::Listen { addr: a, source })?;
@@ -94,7 +96,7 @@ impl Waypoint {
             tokio::spawn(watch_dir(config.clone(), dir, opts.poll_interval, rx));
         }
         tracing::info!(%addr, namespace = opts.namespace, "waypoint listening");
-        Ok(Self { addr, admin_addr, config, shutdown })
+        Ok(Self { addr, proxy, admin_addr, config, shutdown })
     }
 }
 

@@ -16,9 +16,10 @@ pub enum Resource {
     Node(Node),
     Pod(Pod),
     Service(Service),
-    VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
-    Gateway(Gateway),
+    // Boxed: Istio specs are large and most objects are small core kinds.
+    VirtualService(Box<VirtualService>),
+    DestinationRule(Box<DestinationRule>),
+    Gateway(Box<Gateway>),
     Other(RawObject),
 }
 
@@ -136,9 +137,9 @@ fn decode_istio_networking(raw: RawObject, value: &serde_yaml::Value) -> Result<
         return Err(ConfigError::UnsupportedVersion { object: raw.object_ref(), api_version });
     }
     Ok(match raw.kind.as_str() {
-        "VirtualService" => Resource::VirtualService(raw.decode(value)?),
-        "DestinationRule" => Resource::DestinationRule(raw.decode(value)?),
-        _ => Resource::Gateway(raw.decode(value)?),
+        "VirtualService" => Resource::VirtualService(Box::new(raw.decode(value)?)),
+        "DestinationRule" => Resource::DestinationRule(Box::new(raw.decode(value)?)),
+        _ => Resource::Gateway(Box::new(raw.decode(value)?)),
     })
 }
 

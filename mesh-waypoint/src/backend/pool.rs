@@ -181,6 +181,24 @@ impl Pool {
         Ok(sender)
     }
 
+    /// An opaque TCP stream to `addr` for `tcp` routes, holding one connection permit
+    /// (`maxConnections`) for its lifetime; at the limit the connection is refused.
+    pub async fn connect_stream(&self, addr: SocketAddr) -> Result<(Box<dyn crate::endpoint::connector::Io>, OwnedSemaphorePermit), PoolError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match self.steal_idle_permit() {
+                Some(p) => p,
+                None => return Err(PoolError::Overflow("max connections (maxConnections) reached")),
+            },
+        };
+        let timeout = self.limits.connect_timeout;
+        match tokio::time::timeout(timeout, self.connector.connect(addr)).await {
+            Ok(Ok(io)) => Ok((io, permit)),
+            Ok(Err(e)) => Err(PoolError::Connect(e)),
+            Err(_) => Err(PoolError::ConnectTimeout(timeout)),
+        }
+    }
+
     fn take_idle(&self, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&addr)?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use http::HeaderName;
 use mesh_common::model::istio::networking::destination_rule as dr;
-use mesh_common::model::{FieldError, ObjectRef, Resource};
+use mesh_common::model::{FieldError, ObjectRef};
 
 use super::duration;
 use super::hosts::qualify;
@@ -53,7 +53,7 @@ pub fn compile(d: &dr::DestinationRule) -> Result<CompiledRule> {
         subsets.push(CompiledSubset { name: s.name.clone(), labels: s.labels.clone(), policy });
     }
     Ok(CompiledRule {
-        object: Resource::DestinationRule(d.clone()).object_ref(),
+        object: ObjectRef::new("DestinationRule", Some(&ns), &d.metadata.name),
         host: qualify(&d.spec.host, &ns),
         namespace: ns,
         export_to: d.spec.export_to.clone(),

@@ -31,7 +31,7 @@ fn err(path: impl Into<String>, message: impl Into<String>) -> FieldError {
 
 pub fn compile(v: &vs::VirtualService) -> Result<RouteTable> {
     let ns = v.metadata.namespace_or_default().to_owned();
-    let object = mesh_common::model::Resource::VirtualService(v.clone()).object_ref();
+    let object = mesh_common::model::ObjectRef::new("VirtualService", Some(&ns), &v.metadata.name);
     if v.spec.hosts.is_empty() {
         return Err(err("spec.hosts", "at least one host is required"));
     }
@@ -381,10 +381,16 @@ fn tcp_route(r: &vs::TcpRoute, path: &str, ns: &str) -> Result<TcpRoute> {
         .iter()
         .zip(weights)
         .enumerate()
-        .map(|(i, (d, w))| Ok((destination(&d.destination, &format!("{path}.route[{i}].destination"), ns)?, w)))
-        .collect::<Result<_>>()?;
-    let port = r.match_.first().and_then(|m| m.port).map(|p| port(p, &format!("{path}.match[0].port"))).transpose()?;
-    Ok(TcpRoute { port, destinations })
+        .map(|(i, (d, weight))| {
+            let destination = destination(&d.destination, &format!("{path}.route[{i}].destination"), ns)?;
+            Ok(WeightedDestination { destination, weight, headers: HeaderRules::default() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if destinations.is_empty() {
+        return Err(err(format!("{path}.route"), "at least one destination is required"));
+    }
+    let ports = r.match_.iter().enumerate().filter_map(|(i, m)| m.port.map(|p| port(p, &format!("{path}.match[{i}].port")))).collect::<Result<_>>()?;
+    Ok(TcpRoute { ports, split: crate::route::split::Split::new(destinations) })
 }
 
 #[cfg(test)]

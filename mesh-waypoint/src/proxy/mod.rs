@@ -5,6 +5,7 @@ pub mod attempt;
 pub mod handler;
 pub mod local_reply;
 pub mod server;
+pub mod tcp;
 pub mod upstream_request;
 
 pub use handler::Proxy;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use super::{DestinationRef, WeightedDestination};
+use super::WeightedDestination;
 
 /// The destinations of one route, with the deck their picks are dealt from.
 #[derive(Clone, Debug)]
@@ -67,13 +67,14 @@ fn pick_by<'a, T>(items: &'a [T], weight: impl Fn(&T) -> u32, rng: &mut impl Rng
 /// A `tcp` route: weighted destinations for non-HTTP ports.
 #[derive(Clone, Debug)]
 pub struct TcpRoute {
-    pub port: Option<u16>,
-    pub destinations: Vec<(DestinationRef, u32)>,
+    /// `match[].port`: the route applies to these destination ports (empty: all).
+    pub ports: Vec<u16>,
+    pub split: Split,
 }
 
 impl TcpRoute {
-    pub fn pick(&self, rng: &mut impl Rng) -> Option<&DestinationRef> {
-        pick_by(&self.destinations, |d| d.1, rng).map(|d| &d.0)
+    pub fn applies_to(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
     }
 }
 
@@ -82,6 +83,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::route::DestinationRef;
 
     fn dest(host: &str, weight: u32) -> WeightedDestination {
         let destination = DestinationRef { host: host.into(), subset: None, port: None };
