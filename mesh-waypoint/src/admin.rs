@@ -63,7 +63,7 @@ fn route(path: &str, config: &Config) -> Response<Body> {
             r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             r
         }
-        "/ready" => Response::new(body::full("ready\n")),
+        "/ready" | "/healthz/ready" => Response::new(body::full("ready\n")),
         _ => {
             let mut r = Response::new(body::full("endpoints: /config_dump /ready\n"));
             *r.status_mut() = StatusCode::NOT_FOUND;

@@ -55,7 +55,8 @@ struct RunArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    // Logs on stderr: stdout carries `check`'s JSON.
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Check { config_dir, namespace } => check(config_dir, &namespace),

@@ -29,11 +29,11 @@ fn start(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
         .arg(dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("mesh-waypoint starts");
-    let stdout = child.stdout.take().expect("stdout");
+    let stdout = child.stderr.take().expect("stderr");
     let proc = Proc(child);
     let mut lines = BufReader::new(stdout).lines();
     // Bounded: the first lines are config and listener logs.
@@ -92,6 +92,22 @@ async fn h2_version(addr: std::net::SocketAddr) -> String {
     let resp = sender.send_request(req).await.expect("answer");
     assert_eq!(resp.version(), http::Version::HTTP_2);
     resp.headers().get("x-version").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+}
+
+#[test]
+fn check_accepts_the_bookinfo_samples_and_flags_bad_input() {
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/bookinfo");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint")).args(["check", "--namespace", "bookinfo", "--config-dir"]).arg(&samples).output().expect("runs");
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert!(out.status.success(), "rejected {} warnings {}", dump["rejected"], dump["warnings"]);
+    assert!(dump["virtualServices"].as_array().is_some_and(|v| !v.is_empty()));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("bad.yaml"), reviews_vs("  - match: [{uri: {regex: '(x'}}]\n    route: [{destination: {host: reviews}}]\n")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint")).args(["check", "--namespace", "bookinfo", "--config-dir"]).arg(dir.path()).output().expect("runs");
+    assert!(!out.status.success());
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert!(dump["rejected"][0].as_str().is_some_and(|r| r.starts_with("VirtualService bookinfo/reviews: spec.http[0].match[0].uri.regex:")), "{dump}");
 }
 
 #[test]

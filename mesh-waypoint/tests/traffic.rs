@@ -210,3 +210,24 @@ async fn reload_under_load_loses_no_request() {
     let versions: std::collections::BTreeSet<String> = replies.iter().map(|r| r.version()).collect();
     assert!(versions.contains("v1") && versions.contains("v2"), "reloads took effect: {versions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_rotates_upstream_connections() {
+    let lab = Lab::bookinfo().await;
+    let dr = |extra: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: v1, labels: {{version: v1}}{extra}}}\n");
+    lab.apply("vs.yaml", &reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n"));
+    let peers = |n: usize| {
+        let lab = &lab;
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n {
+                seen.insert(lab.get("/").await.json()["peer"].as_str().unwrap_or_default().to_owned());
+            }
+            seen.len()
+        }
+    };
+    lab.apply("dr.yaml", &dr(", trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}"));
+    assert_eq!(peers(5).await, 5, "one request per upstream connection");
+    lab.apply("dr.yaml", &dr(""));
+    assert!(peers(20).await < 20, "connections are reused without the limit");
+}
