@@ -76,7 +76,7 @@ async fn delay_7s_for_jason_only() {
         let r = lab.send(lab.request("reviews:9080", "/").header("end-user", "mary")).await;
         assert_eq!(r.status, 200);
         assert!(!r.header("x-mesh-flags").contains("DI"), "others are not delayed");
-        assert!(r.elapsed < Duration::from_millis(3500), "others answered in {:?}", r.elapsed);
+        assert!(r.elapsed < Duration::from_secs(7), "others are not held for the 7 s delay: {:?}", r.elapsed);
     }
     let r = jason.await.expect("jason request");
     assert_eq!(r.status, 200);

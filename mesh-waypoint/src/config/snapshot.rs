@@ -91,9 +91,12 @@ impl Snapshot {
     }
 
     /// The VirtualService for `fqdn`: exact host first, then the longest wildcard.
-    pub fn table_for(&self, fqdn: &str) -> Option<&Arc<RouteTable>> {
+    /// Only VirtualServices bound (at their top level or in a match block) to one of
+    /// `gateways` — the ones this proxy serves — are considered.
+    pub fn table_for(&self, fqdn: &str, gateways: &[String]) -> Option<&Arc<RouteTable>> {
         self.tables
             .iter()
+            .filter(|t| t.serves_any(gateways))
             .filter_map(|t| t.hosts.iter().filter(|h| h.matches(fqdn)).map(|h| h.specificity()).max().map(|s| (s, t)))
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.object.cmp(&a.1.object)))
             .map(|(_, t)| t)

@@ -80,7 +80,7 @@ impl Proxy {
             gateways: &self.gateways,
         };
         let default_route;
-        let selected = match snap.table_for(&ctx.host_fqdn) {
+        let selected = match snap.table_for(&ctx.host_fqdn, &self.gateways) {
             Some(table) => match table.select(&info) {
                 Some(s) => s,
                 None => {

@@ -35,7 +35,7 @@ impl Proxy {
         let (host, port) = split_authority(target);
         let port = port.ok_or_else(|| TcpError::NoPort(target.to_owned()))?;
         let fqdn = snap.request_host(host);
-        let routed = snap.table_for(&fqdn).and_then(|t| t.tcp.iter().find(|r| r.applies_to(port))).and_then(|r| r.split.pick().map(|d| d.destination.clone()));
+        let routed = snap.table_for(&fqdn, &self.gateways).and_then(|t| t.tcp.iter().find(|r| r.applies_to(port))).and_then(|r| r.split.pick().map(|d| d.destination.clone()));
         let dest = match routed {
             Some(d) => d,
             None if snap.service(&fqdn).is_some() => DestinationRef { host: fqdn.clone(), subset: None, port: None },

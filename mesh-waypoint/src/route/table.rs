@@ -31,6 +31,11 @@ impl RouteTable {
         })
     }
 
+    pub fn serves_any(&self, gateways: &[String]) -> bool {
+        let bound = |gs: &[String]| gs.iter().any(|g| gateways.contains(g));
+        bound(&self.gateways) || self.http.iter().flat_map(|r| &r.matches).any(|m| bound(&m.gateways))
+    }
+
     /// Whether this waypoint (serving `namespace`) may use the object (`exportTo`).
     pub fn visible_from(&self, namespace: &str) -> bool {
         self.export_to.is_empty()

@@ -176,6 +176,11 @@ impl Lab {
     /// Bookinfo-shaped lab: Service `reviews` (port 9080) with pods v1..v3,
     /// a DestinationRule with subsets v1..v3, and a `productpage` pod at .50 as client.
     pub async fn bookinfo() -> Lab {
+        Self::bookinfo_serving(&["mesh"]).await
+    }
+
+    /// Like [`Lab::bookinfo`], the waypoint serving `gateways` (ingress gateway mode).
+    pub async fn bookinfo_serving(gateways: &[&str]) -> Lab {
         let block = fresh_block();
         let first = Backend::start(SocketAddr::new(ip(block, 2), 0), "v1").await;
         let port = first.addr.port();
@@ -188,6 +193,7 @@ impl Lab {
         let mut opts = Options::new("127.0.0.1:0".parse().expect("addr"), NS);
         opts.config_dir = Some(dir.path().to_path_buf());
         opts.poll_interval = Duration::from_secs(3600);
+        opts.gateways = gateways.iter().map(|g| g.to_string()).collect();
         let waypoint = Waypoint::start(opts).await.expect("waypoint starts");
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
         Lab { block, dir, waypoint, client, reviews, port }
