@@ -109,11 +109,14 @@ fn same_placement(a: &Workload, b: &Workload) -> bool {
 }
 
 impl Enroller {
-    pub fn new(bpf: CaptureBpf, bpffs: PathBuf, backlog: u32, ctx: Arc<LoopCtx>, fdstore: Option<FdStore>) -> Self {
+    pub fn new(bpf: CaptureBpf, bpffs: PathBuf, backlog: u32, ctx: Arc<LoopCtx>, mut fdstore: Option<FdStore>) -> Self {
         let held = match fdstore.as_ref().map(FdStore::list) {
             Some(Ok(h)) => h,
             Some(Err(e)) => {
-                tracing::warn!("cannot take listeners back from the fd store: {e}");
+                // A holder that does not answer (e.g. still serving another daemon) is
+                // not used at all: listeners then do not survive a crash.
+                tracing::warn!("fd store unusable, listeners will not survive a crash: {e}");
+                fdstore = None;
                 BTreeMap::new()
             }
             None => BTreeMap::new(),
@@ -335,5 +338,46 @@ impl Enroller {
         let pods: Vec<String> = self.bpf.pod_cookies().iter().map(|(c, ip)| format!("{c}={ip}")).collect();
         let listeners: Vec<String> = self.bpf.listener_ips().iter().map(Ipv4Addr::to_string).collect();
         serde_json::json!({ "pod_self": pods, "inbound_listeners": listeners })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(ip: [u8; 4], netns: &str) -> Workload {
+        Workload {
+            namespace: "shop".into(),
+            name: "a".into(),
+            service_account: "default".into(),
+            node: "n1".into(),
+            ip: ip.into(),
+            labels: BTreeMap::new(),
+            ready: true,
+            enrolled: true,
+            trust_domain: "cluster.local".into(),
+            netns: Some(netns.into()),
+            cgroup: Some("/sys/fs/cgroup/pod-a".into()),
+        }
+    }
+
+    #[test]
+    fn a_pod_moved_to_another_netns_or_ip_is_re_enrolled() {
+        let a = workload([198, 18, 1, 2], "/run/netns/a");
+        assert!(same_placement(&a, &a.clone()));
+        let mut relabelled = a.clone();
+        relabelled.labels.insert("v".into(), "2".into());
+        assert!(same_placement(&a, &relabelled), "label changes do not re-attach");
+        assert!(!same_placement(&a, &workload([198, 18, 1, 3], "/run/netns/a")));
+        assert!(!same_placement(&a, &workload([198, 18, 1, 2], "/run/netns/a2")));
+    }
+
+    #[test]
+    fn fd_store_names_are_scoped_to_the_pod_pin_dir() {
+        let d = pins::pod_dir(Path::new("/sys/fs/bpf/mesh/n1"), "shop", "a", 7);
+        assert_eq!(fd_name(&d, PORT_OUTBOUND), "shop_a_7:15001");
+        assert!(fd_name(&d, PORT_HBONE).starts_with(&fd_prefix(&d)));
+        let other = pins::pod_dir(Path::new("/sys/fs/bpf/mesh/n1"), "shop", "a", 70);
+        assert!(!fd_name(&other, PORT_HBONE).starts_with(&fd_prefix(&d)), "a re-created pod is not matched by prefix");
     }
 }

@@ -107,6 +107,8 @@ impl FdStore {
         connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
         // A holder still busy with a dying daemon answers within about a second.
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(5, 0))?;
+        // Never let a stuck holder block the daemon's runtime thread for long.
+        setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(2, 0))?;
         Ok(Self { path: path.to_owned(), conn: fd })
     }
 
