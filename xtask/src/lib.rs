@@ -2,3 +2,4 @@
 //! the e2e tests of every crate (through a dev-dependency on `xtask`).
 
 pub mod harness;
+pub mod mesh;

@@ -2,7 +2,10 @@
 //! suite, the local demo, cleanup, benchmarks. Run `cargo xtask --help`.
 
 mod bootstrap;
+mod demo;
 mod test;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,11 +28,33 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the local mesh with Bookinfo until Ctrl-C (needs root).
+    Demo {
+        #[command(subcommand)]
+        action: Option<DemoCmd>,
+    },
+    /// Remove namespaces, cgroups, bpffs pins and processes left by a killed demo or test.
+    Clean,
+}
+
+#[derive(Subcommand)]
+enum DemoCmd {
+    /// Apply Istio/Kubernetes YAML to the running demo (like `kubectl apply -f FILE`).
+    Apply { file: PathBuf },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Bootstrap => bootstrap::run(),
         Cmd::Test { args } => test::run(&args),
+        Cmd::Demo { action: None } => demo::run(),
+        Cmd::Demo { action: Some(DemoCmd::Apply { file }) } => demo::apply(&file),
+        Cmd::Clean => clean(),
     }
+}
+
+fn clean() -> Result<()> {
+    let report = xtask::harness::clean_leftovers()?;
+    println!("{report}");
+    Ok(())
 }

@@ -1,0 +1,93 @@
+//! `cargo xtask demo`: the mesh and a Bookinfo-shaped application on this machine,
+//! over network namespaces. See README.md "Demo".
+
+mod apps;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use xtask::harness::{Cluster, install_shutdown_handler};
+use xtask::mesh::{LocalMesh, MeshOptions};
+
+use crate::test::cargo;
+use crate::bootstrap::sh;
+
+/// Where a running demo says where its watched directory is (for `demo apply`).
+const CURRENT: &str = "/run/mesh-demo/config-dir";
+/// The demo stops by itself after this long, so a forgotten terminal does not run forever.
+const MAX_RUN: Duration = Duration::from_secs(8 * 3600);
+
+pub fn run() -> Result<()> {
+    crate::bootstrap::run()?;
+    eprintln!("[demo] building the workspace");
+    sh(cargo().args(["build", "--workspace"]))?;
+    let root = workspace_root();
+    let topology = std::fs::read_to_string(root.join("samples/bookinfo/platform/topology.yaml"))?;
+    let shutdown = install_shutdown_handler()?;
+    eprintln!("[demo] creating nodes and pods (network namespaces, veths, cgroups)");
+    let cluster = Cluster::from_yaml(&topology)?;
+    let log_dir = cluster.state_dir().join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    let options = MeshOptions { log_dir: Some(log_dir.clone()), ..MeshOptions::default() };
+    let mut mesh = LocalMesh::start(&cluster, options)?;
+    copy_samples(&mesh, &root)?;
+    print_cluster(&cluster);
+    eprintln!("[demo] waiting for the node daemons");
+    mesh.wait_ready(&cluster, Duration::from_secs(60))?;
+    for node in cluster.nodes() {
+        let r = mesh.readiness(&cluster, &node.name)?;
+        println!("mesh-node {:<8} ready: {}", node.name, r.body.trim().replace('\n', "; "));
+    }
+    let _apps = apps::start(&cluster)?;
+    publish_current(mesh.config_dir())?;
+    println!("\nlogs: {}\nwatched config: {}", log_dir.display(), mesh.config_dir().display());
+    println!("Press Ctrl-C to stop and clean up.");
+    shutdown.wait(MAX_RUN);
+    eprintln!("\n[demo] stopping: daemons, apps, namespaces, cgroups, pins");
+    let _ = std::fs::remove_file(CURRENT);
+    drop(mesh);
+    cluster.shutdown().context("cleaning up the demo cluster")?;
+    eprintln!("[demo] clean");
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn copy_samples(mesh: &LocalMesh, root: &Path) -> Result<()> {
+    let services = std::fs::read_to_string(root.join("samples/bookinfo/platform/services.yaml"))?;
+    mesh.apply("services", &services)?;
+    Ok(())
+}
+
+fn print_cluster(cluster: &Cluster) {
+    println!("\n{:<10} {:<16} {}", "NODE", "FABRIC IP", "PODS");
+    for node in cluster.nodes() {
+        println!("{:<10} {:<16} 198.18.{}.0/24", node.name, node.ip, node.index);
+    }
+    println!("\n{:<14} {:<22} {:<8} {:<15}", "NAMESPACE", "POD", "NODE", "IP");
+    for pod in cluster.pods() {
+        println!("{:<14} {:<22} {:<8} {:<15}", pod.namespace, pod.name, pod.node, pod.ip);
+    }
+    println!();
+}
+
+fn publish_current(config_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(Path::new(CURRENT).parent().unwrap_or(Path::new("/run")))?;
+    std::fs::write(CURRENT, config_dir.display().to_string())?;
+    Ok(())
+}
+
+/// `cargo xtask demo apply FILE`: writes each object of FILE into the running demo's
+/// watched directory, replacing objects with the same kind/namespace/name.
+pub fn apply(file: &Path) -> Result<()> {
+    let dir = std::fs::read_to_string(CURRENT).context("no demo is running (start one with `cargo xtask demo`)")?;
+    let yaml = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let refs = xtask::mesh::objects::apply_objects(Path::new(dir.trim()), &file.display().to_string(), &yaml)?;
+    for r in refs {
+        println!("{r} configured");
+    }
+    Ok(())
+}

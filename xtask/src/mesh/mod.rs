@@ -1,0 +1,187 @@
+//! The mesh on top of a harness [`Cluster`]: a watched configuration directory, one
+//! `mesh-node` per node (in the node's netns and cgroup), readiness polling, and
+//! admin/metrics reads. Shared by the demo and the e2e tests so that every test
+//! starts the mesh the same way.
+
+mod http;
+pub mod objects;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Cluster, HarnessError, ProcessGuard, Signal, bin_path};
+
+pub use http::{HttpReply, http_get};
+
+/// How the daemons are started. Defaults suit tests and the demo.
+#[derive(Clone, Debug, Default)]
+pub struct MeshOptions {
+    /// Extra `mesh-node run` flags for every node.
+    pub node_args: Vec<String>,
+    /// `RUST_LOG`-style filter for the daemons (`--log`); default `info`.
+    pub log: Option<String>,
+    /// Write daemon logs here (one file per node) instead of discarding them.
+    pub log_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    #[error("cannot write configuration {path}: {source}")]
+    Config { path: PathBuf, source: std::io::Error },
+    #[error("mesh-node on {node} is not ready after {waited:?}; last answer: {last}")]
+    NotReady { node: String, waited: Duration, last: String },
+    #[error("mesh-node on {node} exited: {status}")]
+    Exited { node: String, status: String },
+    #[error(transparent)]
+    Apply(#[from] objects::ApplyError),
+    #[error("no daemon runs on node {0}")]
+    NoDaemon(String),
+}
+
+/// Daemons of a running local mesh; dropping it stops them by PID.
+pub struct LocalMesh {
+    config_dir: PathBuf,
+    options: MeshOptions,
+    daemons: BTreeMap<String, ProcessGuard>,
+}
+
+impl LocalMesh {
+    /// Writes the cluster's topology into a fresh config directory under the cluster's
+    /// state dir and starts `mesh-node` on every node (without waiting for readiness).
+    pub fn start(cluster: &Cluster, options: MeshOptions) -> Result<Self, MeshError> {
+        let config_dir = cluster.state_dir().join("config");
+        std::fs::create_dir_all(&config_dir).map_err(|source| MeshError::Config { path: config_dir.clone(), source })?;
+        cluster.write_config(&config_dir)?;
+        let mut mesh = Self { config_dir, options, daemons: BTreeMap::new() };
+        for node in cluster.nodes() {
+            mesh.start_node(cluster, &node.name)?;
+        }
+        Ok(mesh)
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// Rewrites the topology file (after pods were added/removed or namespaces annotated).
+    pub fn sync_topology(&self, cluster: &Cluster) -> Result<(), MeshError> {
+        cluster.write_config(&self.config_dir)?;
+        Ok(())
+    }
+
+    /// Writes `yaml` as `<name>.yaml` in the watched directory (replacing that file).
+    /// Written to a temp file and renamed, so the daemons never read half a file.
+    pub fn apply(&self, name: &str, yaml: &str) -> Result<PathBuf, MeshError> {
+        let path = self.config_dir.join(format!("{name}.yaml"));
+        objects::write_atomic(&path, yaml)?;
+        Ok(path)
+    }
+
+    /// `kubectl apply` for the watched directory: each object of `yaml` replaces the
+    /// object with the same kind/namespace/name.
+    pub fn apply_objects(&self, source_name: &str, yaml: &str) -> Result<Vec<mesh_common::model::ObjectRef>, objects::ApplyError> {
+        objects::apply_objects(&self.config_dir, source_name, yaml)
+    }
+
+    /// Removes `<name>.yaml` from the watched directory.
+    pub fn delete(&self, name: &str) -> Result<(), MeshError> {
+        let path = self.config_dir.join(format!("{name}.yaml"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(MeshError::Config { path, source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn start_node(&mut self, cluster: &Cluster, node: &str) -> Result<(), MeshError> {
+        let info = cluster.node(node)?;
+        let mut cmd = Command::new(bin_path("mesh-node")?);
+        cmd.arg("run")
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .args(["--node", node])
+            .arg("--bpffs-dir")
+            .arg(&info.bpf_dir)
+            .arg("--state-dir")
+            .arg(&info.state_dir)
+            .args(["--log", self.options.log.as_deref().unwrap_or("info")])
+            .args(&self.options.node_args)
+            .stdin(Stdio::null());
+        match &self.options.log_dir {
+            Some(dir) => {
+                let path = dir.join(format!("mesh-node-{node}.log"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| MeshError::Config { path, source })?;
+                let err = file.try_clone().map_err(|source| MeshError::Config { path: dir.clone(), source })?;
+                cmd.stdout(file).stderr(err);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let guard = cluster.spawn_on_node(node, cmd)?;
+        self.daemons.insert(node.to_owned(), guard);
+        Ok(())
+    }
+
+    /// SIGKILL, like a crash: pinned programs and maps stay behind.
+    pub fn kill_node(&mut self, node: &str) -> Result<(), MeshError> {
+        let mut guard = self.daemons.remove(node).ok_or_else(|| MeshError::NoDaemon(node.into()))?;
+        guard.signal(Signal::SIGKILL)?;
+        guard.wait_timeout(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    pub fn pid(&self, node: &str) -> Option<u32> {
+        self.daemons.get(node).map(ProcessGuard::pid)
+    }
+
+    /// Polls every daemon's readiness endpoint until all answer 200, or fails with
+    /// the last readiness report.
+    pub fn wait_ready(&mut self, cluster: &Cluster, timeout: Duration) -> Result<(), MeshError> {
+        let nodes: Vec<String> = self.daemons.keys().cloned().collect();
+        for node in nodes {
+            self.wait_node_ready(cluster, &node, timeout)?;
+        }
+        Ok(())
+    }
+
+    pub fn wait_node_ready(&mut self, cluster: &Cluster, node: &str, timeout: Duration) -> Result<(), MeshError> {
+        let start = Instant::now();
+        let mut last = String::from("no answer yet");
+        while start.elapsed() < timeout {
+            let guard = self.daemons.get_mut(node).ok_or_else(|| MeshError::NoDaemon(node.into()))?;
+            if let Some(status) = guard.try_wait()? {
+                return Err(MeshError::Exited { node: node.into(), status: status.to_string() });
+            }
+            match self.readiness(cluster, node) {
+                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) => last = format!("{} {}", r.status, r.body.trim()),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(MeshError::NotReady { node: node.into(), waited: timeout, last })
+    }
+
+    pub fn readiness(&self, cluster: &Cluster, node: &str) -> Result<HttpReply, MeshError> {
+        Ok(http_get(cluster, node, "127.0.0.1:15021", "/healthz/ready")?)
+    }
+
+    /// The daemon's `/config_dump` as JSON.
+    pub fn config_dump(&self, cluster: &Cluster, node: &str) -> Result<serde_json::Value, MeshError> {
+        let r = http_get(cluster, node, "127.0.0.1:15000", "/config_dump")?;
+        Ok(serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body)))
+    }
+
+    /// The daemon's Prometheus metrics text.
+    pub fn metrics(&self, cluster: &Cluster, node: &str) -> Result<String, MeshError> {
+        Ok(http_get(cluster, node, "127.0.0.1:15020", "/metrics")?.body)
+    }
+}
