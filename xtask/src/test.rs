@@ -15,7 +15,21 @@ pub fn run(extra: &[String]) -> Result<()> {
     eprintln!("[test] building the workspace (binaries are used by the e2e tests)");
     sh(cargo().args(["build", "--workspace", "--all-targets"]))?;
     eprintln!("[test] running the tests");
-    sh(cargo().args(["test", "--workspace"]).args(extra))
+    let before = xtask::harness::all_leftovers()?;
+    let result = sh(cargo().args(["test", "--workspace"]).args(extra));
+    check_nothing_left(&before)?;
+    result
+}
+
+/// Every test cleans up after itself, even when it fails: prove it after the suite.
+/// Leftovers that existed before the suite (another run in progress) are not ours.
+fn check_nothing_left(before: &[String]) -> Result<()> {
+    let left: Vec<String> = xtask::harness::all_leftovers()?.into_iter().filter(|l| !before.contains(l)).collect();
+    if !left.is_empty() {
+        bail!("the test suite left harness objects behind (remove them with `cargo xtask clean`):\n  {}", left.join("\n  "));
+    }
+    eprintln!("[test] no network namespace, cgroup, bpffs pin or process of the harness remains");
+    Ok(())
 }
 
 /// The cargo that runs us, with rustup's proxies ahead of Debian's /usr/bin/rustc
