@@ -2,6 +2,7 @@
 //! over network namespaces. See README.md "Demo".
 
 mod apps;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,17 +40,35 @@ pub fn run() -> Result<()> {
         let r = mesh.readiness(&cluster, &node.name)?;
         println!("mesh-node {:<8} ready: {}", node.name, r.body.trim().replace('\n', "; "));
     }
-    let _apps = apps::start(&cluster)?;
+    let apps = apps::start(&cluster)?;
     publish_current(mesh.config_dir())?;
+    let cluster = std::sync::Arc::new(cluster);
+    let entry = entry_point(&cluster)?;
+    traffic::publish(std::sync::Arc::downgrade(&cluster), entry.clone())?;
     println!("\nlogs: {}\nwatched config: {}", log_dir.display(), mesh.config_dir().display());
-    println!("Press Ctrl-C to stop and clean up.");
-    shutdown.wait(MAX_RUN);
+    println!("Open http://{}/productpage in a browser on this machine.", traffic::PUBLISHED);
+    println!("Press Ctrl-C to stop and clean up.\n");
+    traffic::live(&cluster, &entry, &shutdown, MAX_RUN);
+    drop(apps);
+    let Ok(cluster) = std::sync::Arc::try_unwrap(cluster) else {
+        anyhow::bail!("a forwarder still holds the cluster; run `cargo xtask clean`");
+    };
     eprintln!("\n[demo] stopping: daemons, apps, namespaces, cgroups, pins");
     let _ = std::fs::remove_file(CURRENT);
     drop(mesh);
     cluster.shutdown().context("cleaning up the demo cluster")?;
     eprintln!("[demo] clean");
     Ok(())
+}
+
+/// Until the ingress gateway lands, requests enter at productpage's pod address from
+/// the non-enrolled `outside` pod: plaintext steered into the mesh on 15006.
+fn entry_point(cluster: &Cluster) -> Result<traffic::Entry> {
+    let productpage = cluster.pod("bookinfo", "productpage-v1")?;
+    Ok(traffic::Entry {
+        cluster_pod: ("outside".into(), "client".into()),
+        target: std::net::SocketAddr::from((productpage.ip, 9080)),
+    })
 }
 
 fn workspace_root() -> PathBuf {
