@@ -80,6 +80,9 @@ pub struct RunArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mesh_node=debug,info`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,
+
+    #[command(flatten)]
+    pub mesh: crate::proxy::args::MeshArgs,
 }
 
 /// Capture limits and exclusions (see DESIGN.md "Outbound" / "Inbound").

@@ -35,7 +35,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
 
     let inputs = ProxyInputs { args: Arc::new(args), state, metrics, readiness, admin_sections: sections };
-    let capture = crate::capture::start(&inputs, Arc::new(crate::capture::DirectHandler)).await.context("capture")?;
+    let handler = crate::proxy::select_handler(&inputs).context("mesh data path")?;
+    let capture = crate::capture::start(&inputs, handler).await.context("capture")?;
     serve_endpoints(&inputs).await?;
     tracing::info!(node = %inputs.args.node, "mesh-node started");
     wait_for_shutdown().await;

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::istio::networking::{self, DestinationRule, Gateway, VirtualService};
+use super::istio::security::{self, PeerAuthentication};
 use super::k8s::{Namespace, Node, Pod, Service};
 use super::{ConfigError, FieldError, ObjectMeta, ObjectRef};
 
@@ -20,6 +21,7 @@ pub enum Resource {
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
     Gateway(Box<Gateway>),
+    PeerAuthentication(Box<PeerAuthentication>),
     Other(RawObject),
 }
 
@@ -68,6 +70,7 @@ impl Resource {
             Resource::VirtualService(o) => namespaced("VirtualService", &o.metadata),
             Resource::DestinationRule(o) => namespaced("DestinationRule", &o.metadata),
             Resource::Gateway(o) => namespaced("Gateway", &o.metadata),
+            Resource::PeerAuthentication(o) => o.object_ref(),
             Resource::Other(o) => o.object_ref(),
         }
     }
@@ -126,8 +129,21 @@ fn decode_kind(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, Co
         ("", "Pod") => Resource::Pod(raw.decode(value)?),
         ("", "Service") => Resource::Service(raw.decode(value)?),
         (networking::GROUP, "VirtualService" | "DestinationRule" | "Gateway") => decode_istio_networking(raw, value)?,
+        (security::GROUP, "PeerAuthentication") => decode_peer_authentication(raw, value)?,
         _ => Resource::Other(raw),
     })
+}
+
+/// Validated at the edge: an invalid policy is rejected alone and keeps its last good version.
+fn decode_peer_authentication(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {
+    let version = raw.api_version.rsplit_once('/').map_or("", |(_, v)| v);
+    if !security::VERSIONS.contains(&version) {
+        let api_version = raw.api_version.clone();
+        return Err(ConfigError::UnsupportedVersion { object: raw.object_ref(), api_version });
+    }
+    let pa: PeerAuthentication = raw.decode(value)?;
+    pa.validate()?;
+    Ok(Resource::PeerAuthentication(Box::new(pa)))
 }
 
 fn decode_istio_networking(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {

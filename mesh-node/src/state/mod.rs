@@ -28,6 +28,8 @@ pub struct MeshState {
     pub generation: u64,
     /// Objects currently rejected (they keep their last good version), one line each.
     pub config_errors: Vec<String>,
+    /// PeerAuthentication policies in force.
+    pub peer_authn: crate::policy::PeerAuthn,
 }
 
 impl MeshState {
@@ -48,6 +50,7 @@ impl MeshState {
             services,
             namespaces,
             generation: store.generation(),
+            peer_authn: crate::policy::PeerAuthn::from_store(store),
             config_errors: store.errors().flat_map(|(_, e)| e.iter().cloned()).collect(),
         }
     }
@@ -67,7 +70,7 @@ impl MeshState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mesh_common::model::parse_documents;
 

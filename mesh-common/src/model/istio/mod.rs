@@ -1,3 +1,4 @@
 //! Istio's custom resources, mirrored field for field.
 
 pub mod networking;
+pub mod security;

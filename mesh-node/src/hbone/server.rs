@@ -1,0 +1,170 @@
+//! HBONE server: TLS 1.3 handshake (bounded in time), HTTP/2, one CONNECT per stream.
+//! Every refusal is logged with its reason and reported to [`Inbound::refused`]
+//! (a metric); one bad peer never affects another connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::relay::{Copied, relay};
+use super::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
+use crate::capture::handler::BoxFuture;
+use crate::identity::SpiffeId;
+use crate::tls::{self, TLS_BUFFER_LIMIT};
+
+#[derive(Clone)]
+pub struct ServerSettings {
+    pub tls: Arc<rustls::ServerConfig>,
+    /// A peer that has not finished TLS and HTTP/2 set-up by then is dropped.
+    pub handshake_timeout: Duration,
+}
+
+/// The verified peer of one HBONE connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer_addr: SocketAddr,
+    pub peer_id: SpiffeId,
+    pub peer_cert: CertificateDer<'static>,
+}
+
+#[derive(Debug)]
+pub struct InboundRequest {
+    pub conn: Arc<ConnInfo>,
+    pub target: SocketAddr,
+    /// `for=` of the `forwarded` header: the original client, when the peer says so.
+    pub forwarded_for: Option<String>,
+}
+
+/// A CONNECT the server will not carry, with the status it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Refused {
+    pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, reason, detail: detail.into() }
+    }
+}
+
+/// What is behind the server: who may reach what, and how to reach it.
+pub trait Inbound: Send + Sync + 'static {
+    fn authorize(&self, req: &InboundRequest) -> Result<(), Refused>;
+    fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<TcpStream>>;
+    fn refused(&self, reason: &'static str);
+    fn opened(&self, req: &InboundRequest);
+    fn closed(&self, req: &InboundRequest, copied: Copied);
+}
+
+pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, inbound: Arc<dyn Inbound>) {
+    let _ = tcp.set_nodelay(true);
+    let setup = async {
+        let mut tls = TlsAcceptor::from(settings.tls.clone()).accept(tcp).await.map_err(|e| (tls::failure_reason(&e), e.to_string()))?;
+        let (_, session) = tls.get_ref();
+        if session.alpn_protocol() != Some(tls::ALPN_H2) {
+            return Err(("no_alpn", "the client did not negotiate ALPN h2".to_owned()));
+        }
+        let cert = session.peer_certificates().and_then(|c| c.first()).cloned().ok_or(("no_client_cert", String::new()))?;
+        let peer_id = tls::spiffe_id(&cert).map_err(|e| ("cert_invalid", e.to_string()))?;
+        tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        let h2 = h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| ("not_h2", e.to_string()))?;
+        Ok((h2, ConnInfo { peer_addr: peer, peer_id, peer_cert: cert.into_owned() }))
+    };
+    let (mut h2, conn) = match tokio::time::timeout(settings.handshake_timeout, setup).await {
+        Ok(Ok(v)) => v,
+        Ok(Err((reason, detail))) => return refuse_conn(&*inbound, peer, reason, &detail),
+        Err(_) => return refuse_conn(&*inbound, peer, "handshake_timeout", "peer stalled during set-up"),
+    };
+    let conn = Arc::new(conn);
+    tracing::debug!(%peer, peer_id = %conn.peer_id, "HBONE connection up");
+    while let Some(next) = h2.accept().await {
+        match next {
+            Ok((req, respond)) => {
+                tokio::spawn(stream(req, respond, conn.clone(), inbound.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "HBONE connection ended: {e}");
+                break;
+            }
+        }
+    }
+}
+
+fn refuse_conn(inbound: &dyn Inbound, peer: SocketAddr, reason: &'static str, detail: &str) {
+    tracing::info!(%peer, reason, "HBONE connection refused: {detail}");
+    inbound.refused(reason);
+}
+
+async fn stream(req: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, conn: Arc<ConnInfo>, inbound: Arc<dyn Inbound>) {
+    let (parts, body) = req.into_parts();
+    let request = match parse(&parts, conn.clone()) {
+        Ok(r) => r,
+        Err(refused) => return answer(&mut respond, &*inbound, &conn, refused),
+    };
+    if let Err(refused) = inbound.authorize(&request) {
+        return answer(&mut respond, &*inbound, &conn, refused);
+    }
+    let upstream = match inbound.connect(&request).await {
+        Ok(s) => s,
+        Err(e) => {
+            let refused = Refused::new(StatusCode::SERVICE_UNAVAILABLE, "upstream_refused", format!("{}: {e}", request.target));
+            return answer(&mut respond, &*inbound, &conn, refused);
+        }
+    };
+    let send = match respond.send_response(status(StatusCode::OK), false) {
+        Ok(s) => s,
+        Err(e) => return tracing::debug!(peer = %conn.peer_addr, "client went away before 200: {e}"),
+    };
+    inbound.opened(&request);
+    let (copied, err) = relay(upstream, send, body).await;
+    if let Some(e) = err {
+        tracing::debug!(peer = %conn.peer_addr, target = %request.target, "tunnel ended with error: {e}");
+    }
+    inbound.closed(&request, copied);
+}
+
+fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundRequest, Refused> {
+    if parts.method != Method::CONNECT {
+        return Err(Refused::new(StatusCode::BAD_REQUEST, "bad_request", format!("method {} is not CONNECT", parts.method)));
+    }
+    let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    let target: SocketAddr = authority
+        .parse()
+        .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad_request", format!("authority {authority:?} is not ip:port")))?;
+    let forwarded_for = parts
+        .headers
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("for=")))
+        .map(|v| v.trim_matches('"').to_owned());
+    Ok(InboundRequest { conn, target, forwarded_for })
+}
+
+fn answer(respond: &mut SendResponse<Bytes>, inbound: &dyn Inbound, conn: &ConnInfo, refused: Refused) {
+    tracing::info!(peer = %conn.peer_addr, peer_id = %conn.peer_id, status = refused.status.as_u16(), reason = refused.reason,
+        "HBONE stream refused: {}", refused.detail);
+    inbound.refused(refused.reason);
+    let _ = respond.send_response(status(refused.status), true);
+}
+
+fn status(code: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = code;
+    r
+}

@@ -1,0 +1,46 @@
+//! Command-line flags of the mesh data path (flattened into `mesh-node run`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPath {
+    /// HBONE mutual-TLS tunnel between pods, PeerAuthentication enforced.
+    Mesh,
+    /// Plain TCP forwarding, no TLS and no policy (debugging, baseline benchmarks).
+    Direct,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// What carries captured connections.
+    #[arg(long, value_enum, default_value_t = DataPath::Mesh)]
+    pub data_path: DataPath,
+
+    /// Directory of the mesh root CA (`ca.pem`, 0600). All node daemons of a local
+    /// cluster share one; created on first start. Defaults to <state-dir>/ca.
+    #[arg(long, env = "MESH_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Lifetime of workload certificates, in seconds.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(2..))]
+    pub cert_lifetime_secs: u64,
+
+    /// Workload certificates are replaced after this fraction of their lifetime.
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    pub cert_rotate_fraction: f64,
+
+    /// Time a peer gets to finish TLS and HTTP/2 set-up on 15008 (and we get as a client), in ms.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub hbone_handshake_timeout_ms: u64,
+
+    /// Pooled HBONE connections unused for this long are closed, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub hbone_idle_timeout_secs: u64,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if f > 0.0 && f < 1.0 { Ok(f) } else { Err(format!("{f} must be strictly between 0 and 1")) }
+}
