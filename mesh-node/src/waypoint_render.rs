@@ -168,8 +168,11 @@ fn container(spec: &WaypointSpec) -> Value {
         "name": "waypoint",
         "image": spec.image,
         "command": ["/usr/local/bin/mesh-waypoint"],
+        // Configuration from the API server (mesh-common's Kubernetes source, all nodes).
+        "args": ["run", "--kubernetes"],
         "env": [
             {"name": "WAYPOINT_NAME", "value": spec.name},
+            {"name": "MESH_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "POD_NAME", "valueFrom": field("metadata.name")},
             {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},

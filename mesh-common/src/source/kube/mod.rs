@@ -121,7 +121,7 @@ impl Backoff for RetryBackoff {
 enum Update {
     Resolved(usize, ApiResource),
     Failed(usize, String),
-    Watched(usize, watcher::Event<DynamicObject>),
+    Watched(usize, Box<watcher::Event<DynamicObject>>),
 }
 
 /// Why the source could not start.
@@ -220,7 +220,7 @@ impl KubeSource {
                 }
                 Update::Watched(i, event) => {
                     let Some(sync) = syncs[i].as_mut() else { continue };
-                    let rejected = self.handle(sync, event);
+                    let rejected = self.handle(sync, *event);
                     self.status.ok(WATCHED[i].kind, sync.synced());
                     for r in rejected {
                         self.report(&recorder, r);
@@ -319,7 +319,7 @@ async fn watch_kind(client: Client, index: usize, kind: WatchedKind, config: Kub
     let mut events = watcher::watcher(api, wc).backoff(config.retry.backoff()).boxed();
     while let Some(item) = events.next().await {
         let update = match item {
-            Ok(event) => Update::Watched(index, event),
+            Ok(event) => Update::Watched(index, Box::new(event)),
             Err(e) => Update::Failed(index, error_chain(&e)),
         };
         if tx.send(update).await.is_err() {

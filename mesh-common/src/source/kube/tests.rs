@@ -223,11 +223,17 @@ async fn keeps_last_known_state_while_the_api_server_is_unreachable() {
     assert_eq!(refs(&run), before);
 }
 
-/// A consumer validator standing in for the waypoint's (which compiles VirtualServices).
-fn hosts_must_be_a_list() -> SharedValidator {
+/// A consumer validator on top of decoding (PeerAuthentication is not typed in the
+/// model yet, so its mode is checked here, as mesh-node's policy code would).
+fn mtls_mode_must_be_known() -> SharedValidator {
     Arc::new(|r: &Resource| match r {
-        Resource::Other(o) if o.kind == "VirtualService" && !o.rest["spec"]["hosts"].is_sequence() => {
-            Err(ConfigError::Invalid { object: o.object_ref(), error: FieldError::new("spec.hosts", "must be a list of hosts") })
+        Resource::Other(o) if o.kind == "PeerAuthentication" => {
+            let mode = o.rest["spec"]["mtls"]["mode"].as_str().unwrap_or("UNSET");
+            if ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"].contains(&mode) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid { object: o.object_ref(), error: FieldError::new("spec.mtls.mode", format!("unknown mode {mode}")) })
+            }
         }
         _ => Ok(()),
     })
@@ -236,38 +242,52 @@ fn hosts_must_be_a_list() -> SharedValidator {
 #[tokio::test]
 async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
     let mut all = objects(BOOKINFO);
-    let mut bad_vs = all.iter().find(|o| o["kind"] == "VirtualService").unwrap().clone();
+    let pick = |kind: &str| all.iter().find(|o| o["kind"] == kind).unwrap().clone();
+    let mut bad_vs = pick("VirtualService");
     bad_vs["metadata"]["name"] = json!("broken");
     bad_vs["metadata"]["uid"] = json!("0b5e7c1e-0000-4000-8000-000000000001");
     bad_vs["spec"]["hosts"] = json!("reviews");
-    let mut bad_svc = all.iter().find(|o| o["kind"] == "Service").unwrap().clone();
+    let mut bad_svc = pick("Service");
     bad_svc["metadata"]["name"] = json!("bad-port");
     bad_svc["spec"]["ports"][0]["port"] = json!("http");
-    all.extend([bad_vs, bad_svc]);
+    let mut bad_pa = pick("PeerAuthentication");
+    bad_pa["metadata"]["name"] = json!("bad-mode");
+    bad_pa["spec"]["mtls"]["mode"] = json!("STRICTEST");
+    all.extend([bad_vs, bad_svc, bad_pa]);
 
     let r = replay();
     serve_lists(&r, &all, &[]);
-    let run = start(&r, None, hosts_must_be_a_list());
+    let run = start(&r, None, mtls_mode_must_be_known());
     until("initial sync", || run.status.borrow().synced.then_some(())).await;
 
     let have = refs(&run);
     assert!(have.contains(&"VirtualService bookinfo/reviews".to_string()), "{have:?}");
-    assert!(!have.contains(&"VirtualService bookinfo/broken".to_string()));
-    assert!(!have.contains(&"Service bookinfo/bad-port".to_string()));
+    assert!(have.contains(&"PeerAuthentication bookinfo/default".to_string()), "{have:?}");
+    for rejected in ["VirtualService bookinfo/broken", "Service bookinfo/bad-port", "PeerAuthentication bookinfo/bad-mode"] {
+        assert!(!have.contains(&rejected.to_string()), "{rejected} was accepted");
+    }
     let errors: Vec<String> = run.store.lock().unwrap().errors().flat_map(|(_, e)| e.to_vec()).collect();
-    assert!(errors.contains(&"VirtualService bookinfo/broken: spec.hosts: must be a list of hosts".to_string()), "{errors:?}");
-    assert!(errors.iter().any(|e| e.starts_with("Service bookinfo/bad-port: spec.ports[0].port:")), "{errors:?}");
+    for prefix in [
+        "VirtualService bookinfo/broken: spec.hosts:",
+        "Service bookinfo/bad-port: spec.ports[0].port:",
+        "PeerAuthentication bookinfo/bad-mode: spec.mtls.mode: unknown mode STRICTEST",
+    ] {
+        assert!(errors.iter().any(|e| e.starts_with(prefix)), "no error starting {prefix:?} in {errors:?}");
+    }
 
     let events_path = "/apis/events.k8s.io/v1/namespaces/bookinfo/events";
-    let events = until("two Events posted", || {
+    let events = until("three Events posted", || {
         let e = r.requests("POST", events_path);
-        (e.len() == 2).then_some(e)
+        (e.len() == 3).then_some(e)
     })
     .await;
-    let vs_event: Value = events.iter().map(|e| serde_json::from_str::<Value>(&e.body).unwrap()).find(|e| e["regarding"]["kind"] == "VirtualService").unwrap();
+    let bodies: Vec<Value> = events.iter().map(|e| serde_json::from_str(&e.body).unwrap()).collect();
+    let vs_event = bodies.iter().find(|e| e["regarding"]["kind"] == "VirtualService").unwrap();
     assert_eq!(vs_event["type"], "Warning");
     assert_eq!(vs_event["reason"], "InvalidConfiguration");
     assert_eq!(vs_event["regarding"]["name"], "broken");
+    assert_eq!(vs_event["regarding"]["apiVersion"], "networking.istio.io/v1");
     assert_eq!(vs_event["regarding"]["uid"], "0b5e7c1e-0000-4000-8000-000000000001");
     assert!(vs_event["note"].as_str().unwrap().contains("spec.hosts"), "{vs_event}");
+    assert!(bodies.iter().any(|e| e["regarding"]["kind"] == "PeerAuthentication" && e["note"].as_str().unwrap().contains("spec.mtls.mode")));
 }
