@@ -223,19 +223,16 @@ async fn keeps_last_known_state_while_the_api_server_is_unreachable() {
     assert_eq!(refs(&run), before);
 }
 
-/// A consumer validator on top of decoding (PeerAuthentication is not typed in the
-/// model yet, so its mode is checked here, as mesh-node's policy code would).
-fn mtls_mode_must_be_known() -> SharedValidator {
-    Arc::new(|r: &Resource| match r {
-        Resource::Other(o) if o.kind == "PeerAuthentication" => {
-            let mode = o.rest["spec"]["mtls"]["mode"].as_str().unwrap_or("UNSET");
-            if ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"].contains(&mode) {
-                Ok(())
-            } else {
-                Err(ConfigError::Invalid { object: o.object_ref(), error: FieldError::new("spec.mtls.mode", format!("unknown mode {mode}")) })
-            }
+/// A consumer's semantic validation on top of decoding (the waypoint compiles
+/// regexes, mesh-node resolves policy): here it vetoes one AuthorizationPolicy.
+fn veto_policy_named_vetoed() -> SharedValidator {
+    Arc::new(|r: &Resource| {
+        let object = r.object_ref();
+        if object.kind == "AuthorizationPolicy" && object.name == "vetoed" {
+            Err(ConfigError::Invalid { object, error: FieldError::new("spec.rules[0].from", "vetoed by the consumer") })
+        } else {
+            Ok(())
         }
-        _ => Ok(()),
     })
 }
 
@@ -253,32 +250,40 @@ async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
     let mut bad_pa = pick("PeerAuthentication");
     bad_pa["metadata"]["name"] = json!("bad-mode");
     bad_pa["spec"]["mtls"]["mode"] = json!("STRICTEST");
-    all.extend([bad_vs, bad_svc, bad_pa]);
+    let vetoed = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "vetoed", "namespace": "bookinfo"}, "spec": {"rules": [{"from": []}]}});
+    all.extend([bad_vs, bad_svc, bad_pa, vetoed]);
 
     let r = replay();
     serve_lists(&r, &all, &[]);
-    let run = start(&r, None, mtls_mode_must_be_known());
+    let run = start(&r, None, veto_policy_named_vetoed());
     until("initial sync", || run.status.borrow().synced.then_some(())).await;
 
     let have = refs(&run);
     assert!(have.contains(&"VirtualService bookinfo/reviews".to_string()), "{have:?}");
     assert!(have.contains(&"PeerAuthentication bookinfo/default".to_string()), "{have:?}");
-    for rejected in ["VirtualService bookinfo/broken", "Service bookinfo/bad-port", "PeerAuthentication bookinfo/bad-mode"] {
+    for rejected in [
+        "VirtualService bookinfo/broken",
+        "Service bookinfo/bad-port",
+        "PeerAuthentication bookinfo/bad-mode",
+        "AuthorizationPolicy bookinfo/vetoed",
+    ] {
         assert!(!have.contains(&rejected.to_string()), "{rejected} was accepted");
     }
     let errors: Vec<String> = run.store.lock().unwrap().errors().flat_map(|(_, e)| e.to_vec()).collect();
     for prefix in [
         "VirtualService bookinfo/broken: spec.hosts:",
         "Service bookinfo/bad-port: spec.ports[0].port:",
-        "PeerAuthentication bookinfo/bad-mode: spec.mtls.mode: unknown mode STRICTEST",
+        "PeerAuthentication bookinfo/bad-mode: spec.mtls.mode:",
+        "AuthorizationPolicy bookinfo/vetoed: spec.rules[0].from: vetoed by the consumer",
     ] {
         assert!(errors.iter().any(|e| e.starts_with(prefix)), "no error starting {prefix:?} in {errors:?}");
     }
 
     let events_path = "/apis/events.k8s.io/v1/namespaces/bookinfo/events";
-    let events = until("three Events posted", || {
+    let events = until("four Events posted", || {
         let e = r.requests("POST", events_path);
-        (e.len() == 3).then_some(e)
+        (e.len() == 4).then_some(e)
     })
     .await;
     let bodies: Vec<Value> = events.iter().map(|e| serde_json::from_str(&e.body).unwrap()).collect();
@@ -289,5 +294,8 @@ async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
     assert_eq!(vs_event["regarding"]["apiVersion"], "networking.istio.io/v1");
     assert_eq!(vs_event["regarding"]["uid"], "0b5e7c1e-0000-4000-8000-000000000001");
     assert!(vs_event["note"].as_str().unwrap().contains("spec.hosts"), "{vs_event}");
-    assert!(bodies.iter().any(|e| e["regarding"]["kind"] == "PeerAuthentication" && e["note"].as_str().unwrap().contains("spec.mtls.mode")));
+    for (kind, field) in [("PeerAuthentication", "spec.mtls.mode"), ("AuthorizationPolicy", "spec.rules[0].from")] {
+        let noted = bodies.iter().any(|e| e["regarding"]["kind"] == kind && e["note"].as_str().unwrap().contains(field));
+        assert!(noted, "no Event on the {kind} naming {field}: {bodies:?}");
+    }
 }
