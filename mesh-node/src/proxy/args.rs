@@ -19,7 +19,7 @@ pub struct MeshArgs {
     pub data_path: DataPath,
 
     /// Directory of the mesh root CA (`ca.pem`, 0600). All node daemons of a local
-    /// cluster share one; created on first start. Defaults to <state-dir>/ca.
+    /// cluster share one; created on first start. Defaults to <state-dir>/../mesh-ca.
     #[arg(long, env = "MESH_CA_DIR")]
     pub ca_dir: Option<PathBuf>,
 

@@ -44,7 +44,7 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
     let settings = MeshSettings {
         node: a.node.clone(),
         trust_domain: a.trust_domain.clone(),
-        ca_dir: a.mesh.ca_dir.clone().unwrap_or_else(|| a.state_dir().join("ca")),
+        ca_dir: a.mesh.ca_dir.clone().unwrap_or_else(|| default_ca_dir(&a.state_dir())),
         cert_lifetime: Duration::from_secs(a.mesh.cert_lifetime_secs),
         cert_rotate_fraction: a.mesh.cert_rotate_fraction,
         handshake_timeout: Duration::from_millis(a.mesh.hbone_handshake_timeout_ms),
@@ -56,6 +56,12 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
     let dump = mesh.clone();
     p.admin_sections.add("certificates", move || dump.certificates());
     Ok(Arc::new(SharedMeshHandler(mesh)))
+}
+
+/// Beside the node's state directory, so the node daemons of one local cluster (state
+/// dirs `<cluster>/node-<name>`) share one CA without a flag.
+fn default_ca_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.parent().map_or_else(|| state_dir.join("ca"), |p| p.join("mesh-ca"))
 }
 
 /// Tunables from the command line.
