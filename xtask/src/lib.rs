@@ -1,5 +1,6 @@
 //! `cargo xtask` as a library: the local cluster harness used by the demo and by
 //! the e2e tests of every crate (through a dev-dependency on `xtask`).
 
+pub mod bench;
 pub mod harness;
 pub mod mesh;
