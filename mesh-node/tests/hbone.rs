@@ -12,9 +12,66 @@ use std::time::Duration;
 use support::*;
 use xtask::harness::Cluster;
 
+/// Entry point for the in-pod clients (does nothing in a normal test run).
 #[test]
 fn helper() {
-    helper_main();
+    if std::env::var_os(HOLD_ENV).is_some() {
+        hold_many_main();
+    } else {
+        helper_main();
+    }
+}
+
+const HOLD_ENV: &str = "MESH_HBONE_HOLD";
+
+/// In-pod client: `n` concurrent connections to an echo server, each exchanging a line
+/// every 200 ms for `secs`; prints how many finished with every byte echoed.
+fn hold_many_main() {
+    use std::io::{BufRead, BufReader, Write};
+    let args: Vec<String> = std::env::var(HOLD_ENV).unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    let addr: SocketAddr = args[0].parse().expect("addr");
+    let n: usize = args[1].parse().expect("n");
+    let secs: u64 = args[2].parse().expect("secs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let workers: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || -> Result<u64, String> {
+                    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| format!("connect: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+                    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+                    let mut r = BufReader::new(s);
+                    w.write_all(b"echo\n").map_err(|e| e.to_string())?;
+                    let mut rounds = 0u64;
+                    while std::time::Instant::now() < deadline {
+                        let line = format!("conn {i} round {rounds} {}\n", "z".repeat(64));
+                        w.write_all(line.as_bytes()).map_err(|e| format!("write: {e}"))?;
+                        let mut got = String::new();
+                        r.read_line(&mut got).map_err(|e| format!("read: {e}"))?;
+                        if got != line {
+                            return Err(format!("echo mismatch on conn {i}: {got:?}"));
+                        }
+                        rounds += 1;
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Ok(rounds)
+                })
+                .expect("thread")
+        })
+        .collect();
+    let (mut ok, mut rounds, mut errors) = (0, 0, Vec::new());
+    for w in workers {
+        match w.join() {
+            Ok(Ok(r)) => {
+                ok += 1;
+                rounds += r;
+            }
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("panic".into()),
+        }
+    }
+    println!("RESULT ok={ok} rounds={rounds} failed={} first_error={:?}", errors.len(), errors.first().map(|e| e.replace(' ', "_")));
 }
 
 const TOPOLOGY: &str = "
@@ -247,4 +304,62 @@ fn strict_refuses_plaintext_from_a_non_enrolled_pod_and_permissive_allows_it() {
         m.lines().any(|l| l.starts_with("mesh_connections_refused_total{") && l.contains("reason=\"strict_mtls\"")),
         "{m}"
     );
+}
+
+#[test]
+fn a_thousand_concurrent_tunneled_connections_are_held_without_loss() {
+    let Some(c) = cluster() else { return };
+    let _d1 = start_daemon(&c, "n1", &[]);
+    let _d2 = start_daemon(&c, "n2", &[]);
+    wait_certs(&c, "n1", 2);
+    wait_certs(&c, "n2", 2);
+    let _srv = serve(c.listen_in_pod("shop", "b", 8080).expect("listen"));
+    let b = SocketAddr::from((ip(&c, "shop", "b"), 8080));
+    // 10 s by default; MESH_HBONE_HOLD_SECS=30 runs the full acceptance duration.
+    let secs: u64 = std::env::var("MESH_HBONE_HOLD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"]).env(HOLD_ENV, format!("{b} 1000 {secs}"));
+    let out_path = c.state_dir().join("hold-many.out");
+    cmd.stdout(std::fs::File::create(&out_path).expect("output file"));
+    let mut guard = c.spawn_in_pod("shop", "a", cmd).expect("spawn holder");
+    let status = guard.wait_timeout(Duration::from_secs(secs + 60)).expect("wait holder");
+    assert!(status.is_some(), "holder did not finish");
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ").map(str::to_owned)).unwrap_or_default();
+    let r = kv(&line);
+    eprintln!("FIGURE 1000 concurrent tunneled connections for {secs} s: {line}");
+    assert_eq!(r.get("ok").map(String::as_str), Some("1000"), "{line}\n{}", daemon_log(&c, "n1"));
+    assert_eq!(r.get("failed").map(String::as_str), Some("0"), "{line}");
+}
+
+#[test]
+fn certificate_rotation_during_a_transfer_keeps_it_intact() {
+    let Some(c) = cluster() else { return };
+    // 4 s certificates replaced at half-life: several rotations during the transfer.
+    let flags = ["--cert-lifetime-secs", "4", "--cert-rotate-fraction", "0.5"];
+    let _d1 = start_daemon(&c, "n1", &flags);
+    let _d2 = start_daemon(&c, "n2", &flags);
+    wait_certs(&c, "n1", 2);
+    wait_certs(&c, "n2", 2);
+    let srv = serve(c.listen_in_pod("shop", "b", 8080).expect("listen"));
+    let b = SocketAddr::from((ip(&c, "shop", "b"), 8080));
+    let generation = |node: &str, workload: &str| -> u64 {
+        let d = config_dump(&c, node);
+        d["certificates"].as_array().into_iter().flatten().find(|e| e["workload"] == workload).and_then(|e| e["generation"].as_u64()).unwrap_or(0)
+    };
+    let before = generation("n1", "shop/a");
+    const LEN: usize = 768 << 20;
+    let r = kv(&run_helper(&c, "shop", "a", "xfer", &[b.to_string(), LEN.to_string()])[0]);
+    let after = generation("n1", "shop/a");
+    eprintln!("FIGURE rotation: client certificate generation {before} -> {after} during a {} s transfer", r["secs"]);
+    assert!(after > before, "the certificate rotated during the transfer: {before} -> {after}");
+    assert_eq!(r["received"], LEN.to_string(), "{r:?}");
+    assert_eq!(r["sha"], pattern_sha(2, LEN));
+    let (n, sha) = srv.results.recv_timeout(Duration::from_secs(60)).expect("server result");
+    assert_eq!((n, sha), (LEN, pattern_sha(1, LEN)));
+    // A connection made now is served with the current certificates (old ones expired).
+    poll("a new connection after rotation", Duration::from_secs(20), || {
+        let r = kv(&run_helper(&c, "shop", "a", "hello", &[b.to_string()])[0]);
+        r.contains_key("app_peer").then_some(())
+    });
 }

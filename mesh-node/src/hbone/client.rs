@@ -69,6 +69,9 @@ pub type Dial = Box<dyn FnOnce(SocketAddr) -> BoxFuture<'static, io::Result<TcpS
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
     src: SpiffeId,
+    /// After a rotation new streams go on a new connection that presents the new
+    /// certificate; the old connection drains and is reaped when idle.
+    src_generation: u64,
     dst: SpiffeId,
     dst_ip: IpAddr,
 }
@@ -99,7 +102,8 @@ impl HboneClient {
 
     /// Opens a CONNECT stream to `target`, presenting `source`'s certificate.
     pub async fn open(&self, source: &WorkloadCert, target: &TunnelTarget, dial: Dial) -> Result<Tunnel, HboneError> {
-        let key = PoolKey { src: source.identity.clone(), dst: target.identity.clone(), dst_ip: target.hbone_addr.ip() };
+        let src_generation = source.resolver.current().generation;
+        let key = PoolKey { src: source.identity.clone(), src_generation, dst: target.identity.clone(), dst_ip: target.hbone_addr.ip() };
         let slot = self.slot(&key);
         let mut sender = {
             let mut guard = slot.lock().await;

@@ -340,9 +340,8 @@ async fn rotation_during_a_transfer_keeps_it_and_new_connections_use_the_new_cer
     let new_cert = signed.chain[0].clone();
     assert_ne!(first_cert, new_cert);
 
-    // A new pool (fresh connection) presents the new certificate.
-    let c2 = client(&pki);
-    let s2 = tunneled_socket(&c2, &a, &t).await.unwrap();
+    // The same client opens a new connection for new streams, presenting the new certificate.
+    let s2 = tunneled_socket(&c1, &a, &t).await.unwrap();
     echo_roundtrip(s2, 1 << 20).await;
     transfer.await.unwrap();
     let peers = inbound.peers.lock().unwrap().clone();

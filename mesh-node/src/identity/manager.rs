@@ -35,6 +35,9 @@ pub struct Current {
     pub certified: Arc<CertifiedKey>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When we obtained it; `not_before` is backdated for clock skew, so rotation
+    /// counts the lifetime from here.
+    pub issued: SystemTime,
     /// Counts issuances for this workload, 1 for the first certificate.
     pub generation: u64,
 }
@@ -96,6 +99,7 @@ pub fn certified_key(key: &KeyPair, signed: &Signed, generation: u64) -> Result<
         certified: Arc::new(CertifiedKey::new(signed.chain.clone(), signing)),
         not_before: signed.not_before,
         not_after: signed.not_after,
+        issued: SystemTime::now(),
         generation,
     })
 }
@@ -155,8 +159,8 @@ impl CertManager {
 
     fn due(&self, cert: &WorkloadCert, now: SystemTime) -> bool {
         let c = cert.resolver.current();
-        let life = c.not_after.duration_since(c.not_before).unwrap_or_default();
-        now >= c.not_before + life.mul_f64(self.cfg.rotate_fraction)
+        let life = c.not_after.duration_since(c.issued).unwrap_or_default();
+        now >= c.issued + life.mul_f64(self.cfg.rotate_fraction)
     }
 
     /// One pass: issue for new local workloads, rotate due ones, forget departed ones.
@@ -257,8 +261,9 @@ status: {podIP: 198.18.2.2}
         let cert = m.get(a).unwrap();
         let first = cert.resolver.current();
         assert!(!m.due(&cert, SystemTime::now()));
-        let life = first.not_after.duration_since(first.not_before).unwrap();
-        assert!(m.due(&cert, first.not_before + life.mul_f64(0.51)));
+        let life = first.not_after.duration_since(first.issued).unwrap();
+        assert!(!m.due(&cert, first.issued + life.mul_f64(0.49)));
+        assert!(m.due(&cert, first.issued + life.mul_f64(0.51)));
         m.rotate(a).unwrap();
         let second = cert.resolver.current();
         assert_eq!(second.generation, 2);
