@@ -196,6 +196,7 @@ impl HboneClient {
         }
     }
 
+    #[cfg(test)]
     pub fn pooled(&self) -> usize {
         self.pool.lock().map(|p| p.len()).unwrap_or(0)
     }

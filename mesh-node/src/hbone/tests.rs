@@ -17,7 +17,8 @@ use super::relay::{Copied, relay};
 use super::server::{self, Inbound, InboundRequest, Refused, ServerSettings};
 use crate::identity::ca::KEY_ALG;
 use crate::identity::manager::certified_key;
-use crate::identity::{CertResolver, LocalCa, SpiffeId, WorkloadCert};
+use crate::identity::manager::CertResolver;
+use crate::identity::{LocalCa, SpiffeId, WorkloadCert};
 use crate::tls;
 
 const TD: &str = "cluster.local";

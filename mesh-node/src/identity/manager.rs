@@ -115,10 +115,6 @@ impl CertManager {
         Self { signer, cfg, certs: Mutex::new(HashMap::new()) }
     }
 
-    pub fn root(&self) -> rustls_pki_types::CertificateDer<'static> {
-        self.signer.root()
-    }
-
     /// The workload's certificate, issued on first use.
     pub fn get(&self, w: &Workload) -> Result<Arc<WorkloadCert>, CaError> {
         let key = w.key();

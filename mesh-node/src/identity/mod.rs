@@ -6,5 +6,5 @@ pub mod manager;
 pub mod spiffe;
 
 pub use ca::{CaError, LocalCa, NodeScopedCa, Signer};
-pub use manager::{CertManager, CertResolver, ManagerConfig, WorkloadCert};
+pub use manager::{CertManager, ManagerConfig, WorkloadCert};
 pub use spiffe::SpiffeId;

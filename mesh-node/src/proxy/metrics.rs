@@ -19,7 +19,6 @@ pub enum Reporter {
 #[allow(non_camel_case_types)]
 pub enum Security {
     mutual_tls,
-    none,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,9 +118,5 @@ impl TcpMetrics {
 
     pub fn refused(&self, direction: &str, reason: &str) {
         self.refused.get_or_create(&RefusalLabels { direction: direction.into(), reason: reason.into() }).inc();
-    }
-
-    pub fn refused_count(&self, direction: &str, reason: &str) -> u64 {
-        self.refused.get_or_create(&RefusalLabels { direction: direction.into(), reason: reason.into() }).get()
     }
 }
