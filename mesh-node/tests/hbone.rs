@@ -120,11 +120,15 @@ spec: {nodeName: n2}
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 
 fn cluster() -> Option<Cluster> {
+    cluster_with("")
+}
+
+fn cluster_with(extra: &str) -> Option<Cluster> {
     if !is_root() {
         eprintln!("skipped: needs root (netns, cgroups, eBPF)");
         return None;
     }
-    let c = Cluster::from_yaml(TOPOLOGY).expect("cluster");
+    let c = Cluster::from_yaml(&format!("{TOPOLOGY}{extra}")).expect("cluster");
     let dir = config_dir(&c);
     c.write_config(&dir).expect("config");
     let svc = format!(
@@ -362,4 +366,86 @@ fn certificate_rotation_during_a_transfer_keeps_it_intact() {
         let r = kv(&run_helper(&c, "shop", "a", "hello", &[b.to_string()])[0]);
         r.contains_key("app_peer").then_some(())
     });
+}
+
+/// A TLS server on `fake`'s 15008 (a node without a daemon), with a certificate from the
+/// mesh CA for another identity: the client must refuse it.
+#[test]
+fn a_server_presenting_another_spiffe_id_is_refused_by_the_client() {
+    let extra = "---\napiVersion: v1\nkind: Node\nmetadata: {name: n3}\n---\napiVersion: v1\nkind: Pod\n\
+                 metadata: {name: fake, namespace: shop}\nspec: {nodeName: n3, serviceAccountName: web}\n";
+    let Some(c) = cluster_with(extra) else { return };
+    let _d1 = start_daemon(&c, "n1", &[]);
+    wait_certs(&c, "n1", 2);
+    let ca_pem = std::fs::read_to_string(c.state_dir().join("mesh-ca/ca.pem")).expect("shared CA file");
+    let (chain, key) = impostor_cert(&ca_pem, "spiffe://cluster.local/ns/shop/sa/mallory");
+    let listener = c.listen_in_pod("shop", "fake", 15008).expect("listen 15008 in fake");
+    let handshakes = std::thread::spawn(move || fake_tls_server(listener, chain, key));
+
+    let fake = SocketAddr::from((ip(&c, "shop", "fake"), 8080));
+    let r = kv(&run_helper(&c, "shop", "a", "hello", &[fake.to_string()])[0]);
+    assert!(r.contains_key("error"), "the client must not get through: {r:?}");
+    let outcome = handshakes.join().expect("fake server");
+    assert!(outcome.contains("alert") || outcome.contains("closed") || outcome.contains("reset"), "client aborted the handshake: {outcome}");
+    let m = metrics(&c, "n1");
+    assert!(
+        m.lines().any(|l| l.starts_with("mesh_connections_refused_total{")
+            && l.contains("direction=\"outbound\"")
+            && l.contains("reason=\"cert_invalid\"")),
+        "{m}"
+    );
+}
+
+fn impostor_cert(ca_pem: &str, id: &str) -> (Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::from_pem(ca_pem).expect("CA key");
+    // Same subject as the daemon's CA parameters (identity/ca.rs), so the chain verifies.
+    let mut ca = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "cluster.local");
+    dn.push(DnType::CommonName, "mesh root CA");
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut leaf = CertificateParams::default();
+    leaf.subject_alt_names = vec![SanType::URI(id.try_into().expect("uri"))];
+    let cert = leaf.signed_by(&key, &issuer).expect("sign");
+    let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    (vec![cert.der().clone()], der)
+}
+
+/// Serves one TLS handshake and reports how it ended.
+fn fake_tls_server(
+    listener: std::net::TcpListener,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> String {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (mut tcp, _) = listener.accept().expect("accept");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut conn = rustls::ServerConnection::new(std::sync::Arc::new(cfg)).expect("conn");
+    loop {
+        match conn.complete_io(&mut tcp) {
+            Ok((0, 0)) => return "closed".into(),
+            Ok(_) if !conn.is_handshaking() => {
+                // TLS 1.3: the client checks our certificate after our flight; wait for its verdict.
+                let mut buf = [0u8; 64];
+                return match std::io::Read::read(&mut rustls::Stream::new(&mut conn, &mut tcp), &mut buf) {
+                    Ok(0) => "closed".into(),
+                    Ok(_) => "data: the client accepted the impostor".into(),
+                    Err(e) => format!("alert/closed: {e}"),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => return format!("alert: {e}"),
+        }
+    }
 }
