@@ -35,6 +35,14 @@ enum Cmd {
     },
     /// Remove namespaces, cgroups, bpffs pins and processes left by a killed demo or test.
     Clean,
+    /// Measure the mesh against baselines in the same run (prints figures; never fails on a number).
+    Bench {
+        /// Which benchmarks (default: all). Available: tunnel.
+        names: Vec<String>,
+        /// Short runs, for a smoke check.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -50,7 +58,27 @@ fn main() -> Result<()> {
         Cmd::Demo { action: None } => demo::run(),
         Cmd::Demo { action: Some(DemoCmd::Apply { file }) } => demo::apply(&file),
         Cmd::Clean => clean(),
+        Cmd::Bench { names, quick } => bench(&names, quick),
     }
+}
+
+fn bench(names: &[String], quick: bool) -> Result<()> {
+    bootstrap::run()?;
+    bootstrap::sh(test::cargo().args(["build", "--workspace"]))?;
+    for name in names.iter().map(String::as_str).chain(names.is_empty().then_some("tunnel")) {
+        match name {
+            "tunnel" => {
+                let mut opts = xtask::bench::TunnelBenchOptions::default();
+                if quick {
+                    opts.secs = 2;
+                    opts.round_trips = 1000;
+                }
+                xtask::bench::run_tunnel_bench(&opts)?;
+            }
+            other => anyhow::bail!("unknown benchmark {other:?}; available: tunnel"),
+        }
+    }
+    Ok(())
 }
 
 fn clean() -> Result<()> {
