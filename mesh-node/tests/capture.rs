@@ -331,7 +331,10 @@ fn kill_9_and_restart_keeps_capture_attached() {
     let c_ref = &c;
     std::thread::scope(|s| {
         let inbound = s.spawn(move || hello(c_ref, "plain", "c", b_app));
-        std::thread::sleep(Duration::from_millis(200)); // the connect happens during the downtime
+        // The connect happens during the downtime: it waits in the kept listener's queue.
+        poll("the inbound connect to queue on 15006", Duration::from_secs(10), || {
+            (accept_queue(c_ref, "shop", "b", 15006) > 0).then_some(())
+        });
         let restart = Instant::now();
         let _daemon = start_daemon(c_ref, "n1", &["--inbound-strict-on-miss"]);
         eprintln!(
@@ -421,4 +424,18 @@ fn a_pod_whose_netns_vanishes_is_cleaned_while_running() {
     let dump = config_dump(&c, "n1");
     assert_eq!(dump["capture"]["maps"]["pod_self"].as_array().map(Vec::len), Some(1), "{}", dump["capture"]["maps"]);
     assert!(dump["capture"]["errors"]["shop/b"].as_str().is_some_and(|e| e.contains("netns")), "{}", dump["capture"]["errors"]);
+}
+
+/// Connections waiting in the accept queue of the pod's listener on `port`
+/// (`rx_queue` of a LISTEN socket in /proc/net/tcp, read from inside the pod netns).
+fn accept_queue(c: &Cluster, ns: &str, pod: &str, port: u16) -> u64 {
+    let table = c.in_pod(ns, pod, || std::fs::read_to_string("/proc/thread-self/net/tcp")).expect("in pod").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 4 && f[1].ends_with(&local) && f[3] == "0A")
+        .filter_map(|f| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())
+        .sum()
 }

@@ -19,15 +19,8 @@ pub fn is_root() -> bool {
 }
 
 /// Polls `f` until it returns `Some`, failing with `what` after `timeout`.
-pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    xtask::harness::wait_for(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn config_dir(cluster: &Cluster) -> PathBuf {
@@ -66,26 +59,14 @@ pub fn daemon_log(cluster: &Cluster, node: &str) -> String {
     std::fs::read_to_string(n.state_dir.join("mesh-node.log")).unwrap_or_default()
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
-
 /// `/config_dump` of the daemon on `node` (admin listens on the node's loopback).
 pub fn config_dump(cluster: &Cluster, node: &str) -> Value {
-    let body = cluster.in_node(node, || http_get(([127, 0, 0, 1], 15000).into(), "/config_dump")).expect("in node");
-    serde_json::from_str(&body.expect("admin GET")).expect("config_dump JSON")
+    let reply = xtask::mesh::http_get(cluster, node, "127.0.0.1:15000", "/config_dump").expect("admin GET");
+    serde_json::from_str(&reply.body).expect("config_dump JSON")
 }
 
 pub fn metrics(cluster: &Cluster, node: &str) -> String {
-    cluster
-        .in_node(node, || http_get(([127, 0, 0, 1], 15020).into(), "/metrics"))
-        .expect("in node")
-        .expect("metrics GET")
+    xtask::mesh::http_get(cluster, node, "127.0.0.1:15020", "/metrics").expect("metrics GET").body
 }
 
 pub fn counter(dump: &Value, name: &str) -> u64 {
@@ -286,6 +267,7 @@ pub fn helper_main() {
             let secs: u64 = args[2].parse().expect("secs");
             let deadline = Instant::now() + Duration::from_secs(secs);
             let (mut captured, mut escaped, mut failed) = (0, 0, 0);
+            let mut pace = xtask::harness::Ticker::every(Duration::from_millis(5));
             for _ in 0..count {
                 if Instant::now() > deadline {
                     break;
@@ -300,7 +282,7 @@ pub fn helper_main() {
                     }
                     Err(_) => failed += 1,
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                pace.tick();
             }
             println!("RESULT captured={captured} escaped={escaped} failed={failed}");
         }
@@ -324,7 +306,8 @@ fn hold(addr: SocketAddr) {
     });
     let mut rounds = 0u64;
     let mut ok = true;
-    while rx.try_recv().is_err() {
+    // One round every 20 ms until the test closes our stdin.
+    loop {
         let mut l = String::new();
         if w.write_all(format!("ping {rounds}\n").as_bytes()).is_err()
             || r.read_line(&mut l).map_or(true, |n| n == 0)
@@ -337,7 +320,9 @@ fn hold(addr: SocketAddr) {
         if rounds == 1 {
             println!("RESULT started");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if rx.recv_timeout(Duration::from_millis(20)) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            break;
+        }
     }
     println!("RESULT rounds={rounds} ok={ok}");
 }

@@ -44,6 +44,7 @@ fn hold_many_main() {
                     let mut r = BufReader::new(s);
                     w.write_all(b"echo\n").map_err(|e| e.to_string())?;
                     let mut rounds = 0u64;
+                    let mut pace = xtask::harness::Ticker::every(Duration::from_millis(200));
                     while std::time::Instant::now() < deadline {
                         let line = format!("conn {i} round {rounds} {}\n", "z".repeat(64));
                         w.write_all(line.as_bytes()).map_err(|e| format!("write: {e}"))?;
@@ -53,7 +54,7 @@ fn hold_many_main() {
                             return Err(format!("echo mismatch on conn {i}: {got:?}"));
                         }
                         rounds += 1;
-                        std::thread::sleep(Duration::from_millis(200));
+                        pace.tick();
                     }
                     Ok(rounds)
                 })
@@ -276,10 +277,8 @@ fn vip_connections_spread_over_all_endpoints_on_both_nodes() {
         })
     };
     let total = || count("n2", "b") + count("n2", "b2") + count("n1", "b3");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while total() < 300 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Counters lag the connections a little; the assertion below reports a shortfall.
+    let _ = xtask::harness::wait_until("300 connections counted", Duration::from_secs(30), || total() >= 300);
     let (b, b2, b3) = (count("n2", "b"), count("n2", "b2"), count("n1", "b3"));
     assert_eq!(b + b2 + b3, 300);
     assert!(b > 0 && b2 > 0 && b3 > 0, "every endpoint gets connections: {b} {b2} {b3}");

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{Backend, bookinfo_yaml, fresh_block, ip, reviews_vs};
+use support::{Backend, bookinfo_yaml, eventually, fresh_block, ip, reviews_vs};
 
 /// Kills the child (by its PID, through the handle) even when the test fails.
 struct Proc(Child);
@@ -72,15 +72,11 @@ async fn binary_serves_h1_and_h2_and_reloads_edited_files() {
     assert_eq!(h2_version(addr).await, "v1", "h2 prior knowledge is served too");
 
     std::fs::write(dir.path().join("vs.yaml"), reviews_vs("  - route: [{destination: {host: reviews, subset: v3}}]\n")).expect("write");
-    let mut seen = String::new();
-    for _ in 0..100 {
-        seen = version(h1.clone()).await;
-        if seen == "v3" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, "v3", "edited file applied by the poller");
+    let applied = eventually(Duration::from_secs(5), || {
+        let h1 = h1.clone();
+        async move { version(h1).await == "v3" }
+    });
+    assert!(applied.await, "edited file applied by the poller");
 }
 
 /// h2 with prior knowledge, `:authority` naming the service (as a real h2 client would).

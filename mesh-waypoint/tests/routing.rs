@@ -227,7 +227,7 @@ async fn mirror_copies_requests_with_shadow_authority() {
         assert_eq!(lab.get("/m").await.version(), "v1");
     }
     let v3 = &lab.reviews[2];
-    assert!(support::eventually(Duration::from_secs(5), || v3.hits() >= 5).await, "mirror got {} copies", v3.hits());
+    assert!(support::eventually(Duration::from_secs(5), || std::future::ready(v3.hits() >= 5)).await, "mirror got {} copies", v3.hits());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,7 +116,7 @@ async fn outlier_detection_ejects_5xx_endpoint_and_restores_it() {
     }
     assert_eq!(bad.hits(), hits, "no traffic to the ejected endpoint");
     let deadline = Duration::from_secs(10);
-    let restored = eventually(deadline, || backend.healthy(Instant::now()).iter().any(|e| e.addr == bad.addr)).await;
+    let restored = eventually(deadline, || std::future::ready(backend.healthy(Instant::now()).iter().any(|e| e.addr == bad.addr))).await;
     assert!(restored, "restored within {deadline:?}");
     assert!(ejected_before.elapsed() >= Duration::from_secs(1), "ejected for at least baseEjectionTime");
     let mut reached = false;
@@ -141,10 +141,10 @@ async fn max_connections_and_pending_requests_trip_at_their_limits() {
 
     let l = lab.clone();
     let first = tokio::spawn(async move { l.get("/?hold=1").await });
-    assert!(eventually(Duration::from_secs(5), || v1.inflight.load(Ordering::Relaxed) == 1).await, "first request holds the only connection");
+    assert!(eventually(Duration::from_secs(5), || std::future::ready(v1.inflight.load(Ordering::Relaxed) == 1)).await, "first request holds the only connection");
     let l = lab.clone();
     let second = tokio::spawn(async move { l.get("/?hold=1").await });
-    assert!(eventually(Duration::from_secs(5), || pool.pending() == 1).await, "second request waits as pending");
+    assert!(eventually(Duration::from_secs(5), || std::future::ready(pool.pending() == 1)).await, "second request waits as pending");
     for _ in 0..3 {
         let r = lab.get("/").await;
         assert_eq!(r.status, 503, "{r:?}");
@@ -172,7 +172,7 @@ async fn max_requests_trips_at_its_limit() {
         let l = lab.clone();
         held.push(tokio::spawn(async move { l.get("/?hold=1").await }));
     }
-    assert!(eventually(Duration::from_secs(5), || v1.inflight.load(Ordering::Relaxed) == 2).await);
+    assert!(eventually(Duration::from_secs(5), || std::future::ready(v1.inflight.load(Ordering::Relaxed) == 2)).await);
     let r = lab.get("/").await;
     assert_eq!(r.status, 503);
     assert!(r.header("x-mesh-reason").contains("http2MaxRequests"), "{r:?}");
@@ -196,12 +196,15 @@ async fn reload_under_load_loses_no_request() {
     });
     let dr = |n: u32| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {n}}}}}}}\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n");
     let mut generations = 0;
+    let served = || lab.reviews.iter().map(|b| b.hits()).sum::<usize>();
     for i in 0..20u32 {
+        let before = served();
         let subset = if i % 2 == 0 { "v2" } else { "v1" };
         lab.apply("vs.yaml", &reviews_vs(&format!("  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n")));
         lab.apply("dr-pool.yaml", &dr(10_000 + i));
         generations += 1;
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        // Let requests run on this snapshot before the next swap (3,000 spread over 20 swaps).
+        eventually(Duration::from_secs(5), || std::future::ready(served() >= (before + 50).min(3000))).await;
     }
     let replies = load.await.expect("load");
     assert_eq!(replies.len(), 3000);

@@ -90,23 +90,12 @@ fn assert_exits(guard: &mut harness::ProcessGuard, what: &str) {
 }
 
 fn wait_gone(pid: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        // A zombie (killed, not yet reaped by its guard) counts as gone.
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(stat)
-                if stat
-                    .rsplit(") ")
-                    .next()
-                    .is_some_and(|rest| rest.starts_with('Z')) =>
-            {
-                return true;
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
-    false
+    // A zombie (killed, not yet reaped by its guard) counts as gone.
+    harness::wait_until("process to be gone", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('Z')))
+    })
+    .is_ok()
 }
 
 fn host_has_test_addresses() -> bool {
@@ -428,16 +417,10 @@ fn processes_that_ignore_sigterm_or_fork_are_still_removed() {
         .spawn_in_pod("shop", "client", Command::new("sh").args(["-c", script]))
         .unwrap();
     let pod_cgroup = cluster.pod("shop", "client").unwrap().cgroup;
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while std::fs::read_to_string(pod_cgroup.join("cgroup.procs"))
-        .unwrap()
-        .lines()
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the script never forked");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    harness::wait_until("the script to fork", IO_TIMEOUT, || {
+        std::fs::read_to_string(pod_cgroup.join("cgroup.procs")).unwrap().lines().count() >= 2
+    })
+    .unwrap();
     drop(cluster);
     assert_exits(&mut stubborn, "SIGTERM-proof process killed at teardown");
     assert_eq!(harness::leftovers(&prefix), Vec::<String>::new());

@@ -59,7 +59,8 @@ fn id(sa: &str) -> SpiffeId {
 /// Connects to the app on loopback; records refusals and peers for assertions.
 #[derive(Default)]
 struct TestInbound {
-    refusals: Mutex<Vec<&'static str>>,
+    /// A watch so tests wait for a refusal instead of polling for it.
+    refusals: tokio::sync::watch::Sender<Vec<&'static str>>,
     peers: Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>,
     closed: Mutex<Vec<Copied>>,
 }
@@ -77,7 +78,7 @@ impl Inbound for TestInbound {
         Box::pin(TcpStream::connect(target))
     }
     fn refused(&self, reason: &'static str) {
-        self.refusals.lock().unwrap().push(reason);
+        self.refusals.send_modify(|r| r.push(reason));
     }
     fn opened(&self, _: &InboundRequest) {}
     fn closed(&self, _: &InboundRequest, copied: Copied) {
@@ -87,11 +88,13 @@ impl Inbound for TestInbound {
 
 impl TestInbound {
     async fn wait_refusal(&self, reason: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.refusals.lock().unwrap().contains(&reason) {
-            assert!(Instant::now() < deadline, "no refusal {reason}: {:?}", self.refusals.lock().unwrap());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.wait_refusals(reason, |r| r.contains(&reason)).await;
+    }
+
+    async fn wait_refusals(&self, what: &str, enough: impl FnMut(&Vec<&'static str>) -> bool) {
+        let mut rx = self.refusals.subscribe();
+        let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(enough)).await;
+        assert!(matches!(waited, Ok(Ok(_))), "no refusal {what}: {:?}", *self.refusals.borrow());
     }
 }
 
@@ -202,7 +205,7 @@ async fn large_transfer_is_intact_and_streams_share_one_connection() {
     let s2 = tunneled_socket(&c, &a, &t).await.unwrap();
     tokio::join!(echo_roundtrip(s1, 32 << 20), echo_roundtrip(s2, 1 << 20));
     assert_eq!(c.pooled(), 1);
-    assert!(inbound.refusals.lock().unwrap().is_empty());
+    assert!(inbound.refusals.borrow().is_empty());
 }
 
 #[tokio::test]
@@ -232,11 +235,7 @@ async fn client_of_another_trust_domain_or_ca_is_refused() {
     let c = HboneClient::new(pki.roots(), Duration::from_secs(5), Duration::from_secs(30));
     assert!(c.open(&stranger, &target(srv, id("b"), app), dial()).await.is_err());
     // Same issuer name, wrong signature: webpki reports a bad signature, not an unknown issuer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while inbound.refusals.lock().unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "second refusal missing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    inbound.wait_refusals("second refusal", |r| r.len() >= 2).await;
 }
 
 #[tokio::test]

@@ -287,16 +287,19 @@ pub fn reviews_vs(http: &str) -> String {
     format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
 }
 
-/// Polls `check` every 20 ms until it holds or `deadline` passes.
-pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if check() {
-            return true;
+/// Polls `check` every 20 ms until it holds or `deadline` passes: the one place
+/// the tests wait for state that has no notification (counters, reloads, ejections).
+pub async fn eventually<F: std::future::Future<Output = bool>>(deadline: Duration, mut check: impl FnMut() -> F) -> bool {
+    let polled = tokio::time::timeout(deadline, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if check().await {
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
+    });
+    polled.await.is_ok()
 }
 
 /// Sends `n` requests built by `make`, at most `concurrency` at once; returns replies in completion order.

@@ -8,6 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::HarnessError;
+use super::poll::wait_until;
 
 /// PIDs listed in `dir/cgroup.procs` (empty if the cgroup is gone).
 pub fn procs(dir: &Path) -> Vec<i32> {
@@ -58,28 +59,16 @@ pub fn stop_all(dir: &Path, grace: Duration, deadline_after_kill: Duration) -> V
     if wait_empty(dir, grace) {
         return Vec::new();
     }
-    let deadline = Instant::now() + deadline_after_kill;
-    loop {
+    let killed = wait_until("processes to die after SIGKILL", deadline_after_kill, || {
         let pids = subtree_procs(dir);
-        if pids.is_empty() || Instant::now() >= deadline {
-            return pids;
-        }
         signal_all(&pids, Signal::SIGKILL);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        pids.is_empty()
+    });
+    if killed.is_ok() { Vec::new() } else { subtree_procs(dir) }
 }
 
 fn wait_empty(dir: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if subtree_procs(dir).is_empty() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("cgroup to empty", timeout, || subtree_procs(dir).is_empty()).is_ok()
 }
 
 /// Removes `dir` and its child cgroups, children first. rmdir can report EBUSY
@@ -87,15 +76,22 @@ fn wait_empty(dir: &Path, timeout: Duration) -> bool {
 pub fn remove_tree(dir: &Path, timeout: Duration) -> Result<(), HarnessError> {
     let deadline = Instant::now() + timeout;
     for d in subtree(dir).iter().rev() {
-        loop {
-            match std::fs::remove_dir(d) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(HarnessError::io("remove cgroup", d, e)),
+        let mut last = None;
+        let left = deadline.saturating_duration_since(Instant::now());
+        // EBUSY is retried until the deadline; any other error ends the wait.
+        let _ = wait_until("cgroup removal", left, || match std::fs::remove_dir(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                let busy = e.raw_os_error() == Some(libc::EBUSY);
+                last = Some(e);
+                !busy
             }
+            _ => {
+                last = None;
+                true
+            }
+        });
+        if let Some(e) = last {
+            return Err(HarnessError::io("remove cgroup", d, e));
         }
     }
     Ok(())

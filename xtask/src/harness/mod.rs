@@ -69,6 +69,7 @@ mod netns;
 mod owner;
 mod process;
 mod shutdown;
+mod poll;
 mod teardown;
 mod topology;
 
@@ -89,6 +90,7 @@ pub use process::{
     DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid,
 };
 pub use shutdown::{Shutdown, install_shutdown_handler};
+pub use poll::{POLL_INTERVAL, Ticker, wait_for, wait_until};
 pub use teardown::leftovers;
 pub use topology::{LOCAL_IP_ANNOTATION, NodeSpec, PodSpec, Topology};
 

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -172,16 +172,13 @@ impl ProcessGuard {
 
     /// Waits up to `timeout` for the process to exit; `None` if it is still running.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HarnessError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut result = Ok(None);
+        // An error from try_wait ends the wait as well; it is returned as is.
+        let _ = super::poll::wait_until("process exit", timeout, || {
+            result = self.try_wait();
+            !matches!(result, Ok(None))
+        });
+        result
     }
 
     /// SIGKILL now (like `kill -9`) and reap.

@@ -9,7 +9,7 @@ pub mod objects;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::{Cluster, HarnessError, ProcessGuard, Signal, bin_path};
 
@@ -153,21 +153,27 @@ impl LocalMesh {
     }
 
     pub fn wait_node_ready(&mut self, cluster: &Cluster, node: &str, timeout: Duration) -> Result<(), MeshError> {
-        let start = Instant::now();
         let mut last = String::from("no answer yet");
-        while start.elapsed() < timeout {
-            let guard = self.daemons.get_mut(node).ok_or_else(|| MeshError::NoDaemon(node.into()))?;
-            if let Some(status) = guard.try_wait()? {
-                return Err(MeshError::Exited { node: node.into(), status: status.to_string() });
+        let mut exited = None;
+        let ready = crate::harness::wait_until("readiness", timeout, || {
+            match self.daemons.get_mut(node).map(ProcessGuard::try_wait) {
+                Some(Ok(Some(status))) => exited = Some(status.to_string()),
+                None => exited = Some("not started".into()),
+                _ => {}
             }
             match self.readiness(cluster, node) {
-                Ok(r) if r.status == 200 => return Ok(()),
+                _ if exited.is_some() => return true,
+                Ok(r) if r.status == 200 => return true,
                 Ok(r) => last = format!("{} {}", r.status, r.body.trim()),
                 Err(e) => last = e.to_string(),
             }
-            std::thread::sleep(Duration::from_millis(100));
+            false
+        });
+        match (exited, ready) {
+            (Some(status), _) => Err(MeshError::Exited { node: node.into(), status }),
+            (None, Ok(())) => Ok(()),
+            (None, Err(_)) => Err(MeshError::NotReady { node: node.into(), waited: timeout, last }),
         }
-        Err(MeshError::NotReady { node: node.into(), waited: timeout, last })
     }
 
     pub fn readiness(&self, cluster: &Cluster, node: &str) -> Result<HttpReply, MeshError> {

@@ -127,32 +127,11 @@ impl Cluster {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<(), HarnessError> {
-        let deadline = std::time::Instant::now() + timeout;
-        let ready = netns::in_netns(netns_path, || {
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if TcpStream::connect_timeout(
-                    &addr,
-                    left.clamp(Duration::from_millis(1), Duration::from_millis(200)),
-                )
-                .is_ok()
-                {
-                    return true;
-                }
-                if left.is_zero() {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(20).min(left));
-            }
-        })?;
-        if ready {
-            Ok(())
-        } else {
-            Err(HarnessError::Timeout {
-                what: format!("waiting for {addr} to accept from {place}"),
-                timeout,
-            })
-        }
+        let what = format!("waiting for {addr} to accept from {place}");
+        let attempt = Duration::from_millis(200).min(timeout);
+        netns::in_netns(netns_path, || {
+            super::super::poll::wait_until(&what, timeout, || TcpStream::connect_timeout(&addr, attempt).is_ok())
+        })?
     }
 
     /// Waits until `addr` accepts TCP connections from the node's netns (e.g. the
