@@ -20,6 +20,8 @@ pub struct ConfigLoop {
     node: String,
     trust_domain: String,
     tx: watch::Sender<Arc<MeshState>>,
+    /// The last poll succeeded and readiness says so.
+    healthy: bool,
 }
 
 impl ConfigLoop {
@@ -27,7 +29,7 @@ impl ConfigLoop {
         let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
         let node = node.to_owned();
         let trust_domain = trust_domain.to_owned();
-        (Self { source, store: ConfigStore::default(), node, trust_domain, tx }, rx)
+        (Self { source, store: ConfigStore::default(), node, trust_domain, tx, healthy: false }, rx)
     }
 
     /// One poll: re-reads changed files and publishes a new state if anything changed.
@@ -48,12 +50,17 @@ impl ConfigLoop {
                     );
                     self.tx.send_replace(Arc::new(state));
                 }
-                let objects = self.store.iter().count();
-                readiness.set("config", Condition::Ok(format!("{objects} objects from {}", self.source.root().display())));
+                if !report.is_noop() || !self.healthy {
+                    // Counted on change only: a poll that found nothing new costs no scan.
+                    let objects = self.store.iter().count();
+                    readiness.set("config", Condition::Ok(format!("{objects} objects from {}", self.source.root().display())));
+                    self.healthy = true;
+                }
             }
             Err(e) => {
                 tracing::error!("{e}; serving the last good configuration");
                 readiness.set("config", Condition::Failed(e.to_string()));
+                self.healthy = false;
             }
         }
     }

@@ -218,23 +218,7 @@ impl Signer for NodeScopedCa {
 mod tests {
     use super::*;
 
-    const TOPOLOGY: &str = "
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, annotations: {mesh.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: shop}
-spec: {nodeName: n1, serviceAccountName: web}
-status: {podIP: 198.18.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: shop}
-spec: {nodeName: n2, serviceAccountName: db}
-status: {podIP: 198.18.2.2}
-";
+    use crate::identity::test_fixture::TOPOLOGY;
 
     fn signer(dir: &Path) -> NodeScopedCa {
         let ca = Arc::new(LocalCa::load_or_create(dir, "cluster.local").unwrap());

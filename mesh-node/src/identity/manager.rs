@@ -223,23 +223,7 @@ mod tests {
     use super::*;
     use crate::identity::{LocalCa, NodeScopedCa};
 
-    const TOPOLOGY: &str = "
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, annotations: {mesh.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: shop}
-spec: {nodeName: n1, serviceAccountName: web}
-status: {podIP: 198.18.1.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: shop}
-spec: {nodeName: n2, serviceAccountName: db}
-status: {podIP: 198.18.2.2}
-";
+    use crate::identity::test_fixture::TOPOLOGY;
 
     #[test]
     fn reconcile_issues_for_local_workloads_and_rotates_when_due() {
