@@ -18,7 +18,7 @@ mod proxy;
 mod readiness;
 mod state;
 mod waypoint_render;
-mod tls;
+use mesh_hbone::tls;
 
 use clap::Parser;
 

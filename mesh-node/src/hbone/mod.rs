@@ -1,37 +1,7 @@
-//! HBONE: one HTTP/2 CONNECT stream per TCP connection, over mutual TLS 1.3,
-//! interoperable with Istio's ztunnel. [`server`] terminates it on a pod's 15008,
-//! [`client`] opens pooled connections to destination pods, [`relay`] moves bytes.
+//! HBONE lives in the `mesh-hbone` crate (shared with the waypoint); the node daemon
+//! uses it through these paths.
 
-pub mod client;
-pub mod relay;
-pub mod server;
+pub use mesh_hbone::{client, relay, reexec_with_glibc_tunable, server};
+
 #[cfg(test)]
 mod tests;
-
-/// Flow-control and frame sizes that made the tunnel fast here (HBONE-NOTES.md
-/// steps 1 and 7): h2's 64 KiB/16 KiB defaults cost 3x throughput.
-pub const STREAM_WINDOW: u32 = 4 << 20;
-pub const CONNECTION_WINDOW: u32 = 16 << 20;
-pub const MAX_FRAME: u32 = 1 << 20;
-/// Plain-TCP read size per syscall (step 13: 256 KiB beat 64 KiB and 1 MiB).
-pub const READ_CHUNK: usize = 256 << 10;
-/// The `forwarded` header carries the original client address (RFC 7239).
-pub const FORWARDED: &str = "forwarded";
-
-
-/// glibc 2.36's `rep movsb` memcpy crawls on the misaligned copies rustls makes for every
-/// record (HBONE-NOTES.md, "The glibc finding": +28% one-stream throughput). The tunable
-/// only works from process start, so the daemon re-executes itself once with it set.
-pub fn reexec_with_glibc_tunable() {
-    const TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=4294967295";
-    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if current.contains("x86_rep_movsb_threshold") || std::env::var_os("MESH_NO_REEXEC").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let value = if current.is_empty() { TUNABLE.to_owned() } else { format!("{current}:{TUNABLE}") };
-    use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("GLIBC_TUNABLES", value).env("MESH_NO_REEXEC", "1").exec();
-    // Still here: exec failed; run without the tunable rather than not at all.
-    eprintln!("mesh-node: re-exec with GLIBC_TUNABLES failed ({err}); continuing without it");
-}

@@ -14,11 +14,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::client::{Dial, HboneClient, HboneError, TunnelTarget};
 use super::relay::{Copied, relay};
-use super::server::{self, Inbound, InboundRequest, Refused, ServerSettings};
+use super::server::{self, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
 use crate::identity::ca::KEY_ALG;
 use crate::identity::manager::certified_key;
 use crate::identity::manager::CertResolver;
-use crate::identity::{LocalCa, SpiffeId, WorkloadCert};
+use crate::identity::manager::WorkloadCert;
+use crate::identity::{LocalCa, SpiffeId};
 use crate::tls;
 
 const TD: &str = "cluster.local";
@@ -72,10 +73,10 @@ impl Inbound for TestInbound {
         }
         Ok(())
     }
-    fn connect(&self, req: &InboundRequest) -> crate::capture::handler::BoxFuture<'static, io::Result<TcpStream>> {
+    fn connect(&self, req: &InboundRequest) -> crate::capture::handler::BoxFuture<'static, io::Result<Upstream>> {
         let target = req.target;
         self.peers.lock().unwrap().push(req.conn.peer_cert.clone());
-        Box::pin(TcpStream::connect(target))
+        Box::pin(async move { TcpStream::connect(target).await.map(Upstream::Tcp) })
     }
     fn refused(&self, reason: &'static str) {
         self.refusals.send_modify(|r| r.push(reason));

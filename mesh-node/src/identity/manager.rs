@@ -3,17 +3,14 @@
 //! reads the current certificate at each handshake: rotation never touches live
 //! connections, and new connections pick up the new certificate.
 
+pub use mesh_hbone::cert::{CertResolver, Current, WorkloadCert};
+
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use rcgen::KeyPair;
-use rustls::client::ResolvesClientCert;
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::SignatureScheme;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
@@ -28,67 +25,6 @@ pub struct ManagerConfig {
     pub lifetime: Duration,
     /// Fraction of the lifetime after which a certificate is replaced (0 < f < 1).
     pub rotate_fraction: f64,
-}
-
-/// The certificate currently served for one workload.
-pub struct Current {
-    pub certified: Arc<CertifiedKey>,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-    /// When we obtained it; `not_before` is backdated for clock skew, so rotation
-    /// counts the lifetime from here.
-    pub issued: SystemTime,
-    /// Counts issuances for this workload, 1 for the first certificate.
-    pub generation: u64,
-}
-
-/// Hands rustls whichever certificate is current, on both sides of a handshake.
-pub struct CertResolver {
-    current: ArcSwap<Current>,
-}
-
-impl fmt::Debug for CertResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertResolver").field("generation", &self.current.load().generation).finish()
-    }
-}
-
-impl CertResolver {
-    pub fn new(current: Current) -> Self {
-        Self { current: ArcSwap::from_pointee(current) }
-    }
-
-    pub fn current(&self) -> Arc<Current> {
-        self.current.load_full()
-    }
-
-    pub fn replace(&self, next: Current) {
-        self.current.store(Arc::new(next));
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().certified.clone())
-    }
-}
-
-impl ResolvesClientCert for CertResolver {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().certified.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// A workload's identity and the resolver serving its certificate.
-#[derive(Debug)]
-pub struct WorkloadCert {
-    pub workload: String,
-    pub identity: SpiffeId,
-    pub resolver: Arc<CertResolver>,
 }
 
 /// Turns a freshly generated key and its signed chain into what rustls serves.

@@ -3,11 +3,10 @@
 
 pub mod ca;
 pub mod manager;
-pub mod spiffe;
 
 pub use ca::{CaError, LocalCa, NodeScopedCa, Signer};
-pub use manager::{CertManager, ManagerConfig, WorkloadCert};
-pub use spiffe::SpiffeId;
+pub use manager::{CertManager, ManagerConfig};
+pub use mesh_hbone::SpiffeId;
 
 /// Two pods of one namespace on two nodes: the identity tests' shared cluster.
 #[cfg(test)]

@@ -6,13 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
-use tokio::net::TcpStream;
 
 use super::metrics::{Reporter, Security, TcpLabels, TcpMetrics};
 use crate::capture::handler::{BoxFuture, CapturedPod};
 use crate::config::StateRx;
 use crate::hbone::relay::Copied;
-use crate::hbone::server::{Inbound, InboundRequest, Refused};
+use crate::hbone::server::{Inbound, InboundRequest, Refused, Upstream};
 
 pub struct PodInbound {
     pod: Arc<CapturedPod>,
@@ -51,14 +50,14 @@ impl Inbound for PodInbound {
         Ok(())
     }
 
-    fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<TcpStream>> {
+    fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>> {
         let netns = self.pod.netns.clone();
         let (ip, target) = (self.pod.workload.ip, req.target);
         Box::pin(async move {
             let sock = netns.tcp_socket().await?;
             sock.bind(SocketAddr::from((ip, 0)))?;
             sock.set_nodelay(true)?;
-            sock.connect(target).await
+            sock.connect(target).await.map(Upstream::Tcp)
         })
     }
 

@@ -15,9 +15,9 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
-use crate::capture::handler::BoxFuture;
-use crate::identity::{SpiffeId, WorkloadCert};
+use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
+use crate::BoxFuture;
+use crate::{SpiffeId, WorkloadCert};
 use crate::tls::{self, TLS_BUFFER_LIMIT};
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +196,7 @@ impl HboneClient {
         }
     }
 
-    #[cfg(test)]
+    /// Pooled connections (tests and the admin dump).
     pub fn pooled(&self) -> usize {
         self.pool.lock().map(|p| p.len()).unwrap_or(0)
     }

@@ -13,7 +13,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Distinguishe
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 
-use crate::identity::SpiffeId;
+use crate::SpiffeId;
 
 pub const ALPN_H2: &[u8] = b"h2";
 /// rustls buffers at most this much plaintext per connection before pushing back;
@@ -70,7 +70,6 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, rustls::Error> {
 }
 
 /// Chain to the mesh root, valid now, for `usage`; returns the SPIFFE id.
-#[cfg(test)]
 pub fn verify_chain(chain: &[CertificateDer<'_>], roots: &RootCertStore, usage: KeyUsage) -> Result<SpiffeId, rustls::Error> {
     let (end, intermediates) = chain.split_first().ok_or_else(|| refuse("no certificate presented"))?;
     verify_at(end, intermediates, roots, usage, UnixTime::now())

@@ -14,10 +14,11 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::relay::{Copied, relay};
-use super::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
-use crate::capture::handler::BoxFuture;
-use crate::identity::SpiffeId;
+use crate::relay::{Copied, relay};
+use crate::stream::H2Stream;
+use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
+use crate::BoxFuture;
+use crate::SpiffeId;
 use crate::tls::{self, TLS_BUFFER_LIMIT};
 
 #[derive(Clone)]
@@ -32,7 +33,6 @@ pub struct ServerSettings {
 pub struct ConnInfo {
     pub peer_addr: SocketAddr,
     pub peer_id: SpiffeId,
-    #[cfg_attr(not(test), allow(dead_code))] // tests check which certificate a peer presented
     pub peer_cert: CertificateDer<'static>,
 }
 
@@ -58,10 +58,18 @@ impl Refused {
     }
 }
 
+/// Where an accepted stream's bytes go.
+pub enum Upstream {
+    /// Relayed to a socket (the node daemon: the application in the pod).
+    Tcp(TcpStream),
+    /// Served in-process on the stream itself (the waypoint's HTTP engine).
+    Serve(Box<dyn FnOnce(H2Stream) -> BoxFuture<'static, ()> + Send>),
+}
+
 /// What is behind the server: who may reach what, and how to reach it.
 pub trait Inbound: Send + Sync + 'static {
     fn authorize(&self, req: &InboundRequest) -> Result<(), Refused>;
-    fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<TcpStream>>;
+    fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>>;
     fn refused(&self, reason: &'static str);
     fn opened(&self, req: &InboundRequest);
     fn closed(&self, req: &InboundRequest, copied: Copied);
@@ -133,10 +141,19 @@ async fn stream(req: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, 
         Err(e) => return tracing::debug!(peer = %conn.peer_addr, "client went away before 200: {e}"),
     };
     inbound.opened(&request);
-    let (copied, err) = relay(upstream, send, body).await;
-    if let Some(e) = err {
-        tracing::debug!(peer = %conn.peer_addr, target = %request.target, "tunnel ended with error: {e}");
-    }
+    let copied = match upstream {
+        Upstream::Tcp(tcp) => {
+            let (copied, err) = relay(tcp, send, body).await;
+            if let Some(e) = err {
+                tracing::debug!(peer = %conn.peer_addr, target = %request.target, "tunnel ended with error: {e}");
+            }
+            copied
+        }
+        Upstream::Serve(serve) => {
+            serve(H2Stream::new(send, body)).await;
+            Copied::default()
+        }
+    };
     inbound.closed(&request, copied);
 }
 

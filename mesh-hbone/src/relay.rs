@@ -9,7 +9,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::READ_CHUNK;
+use crate::READ_CHUNK;
 
 /// Bytes moved: `sent` from TCP into the tunnel, `received` from the tunnel into TCP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
