@@ -284,6 +284,81 @@ fn vip_connections_spread_over_all_endpoints_on_both_nodes() {
     assert!(b > 0 && b2 > 0 && b3 > 0, "every endpoint gets connections: {b} {b2} {b3}");
 }
 
+/// One `hello` through the VIP from pod a; the endpoint's `ip:port` as the app saw it,
+/// or `error: ...`.
+fn vip_hello(c: &Cluster) -> String {
+    let r = kv(&run_helper(c, "shop", "a", "hello", &[SocketAddr::from((VIP, 80)).to_string()])[0]);
+    r.get("app_local").cloned().unwrap_or_else(|| format!("error: {r:?}"))
+}
+
+fn spread(c: &Cluster, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut by_backend = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        *by_backend.entry(vip_hello(c)).or_default() += 1;
+    }
+    by_backend
+}
+
+/// The `ready` flag node's daemon currently holds for `shop/<pod>`.
+fn ready_in_daemon(c: &Cluster, node: &str, pod: &str) -> Option<bool> {
+    let d = config_dump(c, node);
+    d["workloads"].as_array()?.iter().find(|w| w["workload"] == format!("shop/{pod}"))?["ready"].as_bool()
+}
+
+/// A 4th pod selected by the Service whose Ready condition is False gets none of 300
+/// connections while the three ready ones all get some; once the config marks it ready
+/// it is picked too, and marked not ready again it is dropped again.
+#[test]
+fn a_not_ready_endpoint_gets_no_vip_connections_until_it_becomes_ready() {
+    let extra = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: b4, namespace: shop, labels: {app: web}}\n\
+                 spec: {nodeName: n2, serviceAccountName: web}\nstatus: {conditions: [{type: Ready, status: 'False'}]}\n";
+    let Some(mut c) = cluster_with(extra) else { return };
+    let _d1 = start_daemon(&c, "n1", &[]);
+    let _d2 = start_daemon(&c, "n2", &[]);
+    wait_certs(&c, "n1", 2);
+    wait_certs(&c, "n2", 3);
+    assert_eq!(ready_in_daemon(&c, "n1", "b4"), Some(false), "the topology's Ready=False reached the daemon");
+    let _servers: Vec<Server> =
+        ["b", "b2", "b3", "b4"].iter().map(|p| serve(c.listen_in_pod("shop", p, 8080).expect("listen"))).collect();
+    let addrs: std::collections::BTreeMap<&str, String> =
+        ["b", "b2", "b3", "b4"].into_iter().map(|p| (p, format!("{}:8080", ip(&c, "shop", p)))).collect();
+    let at = |pod: &str| addrs[pod].clone();
+    // b4 listens and its node serves HBONE for it: only readiness keeps it out.
+    let direct = kv(&run_helper(&c, "shop", "a", "hello", &[at("b4")])[0]);
+    assert_eq!(direct.get("app_local"), Some(&at("b4")), "b4 is reachable by pod IP: {direct:?}");
+
+    let by_backend = spread(&c, 300);
+    eprintln!("FIGURE VIP spread with b4 not ready: {by_backend:?}");
+    assert_eq!(by_backend.get(&at("b4")), None, "a not-ready endpoint gets none: {by_backend:?}");
+    let mut want: Vec<String> = ["b", "b2", "b3"].iter().map(|p| at(p)).collect();
+    want.sort();
+    assert_eq!(by_backend.keys().cloned().collect::<Vec<_>>(), want, "all three ready endpoints, no errors");
+    assert_eq!(by_backend.values().sum::<usize>(), 300);
+
+    c.set_pod_ready("shop", "b4", true).expect("b4");
+    c.write_config(&config_dir(&c)).expect("config");
+    // Bounded: the daemon polls its config every 100 ms, so a few dozen connections at most.
+    let mut before_b4 = 0usize;
+    poll("b4 to receive a VIP connection once ready", Duration::from_secs(30), || {
+        let backend = vip_hello(&c);
+        assert!(!backend.starts_with("error"), "{backend}\n{}", daemon_log(&c, "n1"));
+        before_b4 += 1;
+        (backend == at("b4")).then_some(())
+    });
+    let by_backend = spread(&c, 40);
+    eprintln!("FIGURE VIP spread after b4 became ready (first b4 hit after {before_b4}): {by_backend:?}");
+    want.push(at("b4"));
+    want.sort();
+    assert_eq!(by_backend.keys().cloned().collect::<Vec<_>>(), want, "all four endpoints, no errors");
+
+    c.set_pod_ready("shop", "b4", false).expect("b4");
+    c.write_config(&config_dir(&c)).expect("config");
+    poll("n1 to see b4 not ready", Duration::from_secs(30), || (ready_in_daemon(&c, "n1", "b4") == Some(false)).then_some(()));
+    let by_backend = spread(&c, 30);
+    assert_eq!(by_backend.get(&at("b4")), None, "not ready again: none: {by_backend:?}");
+    assert_eq!(by_backend.values().sum::<usize>(), 30);
+}
+
 #[test]
 fn strict_refuses_plaintext_from_a_non_enrolled_pod_and_permissive_allows_it() {
     let Some(c) = cluster() else { return };

@@ -392,6 +392,14 @@ impl Cluster {
             .expect("inserted above"))
     }
 
+    /// Marks a pod ready or not ready (its `Ready` condition), as a failing readiness
+    /// probe would. Takes effect for daemons at the next [`Cluster::write_config`].
+    pub fn set_pod_ready(&mut self, namespace: &str, name: &str, ready: bool) -> Result<(), HarnessError> {
+        self.pod(namespace, name)?;
+        self.topology.set_pod_ready(namespace, name, ready);
+        Ok(())
+    }
+
     // ---- config and teardown ----
 
     /// Writes the topology for a local-mode daemon into `dir/`[`TOPOLOGY_FILE`](super::TOPOLOGY_FILE)

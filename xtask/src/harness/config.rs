@@ -107,7 +107,7 @@ fn pod_object(pod: &PodInfo) -> Pod {
             phase: Some("Running".into()),
             conditions: vec![PodCondition {
                 type_: "Ready".into(),
-                status: "True".into(),
+                status: if pod.ready { "True" } else { "False" }.into(),
             }],
         },
     }

@@ -55,6 +55,9 @@ pub struct PodSpec {
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// The pod's `Ready` condition as written to the daemons' config: true unless the
+    /// topology's `status.conditions` says otherwise or [`Cluster::set_pod_ready`](super::Cluster::set_pod_ready) changed it.
+    pub ready: bool,
 }
 
 /// A validated topology: what [`Cluster`](super::Cluster) creates.
@@ -206,6 +209,7 @@ impl Topology {
     }
 
     fn check_pod(&self, pod: Pod) -> Result<PodSpec, ConfigError> {
+        let ready = pod.is_ready();
         let meta = pod.metadata;
         let namespace = meta.namespace_or_default().to_owned();
         let object = ObjectRef::new("Pod", Some(&namespace), &meta.name);
@@ -262,7 +266,14 @@ impl Topology {
             service_account,
             labels: meta.labels,
             annotations: meta.annotations,
+            ready,
         })
+    }
+
+    /// Sets a pod's readiness; false when there is no such pod.
+    pub(crate) fn set_pod_ready(&mut self, namespace: &str, name: &str, ready: bool) -> bool {
+        let key = (namespace.to_owned(), name.to_owned());
+        self.pods.get_mut(&key).map(|p| p.ready = ready).is_some()
     }
 
     fn check_pinned_ip(
@@ -391,6 +402,18 @@ mod tests {
             t.namespace("b").is_some(),
             "namespace b is created implicitly"
         );
+    }
+
+    #[test]
+    fn pod_readiness_comes_from_its_ready_condition() {
+        let not_ready = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: y, namespace: a}\nspec: {nodeName: n1}\n\
+                         status: {conditions: [{type: Ready, status: 'False'}]}\n";
+        let mut t = Topology::parse(&format!("{NODES}{}{not_ready}", pod("a", "x", "n1", ""))).unwrap();
+        assert!(t.pod("a", "x").unwrap().ready, "ready unless a condition says otherwise");
+        assert!(!t.pod("a", "y").unwrap().ready);
+        assert!(t.set_pod_ready("a", "y", true));
+        assert!(t.pod("a", "y").unwrap().ready);
+        assert!(!t.set_pod_ready("a", "nope", true));
     }
 
     #[test]
