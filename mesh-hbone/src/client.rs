@@ -60,7 +60,8 @@ pub struct TunnelTarget {
     pub identity: SpiffeId,
     /// `:authority`, the original destination (or VIP:port for a waypoint).
     pub authority: SocketAddr,
-    pub forwarded_for: IpAddr,
+    /// The original client, sent as `forwarded: for=`; `None` when unknown.
+    pub forwarded_for: Option<IpAddr>,
 }
 
 /// Makes the TCP connection to the HBONE endpoint (from the source pod's netns).
@@ -120,10 +121,11 @@ impl HboneClient {
         };
         let addr = target.hbone_addr;
         let h2 = |source| HboneError::H2 { addr, source };
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.authority.to_string())
-            .header(FORWARDED, format!("for={}", forwarded_ip(target.forwarded_for)))
+        let mut req = Request::builder().method(Method::CONNECT).uri(target.authority.to_string());
+        if let Some(ip) = target.forwarded_for {
+            req = req.header(FORWARDED, format!("for={}", forwarded_ip(ip)));
+        }
+        let req = req
             .body(())
             .map_err(|e| HboneError::Status { addr, authority: target.authority, status: StatusCode::BAD_REQUEST }.log(e))?;
         sender = sender.ready().await.map_err(h2)?;

@@ -44,6 +44,8 @@ fn protocol_of(p: &mesh_common::model::k8s::ServicePort) -> UpstreamProtocol {
 pub struct PodInfo {
     pub name: String,
     pub namespace: String,
+    /// Its identity is `spiffe://<trust domain>/ns/<namespace>/sa/<service_account>`.
+    pub service_account: String,
     pub ip: IpAddr,
     pub labels: BTreeMap<String, String>,
 }
@@ -102,6 +104,7 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
     Some(PodInfo {
         name: p.metadata.name.clone(),
         namespace: p.metadata.namespace_or_default().to_owned(),
+        service_account: p.service_account().to_owned(),
         ip: IpAddr::V4(p.status.pod_ip?),
         labels: p.metadata.labels.clone(),
     })

@@ -13,6 +13,7 @@ pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
+pub mod hbone;
 pub mod proxy;
 pub mod route;
 

@@ -52,6 +52,45 @@ struct RunArgs {
     /// How often the configuration directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     config_poll_ms: u64,
+    #[command(flatten)]
+    hbone: HboneArgs,
+}
+
+/// The mesh side: with `--cert-dir`, requests arrive over HBONE on `--hbone-listen` and
+/// leave over HBONE to each endpoint pod's 15008; without it, plain TCP both ways.
+#[derive(clap::Args)]
+struct HboneArgs {
+    /// This pod's certificate directory (`cert-chain.pem`, `key.pem`, `root-cert.pem`), written
+    /// by the node daemon under `<state-dir>/proxy-certs/<namespace>/<pod>/`.
+    #[arg(long, env = "MESH_CERT_DIR")]
+    cert_dir: Option<PathBuf>,
+    /// Where HBONE (HTTP/2 CONNECT over mTLS) is accepted when `--cert-dir` is set.
+    #[arg(long, env = "MESH_HBONE_LISTEN", default_value = "0.0.0.0:15008")]
+    hbone_listen: SocketAddr,
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Seconds to wait at start for the node daemon to write this pod's certificate.
+    #[arg(long, default_value_t = 60)]
+    cert_wait_secs: u64,
+    /// A peer that has not finished TLS and HTTP/2 set-up within this many milliseconds is dropped.
+    #[arg(long, default_value_t = 10_000)]
+    hbone_handshake_timeout_ms: u64,
+    /// Upstream HBONE connections idle this many seconds are closed.
+    #[arg(long, default_value_t = 60)]
+    hbone_idle_timeout_secs: u64,
+}
+
+impl HboneArgs {
+    fn options(&self) -> Option<mesh_waypoint::hbone::HboneOptions> {
+        Some(mesh_waypoint::hbone::HboneOptions {
+            cert_dir: self.cert_dir.clone()?,
+            trust_domain: self.trust_domain.clone(),
+            cert_wait: Duration::from_secs(self.cert_wait_secs),
+            handshake_timeout: Duration::from_millis(self.hbone_handshake_timeout_ms),
+            idle_timeout: Duration::from_secs(self.hbone_idle_timeout_secs),
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,11 +113,32 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             poll_interval: Duration::from_millis(args.config_poll_ms.max(10)),
             admin: Some(args.admin),
         };
-        let _waypoint = Waypoint::start(opts).await.context("cannot start the waypoint")?;
-        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+        let hbone = match args.hbone.options() {
+            Some(o) => Some(mesh_waypoint::hbone::HboneSide::prepare(o).await.context("cannot join the mesh")?),
+            None => None,
+        };
+        let connector: std::sync::Arc<dyn mesh_waypoint::endpoint::connector::Connector> = match &hbone {
+            Some(h) => h.connector.clone(),
+            None => std::sync::Arc::new(mesh_waypoint::endpoint::connector::PlainTcp),
+        };
+        let waypoint = Waypoint::start_with(opts, connector).await.context("cannot start the waypoint")?;
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(h) = &hbone {
+            h.listen(args.hbone.hbone_listen, waypoint.proxy.clone(), stop_rx).await.context("cannot serve HBONE")?;
+        }
+        shutdown_signal().await?;
         tracing::info!("shutting down");
         Ok(())
     })
+}
+
+/// Ctrl-C or SIGTERM (how Kubernetes and the netns harness stop a pod).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
 }
 
 fn check(dir: PathBuf, namespace: &str) -> anyhow::Result<()> {

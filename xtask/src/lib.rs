@@ -2,5 +2,6 @@
 //! the e2e tests of every crate (through a dev-dependency on `xtask`).
 
 pub mod bench;
+pub mod bookinfo;
 pub mod harness;
 pub mod mesh;

@@ -1,4 +1,5 @@
-//! Which pods the mesh captures: those on this node whose namespace is enrolled.
+//! Which pods the mesh captures: those on this node whose namespace is enrolled,
+//! except pods that opt out and the mesh's own proxies (waypoints, gateways).
 
 use std::collections::BTreeSet;
 
@@ -21,7 +22,8 @@ pub fn enrolled_pods(store: &ConfigStore, node: &str) -> Vec<Pod> {
         .filter_map(|r| match r {
             Resource::Pod(p)
                 if p.spec.node_name.as_deref() == Some(node)
-                    && enrolled.contains(p.metadata.namespace_or_default()) =>
+                    && enrolled.contains(p.metadata.namespace_or_default())
+                    && !p.opts_out() =>
             {
                 Some(p.clone())
             }
@@ -41,7 +43,9 @@ mod tests {
                     apiVersion: v1\nkind: Namespace\nmetadata: {name: out}\n---\n\
                     apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: in}\nspec: {nodeName: n1}\n---\n\
                     apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: in}\nspec: {nodeName: n2}\n---\n\
-                    apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: out}\nspec: {nodeName: n1}\n";
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: out}\nspec: {nodeName: n1}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: in, labels: {istio.io/dataplane-mode: none}}\nspec: {nodeName: n1}\n---\n\
+                    apiVersion: v1\nkind: Pod\nmetadata: {name: wp, namespace: in, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}\nspec: {nodeName: n1}\n";
         let mut store = ConfigStore::default();
         store.apply_source("f", parse_documents("f", text), &|_| Ok(()));
         let names: Vec<_> = enrolled_pods(&store, "n1").into_iter().map(|p| p.metadata.name).collect();

@@ -13,6 +13,9 @@ use super::ObjectMeta;
 pub const ENROLL_ANNOTATION: &str = "mesh.io/dataplane-mode";
 /// Istio's label with the same meaning, honoured as well.
 pub const ISTIO_DATAPLANE_LABEL: &str = "istio.io/dataplane-mode";
+/// Label Istio puts on the pods of a waypoint or gateway (Gateway API): such a pod
+/// speaks HBONE itself, so the node daemon gives it a certificate instead of capturing it.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// Istio's label that sends a namespace's or Service's traffic through a waypoint.
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// Local mode only: the pod's network namespace path (written by the netns harness,
@@ -84,6 +87,17 @@ pub struct PodCondition {
 impl Pod {
     pub fn service_account(&self) -> &str {
         self.spec.service_account_name.as_deref().unwrap_or("default")
+    }
+
+    /// A pod opts out of capture with `istio.io/dataplane-mode: none` (as in Istio);
+    /// waypoint and gateway pods are never captured.
+    pub fn opts_out(&self) -> bool {
+        self.metadata.labels.get(ISTIO_DATAPLANE_LABEL).is_some_and(|v| v == "none") || self.is_mesh_proxy()
+    }
+
+    /// A waypoint or ingress gateway pod: it terminates and originates HBONE itself.
+    pub fn is_mesh_proxy(&self) -> bool {
+        self.metadata.labels.contains_key(GATEWAY_NAME_LABEL)
     }
 
     /// Ready unless a `Ready` condition says otherwise (local YAML rarely carries status).

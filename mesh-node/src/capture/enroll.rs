@@ -355,6 +355,7 @@ mod tests {
             labels: BTreeMap::new(),
             ready: true,
             enrolled: true,
+            proxy: false,
             trust_domain: "cluster.local".into(),
             netns: Some(netns.into()),
             cgroup: Some("/sys/fs/cgroup/pod-a".into()),

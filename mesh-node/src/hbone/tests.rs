@@ -134,7 +134,7 @@ fn dial() -> Dial {
 }
 
 fn target(hbone: SocketAddr, identity: SpiffeId, app: SocketAddr) -> TunnelTarget {
-    TunnelTarget { hbone_addr: hbone, identity, authority: app, forwarded_for: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)) }
+    TunnelTarget { hbone_addr: hbone, identity, authority: app, forwarded_for: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))) }
 }
 
 /// A local TCP pair whose far end is relayed through a tunnel: what capture gives the client.

@@ -6,6 +6,7 @@
 pub use mesh_hbone::cert::{CertResolver, Current, WorkloadCert};
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +26,10 @@ pub struct ManagerConfig {
     pub lifetime: Duration,
     /// Fraction of the lifetime after which a certificate is replaced (0 < f < 1).
     pub rotate_fraction: f64,
+    /// Where waypoint and gateway pods find their certificates (`<ns>/<pod>/`).
+    pub proxy_cert_dir: Option<PathBuf>,
+    /// The mesh root, written beside each proxy certificate.
+    pub root_pem: String,
 }
 
 /// Turns a freshly generated key and its signed chain into what rustls serves.
@@ -74,7 +79,19 @@ impl CertManager {
             public_key: key.public_key_raw(),
             lifetime: self.cfg.lifetime,
         })?;
+        if w.proxy {
+            self.export(w, &key, &signed)?;
+        }
         certified_key(&key, &signed, generation)
+    }
+
+    /// A waypoint or gateway pod runs its own TLS: hand it the key and chain as files.
+    fn export(&self, w: &Workload, key: &KeyPair, signed: &Signed) -> Result<(), CaError> {
+        let Some(base) = &self.cfg.proxy_cert_dir else { return Ok(()) };
+        let dir = base.join(&w.namespace).join(&w.name);
+        let chain: String = signed.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec()))).collect();
+        mesh_hbone::cert::write_dir(&dir, &chain, &key.serialize_pem(), &self.cfg.root_pem)
+            .map_err(|source| CaError::Io { path: dir, source })
     }
 
     /// Replaces the certificate of `w` now (rotation, or a test forcing one).
@@ -98,8 +115,15 @@ impl CertManager {
     /// One pass: issue for new local workloads, rotate due ones, forget departed ones.
     pub fn reconcile(&self, state: &crate::state::MeshState) {
         let now = SystemTime::now();
-        let local: HashMap<String, &Arc<Workload>> = state.local_enrolled().map(|w| (w.key(), w)).collect();
-        self.lock().retain(|k, _| local.contains_key(k));
+        let local: HashMap<String, &Arc<Workload>> = state.local_enrolled().chain(state.local_proxies()).map(|w| (w.key(), w)).collect();
+        self.lock().retain(|k, _| {
+            let keep = local.contains_key(k);
+            if let (false, Some(base)) = (keep, &self.cfg.proxy_cert_dir) {
+                // A departed proxy's key must not outlive its pod.
+                let _ = std::fs::remove_dir_all(base.join(k));
+            }
+            keep
+        });
         for (key, w) in local {
             let existing = self.lock().get(&key).cloned();
             let result = match existing {
@@ -167,7 +191,7 @@ mod tests {
         let ca = Arc::new(LocalCa::load_or_create(dir.path(), "cluster.local").unwrap());
         let state = Arc::new(crate::state::tests::state_from(TOPOLOGY, "n1"));
         let (_tx, rx) = tokio::sync::watch::channel(state.clone());
-        let cfg = ManagerConfig { node: "n1".into(), lifetime: Duration::from_secs(3600), rotate_fraction: 0.5 };
+        let cfg = ManagerConfig { node: "n1".into(), lifetime: Duration::from_secs(3600), rotate_fraction: 0.5, proxy_cert_dir: None, root_pem: String::new() };
         let m = CertManager::new(Arc::new(NodeScopedCa::new(ca, rx)), cfg);
         m.reconcile(&state);
         let dump = m.dump();

@@ -84,6 +84,7 @@ mod tests {
             labels: [("app".to_owned(), app.to_owned())].into(),
             ready: true,
             enrolled: true,
+            proxy: false,
             trust_domain: "cluster.local".into(),
             netns: None,
             cgroup: None,

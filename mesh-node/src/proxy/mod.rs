@@ -45,6 +45,7 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
         node: a.node.clone(),
         trust_domain: a.trust_domain.clone(),
         ca_dir: a.mesh.ca_dir.clone().unwrap_or_else(|| default_ca_dir(&a.state_dir())),
+        proxy_cert_dir: a.state_dir().join(PROXY_CERTS_DIR),
         cert_lifetime: Duration::from_secs(a.mesh.cert_lifetime_secs),
         cert_rotate_fraction: a.mesh.cert_rotate_fraction,
         handshake_timeout: Duration::from_millis(a.mesh.hbone_handshake_timeout_ms),
@@ -58,6 +59,10 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
     Ok(Arc::new(SharedMeshHandler(mesh)))
 }
 
+/// Under the state directory: `<ns>/<pod>/{cert-chain,key,root-cert}.pem` for each
+/// waypoint or gateway pod of this node (they run `--cert-dir` on it).
+pub const PROXY_CERTS_DIR: &str = "proxy-certs";
+
 /// Beside the node's state directory, so the node daemons of one local cluster (state
 /// dirs `<cluster>/node-<name>`) share one CA without a flag.
 fn default_ca_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
@@ -70,6 +75,7 @@ pub struct MeshSettings {
     pub node: String,
     pub trust_domain: String,
     pub ca_dir: std::path::PathBuf,
+    pub proxy_cert_dir: std::path::PathBuf,
     pub cert_lifetime: Duration,
     pub cert_rotate_fraction: f64,
     pub handshake_timeout: Duration,
@@ -100,11 +106,14 @@ impl MeshHandler {
     pub fn start(settings: MeshSettings, state: StateRx, metrics: TcpMetrics) -> Result<Arc<Self>, SetupError> {
         let ca = Arc::new(LocalCa::load_or_create(&settings.ca_dir, &settings.trust_domain)?);
         let roots = crate::tls::root_store(&ca.root())?;
+        let root_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.root().to_vec()));
         let signer = Arc::new(NodeScopedCa::new(ca, state.clone()));
         let cfg = ManagerConfig {
             node: settings.node.clone(),
             lifetime: settings.cert_lifetime,
             rotate_fraction: settings.cert_rotate_fraction,
+            proxy_cert_dir: Some(settings.proxy_cert_dir.clone()),
+            root_pem,
         };
         let certs = Arc::new(CertManager::new(signer, cfg));
         tokio::spawn(certs.clone().run(state.clone()));
@@ -147,7 +156,7 @@ impl MeshHandler {
                         return reset(stream);
                     }
                 };
-                let target = TunnelTarget { hbone_addr: v4(hbone), identity, authority: v4(authority), forwarded_for: IpAddr::V4(pod.workload.ip) };
+                let target = TunnelTarget { hbone_addr: v4(hbone), identity, authority: v4(authority), forwarded_for: Some(IpAddr::V4(pod.workload.ip)) };
                 match self.client.open(&source, &target, dial_from(&pod)).await {
                     Ok(tunnel) => {
                         let labels = TcpLabels::new(Reporter::source, Security::mutual_tls)

@@ -72,7 +72,7 @@ impl Resolver {
 }
 
 fn to_workload(w: &Arc<Workload>, dst: SocketAddrV4, service: Option<String>) -> Route {
-    if !w.enrolled {
+    if !w.enrolled && !w.proxy {
         return Route::Direct(dst);
     }
     Route::Tunnel {

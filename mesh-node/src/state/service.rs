@@ -56,7 +56,7 @@ impl ServiceEntry {
             .collect();
         endpoints.sort();
         let ns_waypoint = namespaces.get(&namespace).and_then(|n| n.metadata.labels.get(USE_WAYPOINT_LABEL));
-        let waypoint = svc.metadata.labels.get(USE_WAYPOINT_LABEL).or(ns_waypoint).filter(|w| *w != "none").cloned();
+        let waypoint = svc.metadata.labels.get(USE_WAYPOINT_LABEL).or(ns_waypoint).filter(|w| *w != "none" && **w != svc.metadata.name).cloned();
         Some(Self { namespace, name: svc.metadata.name.clone(), vip, ports: svc.spec.ports.clone(), endpoints, waypoint })
     }
 }

@@ -19,8 +19,11 @@ pub struct Workload {
     pub ip: Ipv4Addr,
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
-    /// Its namespace opts into the mesh.
+    /// Its namespace opts into the mesh and the pod does not opt out: captured.
     pub enrolled: bool,
+    /// A waypoint or gateway pod: not captured, speaks HBONE itself with a certificate
+    /// this daemon issues into its certificate directory.
+    pub proxy: bool,
     pub trust_domain: String,
     /// Network namespace path (local mode annotation, or discovered in Kubernetes mode).
     pub netns: Option<PathBuf>,
@@ -43,7 +46,8 @@ impl Workload {
         let namespace = pod.metadata.namespace_or_default().to_owned();
         let annotation = |k: &str| pod.metadata.annotations.get(k).map(PathBuf::from);
         Some(Self {
-            enrolled: namespaces.get(&namespace).is_some_and(Namespace::is_enrolled),
+            enrolled: namespaces.get(&namespace).is_some_and(Namespace::is_enrolled) && !pod.opts_out(),
+            proxy: pod.is_mesh_proxy(),
             namespace,
             name: pod.metadata.name.clone(),
             service_account: pod.service_account().to_owned(),

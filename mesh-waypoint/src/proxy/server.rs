@@ -2,11 +2,13 @@
 //! auto builder. Stops accepting when `shutdown` flips; open connections finish.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -26,15 +28,21 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
         };
         let Ok(local) = stream.local_addr() else { continue };
         let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_io(stream, proxy.clone(), peer, local));
+    }
+}
+
+/// Serves one downstream byte stream (a socket, or an HBONE stream whose `local` is
+/// the original destination) until the client is done.
+pub async fn serve_io<I>(io: I, proxy: Arc<Proxy>, peer: SocketAddr, local: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(move |req| {
         let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer, local).await) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), service).await {
-                tracing::debug!(%peer, "downstream connection ended: {e}");
-            }
-        });
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer, local).await) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(io), service).await {
+        tracing::debug!(%peer, "downstream connection ended: {e}");
     }
 }

@@ -1,15 +1,15 @@
 //! `cargo xtask demo`: the mesh and a Bookinfo-shaped application on this machine,
 //! over network namespaces. See README.md "Demo".
 
-mod apps;
 mod traffic;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use xtask::bookinfo::{Lab, LabOptions};
 use xtask::harness::{Cluster, install_shutdown_handler};
-use xtask::mesh::{LocalMesh, MeshOptions};
+use xtask::mesh::LocalMesh;
 
 use crate::test::cargo;
 use crate::bootstrap::sh;
@@ -23,39 +23,29 @@ pub fn run() -> Result<()> {
     crate::bootstrap::run()?;
     eprintln!("[demo] building the workspace");
     sh(cargo().args(["build", "--workspace"]))?;
-    let root = workspace_root();
-    let topology = std::fs::read_to_string(root.join("samples/bookinfo/platform/topology.yaml"))?;
     let shutdown = install_shutdown_handler()?;
     eprintln!("[demo] creating nodes and pods (network namespaces, veths, cgroups)");
-    let cluster = Cluster::from_yaml(&topology)?;
+    let cluster = xtask::bookinfo::cluster()?;
     let log_dir = cluster.state_dir().join("logs");
     std::fs::create_dir_all(&log_dir)?;
-    let options = MeshOptions { log_dir: Some(log_dir.clone()), ..MeshOptions::default() };
-    let mut mesh = LocalMesh::start(&cluster, options)?;
-    copy_samples(&mesh, &root)?;
     print_cluster(&cluster);
-    eprintln!("[demo] waiting for the node daemons");
-    mesh.wait_ready(&cluster, Duration::from_secs(60))?;
-    for node in cluster.nodes() {
-        let r = mesh.readiness(&cluster, &node.name)?;
-        println!("mesh-node {:<8} ready: {}", node.name, r.body.trim().replace('\n', "; "));
-    }
-    let apps = apps::start(&cluster)?;
-    publish_current(mesh.config_dir())?;
+    eprintln!("[demo] starting the node daemons, Bookinfo and its waypoint");
+    let lab = Lab::start(&cluster, LabOptions { log_dir: Some(log_dir.clone()), ..LabOptions::default() })?;
+    print_readiness(&lab.mesh, &cluster)?;
+    publish_current(lab.mesh.config_dir())?;
     let cluster = std::sync::Arc::new(cluster);
     let entry = entry_point(&cluster)?;
     traffic::publish(std::sync::Arc::downgrade(&cluster), entry.clone())?;
-    println!("\nlogs: {}\nwatched config: {}", log_dir.display(), mesh.config_dir().display());
+    println!("\nlogs: {}\nwatched config: {}", log_dir.display(), lab.mesh.config_dir().display());
     println!("Open http://{}/productpage in a browser on this machine.", traffic::PUBLISHED);
     println!("Press Ctrl-C to stop and clean up.\n");
     traffic::live(&cluster, &entry, &shutdown, MAX_RUN);
-    drop(apps);
     let Ok(cluster) = std::sync::Arc::try_unwrap(cluster) else {
         anyhow::bail!("a forwarder still holds the cluster; run `cargo xtask clean`");
     };
     eprintln!("\n[demo] stopping: daemons, apps, namespaces, cgroups, pins");
     let _ = std::fs::remove_file(CURRENT);
-    drop(mesh);
+    drop(lab);
     cluster.shutdown().context("cleaning up the demo cluster")?;
     eprintln!("[demo] clean");
     Ok(())
@@ -71,13 +61,11 @@ fn entry_point(cluster: &Cluster) -> Result<traffic::Entry> {
     })
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
-fn copy_samples(mesh: &LocalMesh, root: &Path) -> Result<()> {
-    let services = std::fs::read_to_string(root.join("samples/bookinfo/platform/services.yaml"))?;
-    mesh.apply("services", &services)?;
+fn print_readiness(mesh: &LocalMesh, cluster: &Cluster) -> Result<()> {
+    for node in cluster.nodes() {
+        let r = mesh.readiness(cluster, &node.name)?;
+        println!("mesh-node {:<8} ready: {}", node.name, r.body.trim().replace('\n', "; "));
+    }
     Ok(())
 }
 

@@ -20,13 +20,36 @@ pub fn http_get(cluster: &Cluster, node: &str, addr: &str, path: &str) -> Result
     let addr: SocketAddr = addr.parse().map_err(|e| HarnessError::sys("parsing address", std::io::Error::other(format!("{addr}: {e}"))))?;
     let stream = cluster.in_node(node, || TcpStream::connect_timeout(&addr, TIMEOUT))?;
     let stream = stream.map_err(|e| HarnessError::sys(&format!("connecting to {addr} in node {node}"), e))?;
-    exchange(stream, addr, path).map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} in node {node}"), e))
+    exchange(stream, addr, path, &[], TIMEOUT).map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} in node {node}"), e))
 }
 
-fn exchange(mut stream: TcpStream, addr: SocketAddr, path: &str) -> std::io::Result<HttpReply> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+/// GET `path` from `addr` with a socket created in pod `ns/pod`'s netns (a thread in
+/// the netns, not a process in the pod's cgroup: the pod's capture does not see it),
+/// with extra request headers (`Host` among them replaces the default `addr`).
+pub fn http_get_from_pod(
+    cluster: &Cluster,
+    (ns, pod): (&str, &str),
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<HttpReply, HarnessError> {
+    let stream = cluster.connect_from_pod(ns, pod, addr, timeout)?;
+    exchange(stream, addr, path, headers, timeout).map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} from pod {ns}/{pod}"), e))
+}
+
+fn exchange(mut stream: TcpStream, addr: SocketAddr, path: &str, headers: &[(&str, &str)], timeout: Duration) -> std::io::Result<HttpReply> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut head = format!("GET {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
     stream.take(64 << 20).read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::harness::{Cluster, HarnessError, ProcessGuard, Signal, bin_path};
 
-pub use http::{HttpReply, http_get};
+pub use http::{HttpReply, http_get, http_get_from_pod};
 
 /// How the daemons are started. Defaults suit tests and the demo.
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,88 @@
+//! HBONE in: the waypoint terminates mTLS on 15008 and serves each CONNECT stream with
+//! its HTTP engine, as if the client had connected to the stream's `:authority` (the
+//! Service VIP:port the node daemon resolved to this waypoint).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use mesh_hbone::BoxFuture;
+use mesh_hbone::relay::Copied;
+use mesh_hbone::server::{self, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::Proxy;
+use crate::proxy::server::serve_io;
+
+/// Counters shown in the admin dump: streams served, refusals by reason.
+#[derive(Default)]
+pub struct InboundStats {
+    pub streams: AtomicU64,
+    pub refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+struct WaypointInbound {
+    proxy: Arc<Proxy>,
+    stats: Arc<InboundStats>,
+}
+
+impl Inbound for WaypointInbound {
+    /// Only destinations this waypoint knows: a Service VIP or a pod of its configuration.
+    fn authorize(&self, req: &InboundRequest) -> Result<(), Refused> {
+        let snap = self.proxy.config.load();
+        let ip = req.target.ip();
+        if snap.discovery.by_cluster_ip.contains_key(&ip) || snap.discovery.pods_by_ip.contains_key(&ip) {
+            return Ok(());
+        }
+        Err(Refused::new(StatusCode::BAD_REQUEST, "unknown_destination", format!("{} is neither a Service nor a pod this waypoint serves", req.target)))
+    }
+
+    fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>> {
+        let proxy = self.proxy.clone();
+        let local = req.target;
+        // Source labels and namespace match on the original client, not on the node daemon.
+        let client_ip = req.forwarded_for.as_deref().and_then(|f| f.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().ok());
+        let peer = SocketAddr::new(client_ip.unwrap_or(req.conn.peer_addr.ip()), 0);
+        Box::pin(async move { Ok(Upstream::Serve(Box::new(move |stream| Box::pin(serve_io(stream, proxy, peer, local))))) })
+    }
+
+    fn refused(&self, reason: &'static str) {
+        *self.stats.refused.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    fn opened(&self, _req: &InboundRequest) {
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self, _req: &InboundRequest, _copied: Copied) {}
+}
+
+/// Accepts HBONE until `stop` flips.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    proxy: Arc<Proxy>,
+    stats: Arc<InboundStats>,
+    handshake_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let settings = ServerSettings { tls, handshake_timeout };
+    let inbound: Arc<dyn Inbound> = Arc::new(WaypointInbound { proxy, stats });
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("HBONE accept failed: {e}");
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        tokio::spawn(server::serve(settings.clone(), tcp, peer, inbound.clone()));
+    }
+}

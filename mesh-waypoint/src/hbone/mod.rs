@@ -1,0 +1,77 @@
+//! The waypoint in the mesh: HBONE in on 15008 ([`inbound`]), HBONE out to the chosen
+//! endpoint's pod ([`connector`]), with the certificate the node daemon writes for this
+//! pod ([`identity`]). Both directions use the `mesh-hbone` crate, as the node daemon does.
+
+pub mod connector;
+pub mod identity;
+pub mod inbound;
+
+/// Istio's HBONE port.
+pub const HBONE_PORT: u16 = 15008;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_hbone::client::HboneClient;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::Proxy;
+use identity::{IdentityError, ProxyIdentity};
+
+/// Knobs of the waypoint's HBONE side (flags of `mesh-waypoint run`).
+#[derive(Clone, Debug)]
+pub struct HboneOptions {
+    /// Directory with `cert-chain.pem`, `key.pem`, `root-cert.pem` for this pod.
+    pub cert_dir: PathBuf,
+    pub trust_domain: String,
+    /// How long to wait at start for the node daemon to issue the certificate.
+    pub cert_wait: Duration,
+    pub handshake_timeout: Duration,
+    /// Pooled upstream HBONE connections unused this long are closed.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot listen for HBONE on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("HBONE TLS configuration: {0}")]
+    Tls(#[from] mesh_hbone::tls::TlsError),
+}
+
+/// This proxy's identity and its upstream connector, ready before the configuration
+/// is built (the configuration owns the connector).
+pub struct HboneSide {
+    pub identity: Arc<ProxyIdentity>,
+    pub connector: Arc<connector::HboneConnector>,
+    opts: HboneOptions,
+}
+
+impl HboneSide {
+    pub async fn prepare(opts: HboneOptions) -> Result<Self, HboneError> {
+        let identity = Arc::new(ProxyIdentity::wait_for(&opts.cert_dir, opts.cert_wait).await?);
+        tracing::info!(identity = %identity.cert.identity, dir = %opts.cert_dir.display(), "workload certificate loaded");
+        tokio::spawn(identity.clone().follow_rotation(Duration::from_secs(1)));
+        let client = Arc::new(HboneClient::new(identity.roots.clone(), opts.handshake_timeout, opts.idle_timeout));
+        tokio::spawn(client.clone().run_reaper());
+        let connector = connector::HboneConnector::new(client, identity.cert.clone(), &opts.trust_domain);
+        Ok(Self { identity, connector, opts })
+    }
+
+    /// Serves HBONE on `addr` into `proxy` until `stop` flips; returns the bound address.
+    pub async fn listen(&self, addr: SocketAddr, proxy: Arc<Proxy>, stop: watch::Receiver<bool>) -> Result<SocketAddr, HboneError> {
+        self.connector.bind(&proxy.config);
+        let tls = mesh_hbone::tls::server_config(self.identity.cert.resolver.clone(), self.identity.roots.clone(), &self.opts.trust_domain)?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| HboneError::Listen { addr, source })?;
+        let bound = listener.local_addr().map_err(|source| HboneError::Listen { addr, source })?;
+        let stats = Arc::new(inbound::InboundStats::default());
+        tokio::spawn(inbound::serve(listener, tls, proxy, stats, self.opts.handshake_timeout, stop));
+        tracing::info!(%bound, identity = %self.identity.cert.identity, "HBONE listening");
+        Ok(bound)
+    }
+}

@@ -1,0 +1,142 @@
+//! The Bookinfo lab: Istio's Bookinfo sample on the local mesh, as `cargo xtask demo`
+//! shows it and as the e2e tests drive it. Two nodes from
+//! `samples/bookinfo/platform/topology.yaml`, one `mesh-node` per node, the apps (one
+//! `bookinfo` process per pod), the namespace's waypoint in its own pod (HBONE on
+//! 15008, certificate from its node daemon) and the requests' entry point.
+
+pub mod apps;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Cluster, HarnessError, ProcessGuard, bin_path, wait_for};
+use crate::mesh::{HttpReply, LocalMesh, MeshError, MeshOptions, http_get_from_pod};
+
+pub const NAMESPACE: &str = "bookinfo";
+/// The pod requests come from: not enrolled, like a user outside the mesh.
+pub const CLIENT: (&str, &str) = ("outside", "client");
+/// The waypoint's admin port inside its pod.
+pub const WAYPOINT_ADMIN: u16 = 15000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error("cannot read the Bookinfo samples at {path}: {source}")]
+    Samples { path: PathBuf, source: std::io::Error },
+    #[error("{what} did not come up within {waited:?}")]
+    NotUp { what: String, waited: Duration },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LabOptions {
+    pub mesh: MeshOptions,
+    /// Where the processes' logs go (one file each); discarded when `None`.
+    pub log_dir: Option<PathBuf>,
+}
+
+/// A running Bookinfo; dropping it stops every process (the cluster is the caller's).
+pub struct Lab {
+    pub mesh: LocalMesh,
+    pub samples: PathBuf,
+    _apps: Vec<ProcessGuard>,
+    _waypoint: ProcessGuard,
+}
+
+/// `samples/bookinfo/` of this workspace.
+pub fn samples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default().join("samples/bookinfo")
+}
+
+/// The demo's cluster (namespaces, veths, cgroups) from the sample topology.
+pub fn cluster() -> Result<Cluster, LabError> {
+    let path = samples_dir().join("platform/topology.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|source| LabError::Samples { path, source })?;
+    Ok(Cluster::from_yaml(&text)?)
+}
+
+impl Lab {
+    /// Starts the daemons, the Services, the apps and the waypoint, and waits for all of them.
+    pub fn start(cluster: &Cluster, opts: LabOptions) -> Result<Self, LabError> {
+        let samples = samples_dir();
+        let mut mesh = LocalMesh::start(cluster, MeshOptions { log_dir: opts.log_dir.clone(), ..opts.mesh })?;
+        let services_path = samples.join("platform/services.yaml");
+        let services = std::fs::read_to_string(&services_path).map_err(|source| LabError::Samples { path: services_path, source })?;
+        mesh.apply("services", &services)?;
+        mesh.wait_ready(cluster, Duration::from_secs(60))?;
+        let apps = apps::start(cluster, opts.log_dir.as_deref())?;
+        let waypoint = start_waypoint(cluster, &mesh, opts.log_dir.as_deref())?;
+        let lab = Self { mesh, samples, _apps: apps, _waypoint: waypoint };
+        lab.wait_serving(cluster)?;
+        Ok(lab)
+    }
+
+    /// Applies `samples/bookinfo/<file>` (Istio YAML, unchanged) into the watched directory.
+    pub fn apply_sample(&self, file: &str) -> Result<(), LabError> {
+        let path = self.samples.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|source| LabError::Samples { path: path.clone(), source })?;
+        self.mesh.apply_objects(&path.display().to_string(), &text).map_err(MeshError::from)?;
+        Ok(())
+    }
+
+    /// Waits until the waypoint's config reflects the watched directory (it polls it).
+    pub fn wait_waypoint_config(&self, cluster: &Cluster, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> Result<(), LabError> {
+        let waited = Duration::from_secs(20);
+        wait_for(what, waited, || waypoint_dump(cluster).ok().filter(|d| check(d))).map(drop).map_err(|_| LabError::NotUp { what: what.into(), waited })
+    }
+
+    fn wait_serving(&self, cluster: &Cluster) -> Result<(), LabError> {
+        let waited = Duration::from_secs(60);
+        let page = || productpage(cluster, &[]).ok().filter(|r| r.status == 200 && r.body.contains("Reviews served by"));
+        wait_for("productpage to answer through the mesh", waited, page)
+            .map(drop)
+            .map_err(|_| LabError::NotUp { what: "productpage through the mesh".into(), waited })
+    }
+}
+
+/// GET /productpage as a user outside the mesh would (from the `outside` pod).
+pub fn productpage(cluster: &Cluster, headers: &[(&str, &str)]) -> Result<HttpReply, LabError> {
+    let pp = cluster.pod(NAMESPACE, "productpage-v1")?;
+    Ok(http_get_from_pod(cluster, CLIENT, SocketAddr::from((pp.ip, 9080)), "/productpage", headers, Duration::from_secs(30))?)
+}
+
+/// Which reviews version rendered the page (`reviews-v2`), if any.
+pub fn reviews_version(page: &str) -> Option<String> {
+    let after = page.split("Reviews served by: <b>").nth(1)?;
+    Some(after.split('<').next()?.to_owned())
+}
+
+/// The waypoint's `/config_dump`, read inside its pod.
+pub fn waypoint_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], WAYPOINT_ADMIN));
+    let r = http_get_from_pod(cluster, (NAMESPACE, "waypoint"), addr, "/config_dump", &[], Duration::from_secs(5))?;
+    serde_json::from_str(&r.body).map_err(|e| LabError::Harness(HarnessError::sys("parsing the waypoint's config_dump", std::io::Error::other(e))))
+}
+
+/// `mesh-waypoint run` in the waypoint pod, with the certificate its node daemon writes.
+fn start_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+    let pod = cluster.pod(NAMESPACE, "waypoint")?;
+    let node = cluster.node(&pod.node)?;
+    let cert_dir = node.state_dir.join("proxy-certs").join(NAMESPACE).join("waypoint");
+    let mut cmd = Command::new(bin_path("mesh-waypoint")?);
+    cmd.arg("run")
+        .arg("--config-dir")
+        .arg(mesh.config_dir())
+        .args(["--namespace", NAMESPACE, "--listen", "127.0.0.1:15080", "--admin"])
+        .arg(format!("127.0.0.1:{WAYPOINT_ADMIN}"))
+        .arg("--cert-dir")
+        .arg(&cert_dir)
+        .args(["--config-poll-ms", "200"])
+        .stdin(Stdio::null());
+    apps::log_to(&mut cmd, log_dir, "waypoint");
+    let guard = cluster.spawn_in_pod(NAMESPACE, "waypoint", cmd)?;
+    let waited = Duration::from_secs(60);
+    cluster
+        .wait_tcp_in_pod(NAMESPACE, "waypoint", SocketAddr::from((pod.ip, 15008)), waited)
+        .map_err(|_| LabError::NotUp { what: "the waypoint (HBONE on 15008)".into(), waited })?;
+    Ok(guard)
+}
