@@ -6,11 +6,11 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use xtask::harness::Cluster;
+use xtask::harness::{Cluster, FabricCapture};
 
 /// Entry point for the in-pod clients (does nothing in a normal test run).
 #[test]
@@ -152,45 +152,6 @@ fn wait_certs(c: &Cluster, node: &str, n: usize) {
     });
 }
 
-/// tcpdump on the fabric (every node's veth), stopped by PID on drop.
-struct FabricCapture {
-    child: std::process::Child,
-    file: std::path::PathBuf,
-}
-
-impl FabricCapture {
-    fn start(c: &Cluster) -> Self {
-        let file = c.state_dir().join("fabric.pcap");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &c.fabric_netns(), "tcpdump", "-i", "any", "-nn", "-U", "-s", "256", "-w"])
-            .arg(&file)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump (apt install tcpdump)");
-        // tcpdump creates the file once it listens.
-        poll("tcpdump to start", Duration::from_secs(10), || file.exists().then_some(()));
-        Self { child, file }
-    }
-
-    /// Stops the capture and returns (text summary lines, raw pcap bytes).
-    fn finish(mut self) -> (Vec<String>, Vec<u8>) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
-        let _ = self.child.wait();
-        let text = Command::new("tcpdump").args(["-r"]).arg(&self.file).args(["-nn", "-q"]).output().expect("tcpdump -r");
-        let lines = String::from_utf8_lossy(&text.stdout).lines().map(str::to_owned).collect();
-        (lines, std::fs::read(&self.file).unwrap_or_default())
-    }
-}
-
-impl Drop for FabricCapture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn cross_node_transfer_is_intact_and_only_tls_on_15008_crosses_the_fabric() {
     let Some(c) = cluster() else { return };
@@ -200,7 +161,7 @@ fn cross_node_transfer_is_intact_and_only_tls_on_15008_crosses_the_fabric() {
     wait_certs(&c, "n2", 2);
     let srv = serve(c.listen_in_pod("shop", "b", 8080).expect("listen"));
     let b = SocketAddr::from((ip(&c, "shop", "b"), 8080));
-    let pcap = FabricCapture::start(&c);
+    let pcap = FabricCapture::start(&c).expect("fabric capture");
 
     const LEN: usize = 64 << 20;
     let r = kv(&run_helper(&c, "shop", "a", "xfer", &[b.to_string(), LEN.to_string()])[0]);
@@ -211,7 +172,7 @@ fn cross_node_transfer_is_intact_and_only_tls_on_15008_crosses_the_fabric() {
     let secs: f64 = r["secs"].parse().unwrap_or(0.0);
     eprintln!("FIGURE HBONE cross-node: 2 x 64 MiB in {secs:.3} s = {:.0} MiB/s each way (debug build)", 64.0 / secs.max(1e-9));
 
-    let (lines, raw) = pcap.finish();
+    let (lines, raw) = pcap.finish().expect("fabric capture");
     let tcp: Vec<&String> = lines.iter().filter(|l| l.contains(" IP ")).collect();
     assert!(tcp.len() > 1000, "the transfer crossed the fabric: {} packets", tcp.len());
     let off_port: Vec<&&String> = tcp.iter().filter(|l| !l.contains(".15008 ")  && !l.contains(".15008:")).take(5).collect();

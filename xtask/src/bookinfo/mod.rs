@@ -5,6 +5,7 @@
 //! 15008, certificate from its node daemon) and the requests' entry point.
 
 pub mod apps;
+pub mod block;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ pub enum LabError {
     Samples { path: PathBuf, source: std::io::Error },
     #[error("{what} did not come up within {waited:?}")]
     NotUp { what: String, waited: Duration },
+    #[error(transparent)]
+    Block(#[from] block::BlockError),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -75,18 +78,46 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Applies `samples/bookinfo/<file>` (Istio YAML, unchanged) into the watched directory.
-    pub fn apply_sample(&self, file: &str) -> Result<(), LabError> {
+    /// Applies `samples/bookinfo/<file>` (Istio YAML, unchanged) into the watched
+    /// directory, one file per object (replacing same kind/namespace/name), and waits
+    /// until the waypoint has loaded a configuration holding every object of it.
+    pub fn apply_sample(&self, cluster: &Cluster, file: &str) -> Result<(), LabError> {
         let path = self.samples.join(file);
         let text = std::fs::read_to_string(&path).map_err(|source| LabError::Samples { path: path.clone(), source })?;
-        self.mesh.apply_objects(&path.display().to_string(), &text).map_err(MeshError::from)?;
-        Ok(())
+        let before = waypoint_dump(cluster)?["generation"].as_u64().unwrap_or(0);
+        let refs = self.mesh.apply_objects(&path.display().to_string(), &text).map_err(MeshError::from)?;
+        let names: Vec<String> = refs.iter().map(ToString::to_string).collect();
+        self.wait_waypoint_config(cluster, &format!("the waypoint to load {file}"), |d| {
+            let listed = |k: &str, n: &str| d[k].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(n)));
+            d["generation"].as_u64().unwrap_or(0) > before && names.iter().all(|n| listed("virtualServices", n) || listed("destinationRules", n))
+        })
     }
 
     /// Waits until the waypoint's config reflects the watched directory (it polls it).
     pub fn wait_waypoint_config(&self, cluster: &Cluster, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> Result<(), LabError> {
         let waited = Duration::from_secs(20);
         wait_for(what, waited, || waypoint_dump(cluster).ok().filter(|d| check(d))).map(drop).map_err(|_| LabError::NotUp { what: what.into(), waited })
+    }
+
+    /// The entry point users' requests go to.
+    pub fn entry(&self, cluster: &Cluster) -> Result<SocketAddr, LabError> {
+        entry(cluster)
+    }
+
+    /// Blocks `version` of `service` (see [`block`]) and waits for the waypoint to load it.
+    pub fn block(&self, cluster: &Cluster, service: &str, version: &str) -> Result<(), LabError> {
+        self.reloaded(cluster, &format!("block {service} {version}"), || block::block(self.mesh.config_dir(), NAMESPACE, service, version).map(drop))
+    }
+
+    /// Undoes [`Lab::block`] and waits for the waypoint to load it.
+    pub fn restore(&self, cluster: &Cluster, service: &str) -> Result<(), LabError> {
+        self.reloaded(cluster, &format!("restore {service}"), || block::restore(self.mesh.config_dir(), NAMESPACE, service))
+    }
+
+    fn reloaded(&self, cluster: &Cluster, what: &str, change: impl FnOnce() -> Result<(), block::BlockError>) -> Result<(), LabError> {
+        let before = waypoint_dump(cluster)?["generation"].as_u64().unwrap_or(0);
+        change()?;
+        self.wait_waypoint_config(cluster, &format!("the waypoint to load `{what}`"), |d| d["generation"].as_u64().unwrap_or(0) > before)
     }
 
     fn wait_serving(&self, cluster: &Cluster) -> Result<(), LabError> {
@@ -98,10 +129,63 @@ impl Lab {
     }
 }
 
+/// Where users' requests enter: productpage's pod (plaintext, steered into the mesh by
+/// its node daemon on 15006).
+pub fn entry(cluster: &Cluster) -> Result<SocketAddr, LabError> {
+    let pp = cluster.pod(NAMESPACE, "productpage-v1")?;
+    Ok(SocketAddr::from((pp.ip, 9080)))
+}
+
 /// GET /productpage as a user outside the mesh would (from the `outside` pod).
 pub fn productpage(cluster: &Cluster, headers: &[(&str, &str)]) -> Result<HttpReply, LabError> {
-    let pp = cluster.pod(NAMESPACE, "productpage-v1")?;
-    Ok(http_get_from_pod(cluster, CLIENT, SocketAddr::from((pp.ip, 9080)), "/productpage", headers, Duration::from_secs(30))?)
+    Ok(http_get_from_pod(cluster, CLIENT, entry(cluster)?, "/productpage", headers, Duration::from_secs(30))?)
+}
+
+/// One product page request's outcome, as a user sees it.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub status: u16,
+    /// `reviews-v1` ... or `None` when reviews failed.
+    pub reviews: Option<String>,
+    pub body: String,
+    pub took: Duration,
+}
+
+impl Page {
+    pub fn ok(&self) -> bool {
+        self.status == 200 && self.reviews.is_some()
+    }
+}
+
+/// `n` product pages from `workers` concurrent clients (each request bounded by its
+/// own timeout); failures come back as status 0 with the error in `body`.
+pub fn pages(cluster: &Cluster, n: usize, workers: usize, headers: &[(&str, &str)]) -> Vec<Page> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    let started = std::time::Instant::now();
+                    let page = match productpage(cluster, headers) {
+                        Ok(r) => Page { status: r.status, reviews: reviews_version(&r.body), body: r.body, took: started.elapsed() },
+                        Err(e) => Page { status: 0, reviews: None, body: e.to_string(), took: started.elapsed() },
+                    };
+                    out.lock().unwrap_or_else(|p| p.into_inner()).push(page);
+                }
+            });
+        }
+    });
+    out.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How many pages each reviews version rendered (`error` for failed ones).
+pub fn tally(pages: &[Page]) -> std::collections::BTreeMap<String, usize> {
+    let mut t = std::collections::BTreeMap::new();
+    for p in pages {
+        *t.entry(p.reviews.clone().unwrap_or_else(|| "error".into())).or_default() += 1;
+    }
+    t
 }
 
 /// Which reviews version rendered the page (`reviews-v2`), if any.

@@ -62,6 +62,7 @@ mod clean;
 mod cluster;
 mod config;
 mod error;
+pub mod fabric;
 mod hostfs;
 mod ip;
 mod names;
@@ -82,6 +83,7 @@ pub use clean::{CleanOptions, CleanReport, all_leftovers, clean_leftovers, clean
 pub use cluster::{Cluster, ClusterOptions, NodeInfo, PodInfo, RUN_TIMEOUT};
 pub use config::{TOPOLOGY_FILE, render as render_config};
 pub use error::HarnessError;
+pub use fabric::FabricCapture;
 pub use hostfs::{BPFFS_MOUNT, NETNS_DIR, cgroup2_root, ensure_bpffs};
 pub use mesh_common::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION};
 pub use names::{TAG, is_prefix, new_prefix};
