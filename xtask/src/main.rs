@@ -49,6 +49,11 @@ enum Cmd {
 enum DemoCmd {
     /// Apply Istio/Kubernetes YAML to the running demo (like `kubectl apply -f FILE`).
     Apply { file: PathBuf },
+    /// Take a misbehaving version out of rotation: rewrites the Service's VirtualService
+    /// to route over its other subsets (e.g. `demo block reviews v3`).
+    Block { service: String, version: String },
+    /// Undo `demo block`: put the Service's previous VirtualService back.
+    Restore { service: String },
 }
 
 fn main() -> Result<()> {
@@ -57,6 +62,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { action: None } => demo::run(),
         Cmd::Demo { action: Some(DemoCmd::Apply { file }) } => demo::apply(&file),
+        Cmd::Demo { action: Some(DemoCmd::Block { service, version }) } => demo::block(&service, &version),
+        Cmd::Demo { action: Some(DemoCmd::Restore { service }) } => demo::restore(&service),
         Cmd::Clean => clean(),
         Cmd::Bench { names, quick } => bench(&names, quick),
     }

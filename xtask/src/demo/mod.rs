@@ -3,7 +3,7 @@
 
 mod traffic;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -84,6 +84,27 @@ fn print_cluster(cluster: &Cluster) {
 fn publish_current(config_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(Path::new(CURRENT).parent().unwrap_or(Path::new("/run")))?;
     std::fs::write(CURRENT, config_dir.display().to_string())?;
+    Ok(())
+}
+
+fn running_config_dir() -> Result<PathBuf> {
+    let dir = std::fs::read_to_string(CURRENT).context("no demo is running (start one with `cargo xtask demo`)")?;
+    Ok(PathBuf::from(dir.trim()))
+}
+
+/// `cargo xtask demo block SERVICE VERSION`.
+pub fn block(service: &str, version: &str) -> Result<()> {
+    let keep = xtask::bookinfo::block::block(&running_config_dir()?, xtask::bookinfo::NAMESPACE, service, version)?;
+    let routes: Vec<String> = keep.iter().map(|(s, w)| format!("{s} {w}%")).collect();
+    println!("VirtualService bookinfo/{service}: {version} blocked, now {}", routes.join(", "));
+    println!("undo with: cargo xtask demo restore {service}");
+    Ok(())
+}
+
+/// `cargo xtask demo restore SERVICE`.
+pub fn restore(service: &str) -> Result<()> {
+    xtask::bookinfo::block::restore(&running_config_dir()?, xtask::bookinfo::NAMESPACE, service)?;
+    println!("VirtualService bookinfo/{service} restored");
     Ok(())
 }
 
