@@ -29,8 +29,17 @@ pub fn config_dump(config: &Config) -> serde_json::Value {
             }))
             .collect()
     };
+    let gateway = match (&snap.gateway, config.gateway_state()) {
+        (Some(plan), Some(state)) => {
+            let mut g = plan.summary();
+            g["listeners"] = crate::gateway::listener_summary(state);
+            g
+        }
+        _ => serde_json::Value::Null,
+    };
     json!({
         "generation": snap.generation,
+        "gateway": gateway,
         "namespace": snap.namespace,
         "virtualServices": snap.tables.iter().map(|t| t.object.to_string()).collect::<Vec<_>>(),
         "destinationRules": snap.rules.values().map(|r| r.object.to_string()).collect::<Vec<_>>(),

@@ -13,6 +13,7 @@ pub mod body;
 pub mod config;
 pub mod discovery;
 pub mod endpoint;
+pub mod gateway;
 pub mod hbone;
 pub mod proxy;
 pub mod route;
@@ -107,7 +108,7 @@ impl Drop for Waypoint {
     }
 }
 
-async fn watch_dir(config: Arc<Config>, dir: PathBuf, every: Duration, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn watch_dir(config: Arc<Config>, dir: PathBuf, every: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

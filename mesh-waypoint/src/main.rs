@@ -1,11 +1,12 @@
-//! mesh-waypoint: the L7 proxy (waypoint mode; ingress gateway mode later).
+//! mesh-waypoint: the L7 proxy (waypoint mode, and ingress gateway mode with `--mode gateway`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mesh_waypoint::gateway::{GatewayOptions, IngressGateway};
 use mesh_waypoint::{Options, Waypoint};
 
 #[derive(Parser)]
@@ -28,7 +29,35 @@ enum Command {
         /// Namespace the waypoint serves; short host names resolve against it.
         #[arg(long, env = "MESH_NAMESPACE", default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// L7 proxy for a namespace's Services: VirtualServices bound to `mesh` (or `--gateway`).
+    Waypoint,
+    /// Istio ingress gateway: listens on the ports of the `Gateway` objects whose
+    /// `spec.selector` matches `--pod-labels` (HTTP, HTTPS with tls.mode SIMPLE and a
+    /// `kubernetes.io/tls` Secret named by credentialName in `--namespace`), and applies
+    /// the VirtualServices bound to them. `--listen`, `--gateway` and `--hbone-listen` are not used.
+    Gateway,
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// What this process is: a waypoint (default) or an ingress gateway.
+    #[arg(long, env = "MESH_MODE", value_enum, default_value = "waypoint")]
+    mode: Mode,
+    /// Gateway mode: this pod's labels, `key=value` (repeatable), matched against each
+    /// Gateway's `spec.selector` (e.g. `--pod-labels istio=ingressgateway`).
+    #[arg(long = "pod-labels", value_parser = parse_label)]
+    pod_labels: Vec<(String, String)>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    mesh_waypoint::gateway::identity::parse_label(text)
 }
 
 #[derive(clap::Args)]
@@ -38,6 +67,7 @@ struct RunArgs {
     #[arg(long, env = "MESH_CONFIG_DIR")]
     config_dir: PathBuf,
     /// Namespace the waypoint serves; short host names in requests resolve against it.
+    /// Gateway mode: the gateway workload's namespace, where credentialName Secrets are looked up.
     #[arg(long, env = "MESH_NAMESPACE", default_value = "default")]
     namespace: String,
     /// Address the proxy listens on (HTTP/1.1 and h2 prior knowledge).
@@ -54,6 +84,11 @@ struct RunArgs {
     config_poll_ms: u64,
     #[command(flatten)]
     hbone: HboneArgs,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// Gateway mode: the address every Gateway server port is bound on (inside the pod's netns).
+    #[arg(long, env = "MESH_BIND_IP", default_value = "0.0.0.0")]
+    bind_ip: IpAddr,
 }
 
 /// The mesh side: with `--cert-dir`, requests arrive over HBONE on `--hbone-listen` and
@@ -98,7 +133,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Check { config_dir, namespace } => check(config_dir, &namespace),
+        Command::Check { config_dir, namespace, gateway } => check(config_dir, &namespace, &gateway),
     }
 }
 
@@ -121,6 +156,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(h) => h.connector.clone(),
             None => std::sync::Arc::new(mesh_waypoint::endpoint::connector::PlainTcp),
         };
+        if args.gateway.mode == Mode::Gateway {
+            // The gateway accepts from outside the mesh on its Gateway ports; upstream it
+            // uses the same connector (HBONE with --cert-dir) as a waypoint.
+            let gw = GatewayOptions { pod_labels: args.gateway.pod_labels.into_iter().collect(), bind_ip: args.bind_ip };
+            let _gateway = IngressGateway::start_with(opts, gw, connector).await.context("cannot start the ingress gateway")?;
+            shutdown_signal().await?;
+            tracing::info!("shutting down");
+            return Ok(());
+        }
         let waypoint = Waypoint::start_with(opts, connector).await.context("cannot start the waypoint")?;
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(h) = &hbone {
@@ -141,8 +185,15 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     }
 }
 
-fn check(dir: PathBuf, namespace: &str) -> anyhow::Result<()> {
-    let config = mesh_waypoint::config::Config::new(namespace, std::sync::Arc::new(mesh_waypoint::endpoint::connector::PlainTcp));
+fn check(dir: PathBuf, namespace: &str, gateway: &GatewayArgs) -> anyhow::Result<()> {
+    let connector = std::sync::Arc::new(mesh_waypoint::endpoint::connector::PlainTcp);
+    let config = match gateway.mode {
+        Mode::Waypoint => mesh_waypoint::config::Config::new(namespace, connector),
+        Mode::Gateway => {
+            let identity = mesh_waypoint::gateway::GatewayIdentity { namespace: namespace.to_owned(), labels: gateway.pod_labels.iter().cloned().collect() };
+            mesh_waypoint::config::Config::for_gateway(identity, connector)
+        }
+    };
     config.poll_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
     let dump = mesh_waypoint::admin::config_dump(&config);
     println!("{}", serde_json::to_string_pretty(&dump)?);

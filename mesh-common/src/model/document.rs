@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use super::istio::networking::{self, DestinationRule, Gateway, VirtualService};
 use super::istio::security::{self, PeerAuthentication};
-use super::k8s::{Namespace, Node, Pod, Service};
+use super::k8s::{Namespace, Node, Pod, Secret, Service};
 use super::{ConfigError, FieldError, ObjectMeta, ObjectRef};
 
 /// A parsed configuration object. Kinds the mesh does not model yet stay
@@ -17,6 +17,7 @@ pub enum Resource {
     Node(Node),
     Pod(Pod),
     Service(Service),
+    Secret(Box<Secret>),
     // Boxed: Istio specs are large and most objects are small core kinds.
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
@@ -67,6 +68,7 @@ impl Resource {
             Resource::Service(o) => {
                 ObjectRef::new("Service", Some(o.metadata.namespace_or_default()), &o.metadata.name)
             }
+            Resource::Secret(o) => namespaced("Secret", &o.metadata),
             Resource::VirtualService(o) => namespaced("VirtualService", &o.metadata),
             Resource::DestinationRule(o) => namespaced("DestinationRule", &o.metadata),
             Resource::Gateway(o) => namespaced("Gateway", &o.metadata),
@@ -128,6 +130,7 @@ fn decode_kind(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, Co
         ("", "Node") => Resource::Node(raw.decode(value)?),
         ("", "Pod") => Resource::Pod(raw.decode(value)?),
         ("", "Service") => Resource::Service(raw.decode(value)?),
+        ("", "Secret") => Resource::Secret(Box::new(raw.decode(value)?)),
         (networking::GROUP, "VirtualService" | "DestinationRule" | "Gateway") => decode_istio_networking(raw, value)?,
         (security::GROUP, "PeerAuthentication") => decode_peer_authentication(raw, value)?,
         _ => Resource::Other(raw),

@@ -151,6 +151,33 @@ impl ServicePort {
     }
 }
 
+/// A Secret, as the gateway reads TLS credentials from it (`type: kubernetes.io/tls`,
+/// keys `tls.crt` / `tls.key`). `data` values are base64 as the API server returns
+/// them; `stringData` holds plain text as users write it. The consumer decodes.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub string_data: BTreeMap<String, String>,
+}
+
+/// Keys only: a Secret's values must never reach logs or debug dumps.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.type_)
+            .field("data", &self.data.keys().collect::<Vec<_>>())
+            .field("stringData", &self.string_data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +199,12 @@ mod tests {
         assert_eq!(p.target_port_number(), 9080);
         let p: ServicePort = serde_yaml::from_str("port: 80\ntargetPort: 9080").unwrap();
         assert_eq!(p.target_port_number(), 9080);
+    }
+
+    #[test]
+    fn secret_debug_hides_values() {
+        let s: Secret = serde_yaml::from_str("metadata: {name: c}\ntype: kubernetes.io/tls\nstringData: {tls.key: SECRETVALUE}\n").unwrap();
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert!(!format!("{s:?}").contains("SECRETVALUE"));
     }
 }

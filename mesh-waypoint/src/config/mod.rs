@@ -14,10 +14,12 @@ use arc_swap::ArcSwap;
 use mesh_common::model::store::ConfigStore;
 use mesh_common::model::{ConfigError, Resource};
 use mesh_common::source::dir::DirSource;
+use tokio::sync::watch;
 
 pub use snapshot::Snapshot;
 
 use crate::endpoint::connector::Connector;
+use crate::gateway::{GatewayIdentity, GatewayState};
 
 /// Semantic validation on top of decoding: a VirtualService or DestinationRule that
 /// does not compile is rejected here, alone, and keeps its last good version.
@@ -26,6 +28,7 @@ pub fn validate(r: &Resource) -> Result<(), ConfigError> {
     match r {
         Resource::VirtualService(v) => virtual_service::compile(v).map(drop).map_err(invalid),
         Resource::DestinationRule(d) => destination_rule::compile(d).map(drop).map_err(invalid),
+        Resource::Secret(s) => crate::gateway::secret::validate(s).map_err(invalid),
         _ => Ok(()),
     }
 }
@@ -36,6 +39,10 @@ pub struct Config {
     state: Mutex<State>,
     namespace: String,
     connector: Arc<dyn Connector>,
+    /// Ingress gateway mode: whose Gateways to serve, and the listeners' state.
+    gateway: Option<GatewayState>,
+    /// The generation of every published snapshot (listeners follow it).
+    changes: watch::Sender<u64>,
 }
 
 struct State {
@@ -45,13 +52,37 @@ struct State {
 
 impl Config {
     pub fn new(namespace: &str, connector: Arc<dyn Connector>) -> Arc<Self> {
-        let empty = Snapshot::build(&[], namespace, Vec::new(), 0, None, connector.clone());
+        Self::with_mode(namespace, connector, None)
+    }
+
+    /// Ingress gateway mode: snapshots also carry the plan of the Gateways selecting `identity`.
+    pub fn for_gateway(identity: GatewayIdentity, connector: Arc<dyn Connector>) -> Arc<Self> {
+        let namespace = identity.namespace.clone();
+        Self::with_mode(&namespace, connector, Some(GatewayState { identity, listeners: Default::default() }))
+    }
+
+    fn with_mode(namespace: &str, connector: Arc<dyn Connector>, gateway: Option<GatewayState>) -> Arc<Self> {
+        let mut empty = Snapshot::build(&[], namespace, Vec::new(), 0, None, connector.clone());
+        if let Some(g) = &gateway {
+            crate::gateway::attach(&mut empty, &[], &g.identity, None);
+        }
         Arc::new(Self {
             current: ArcSwap::from_pointee(empty),
             state: Mutex::new(State { store: ConfigStore::default(), dir: None }),
             namespace: namespace.to_owned(),
             connector,
+            gateway,
+            changes: watch::channel(0).0,
         })
+    }
+
+    pub fn gateway_state(&self) -> Option<&GatewayState> {
+        self.gateway.as_ref()
+    }
+
+    /// Notified with the generation of each snapshot published from now on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The snapshot a request should use from start to finish.
@@ -90,9 +121,14 @@ impl Config {
         let resources: Vec<Resource> = store.iter().cloned().collect();
         let rejected = store.errors().flat_map(|(_, lines)| lines.iter().cloned()).collect();
         let prev = self.current.load();
-        let snap = Snapshot::build(&resources, &self.namespace, rejected, prev.generation + 1, Some(&prev), self.connector.clone());
+        let mut snap = Snapshot::build(&resources, &self.namespace, rejected, prev.generation + 1, Some(&prev), self.connector.clone());
+        if let Some(g) = &self.gateway {
+            crate::gateway::attach(&mut snap, &resources, &g.identity, prev.gateway.as_deref());
+        }
         tracing::info!(generation = snap.generation, objects = resources.len(), rejected = snap.rejected.len(), warnings = snap.warnings.len(), "configuration applied");
+        let generation = snap.generation;
         self.current.store(Arc::new(snap));
+        self.changes.send_replace(generation);
     }
 }
 

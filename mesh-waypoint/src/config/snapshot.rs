@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// Objects rejected by validation (they keep their last good version, if any).
     pub rejected: Vec<String>,
+    /// Ingress gateway mode only: the ports, servers and certificates in force.
+    pub gateway: Option<Arc<crate::gateway::Plan>>,
 }
 
 /// Why no backend serves a destination.
@@ -71,7 +73,7 @@ impl Snapshot {
             }
         }
         let backends = build_backends(&discovery, &rules, prev, &connector);
-        let mut snap = Snapshot { generation, namespace: namespace.to_owned(), discovery, tables, rules, backends, warnings, rejected };
+        let mut snap = Snapshot { generation, namespace: namespace.to_owned(), discovery, tables, rules, backends, warnings, rejected, gateway: None };
         snap.warnings.extend(dangling_references(resources, &snap));
         for w in &snap.warnings {
             tracing::warn!("{w}");

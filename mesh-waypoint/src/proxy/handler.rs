@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::config::hosts::split_authority;
 use crate::config::snapshot::Snapshot;
 use crate::endpoint::balancer::{HashOn, LbPolicy};
+use crate::gateway::{self, routing::Downstream};
 use crate::route::cors::CorsDecision;
 use crate::route::matching::query_value;
 use crate::route::{Action, DestinationRef, HttpRoute, RequestInfo, Selected, Source, WeightedDestination, mirror, split};
@@ -68,6 +69,26 @@ impl Proxy {
     }
 
     async fn route(&self, snap: &Arc<Snapshot>, parts: &Parts, body: Bytes, ctx: &Ctx, log: &mut AccessLog) -> Response<Body> {
+        // Ingress gateway mode: the Gateway's servers decide the VirtualService (404 otherwise).
+        let (gateway_table, gateway_names);
+        let (table, gateways) = match snap.gateway.as_deref() {
+            Some(plan) => {
+                let down = parts.extensions.get::<Downstream>().copied().unwrap_or(Downstream { port: ctx.port, tls: false });
+                match gateway::routing::decide(snap, plan, parts, &ctx.authority, down) {
+                    gateway::routing::Outcome::Route { table, gateways } => {
+                        (gateway_table, gateway_names) = (table, gateways);
+                        (Some(&gateway_table), gateway_names.as_slice())
+                    }
+                    gateway::routing::Outcome::Local(resp) => {
+                        if resp.status() == StatusCode::NOT_FOUND {
+                            log.flag(Flag::NoRoute);
+                        }
+                        return resp;
+                    }
+                }
+            }
+            None => (snap.table_for(&ctx.host_fqdn, &self.gateways), self.gateways.as_slice()),
+        };
         let info = RequestInfo {
             method: &parts.method,
             scheme: &ctx.scheme,
@@ -77,10 +98,10 @@ impl Proxy {
             headers: &parts.headers,
             port: ctx.port,
             source: &ctx.source,
-            gateways: &self.gateways,
+            gateways,
         };
         let default_route;
-        let selected = match snap.table_for(&ctx.host_fqdn, &self.gateways) {
+        let selected = match table {
             Some(table) => match table.select(&info) {
                 Some(s) => s,
                 None => {
@@ -260,7 +281,7 @@ fn context(snap: &Snapshot, parts: &Parts, peer: SocketAddr, local: SocketAddr) 
     Ctx {
         host_fqdn: snap.request_host(host),
         port: port.unwrap_or(local.port()),
-        scheme: parts.uri.scheme_str().unwrap_or("http").to_owned(),
+        scheme: parts.uri.scheme_str().unwrap_or(if parts.extensions.get::<Downstream>().is_some_and(|d| d.tls) { "https" } else { "http" }).to_owned(),
         authority,
         source,
         peer,
