@@ -9,9 +9,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 /// Debian packages: the eBPF-capable rustc (Debian's rustc-web ships the bpf target's
-/// std), iproute2 for the netns harness, tcpdump for wire checks in tests, iperf3 for
-/// benchmarks.
-const APT_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "iproute2", "tcpdump", "iperf3"];
+/// std), iproute2 for the netns harness, tcpdump for wire checks in tests; for
+/// `cargo xtask bench`: iperf3, stunnel4 (TLS tunnel reference), haproxy (L7 reference),
+/// iptables (Istio-style capture reference, only inside the bench's own netns), openssl
+/// (stunnel's certificate).
+const APT_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "iproute2", "tcpdump", "iperf3", "stunnel4", "haproxy", "iptables", "openssl"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker must be built against the LLVM major version Debian's rustc uses.
 const LLVM_MAJOR: &str = "22";
@@ -27,7 +29,7 @@ struct Step {
 }
 
 const STEPS: &[Step] = &[
-    Step { name: "Debian packages", by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3", run: apt_packages },
+    Step { name: "Debian packages", by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3 stunnel4 haproxy iptables openssl", run: apt_packages },
     Step { name: "rustup toolchain `bpf-debian`", by_hand: "see ../shared/EBPF.md section 1 (rustup toolchain link)", run: link_toolchain },
     Step { name: "bpf-linker", by_hand: "LLVM_PREFIX=/opt/rust-bpf-debian cargo +stable install --locked bpf-linker@0.13.0 --no-default-features --features llvm-22", run: bpf_linker },
     Step { name: "Python test tools", by_hand: "python3 -m pip install kubernetes-validate", run: pip_packages },

@@ -36,12 +36,22 @@ enum Cmd {
     /// Remove namespaces, cgroups, bpffs pins and processes left by a killed demo or test.
     Clean,
     /// Measure the mesh against baselines in the same run (prints figures; never fails on a number).
+    /// Full runs use release binaries (built first); `--quick` uses the debug build.
     Bench {
-        /// Which benchmarks (default: all). Available: tunnel.
+        /// Which benchmarks (default: all). Available: tunnel, latency, waypoint, resources, connect.
         names: Vec<String>,
-        /// Short runs, for a smoke check.
+        /// One repetition of short runs, debug binaries: a smoke check (< 2 minutes).
         #[arg(long)]
         quick: bool,
+        /// Internal: the binaries next to this executable are already built.
+        #[arg(long, hide = true)]
+        prebuilt: bool,
+    },
+    /// Internal: the load generator / HTTP server that benchmarks start inside pods.
+    #[command(hide = true)]
+    BenchTool {
+        #[command(subcommand)]
+        cmd: xtask::bench::tool::ToolCmd,
     },
 }
 
@@ -65,26 +75,33 @@ fn main() -> Result<()> {
         Cmd::Demo { action: Some(DemoCmd::Block { service, version }) } => demo::block(&service, &version),
         Cmd::Demo { action: Some(DemoCmd::Restore { service }) } => demo::restore(&service),
         Cmd::Clean => clean(),
-        Cmd::Bench { names, quick } => bench(&names, quick),
+        Cmd::Bench { names, quick, prebuilt } => bench(&names, quick, prebuilt),
+        Cmd::BenchTool { cmd } => xtask::bench::tool::run(cmd),
     }
 }
 
-fn bench(names: &[String], quick: bool) -> Result<()> {
-    bootstrap::run()?;
-    bootstrap::sh(test::cargo().args(["build", "--workspace"]))?;
-    for name in names.iter().map(String::as_str).chain(names.is_empty().then_some("tunnel")) {
-        match name {
-            "tunnel" => {
-                let mut opts = xtask::bench::TunnelBenchOptions::default();
-                if quick {
-                    opts.secs = 2;
-                    opts.round_trips = 1000;
-                }
-                xtask::bench::run_tunnel_bench(&opts)?;
-            }
-            other => anyhow::bail!("unknown benchmark {other:?}; available: tunnel"),
+fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let target_dir = bin_dir.parent().map(PathBuf::from).unwrap_or_default();
+    if !prebuilt {
+        bootstrap::run()?;
+        if !quick {
+            // Figures come from release binaries; the tool and the daemons share one profile dir.
+            eprintln!("bench: building release binaries (mesh-node, mesh-waypoint, xtask)");
+            bootstrap::sh(test::cargo().args(["build", "--release", "-p", "mesh-node", "-p", "mesh-waypoint", "-p", "xtask"]))?;
+            let release = target_dir.join("release").join("xtask");
+            let mut cmd = std::process::Command::new(release);
+            cmd.arg("bench").args(names).arg("--prebuilt");
+            let status = cmd.status()?;
+            std::process::exit(status.code().unwrap_or(1));
         }
+        bootstrap::sh(test::cargo().args(["build", "-p", "mesh-node", "-p", "mesh-waypoint"]))?;
     }
+    let profile = bin_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_owned();
+    let binaries = if profile == "release" { "release".to_owned() } else { format!("{profile} (opt-level 1, dependencies 2; --quick skips the release build)") };
+    let opts = xtask::bench::BenchOptions { quick, binaries };
+    xtask::bench::run(names, &opts, &target_dir.join("bench"))?;
     Ok(())
 }
 

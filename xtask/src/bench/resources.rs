@@ -1,0 +1,201 @@
+//! `resources`: memory and CPU of the daemons — idle, at 1,000 requests/s through the
+//! mesh, with 1,000 concurrent connections held, and as the configuration grows to
+//! 10 / 100 / 1,000 / 10,000 workloads + services (RSS and time until applied).
+//!
+//! Baselines: where no competitor runs in the same harness, the ztunnel figures measured
+//! on this machine kind (DESIGN.md "Performance targets": 17 MB idle, 69 MB peak, ~70 µs
+//! CPU per request per side) — labelled as such, not from this run.
+
+use std::fmt::Write as _;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::lab::{HTTP_PORT, Lab, PodRef};
+use super::procstat::{self, ProcSample};
+use super::report::{Better, Row, Stat, Target};
+use super::{BenchOptions, progress};
+use crate::harness::wait_for;
+
+const ZTUNNEL: &str = "ztunnel on this machine kind (DESIGN.md; not this run)";
+const CLIENT: PodRef = ("mesh", "client");
+const SERVER: PodRef = ("mesh", "remote");
+
+/// Samples taken right after the lab started, before any load.
+#[derive(Clone, Debug, Default)]
+pub struct Idle {
+    pub nodes: Vec<(String, ProcSample, f64)>,
+    pub waypoint: Option<(ProcSample, f64)>,
+}
+
+/// RSS now and CPU (vCPU) over `window` of every daemon, with no traffic.
+pub fn idle(lab: &Lab, window: Duration) -> Idle {
+    let pids = lab.node_pids();
+    let wp = lab.waypoint.as_ref().map(|g| g.pid());
+    let before: Vec<_> = pids.iter().map(|(_, p)| procstat::cpu_secs(*p)).collect();
+    let wp_before = wp.and_then(procstat::cpu_secs);
+    std::thread::sleep(window);
+    let secs = window.as_secs_f64();
+    let nodes = pids
+        .iter()
+        .zip(before)
+        .filter_map(|((n, pid), c0)| {
+            let s = procstat::sample(*pid)?;
+            Some((n.clone(), s, (s.cpu_secs - c0?) / secs))
+        })
+        .collect();
+    let waypoint = wp.and_then(|pid| {
+        let s = procstat::sample(pid)?;
+        Some((s, (s.cpu_secs - wp_before?) / secs))
+    });
+    Idle { nodes, waypoint }
+}
+
+pub fn run(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row>> {
+    // Growth first: memory the held connections leave in the allocator would blur it.
+    let mut rows = idle_rows(idle);
+    rows.extend(growth(lab, opts, idle)?);
+    rows.extend(per_request(lab, opts)?);
+    rows.extend(held_connections(lab, opts, idle)?);
+    Ok(rows)
+}
+
+fn idle_rows(idle: &Idle) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (node, s, _) in &idle.nodes {
+        rows.push(
+            Row::new("resources", "RSS idle", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.rss_mib]), Better::Lower)
+                .vs(ZTUNNEL, &Stat::of(&[17.0]))
+                .target(Target::ValueAtMost(8.0)),
+        );
+    }
+    let cpu: Vec<f64> = idle.nodes.iter().map(|(_, _, c)| c * 1000.0).collect();
+    rows.push(Row::new("resources", "CPU idle (per daemon)", "mesh-node", "mvCPU", Stat::of(&cpu), Better::Lower));
+    if let Some((s, c)) = idle.waypoint {
+        rows.push(Row::new("resources", "RSS idle", "mesh-waypoint (pod)", "MiB", Stat::of(&[s.rss_mib]), Better::Lower));
+        rows.push(Row::new("resources", "CPU idle", "mesh-waypoint (pod)", "mvCPU", Stat::of(&[c * 1000.0]), Better::Lower));
+    }
+    rows
+}
+
+/// CPU per request of each node daemon at 1,000 requests/s of 1 kB through the mesh.
+fn per_request(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
+    let pids = lab.node_pids();
+    let target = format!("{}:{HTTP_PORT}", lab.ip(SERVER)?);
+    let secs = if opts.quick { "2" } else { "6" };
+    let mut per_side: Vec<Vec<f64>> = vec![Vec::new(); pids.len()];
+    for rep in 0..opts.reps() {
+        progress(&format!("resources rep {}/{}: CPU at 1000 req/s", rep + 1, opts.reps()));
+        let before: Vec<_> = pids.iter().map(|(_, p)| procstat::cpu_secs(*p)).collect();
+        let r = lab.load(CLIENT, &["rate", "--target", &target, "--rate", "1000", "--conns", "16", "--secs", secs])?;
+        for (i, ((_, pid), c0)) in pids.iter().zip(&before).enumerate() {
+            if let (Some(c0), Some(c1)) = (c0, procstat::cpu_secs(*pid)) {
+                per_side[i].push((c1 - c0) * 1e6 / r.ok.max(1) as f64);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for ((node, _), v) in pids.iter().zip(per_side) {
+        let side = if node == "n1" { "client side" } else { "server side" };
+        rows.push(
+            Row::new("resources", "CPU per request @1000/s (= mvCPU per 1000 req/s)", &format!("mesh-node {node} ({side})"), "µs", Stat::of(&v), Better::Lower)
+                .vs(ZTUNNEL, &Stat::of(&[70.0])),
+        );
+    }
+    Ok(rows)
+}
+
+/// RSS of the node daemons while 1,000 keep-alive connections are held through the mesh.
+fn held_connections(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row>> {
+    progress("resources: holding 1000 connections through the mesh");
+    let target = format!("{}:{HTTP_PORT}", lab.ip(SERVER)?);
+    let hold_secs = if opts.quick { "20" } else { "30" };
+    let mut cmd = lab.tool(&["hold", "--target", &target, "--conns", "1000", "--secs", hold_secs]);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut guard = lab.cluster.spawn_in_pod(CLIENT.0, CLIENT.1, cmd)?;
+    let opened = read_line(guard.child_mut()).context("bench-tool hold")?;
+    let samples: Vec<(String, ProcSample)> = lab.node_pids().into_iter().filter_map(|(n, pid)| Some((n, procstat::sample(pid)?))).collect();
+    drop(guard);
+    let mut rows = Vec::new();
+    for (node, s) in samples {
+        let base = idle.nodes.iter().find(|(n, _, _)| *n == node).map(|(_, b, _)| b.rss_mib).unwrap_or(f64::NAN);
+        rows.push(
+            Row::new("resources", "RSS with 1,000 connections held", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.rss_mib]), Better::Lower)
+                .vs("same daemon idle", &Stat::of(&[base]))
+                .note(opened.trim().to_owned()),
+        );
+        rows.push(
+            Row::new("resources", "peak RSS so far (VmHWM)", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.peak_mib]), Better::Lower)
+                .vs(ZTUNNEL, &Stat::of(&[69.0]))
+                .target(Target::ValueAtMost(32.0)),
+        );
+    }
+    Ok(rows)
+}
+
+fn read_line(child: &mut Child) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    // `hold` prints once all connections are open (each bounded by 5 s).
+    std::io::BufReader::new(out).read_line(&mut line)?;
+    if line.is_empty() {
+        bail!("exited before opening its connections");
+    }
+    Ok(line)
+}
+
+/// N remote workloads (on a node without a daemon) and N Services selecting them.
+fn growth_yaml(n: usize) -> String {
+    let mut y = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: growth}\n");
+    for i in 0..n {
+        let (hi, lo) = (100 + i / 250, 1 + i % 250);
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: w{i}, namespace: growth, labels: {{app: s{i}}}}}\nspec: {{nodeName: n3, serviceAccountName: sa{i}}}\nstatus: {{podIP: 198.18.{hi}.{lo}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: growth}}\nspec: {{clusterIP: 198.19.{}.{}, selector: {{app: s{i}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n",
+            10 + i / 250,
+            1 + i % 250
+        );
+    }
+    y
+}
+
+fn growth(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row>> {
+    let sizes: &[usize] = if opts.quick { &[10, 100, 1000] } else { &[10, 100, 1000, 10_000] };
+    let n1 = lab.mesh.pid("n1").context("no daemon on n1")?;
+    let base = idle.nodes.iter().find(|(n, _, _)| n == "n1").map(|(_, s, _)| s.rss_mib).unwrap_or(f64::NAN);
+    let wp = lab.waypoint.as_ref().map(|g| g.pid());
+    let wp_base = idle.waypoint.map(|(s, _)| s.rss_mib).unwrap_or(f64::NAN);
+    let base_workloads = workload_count(lab)?;
+    let mut rows = Vec::new();
+    let mut first_apply = None;
+    for &n in sizes {
+        progress(&format!("resources: configuration with {n} workloads + {n} services"));
+        let t = Instant::now();
+        lab.mesh.apply("bench-growth", &growth_yaml(n))?;
+        wait_for("config applied", Duration::from_secs(120), || (workload_count(lab).ok()? >= base_workloads + n).then_some(()))?;
+        let apply_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let first = *first_apply.get_or_insert(apply_ms);
+        std::thread::sleep(Duration::from_millis(300)); // let the waypoint's poll see it too
+        let rss = procstat::sample(n1).map(|s| s.rss_mib).unwrap_or(f64::NAN);
+        let label = format!("{n} workloads + {n} services");
+        rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-node n1", "MiB", Stat::of(&[rss]), Better::Lower).vs("same daemon, bench topology only", &Stat::of(&[base])));
+        rows.push(
+            Row::new("resources", &format!("config apply, {label}"), "mesh-node n1 (write → /workloads shows it)", "ms", Stat::of(&[apply_ms]), Better::Lower)
+                .vs(&format!("apply of {} objects", sizes[0]), &Stat::of(&[first])),
+        );
+        if let Some(s) = wp.and_then(procstat::sample) {
+            rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-waypoint (pod)", "MiB", Stat::of(&[s.rss_mib]), Better::Lower).vs("same waypoint idle", &Stat::of(&[wp_base])));
+        }
+    }
+    lab.mesh.delete("bench-growth")?;
+    wait_for("growth config removed", Duration::from_secs(60), || (workload_count(lab).ok()? <= base_workloads).then_some(()))?;
+    Ok(rows)
+}
+
+fn workload_count(lab: &Lab) -> anyhow::Result<usize> {
+    let r = crate::mesh::http_get(&lab.cluster, "n1", "127.0.0.1:15000", "/workloads")?;
+    let v: serde_json::Value = serde_json::from_str(&r.body).context("/workloads JSON")?;
+    Ok(v.as_array().map_or(0, Vec::len))
+}

@@ -1,0 +1,202 @@
+//! `waypoint` (issue 6): L7 routing with a header match and a 90/10 weighted split,
+//! mesh-waypoint vs HAProxy (Debian) with the equivalent rules vs direct to one backend.
+//! All on the loopback of one pod netns (`plain/lab`, not captured): three 1 kB backends
+//! `v1`..`v3` on 127.0.0.2-4, the waypoint on :15080, HAProxy on :15081.
+//! Every 10th request carries `end-user: jason` (→ v3); the rest split 90/10 over v1/v2.
+//! Figures: requests/s (closed loop, 16 keep-alive connections), p50/p99 at 1,000
+//! requests/s (open loop), CPU per request and RSS of the proxy.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::lab::{Lab, PodRef};
+use super::procstat;
+use super::report::{Better, Row, Stat};
+use super::{BenchOptions, progress};
+use crate::harness::{ProcessGuard, bin_path};
+
+const POD: PodRef = ("plain", "lab");
+const BACKEND_PORT: u16 = 8080;
+const WAYPOINT: &str = "127.0.0.1:15080";
+const HAPROXY: &str = "127.0.0.1:15081";
+const DIRECT: &str = "127.0.0.2:8080";
+
+const RULES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: wp}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: wp, labels: {app: reviews, version: v1}}
+status: {podIP: 127.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2, namespace: wp, labels: {app: reviews, version: v2}}
+status: {podIP: 127.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v3, namespace: wp, labels: {app: reviews, version: v3}}
+status: {podIP: 127.0.0.4}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: wp}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: wp}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+    route:
+    - destination: {host: reviews, subset: v3}
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+";
+
+const HAPROXY_CFG: &str = "
+global
+  maxconn 8000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend reviews
+  bind 127.0.0.1:15081
+  use_backend v3 if { req.hdr(end-user) -m str jason }
+  default_backend split
+backend split
+  balance roundrobin
+  server v1 127.0.0.2:8080 weight 90
+  server v2 127.0.0.3:8080 weight 10
+backend v3
+  server v3 127.0.0.4:8080
+";
+
+struct Target {
+    label: &'static str,
+    addr: &'static str,
+    pid: Option<u32>,
+}
+
+#[derive(Default)]
+struct Figures {
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    cpu_us_per_req: Vec<f64>,
+    rss: Vec<f64>,
+}
+
+pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        let listen = format!("127.0.0.{}:{BACKEND_PORT}", i + 2);
+        lab.spawn(POD, lab.tool(&["serve", "--listen", &listen, "--name", v]))?;
+        lab.wait_tcp(POD, listen.parse()?)?;
+    }
+    let waypoint = start_waypoint(lab)?;
+    let haproxy = start_haproxy(lab)?;
+    let targets = [
+        Target { label: "direct to one backend", addr: DIRECT, pid: None },
+        Target { label: "mesh-waypoint", addr: WAYPOINT, pid: Some(waypoint.pid()) },
+        Target { label: "HAProxy 2.6 (same rules)", addr: HAPROXY, pid: Some(haproxy.pid()) },
+    ];
+    let secs = if opts.quick { "2" } else { "5" };
+    let mut figs: Vec<Figures> = targets.iter().map(|_| Figures::default()).collect();
+    for rep in 0..opts.reps() {
+        for (t, f) in targets.iter().zip(figs.iter_mut()) {
+            progress(&format!("waypoint rep {}/{}: {}", rep + 1, opts.reps(), t.label));
+            let common = ["--target", t.addr, "--host", "reviews:9080", "--header", "end-user:jason", "--every", "10", "--conns", "16", "--secs", secs];
+            let max = lab.load(POD, &[&["max"], &common[..]].concat())?;
+            f.rps.push(max.per_sec);
+            let cpu0 = t.pid.and_then(procstat::cpu_secs);
+            let rate = lab.load(POD, &[&["rate", "--rate", "1000"], &common[..]].concat())?;
+            f.p50.push(rate.p50_us);
+            f.p99.push(rate.p99_us);
+            if let (Some(pid), Some(c0)) = (t.pid, cpu0) {
+                if let Some(s) = procstat::sample(pid) {
+                    f.cpu_us_per_req.push((s.cpu_secs - c0) * 1e6 / rate.ok.max(1) as f64);
+                    f.rss.push(s.rss_mib);
+                }
+            }
+        }
+    }
+    drop((waypoint, haproxy));
+    let stat = |i: usize, pick: fn(&Figures) -> &Vec<f64>| Stat::of(pick(&figs[i]));
+    let mut rows = Vec::new();
+    let metrics: [(&str, &str, Better, fn(&Figures) -> &Vec<f64>); 3] = [
+        ("requests/s, 16 connections, closed loop", "req/s", Better::Higher, |f| &f.rps),
+        ("p50 @1000/s", "µs", Better::Lower, |f| &f.p50),
+        ("p99 @1000/s", "µs", Better::Lower, |f| &f.p99),
+    ];
+    for (metric, unit, better, pick) in metrics {
+        for i in [1, 2] {
+            rows.push(Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better).vs(targets[0].label, &stat(0, pick)));
+        }
+        rows.push(Row::new("waypoint", metric, targets[1].label, unit, stat(1, pick), better).vs(targets[2].label, &stat(2, pick)));
+    }
+    rows.push(Row::new("waypoint", "CPU per request @1000/s", targets[1].label, "µs", stat(1, |f| &f.cpu_us_per_req), Better::Lower).vs(targets[2].label, &stat(2, |f| &f.cpu_us_per_req)));
+    rows.push(Row::new("waypoint", "RSS after load", targets[1].label, "MiB", stat(1, |f| &f.rss), Better::Lower).vs(targets[2].label, &stat(2, |f| &f.rss)));
+    Ok(rows)
+}
+
+fn start_waypoint(lab: &Lab) -> anyhow::Result<ProcessGuard> {
+    let dir = lab.cluster.state_dir().join("bench-waypoint");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("reviews.yaml"), RULES)?;
+    let mut cmd = Command::new(bin_path("mesh-waypoint")?);
+    cmd.arg("run")
+        .arg("--config-dir")
+        .arg(&dir)
+        .args(["--namespace", "wp", "--listen", WAYPOINT, "--admin", "127.0.0.1:15000"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let guard = lab.cluster.spawn_in_pod(POD.0, POD.1, cmd).context("starting mesh-waypoint")?;
+    lab.wait_tcp(POD, WAYPOINT.parse::<SocketAddr>()?)?;
+    wait_routes(lab)?;
+    Ok(guard)
+}
+
+/// The waypoint listens before its first config load completes; wait until requests route.
+fn wait_routes(lab: &Lab) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let probe = lab.load(POD, &["max", "--target", WAYPOINT, "--host", "reviews:9080", "--conns", "1", "--secs", "0.2"]);
+        match probe {
+            Ok(r) if r.ok > 0 && r.errors == 0 => return Ok(()),
+            _ if std::time::Instant::now() > deadline => anyhow::bail!("the waypoint does not route reviews:9080 after 20 s: {probe:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn start_haproxy(lab: &Lab) -> anyhow::Result<ProcessGuard> {
+    let path = lab.cluster.state_dir().join("bench-haproxy.cfg");
+    std::fs::write(&path, HAPROXY_CFG)?;
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&path).stdout(Stdio::null()).stderr(Stdio::null());
+    let guard = lab.cluster.spawn_in_pod(POD.0, POD.1, cmd).context("starting haproxy (apt install haproxy)")?;
+    lab.wait_tcp(POD, HAPROXY.parse::<SocketAddr>()?)?;
+    Ok(guard)
+}
