@@ -55,9 +55,9 @@ pub fn idle(lab: &Lab, window: Duration) -> Idle {
 pub fn run(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row>> {
     // Growth first: memory the held connections leave in the allocator would blur it.
     let mut rows = idle_rows(idle);
-    rows.extend(growth(lab, opts, idle)?);
+    rows.extend(growth(lab, opts)?);
     rows.extend(per_request(lab, opts)?);
-    rows.extend(held_connections(lab, opts, idle)?);
+    rows.extend(held_connections(lab, opts)?);
     Ok(rows)
 }
 
@@ -107,23 +107,25 @@ fn per_request(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
 }
 
 /// RSS of the node daemons while 1,000 keep-alive connections are held through the mesh.
-fn held_connections(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row>> {
+fn held_connections(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     progress("resources: holding 1000 connections through the mesh");
     let target = format!("{}:{HTTP_PORT}", lab.ip(SERVER)?);
     let hold_secs = if opts.quick { "20" } else { "30" };
     let mut cmd = lab.tool(&["hold", "--target", &target, "--conns", "1000", "--secs", hold_secs]);
     cmd.stdout(std::process::Stdio::piped());
+    let before: Vec<(String, f64)> = lab.node_pids().into_iter().filter_map(|(n, pid)| Some((n, procstat::sample(pid)?.rss_mib))).collect();
     let mut guard = lab.cluster.spawn_in_pod(CLIENT.0, CLIENT.1, cmd)?;
     let opened = read_line(guard.child_mut()).context("bench-tool hold")?;
     let samples: Vec<(String, ProcSample)> = lab.node_pids().into_iter().filter_map(|(n, pid)| Some((n, procstat::sample(pid)?))).collect();
     drop(guard);
     let mut rows = Vec::new();
     for (node, s) in samples {
-        let base = idle.nodes.iter().find(|(n, _, _)| *n == node).map(|(_, b, _)| b.rss_mib).unwrap_or(f64::NAN);
+        let base = before.iter().find(|(n, _)| *n == node).map(|(_, b)| *b).unwrap_or(f64::NAN);
+        let per_conn_kib = (s.rss_mib - base) * 1024.0 / 1000.0;
         rows.push(
             Row::new("resources", "RSS with 1,000 connections held", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.rss_mib]), Better::Lower)
-                .vs("same daemon idle", &Stat::of(&[base]))
-                .note(opened.trim().to_owned()),
+                .vs("same daemon just before", &Stat::of(&[base]))
+                .note(format!("{}; {per_conn_kib:.0} KiB per connection", opened.trim())),
         );
         rows.push(
             Row::new("resources", "peak RSS so far (VmHWM)", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.peak_mib]), Better::Lower)
@@ -161,12 +163,12 @@ fn growth_yaml(n: usize) -> String {
     y
 }
 
-fn growth(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row>> {
+fn growth(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let sizes: &[usize] = if opts.quick { &[10, 100, 1000] } else { &[10, 100, 1000, 10_000] };
     let n1 = lab.mesh.pid("n1").context("no daemon on n1")?;
-    let base = idle.nodes.iter().find(|(n, _, _)| n == "n1").map(|(_, s, _)| s.rss_mib).unwrap_or(f64::NAN);
+    let base = procstat::sample(n1).map(|s| s.rss_mib).unwrap_or(f64::NAN);
     let wp = lab.waypoint.as_ref().map(|g| g.pid());
-    let wp_base = idle.waypoint.map(|(s, _)| s.rss_mib).unwrap_or(f64::NAN);
+    let wp_base = wp.and_then(procstat::sample).map(|s| s.rss_mib).unwrap_or(f64::NAN);
     let base_workloads = workload_count(lab)?;
     let mut rows = Vec::new();
     let mut first_apply = None;
@@ -180,13 +182,13 @@ fn growth(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row
         std::thread::sleep(Duration::from_millis(300)); // let the waypoint's poll see it too
         let rss = procstat::sample(n1).map(|s| s.rss_mib).unwrap_or(f64::NAN);
         let label = format!("{n} workloads + {n} services");
-        rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-node n1", "MiB", Stat::of(&[rss]), Better::Lower).vs("same daemon, bench topology only", &Stat::of(&[base])));
+        rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-node n1", "MiB", Stat::of(&[rss]), Better::Lower).vs("same daemon just before (bench topology only)", &Stat::of(&[base])));
         rows.push(
             Row::new("resources", &format!("config apply, {label}"), "mesh-node n1 (write → /workloads shows it)", "ms", Stat::of(&[apply_ms]), Better::Lower)
                 .vs(&format!("apply of {} objects", sizes[0]), &Stat::of(&[first])),
         );
         if let Some(s) = wp.and_then(procstat::sample) {
-            rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-waypoint (pod)", "MiB", Stat::of(&[s.rss_mib]), Better::Lower).vs("same waypoint idle", &Stat::of(&[wp_base])));
+            rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-waypoint (pod)", "MiB", Stat::of(&[s.rss_mib]), Better::Lower).vs("same waypoint just before", &Stat::of(&[wp_base])));
         }
     }
     lab.mesh.delete("bench-growth")?;

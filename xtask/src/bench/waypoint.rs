@@ -180,15 +180,21 @@ fn start_waypoint(lab: &Lab) -> anyhow::Result<ProcessGuard> {
 
 /// The waypoint listens before its first config load completes; wait until requests route.
 fn wait_routes(lab: &Lab) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let probe = lab.load(POD, &["max", "--target", WAYPOINT, "--host", "reviews:9080", "--conns", "1", "--secs", "0.2"]);
-        match probe {
-            Ok(r) if r.ok > 0 && r.errors == 0 => return Ok(()),
-            _ if std::time::Instant::now() > deadline => anyhow::bail!("the waypoint does not route reviews:9080 after 20 s: {probe:?}"),
-            _ => std::thread::sleep(Duration::from_millis(100)),
+    let mut last = String::new();
+    let routed = crate::harness::wait_for("the waypoint routes reviews:9080", Duration::from_secs(20), || {
+        match lab.load(POD, &["max", "--target", WAYPOINT, "--host", "reviews:9080", "--conns", "1", "--secs", "0.2"]) {
+            Ok(r) if r.ok > 0 && r.errors == 0 => Some(()),
+            Ok(r) => {
+                last = r.first_error.unwrap_or_default();
+                None
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
         }
-    }
+    });
+    routed.with_context(|| format!("last attempt: {last}"))
 }
 
 fn start_haproxy(lab: &Lab) -> anyhow::Result<ProcessGuard> {
