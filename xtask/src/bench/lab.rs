@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! n1: mesh/client  mesh/local   plain/client  plain/lab (loopback lab for `waypoint`)
-//! n2: mesh/remote  mesh/waypoint plain/remote
+//! n2: mesh/remote  plain/remote  wpmesh/server  wpmesh/waypoint (HBONE waypoint of `wpmesh`)
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,8 +24,6 @@ pub const IPERF_PORT: u16 = 5201;
 /// stunnel: client side listens here in plain/client, server side on STUNNEL_TLS_PORT in plain/remote.
 pub const STUNNEL_LOCAL_PORT: u16 = 15201;
 pub const STUNNEL_TLS_PORT: u16 = 15443;
-/// The waypoint's plain-HTTP listener in mesh/waypoint.
-pub const WAYPOINT_PORT: u16 = 15080;
 /// Excluded from eBPF capture so that an iptables REDIRECT can take it (connect bench).
 pub const IPTABLES_PORT: u16 = 10;
 /// Captured by eBPF; nothing listens there (connect bench: capture cost only).
@@ -64,8 +62,20 @@ metadata: {name: local, namespace: mesh}
 spec: {nodeName: n1, serviceAccountName: server}
 ---
 apiVersion: v1
+kind: Namespace
+metadata:
+  name: wpmesh
+  annotations: {mesh.io/dataplane-mode: ambient}
+  labels: {istio.io/use-waypoint: waypoint}
+---
+apiVersion: v1
 kind: Pod
-metadata: {name: waypoint, namespace: mesh}
+metadata: {name: server, namespace: wpmesh, labels: {app: bench-server}}
+spec: {nodeName: n2, serviceAccountName: server}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint, namespace: wpmesh, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
 spec: {nodeName: n2, serviceAccountName: waypoint}
 ---
 apiVersion: v1
@@ -84,24 +94,32 @@ metadata: {name: lab, namespace: plain}
 spec: {nodeName: n1}
 ";
 
-/// Service + VirtualService the waypoint in the mesh serves (route everything to `bench-server`).
+/// Namespace `wpmesh` uses its waypoint: Service `bench` (VIP WAYPOINT_VIP) and the
+/// waypoint's own Service, as in Istio ambient.
 const WAYPOINT_CONFIG: &str = "
 apiVersion: v1
 kind: Service
-metadata: {name: bench, namespace: mesh}
-spec:
-  selector: {app: bench-server}
-  ports: [{name: http, port: 8080, targetPort: 8080}]
+metadata: {name: bench, namespace: wpmesh}
+spec: {clusterIP: 198.19.0.40, selector: {app: bench-server}, ports: [{name: http, port: 8080, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: wpmesh, labels: {istio.io/use-waypoint: none}}
+spec: {clusterIP: 198.19.0.41, selector: {gateway.networking.k8s.io/gateway-name: waypoint}, ports: [{name: mesh, port: 15008}]}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: bench, namespace: mesh}
+metadata: {name: bench, namespace: wpmesh}
 spec:
   hosts: [bench]
   http:
   - route:
     - destination: {host: bench}
 ";
+
+/// ClusterIP of Service `wpmesh/bench`, whose traffic goes through the waypoint.
+pub const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 40);
+pub const WAYPOINT_POD: PodRef = ("wpmesh", "waypoint");
 
 /// A pod, by namespace and name.
 pub type PodRef = (&'static str, &'static str);
@@ -172,7 +190,7 @@ impl Lab {
     }
 
     fn start_servers(&mut self) -> anyhow::Result<()> {
-        for pod in [("plain", "remote"), ("mesh", "remote"), ("mesh", "local")] {
+        for pod in [("plain", "remote"), ("mesh", "remote"), ("mesh", "local"), ("wpmesh", "server")] {
             let mut iperf = Command::new("iperf3");
             iperf.args(["-s", "-p", &IPERF_PORT.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
             self.spawn(pod, iperf).context("iperf3 -s (apt install iperf3)")?;
@@ -222,21 +240,25 @@ impl Lab {
         Ok(())
     }
 
-    /// mesh-waypoint in its own ambient pod, plain HTTP on WAYPOINT_PORT; its outbound
-    /// connections are captured like any pod's.
+    /// mesh-waypoint in its own pod: HBONE on 15008 with the certificate its node daemon
+    /// writes, HBONE to the endpoints (as in the Bookinfo lab).
     fn start_waypoint(&mut self) -> anyhow::Result<()> {
         self.mesh.apply("bench-waypoint", WAYPOINT_CONFIG)?;
+        let pod = self.cluster.pod(WAYPOINT_POD.0, WAYPOINT_POD.1)?;
+        let cert_dir = self.cluster.node(&pod.node)?.state_dir.join("proxy-certs").join(WAYPOINT_POD.0).join(WAYPOINT_POD.1);
         let mut cmd = Command::new(bin_path("mesh-waypoint")?);
         cmd.arg("run")
             .arg("--config-dir")
             .arg(self.mesh.config_dir())
-            .args(["--namespace", "mesh", "--listen", &format!("0.0.0.0:{WAYPOINT_PORT}"), "--admin", "127.0.0.1:15000", "--config-poll-ms", "50"])
+            .args(["--namespace", WAYPOINT_POD.0, "--listen", "127.0.0.1:15080", "--admin", "127.0.0.1:15000", "--config-poll-ms", "50"])
+            .arg("--cert-dir")
+            .arg(&cert_dir)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let guard = self.cluster.spawn_in_pod("mesh", "waypoint", cmd)?;
+        let guard = self.cluster.spawn_in_pod(WAYPOINT_POD.0, WAYPOINT_POD.1, cmd)?;
         self.waypoint = Some(guard);
-        self.wait_tcp(("mesh", "waypoint"), SocketAddr::from(([127, 0, 0, 1], WAYPOINT_PORT)))?;
+        self.cluster.wait_tcp_in_pod(WAYPOINT_POD.0, WAYPOINT_POD.1, SocketAddr::from((pod.ip, 15008)), Duration::from_secs(60)).context("the waypoint's HBONE port 15008")?;
         Ok(())
     }
 
