@@ -257,6 +257,11 @@ fn https_server(port: u16, hosts: &str, credential: &str) -> String {
 /// One HTTPS GET on a fresh connection, verifying the server with `ca`; returns the
 /// reply and the certificate the server presented.
 async fn https_get(addr: SocketAddr, sni: &str, ca: &CertificateDer<'static>, path: &str) -> Result<(Reply, CertificateDer<'static>), String> {
+    https_request(addr, sni, ca, path, false).await
+}
+
+/// Like [`https_get`], over HTTP/1.1 or (ALPN `h2`) HTTP/2.
+async fn https_request(addr: SocketAddr, sni: &str, ca: &CertificateDer<'static>, path: &str, h2: bool) -> Result<(Reply, CertificateDer<'static>), String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -265,16 +270,23 @@ async fn https_get(addr: SocketAddr, sni: &str, ca: &CertificateDer<'static>, pa
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
     let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned().ok_or("no certificate")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = Request::builder().uri(path).header("host", sni).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::builder().uri(format!("https://{sni}{path}")).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::builder().uri(path).header("host", sni).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    };
     Ok((read(resp, started).await, presented))
 }
 
@@ -287,7 +299,10 @@ async fn https_simple_with_secret_certificate_reload_and_https_redirect() {
     lab.apply("secret.yaml", &tls_secret("shop-cert", &cert, &key));
     let servers = format!("{}  - port: {{number: {http}, name: http, protocol: HTTP}}\n    hosts: [shop.example.com]\n    tls: {{httpsRedirect: true}}\n", https_server(https, "shop.example.com", "shop-cert"));
     lab.apply("gw.yaml", &gateway_yaml("shop-gateway", GW_NS, "istio: ingressgateway", &servers));
-    lab.apply("vs.yaml", &vs_yaml("shop", NS, "shop.example.com", Some("istio-system/shop-gateway"), "v2"));
+    // v2 only for requests the routes see as https.
+    let vs = vs_yaml("shop", NS, "shop.example.com", Some("istio-system/shop-gateway"), "v1")
+        .replace("  http:\n", &format!("  http:\n  - match: [{{scheme: {{exact: https}}}}]\n    route: [{{destination: {{host: reviews.{NS}.svc.cluster.local, subset: v2}}}}]\n"));
+    lab.apply("vs.yaml", &vs);
     assert!(lab.rejected().is_empty(), "{:?}", lab.rejected());
     lab.wait_listening(https).await;
     lab.wait_listening(http).await;
@@ -296,6 +311,9 @@ async fn https_simple_with_secret_certificate_reload_and_https_redirect() {
     assert_eq!((r.status, r.version().as_str()), (StatusCode::OK, "v2"), "{r:?}");
     assert_eq!(r.json()["path"], "/reviews/1?x=1");
     let first_cert = presented;
+    // h2 by ALPN.
+    let (r, _) = https_request(lab.addr(https), "shop.example.com", &pki.ca_der, "/h2", true).await.expect("HTTPS h2 works");
+    assert_eq!((r.status, r.version().as_str()), (StatusCode::OK, "v2"), "{r:?}");
     // An SNI no server host matches gets no certificate.
     let refused = https_get(lab.addr(https), "other.example.com", &pki.ca_der, "/").await;
     assert!(refused.is_err(), "{refused:?}");
@@ -468,4 +486,53 @@ async fn no_request_lost_during_reloads_under_200_concurrent_requests() {
     let failed = statuses.iter().filter(|s| **s != 200).count();
     assert_eq!(failed, 0, "{failed} of {total} requests failed across {reloads} reloads");
     assert!(reloads >= 5, "reloads happened during the load ({reloads})");
+}
+
+/// Kills the child (by its PID, through the handle) even when the test fails.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_in_gateway_mode_serves_the_sample_and_follows_edited_files() {
+    let lab = GatewayLab::start().await;
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/bookinfo/bookinfo-gateway.yaml");
+    let text = std::fs::read_to_string(sample).expect("sample readable");
+    lab.apply("bookinfo-gateway.yaml", &text);
+    // The binary binds its own address of the block; the in-process gateway keeps `.1`.
+    let bind = ip(lab.block, 5);
+    let _proc = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mesh-waypoint"))
+            .args(["run", "--mode", "gateway", "--pod-labels", "istio=ingressgateway", "--namespace", GW_NS, "--admin", "127.0.0.1:0", "--config-poll-ms", "50"])
+            .arg("--bind-ip")
+            .arg(bind.to_string())
+            .arg("--config-dir")
+            .arg(lab.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mesh-waypoint starts"),
+    );
+    let up = |port: u16| async move { tokio::net::TcpStream::connect(SocketAddr::new(bind, port)).await.is_ok() };
+    assert!(eventually(WAIT, || up(8080)).await, "the binary listens on 8080 of the sample");
+    let get = |port: u16, path: &'static str| {
+        let req = Request::builder().uri(format!("http://{}{path}", SocketAddr::new(bind, port))).header("host", "bookinfo.example.com").body(Full::new(Bytes::new())).expect("request");
+        let client = lab.client.clone();
+        async move { read(client.request(req).await.expect("binary answers"), Instant::now()).await }
+    };
+    let r = get(8080, "/productpage").await;
+    assert_eq!((r.status, r.version().as_str()), (StatusCode::OK, "productpage-v1"), "{r:?}");
+
+    // Editing the file moves the server: the new port opens, 8080 closes.
+    let new_port = lab.free_port();
+    std::fs::write(lab.dir.path().join("bookinfo-gateway.yaml"), text.replace("number: 8080", &format!("number: {new_port}"))).expect("edit");
+    bump_mtime(&lab.dir.path().join("bookinfo-gateway.yaml"));
+    assert!(eventually(WAIT, || up(new_port)).await, "the edited port opens");
+    assert!(eventually(WAIT, || async { !up(8080).await }).await, "8080 closes");
+    assert_eq!(get(new_port, "/productpage").await.version(), "productpage-v1");
 }
