@@ -160,7 +160,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             // The gateway accepts from outside the mesh on its Gateway ports; upstream it
             // uses the same connector (HBONE with --cert-dir) as a waypoint.
             let gw = GatewayOptions { pod_labels: args.gateway.pod_labels.into_iter().collect(), bind_ip: args.bind_ip };
-            let _gateway = IngressGateway::start_with(opts, gw, connector).await.context("cannot start the ingress gateway")?;
+            let gateway = IngressGateway::start_with(opts, gw, connector).await.context("cannot start the ingress gateway")?;
+            if let Some(h) = &hbone {
+                // Upstream identities come from the gateway's live configuration.
+                h.connector.bind(&gateway.config);
+            }
             shutdown_signal().await?;
             tracing::info!("shutting down");
             return Ok(());

@@ -2,7 +2,8 @@
 //! shows it and as the e2e tests drive it. Two nodes from
 //! `samples/bookinfo/platform/topology.yaml`, one `mesh-node` per node, the apps (one
 //! `bookinfo` process per pod), the namespace's waypoint in its own pod (HBONE on
-//! 15008, certificate from its node daemon) and the requests' entry point.
+//! 15008, certificate from its node daemon) and the ingress gateway in its own pod
+//! (`bookinfo-gateway` on 8080), where users' requests enter.
 
 pub mod apps;
 pub mod block;
@@ -20,6 +21,9 @@ pub const NAMESPACE: &str = "bookinfo";
 pub const CLIENT: (&str, &str) = ("outside", "client");
 /// The waypoint's admin port inside its pod.
 pub const WAYPOINT_ADMIN: u16 = 15000;
+/// The ingress gateway pod and the port its Gateway (`bookinfo-gateway.yaml`) opens.
+pub const GATEWAY_POD: (&str, &str) = ("istio-system", "istio-ingressgateway");
+pub const GATEWAY_PORT: u16 = 8080;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -48,6 +52,7 @@ pub struct Lab {
     pub samples: PathBuf,
     _apps: Vec<ProcessGuard>,
     _waypoint: ProcessGuard,
+    _gateway: ProcessGuard,
 }
 
 /// `samples/bookinfo/` of this workspace.
@@ -73,7 +78,11 @@ impl Lab {
         mesh.wait_ready(cluster, Duration::from_secs(60))?;
         let apps = apps::start(cluster, opts.log_dir.as_deref())?;
         let waypoint = start_waypoint(cluster, &mesh, opts.log_dir.as_deref())?;
-        let lab = Self { mesh, samples, _apps: apps, _waypoint: waypoint };
+        let gateway_yaml = samples.join("bookinfo-gateway.yaml");
+        let text = std::fs::read_to_string(&gateway_yaml).map_err(|source| LabError::Samples { path: gateway_yaml.clone(), source })?;
+        mesh.apply_objects(&gateway_yaml.display().to_string(), &text).map_err(MeshError::from)?;
+        let gateway = start_gateway(cluster, &mesh, opts.log_dir.as_deref())?;
+        let lab = Self { mesh, samples, _apps: apps, _waypoint: waypoint, _gateway: gateway };
         lab.wait_serving(cluster)?;
         Ok(lab)
     }
@@ -129,11 +138,11 @@ impl Lab {
     }
 }
 
-/// Where users' requests enter: productpage's pod (plaintext, steered into the mesh by
-/// its node daemon on 15006).
+/// Where users' requests enter: the ingress gateway's pod, port 8080 of
+/// `bookinfo-gateway` (plain HTTP from outside; HBONE from there on).
 pub fn entry(cluster: &Cluster) -> Result<SocketAddr, LabError> {
-    let pp = cluster.pod(NAMESPACE, "productpage-v1")?;
-    Ok(SocketAddr::from((pp.ip, 9080)))
+    let gw = cluster.pod(GATEWAY_POD.0, GATEWAY_POD.1)?;
+    Ok(SocketAddr::from((gw.ip, GATEWAY_PORT)))
 }
 
 /// GET /productpage as a user outside the mesh would (from the `outside` pod).
@@ -201,11 +210,39 @@ pub fn waypoint_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
     serde_json::from_str(&r.body).map_err(|e| LabError::Harness(HarnessError::sys("parsing the waypoint's config_dump", std::io::Error::other(e))))
 }
 
+/// The certificate directory the pod's node daemon writes for a waypoint/gateway pod.
+fn cert_dir(cluster: &Cluster, ns: &str, pod: &str) -> Result<PathBuf, LabError> {
+    let node = cluster.node(&cluster.pod(ns, pod)?.node)?;
+    Ok(node.state_dir.join("proxy-certs").join(ns).join(pod))
+}
+
+/// `mesh-waypoint run --mode gateway` in the ingress gateway pod: serves the Gateways
+/// selecting `istio=ingressgateway`, forwards into the mesh over HBONE.
+fn start_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+    let (ns, name) = GATEWAY_POD;
+    let pod = cluster.pod(ns, name)?;
+    let mut cmd = Command::new(bin_path("mesh-waypoint")?);
+    cmd.arg("run")
+        .args(["--mode", "gateway", "--pod-labels", "istio=ingressgateway", "--namespace", ns])
+        .arg("--config-dir")
+        .arg(mesh.config_dir())
+        .args(["--admin", "127.0.0.1:15000", "--config-poll-ms", "200"])
+        .arg("--cert-dir")
+        .arg(cert_dir(cluster, ns, name)?)
+        .stdin(Stdio::null());
+    apps::log_to(&mut cmd, log_dir, name);
+    let guard = cluster.spawn_in_pod(ns, name, cmd)?;
+    let waited = Duration::from_secs(60);
+    cluster
+        .wait_tcp_in_pod(ns, name, SocketAddr::from((pod.ip, GATEWAY_PORT)), waited)
+        .map_err(|_| LabError::NotUp { what: format!("the ingress gateway (port {GATEWAY_PORT})"), waited })?;
+    Ok(guard)
+}
+
 /// `mesh-waypoint run` in the waypoint pod, with the certificate its node daemon writes.
 fn start_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
     let pod = cluster.pod(NAMESPACE, "waypoint")?;
-    let node = cluster.node(&pod.node)?;
-    let cert_dir = node.state_dir.join("proxy-certs").join(NAMESPACE).join("waypoint");
+    let cert_dir = cert_dir(cluster, NAMESPACE, "waypoint")?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
         .arg("--config-dir")

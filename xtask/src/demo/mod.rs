@@ -51,13 +51,11 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Until the ingress gateway lands, requests enter at productpage's pod address from
-/// the non-enrolled `outside` pod: plaintext steered into the mesh on 15006.
+/// Requests enter at the ingress gateway's pod, from the non-enrolled `outside` pod.
 fn entry_point(cluster: &Cluster) -> Result<traffic::Entry> {
-    let productpage = cluster.pod("bookinfo", "productpage-v1")?;
     Ok(traffic::Entry {
-        cluster_pod: ("outside".into(), "client".into()),
-        target: std::net::SocketAddr::from((productpage.ip, 9080)),
+        cluster_pod: (xtask::bookinfo::CLIENT.0.into(), xtask::bookinfo::CLIENT.1.into()),
+        target: xtask::bookinfo::entry(cluster)?,
     })
 }
 
