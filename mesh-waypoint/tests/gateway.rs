@@ -158,6 +158,10 @@ async fn bookinfo_gateway_sample_serves_productpage_on_8080() {
     assert_eq!((r.status, r.version().as_str()), (StatusCode::OK, "productpage-v1"), "{r:?}");
     let r = lab.get(8080, "localhost:8080", "/api/v1/products/0").await;
     assert_eq!(r.version(), "productpage-v1", "{r:?}");
+    // Edge headers, as Istio's gateway adds them.
+    assert_eq!(r.echoed("x-forwarded-proto"), "http");
+    assert!(r.echoed("x-forwarded-for").starts_with("127."), "{r:?}");
+    assert_eq!(r.echoed("x-request-id").len(), 36, "{r:?}");
     // The VirtualService matches only the Bookinfo paths: others get Istio's 404.
     let r = lab.get(8080, "bookinfo.example.com", "/admin").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{r:?}");

@@ -165,6 +165,7 @@ where
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         req.extensions_mut().insert(down);
+        super::edge_headers::apply(req.headers_mut(), peer, down.tls);
         async move { Ok::<_, Infallible>(proxy.handle(req, peer, local).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());

@@ -9,6 +9,7 @@
 //! [`plan`] compiles the Gateways (and their Secrets, [`secret`]) into one immutable
 //! plan per configuration snapshot; [`listeners`] binds and unbinds ports to follow it.
 
+pub mod edge_headers;
 pub mod identity;
 pub mod listeners;
 pub mod plan;

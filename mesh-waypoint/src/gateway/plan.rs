@@ -256,3 +256,92 @@ fn assign_ports(servers: Vec<ServerPlan>, prev: Option<&Plan>, errors: &mut Vec<
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> GatewayIdentity {
+        GatewayIdentity { namespace: "istio-system".into(), labels: [("istio".into(), "ingressgateway".into())].into() }
+    }
+
+    fn resources(yaml: &str) -> Vec<Resource> {
+        mesh_common::model::parse_documents("t.yaml", yaml).into_iter().map(|r| r.expect("valid document")).collect()
+    }
+
+    fn gateway(name: &str, selector: &str, servers: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  selector: {{{selector}}}\n  servers:\n{servers}---\n")
+    }
+
+    const HTTP_80: &str = "  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}\n";
+    const HTTPS_80: &str = "  - {port: {number: 80, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: c}}\n";
+
+    #[test]
+    fn only_selecting_gateways_count_and_ports_group_servers() {
+        let yaml = gateway("a", "istio: ingressgateway", &format!("{HTTP_80}  - {{port: {{number: 81, name: h, protocol: HTTP2}}, hosts: [x.example.com]}}\n"))
+            + &gateway("b", "istio: ingressgateway", HTTP_80)
+            + &gateway("other", "istio: egressgateway", "  - {port: {number: 99, name: h, protocol: HTTP}, hosts: ['*']}\n");
+        let plan = build(&resources(&yaml), &[], &identity(), None);
+        assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+        assert_eq!(plan.gateways.len(), 2);
+        assert_eq!(plan.ports.keys().copied().collect::<Vec<_>>(), vec![80, 81]);
+        assert_eq!(plan.ports[&80].servers.len(), 2, "two Gateways share port 80");
+        assert_eq!(plan.ports[&81].protocol, Protocol::Http);
+    }
+
+    fn secret_c() -> String {
+        let cert = rcgen::generate_simple_self_signed(vec!["x.example.com".to_owned()]).expect("rcgen");
+        let indent = |pem: String| pem.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: c, namespace: istio-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n",
+            indent(cert.cert.pem()),
+            indent(cert.signing_key.serialize_pem())
+        )
+    }
+
+    #[test]
+    fn conflicting_protocol_keeps_what_the_port_had() {
+        let yaml = secret_c() + &gateway("a", "istio: ingressgateway", HTTPS_80) + &gateway("z", "istio: ingressgateway", HTTP_80);
+        // Fresh start: the first server (Gateway `a`) sets the port's protocol.
+        let fresh = build(&resources(&yaml), &[], &identity(), None);
+        assert_eq!(fresh.ports[&80].protocol, Protocol::Https);
+        assert!(fresh.ports[&80].tls.is_some());
+        assert!(fresh.errors[0].starts_with("Gateway bookinfo/z: spec.servers[0].port.protocol: port 80 is already served as HTTPS by Gateway bookinfo/a spec.servers[0]; HTTP on the same port conflicts"), "{:?}", fresh.errors);
+        // A port already serving HTTP keeps it when an HTTPS server arrives.
+        let before = build(&resources(&(secret_c() + &gateway("z", "istio: ingressgateway", HTTP_80))), &[], &identity(), None);
+        let plan = build(&resources(&yaml), &[], &identity(), Some(&before));
+        assert_eq!((plan.ports[&80].protocol, plan.ports[&80].servers.len()), (Protocol::Http, 1));
+        assert_eq!(plan.errors.len(), 1);
+        assert!(plan.errors[0].starts_with("Gateway bookinfo/a: spec.servers[0].port.protocol: port 80 is already served as HTTP by Gateway bookinfo/z spec.servers[0]; HTTPS on the same port conflicts, so this server is ignored"), "{:?}", plan.errors);
+    }
+
+    #[test]
+    fn a_server_that_stops_compiling_keeps_its_last_good_version() {
+        let good = build(&resources(&gateway("g", "istio: ingressgateway", HTTP_80)), &[], &identity(), None);
+        let bad = gateway("g", "istio: ingressgateway", "  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['a*b']}\n");
+        let plan = build(&resources(&bad), &[], &identity(), Some(&good));
+        assert_eq!(plan.errors, vec!["Gateway bookinfo/g: spec.servers[0].hosts[0]: `a*b`: a wildcard is only allowed as the whole first label (`*` or `*.example.com`); its last good version stays in force".to_owned()]);
+        assert_eq!(plan.ports[&80].servers[0].hosts[0].pattern, crate::config::hosts::HostPattern::Any);
+        let fresh = build(&resources(&bad), &[], &identity(), None);
+        assert!(fresh.ports.is_empty(), "nothing to keep on a fresh start");
+    }
+
+    #[test]
+    fn unsupported_settings_are_named() {
+        let servers = "  - {port: {number: 70000, name: a, protocol: HTTP}, hosts: ['*']}\n\
+                       \x20 - {port: {number: 81, name: b, protocol: TLS}, hosts: ['*']}\n\
+                       \x20 - {port: {number: 82, name: c, protocol: HTTPS}, hosts: ['*'], tls: {credentialName: c}}\n\
+                       \x20 - {port: {number: 83, name: d, protocol: HTTP}, hosts: []}\n";
+        let plan = build(&resources(&gateway("g", "", servers)), &[], &identity(), None);
+        let want = [
+            "Gateway bookinfo/g: spec.servers[0].port.number: port 70000 is outside 1–65535",
+            "Gateway bookinfo/g: spec.servers[1].port.protocol: protocol `TLS` is not supported",
+            "Gateway bookinfo/g: spec.servers[2].tls.mode: tls mode `PASSTHROUGH` (unset means PASSTHROUGH) is not supported",
+            "Gateway bookinfo/g: spec.servers[3].hosts: at least one host is required",
+        ];
+        for (got, want) in plan.errors.iter().zip(want) {
+            assert!(got.starts_with(want), "{got}");
+        }
+        assert_eq!(plan.errors.len(), 4);
+    }
+}
