@@ -85,6 +85,9 @@ impl IngressGateway {
 
     /// Like [`IngressGateway::start`] with the upstream [`Connector`] (HBONE in the mesh).
     pub async fn start_with(opts: Options, gateway: GatewayOptions, connector: Arc<dyn Connector>) -> Result<Self, StartError> {
+        if gateway.pod_labels.is_empty() {
+            tracing::warn!("no --pod-labels given: only Gateways with an empty selector apply to this gateway");
+        }
         let identity = GatewayIdentity { namespace: opts.namespace.clone(), labels: gateway.pod_labels };
         let config = Config::for_gateway(identity, connector);
         if let Some(dir) = &opts.config_dir {
