@@ -58,6 +58,9 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     let bpffs = p.args.bpffs_dir();
     pins::prepare(&bpffs)?;
     let bpf = CaptureBpf::load(&bpffs, &p.args.capture)?;
+    // The loader's parsed kernel BTF is gone now; without this an idle daemon keeps it.
+    crate::allocator::release_freed_memory();
+    tokio::spawn(crate::allocator::trim_while_running());
     let connections = ConnCounter::default();
     let enrolled = prometheus_client::metrics::gauge::Gauge::default();
     p.metrics.register(|r| {
