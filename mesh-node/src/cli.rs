@@ -36,12 +36,17 @@ pub struct FdHolderArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Directory of Kubernetes-shaped YAML (Namespaces, Pods, Services, Istio resources),
-    /// read recursively and re-read when files change.
-    #[arg(long, env = "MESH_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    /// read recursively and re-read when files change. Required unless `--kubernetes`.
+    #[arg(long, env = "MESH_CONFIG_DIR", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    pub config_dir: Option<PathBuf>,
+
+    /// Read the configuration from the Kubernetes API server (in-cluster service account,
+    /// else the local kubeconfig) instead of a directory: watches only this node's pods.
+    #[arg(long, env = "MESH_KUBERNETES")]
+    pub kubernetes: bool,
 
     /// Name of the node this daemon serves; only pods with this `spec.nodeName` are enrolled.
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, visible_alias = "node-name", env = "NODE_NAME")]
     pub node: String,
 
     /// Where the daemon keeps state it must find again after a restart (CA, certificates).
@@ -184,6 +189,18 @@ mod tests {
         assert_eq!(args.state_dir(), PathBuf::from("/var/lib/mesh/n1"));
         assert_eq!(args.bpffs_dir(), PathBuf::from("/sys/fs/bpf/mesh/n1"));
         assert_eq!(args.capture.listen_backlog, 4096);
+    }
+
+    #[test]
+    fn kubernetes_mode_needs_no_config_dir_and_excludes_one() {
+        let cli = Cli::try_parse_from(["mesh-node", "run", "--kubernetes", "--node-name", "n1"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("run") };
+        assert!(args.kubernetes && args.config_dir.is_none());
+        assert_eq!(args.node, "n1");
+        let both = Cli::try_parse_from(["mesh-node", "run", "--kubernetes", "--config-dir", "/c", "--node", "n1"]);
+        assert!(both.unwrap_err().to_string().contains("--config-dir"));
+        let neither = Cli::try_parse_from(["mesh-node", "run", "--node", "n1"]).unwrap_err().to_string();
+        assert!(neither.contains("--config-dir"), "{neither}");
     }
 
     #[test]

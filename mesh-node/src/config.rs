@@ -1,6 +1,7 @@
 //! Keeps [`MeshState`] current: polls the configuration directory, applies changes
 //! to the store (bad objects keep their last good version) and publishes a new
-//! state to every subsystem through a `watch` channel.
+//! state to every subsystem through a `watch` channel. Kubernetes mode
+//! ([`crate::kubernetes`]) feeds the same [`Publisher`] from the API server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,22 +15,49 @@ use crate::state::MeshState;
 
 pub type StateRx = watch::Receiver<Arc<MeshState>>;
 
-pub struct ConfigLoop {
-    source: DirSource,
-    store: ConfigStore,
+/// Builds a [`MeshState`] from the store and publishes it: the one reconcile path
+/// both configuration sources (directory, Kubernetes) go through.
+pub struct Publisher {
     node: String,
     trust_domain: String,
     tx: watch::Sender<Arc<MeshState>>,
+}
+
+impl Publisher {
+    pub fn new(node: &str, trust_domain: &str) -> (Self, StateRx) {
+        let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
+        (Self { node: node.to_owned(), trust_domain: trust_domain.to_owned(), tx }, rx)
+    }
+
+    /// The generation last published (0: nothing yet).
+    pub fn generation(&self) -> u64 {
+        self.tx.borrow().generation
+    }
+
+    pub fn publish(&self, store: &ConfigStore) {
+        let state = MeshState::build(store, &self.node, &self.trust_domain);
+        tracing::info!(
+            generation = state.generation,
+            workloads = state.workloads.len(),
+            services = state.services.len(),
+            "configuration applied"
+        );
+        self.tx.send_replace(Arc::new(state));
+    }
+}
+
+pub struct ConfigLoop {
+    source: DirSource,
+    store: ConfigStore,
+    publisher: Publisher,
     /// The last poll succeeded and readiness says so.
     healthy: bool,
 }
 
 impl ConfigLoop {
     pub fn new(source: DirSource, node: &str, trust_domain: &str) -> (Self, StateRx) {
-        let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
-        let node = node.to_owned();
-        let trust_domain = trust_domain.to_owned();
-        (Self { source, store: ConfigStore::default(), node, trust_domain, tx, healthy: false }, rx)
+        let (publisher, rx) = Publisher::new(node, trust_domain);
+        (Self { source, store: ConfigStore::default(), publisher, healthy: false }, rx)
     }
 
     /// One poll: re-reads changed files and publishes a new state if anything changed.
@@ -39,16 +67,9 @@ impl ConfigLoop {
                 for line in &report.rejected {
                     tracing::warn!("configuration rejected, last good version kept: {line}");
                 }
-                let first = self.tx.borrow().generation == 0 && self.store.generation() > 0;
+                let first = self.publisher.generation() == 0 && self.store.generation() > 0;
                 if !report.is_noop() || first {
-                    let state = MeshState::build(&self.store, &self.node, &self.trust_domain);
-                    tracing::info!(
-                        generation = state.generation,
-                        workloads = state.workloads.len(),
-                        services = state.services.len(),
-                        "configuration applied"
-                    );
-                    self.tx.send_replace(Arc::new(state));
+                    self.publisher.publish(&self.store);
                 }
                 if !report.is_noop() || !self.healthy {
                     // Counted on change only: a poll that found nothing new costs no scan.

@@ -27,22 +27,57 @@ pub struct ProxyInputs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     readiness.set("config", Condition::Pending("not read yet".into()));
+    readiness.set("capture", Condition::Pending("waiting for the configuration".into()));
     let metrics = Metrics::default();
     let sections = Sections::default();
 
-    let (mut config, state) = ConfigLoop::new(DirSource::new(&args.config_dir), &args.node, &args.trust_domain);
-    config.poll_once(&readiness);
-    tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
-
+    let state = start_config(&args, &readiness, &metrics).await?;
     let inputs = ProxyInputs { args: Arc::new(args), state, metrics, readiness, admin_sections: sections };
+    // Endpoints first: readiness and metrics explain a wait for the API server.
+    serve_endpoints(&inputs).await?;
+    if inputs.args.kubernetes {
+        tokio::select! {
+            _ = first_state(inputs.state.clone()) => {}
+            _ = wait_for_shutdown() => return Ok(()),
+        }
+    }
     let handler = crate::proxy::select_handler(&inputs).context("mesh data path")?;
     let capture = crate::capture::start(&inputs, handler).await.context("capture")?;
-    serve_endpoints(&inputs).await?;
     tracing::info!(node = %inputs.args.node, "mesh-node started");
     wait_for_shutdown().await;
     tracing::info!("shutting down");
     capture.shutdown().await;
     Ok(())
+}
+
+/// The configuration source: a directory, or the API server with `--kubernetes`.
+async fn start_config(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) -> anyhow::Result<StateRx> {
+    if args.kubernetes {
+        return start_kubernetes(args, readiness, metrics).await;
+    }
+    let dir = args.config_dir.as_ref().context("--config-dir is required without --kubernetes")?;
+    let (mut config, state) = ConfigLoop::new(DirSource::new(dir), &args.node, &args.trust_domain);
+    config.poll_once(readiness);
+    tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
+    Ok(state)
+}
+
+#[cfg(feature = "kubernetes")]
+async fn start_kubernetes(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) -> anyhow::Result<StateRx> {
+    tracing::info!(node = %args.node, "configuration from the Kubernetes API server (this node's pods only)");
+    crate::kubernetes::start(&args.node, &args.trust_domain, readiness, metrics).await
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn start_kubernetes(_: &RunArgs, _: &Readiness, _: &Metrics) -> anyhow::Result<StateRx> {
+    anyhow::bail!("--kubernetes: this mesh-node was built without the `kubernetes` feature; rebuild with default features")
+}
+
+/// Capture starts from a complete model: on an empty one, a restarted daemon would
+/// detach every pod it had captured.
+async fn first_state(mut state: StateRx) {
+    tracing::info!("waiting for the first complete list from the Kubernetes API server");
+    let _ = state.changed().await;
 }
 
 async fn serve_endpoints(p: &ProxyInputs) -> anyhow::Result<()> {

@@ -12,6 +12,8 @@ mod ebpf;
 mod hbone;
 mod http_server;
 mod identity;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod metrics;
 mod netns;
 mod policy;

@@ -1,5 +1,10 @@
 //! `cargo xtask test`: bootstrap, one `cargo build` of the whole workspace (the e2e
 //! tests start the daemons from target/), then `cargo test` over every crate.
+//!
+//! Kubernetes mode is covered by the same single build: mesh-node's default feature
+//! `kubernetes` enables `mesh-common/kube` (and its tests `kube-replay`), and cargo
+//! unifies features across the workspace, so mesh-common's watcher tests and
+//! mesh-node's daemon-level replay tests run without a second build.
 
 use std::process::Command;
 

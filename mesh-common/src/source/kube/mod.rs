@@ -18,8 +18,8 @@ pub mod kinds;
 pub mod observe;
 pub mod status;
 
-#[cfg(test)]
-mod replay;
+#[cfg(any(test, feature = "kube-replay"))]
+pub mod replay;
 #[cfg(test)]
 mod tests;
 

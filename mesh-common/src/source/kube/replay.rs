@@ -1,6 +1,7 @@
 //! Test double for the API server: a `tower::Service` that kube's `Client` runs on,
-//! replaying scripted list responses and watch streams (the only mock in this module;
-//! everything above the HTTP layer is the real kube-runtime watcher).
+//! replaying scripted list responses and watch streams (the only mock of the
+//! Kubernetes source; everything above the HTTP layer is the real kube-runtime
+//! watcher). Other crates' tests get it with the feature `kube-replay`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -16,6 +17,8 @@ use http_body::Frame;
 use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+use super::kinds::{WATCHED, WatchedKind};
 
 type Chunk = Result<Frame<Bytes>, std::io::Error>;
 pub type ReplayBody = StreamBody<BoxStream<'static, Chunk>>;
@@ -70,6 +73,31 @@ impl Replay {
         let (tx, rx) = mpsc::unbounded_channel();
         self.watch(path, events, End::Live(rx));
         tx
+    }
+
+    /// Lists the objects of `objs` (user YAML as JSON) for every watched kind not in
+    /// `except`; their watches then stay idle.
+    pub fn list_all(&self, objs: &[Value], except: &[&str]) -> &Self {
+        for kind in WATCHED.iter().filter(|k| !except.contains(&k.kind)) {
+            let items = objs.iter().filter(|o| o["kind"] == kind.kind).map(|o| item(o, "5")).collect();
+            self.list(&path(kind), "5", items);
+        }
+        self
+    }
+
+    /// A kube client stack over this replay, for [`super::KubeSource::new`].
+    pub fn client_builder(&self) -> kube::client::ClientBuilder<Self> {
+        kube::client::ClientBuilder::new(self.clone(), "default")
+    }
+
+    /// Answers discovery of Istio's API groups with every version we accept.
+    pub fn istio_groups(&self) -> &Self {
+        let group = |name: &str, versions: &[&str]| {
+            let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+            json!({"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": vs, "preferredVersion": vs[0]})
+        };
+        self.fixed("/apis/networking.istio.io", group("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]));
+        self.fixed("/apis/security.istio.io", group("security.istio.io", &["v1", "v1beta1"]))
     }
 
     pub fn fixed(&self, path: &str, body: Value) -> &Self {
@@ -186,6 +214,44 @@ pub fn event(kind: &str, object: Value) -> Value {
 /// `410 Gone` inside a watch stream: the resourceVersion is too old, relist.
 pub fn gone() -> Value {
     event("ERROR", status(410, "Expired", "too old resource version: 10 (25)"))
+}
+
+/// The collection path of a watched kind at its preferred version (`/api/v1/pods`).
+pub fn path(kind: &WatchedKind) -> String {
+    let ar = kind.api_resource(kind.versions[0]);
+    if ar.group.is_empty() { format!("/api/v1/{}", ar.plural) } else { format!("/apis/{}/{}", ar.api_version, ar.plural) }
+}
+
+/// [`path`] by kind name; panics on a kind we do not watch (a bug in the test).
+pub fn path_of(kind: &str) -> String {
+    path(WATCHED.iter().find(|k| k.kind == kind).unwrap_or_else(|| panic!("{kind} is not watched")))
+}
+
+/// A list item as the API server returns it: no apiVersion/kind, a resourceVersion.
+pub fn item(v: &Value, rv: &str) -> Value {
+    let mut v = with_rv(v, rv);
+    if let Some(map) = v.as_object_mut() {
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    v
+}
+
+/// The object with `metadata.resourceVersion` set, as a watch event carries it.
+pub fn with_rv(v: &Value, rv: &str) -> Value {
+    let mut v = v.clone();
+    v["metadata"]["resourceVersion"] = json!(rv);
+    v
+}
+
+/// User YAML (multi-document) as the JSON objects the API server stores.
+pub fn objects(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .filter_map(|v| serde_json::to_value(v).ok())
+        .filter(|v| !v.is_null())
+        .collect()
 }
 
 pub fn bookmark(api_version: &str, kind: &str, resource_version: &str) -> Value {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::replay::{End, Replay, bookmark, event, gone};
+use super::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};
 use super::*;
 use crate::model::enrollment::enrolled_pods;
 use crate::model::FieldError;
@@ -28,56 +28,10 @@ fn accept_all() -> SharedValidator {
     Arc::new(|_| Ok(()))
 }
 
-fn objects(yaml: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn path(kind: &WatchedKind) -> String {
-    let ar = kind.api_resource(kind.versions[0]);
-    if ar.group.is_empty() { format!("/api/v1/{}", ar.plural) } else { format!("/apis/{}/{}", ar.api_version, ar.plural) }
-}
-
-fn path_of(kind: &str) -> String {
-    path(WATCHED.iter().find(|k| k.kind == kind).unwrap())
-}
-
-/// A list item as the API server returns it: no apiVersion/kind, a resourceVersion.
-fn item(v: &Value, rv: &str) -> Value {
-    let mut v = v.clone();
-    let map = v.as_object_mut().unwrap();
-    map.remove("apiVersion");
-    map.remove("kind");
-    map.get_mut("metadata").unwrap()["resourceVersion"] = json!(rv);
-    v
-}
-
-fn with_rv(v: &Value, rv: &str) -> Value {
-    let mut v = v.clone();
-    v["metadata"]["resourceVersion"] = json!(rv);
-    v
-}
-
 fn replay() -> Replay {
     let r = Replay::default();
-    let group = |name: &str, versions: &[&str]| {
-        let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
-        json!({"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": vs, "preferredVersion": vs[0]})
-    };
-    r.fixed("/apis/networking.istio.io", group("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]));
-    r.fixed("/apis/security.istio.io", group("security.istio.io", &["v1", "v1beta1"]));
+    r.istio_groups();
     r
-}
-
-/// Lists `objs` for every watched kind not in `except`; their watches then stay idle.
-fn serve_lists(r: &Replay, objs: &[Value], except: &[&str]) {
-    for kind in WATCHED.iter().filter(|k| !except.contains(&k.kind)) {
-        let items = objs.iter().filter(|o| o["kind"] == kind.kind).map(|o| item(o, "5")).collect();
-        r.list(&path(kind), "5", items);
-    }
 }
 
 struct Running {
@@ -94,7 +48,7 @@ impl Drop for Running {
 
 fn start(r: &Replay, node: Option<&str>, validator: SharedValidator) -> Running {
     let store = SharedStore::default();
-    let source = KubeSource::new(ClientBuilder::new(r.clone(), "default"), config(node), store.clone(), validator);
+    let source = KubeSource::new(r.client_builder(), config(node), store.clone(), validator);
     let status = source.status();
     Running { store, status, task: tokio::spawn(source.run()) }
 }
@@ -128,7 +82,7 @@ async fn directory_and_api_server_produce_the_same_model() {
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
 
     let r = replay();
-    serve_lists(&r, &objects(BOOKINFO), &[]);
+    r.list_all(&objects(BOOKINFO), &[]);
     let run = start(&r, None, accept_all());
     until("initial sync", || run.status.borrow().synced.then_some(())).await;
 
@@ -167,7 +121,7 @@ async fn converges_through_gone_and_dropped_streams_and_follows_enrollment() {
     // Pods of node-a: list, a watch adding one pod and deleting another, then closed.
     r.list(&pods, "10", vec![item(&productpage, "6"), item(&reviews_v1, "7"), item(&tools, "8")]);
     r.watch(&pods, vec![event("ADDED", with_rv(&ratings, "11")), event("DELETED", with_rv(&reviews_v1, "12"))], End::Close);
-    serve_lists(&r, &all, &["Namespace", "Pod"]);
+    r.list_all(&all, &["Namespace", "Pod"]);
 
     let run = start(&r, Some("node-a"), accept_all());
     let expected_refs = [
@@ -202,7 +156,7 @@ async fn keeps_last_known_state_while_the_api_server_is_unreachable() {
     let r = replay();
     let ns = path_of("Namespace");
     let live = r.live_watch(&ns, Vec::new());
-    serve_lists(&r, &all, &[]);
+    r.list_all(&all, &[]);
     let run = start(&r, Some("node-a"), accept_all());
     until("initial sync", || run.status.borrow().connected.then_some(())).await;
     let before = refs(&run);
@@ -255,7 +209,7 @@ async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
     all.extend([bad_vs, bad_svc, bad_pa, vetoed]);
 
     let r = replay();
-    serve_lists(&r, &all, &[]);
+    r.list_all(&all, &[]);
     let run = start(&r, None, veto_policy_named_vetoed());
     until("initial sync", || run.status.borrow().synced.then_some(())).await;
 
