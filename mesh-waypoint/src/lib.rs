@@ -15,6 +15,8 @@ pub mod discovery;
 pub mod endpoint;
 pub mod gateway;
 pub mod hbone;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod proxy;
 pub mod route;
 

@@ -65,9 +65,17 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Directory of Kubernetes-shaped YAML: VirtualService, DestinationRule, Gateway,
-    /// Service and Pod objects (multi-document files, searched recursively). Polled for changes.
-    #[arg(long, env = "MESH_CONFIG_DIR")]
-    config_dir: PathBuf,
+    /// Service and Pod objects (multi-document files, searched recursively). Polled for
+    /// changes. Required unless `--kubernetes`.
+    #[arg(long, env = "MESH_CONFIG_DIR", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    config_dir: Option<PathBuf>,
+    /// Read the configuration from the Kubernetes API server (the pod's service account)
+    /// instead of a directory; serves readiness on `--readiness-addr`.
+    #[arg(long, env = "MESH_KUBERNETES")]
+    kubernetes: bool,
+    /// Readiness endpoint (`GET /healthz/ready`) in Kubernetes mode.
+    #[arg(long, env = "MESH_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
     /// Namespace the waypoint serves; short host names in requests resolve against it.
     /// Gateway mode: the gateway workload's namespace, where credentialName Secrets are looked up.
     #[arg(long, env = "MESH_NAMESPACE", default_value = "default")]
@@ -146,7 +154,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             listen: args.listen,
             namespace: args.namespace,
             gateways: args.gateways,
-            config_dir: Some(args.config_dir),
+            config_dir: args.config_dir,
             poll_interval: Duration::from_millis(args.config_poll_ms.max(10)),
             admin: Some(args.admin),
         };
@@ -167,6 +175,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 // Upstream identities come from the gateway's live configuration.
                 h.connector.bind(&gateway.config);
             }
+            if args.kubernetes {
+                start_kubernetes(gateway.config.clone(), args.readiness_addr).await?;
+            }
             shutdown_signal().await?;
             tracing::info!("shutting down");
             return Ok(());
@@ -175,6 +186,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(h) = &hbone {
             h.listen(args.hbone.hbone_listen, waypoint.proxy.clone(), stop_rx).await.context("cannot serve HBONE")?;
+        }
+        if args.kubernetes {
+            start_kubernetes(waypoint.config.clone(), args.readiness_addr).await?;
         }
         shutdown_signal().await?;
         tracing::info!("shutting down");
@@ -189,6 +203,22 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C"),
         _ = term.recv() => Ok(()),
     }
+}
+
+#[cfg(feature = "kubernetes")]
+async fn start_kubernetes(config: std::sync::Arc<mesh_waypoint::config::Config>, readiness: SocketAddr) -> anyhow::Result<()> {
+    let status = mesh_waypoint::kubernetes::start(config, std::env::var("POD_NAME").ok())
+        .await
+        .context("Kubernetes mode (--kubernetes)")?;
+    let listener = tokio::net::TcpListener::bind(readiness).await.with_context(|| format!("cannot listen on {readiness}"))?;
+    tokio::spawn(mesh_waypoint::kubernetes::serve_readiness(listener, status));
+    tracing::info!(%readiness, "configuration from the Kubernetes API server");
+    Ok(())
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn start_kubernetes(_: std::sync::Arc<mesh_waypoint::config::Config>, _: SocketAddr) -> anyhow::Result<()> {
+    anyhow::bail!("--kubernetes: this mesh-waypoint was built without the `kubernetes` feature")
 }
 
 fn check(dir: PathBuf, namespace: &str, gateway: &GatewayArgs) -> anyhow::Result<()> {

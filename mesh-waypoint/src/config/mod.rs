@@ -117,7 +117,8 @@ impl Config {
         changed
     }
 
-    fn publish(&self, store: &ConfigStore) {
+    /// Publishes a snapshot of `store` (a store another source fills: Kubernetes mode).
+    pub fn publish(&self, store: &ConfigStore) {
         let resources: Vec<Resource> = store.iter().cloned().collect();
         let rejected = store.errors().flat_map(|(_, lines)| lines.iter().cloned()).collect();
         let prev = self.current.load();
