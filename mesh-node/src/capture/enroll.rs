@@ -29,6 +29,8 @@ pub enum EnrollError {
     NoPlacement(&'static str),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     #[error("cannot listen on {addr} in the pod's netns: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -94,6 +96,8 @@ pub struct Enroller {
     /// Listeners a previous daemon left in the fd store, by name, until enrolled or dropped.
     held: BTreeMap<String, OwnedFd>,
     pub view: Arc<Mutex<CaptureView>>,
+    /// Find pods without placement annotations on the host (Kubernetes mode).
+    discover: bool,
 }
 
 fn fd_name(pin_dir: &Path, port: u16) -> String {
@@ -126,7 +130,7 @@ impl Enroller {
         }
         let fd_store = fdstore.as_ref().map(|s| serde_json::json!({ "holder_pid": s.holder_pid() })).unwrap_or_default();
         let view = Arc::new(Mutex::new(CaptureView { fd_store, ..CaptureView::default() }));
-        Self { bpf, bpffs, backlog, ctx, pods: BTreeMap::new(), fdstore, held, view }
+        Self { bpf, bpffs, backlog, ctx, pods: BTreeMap::new(), fdstore, held, view, discover: false }
     }
 
     async fn listener(&mut self, e: &mut Enrolled, addr: SocketAddr) -> Result<tokio::net::TcpListener, EnrollError> {
@@ -197,9 +201,27 @@ impl Enroller {
         }
     }
 
+    /// Kubernetes mode: pods without local-mode annotations are found on the host from
+    /// their UID (cgroup, then a process's netns).
+    pub fn discover_pods(&mut self) {
+        self.discover = true;
+    }
+
+    fn placement(&self, w: &Workload) -> Result<(PathBuf, PathBuf), EnrollError> {
+        if let (Some(netns), Some(cgroup)) = (&w.netns, &w.cgroup) {
+            return Ok((netns.clone(), cgroup.clone()));
+        }
+        match (&w.uid, self.discover) {
+            (Some(uid), true) => {
+                let p = crate::discovery::locate(uid, Path::new("/proc/mounts"), Path::new("/proc"))?;
+                Ok((p.netns, p.cgroup))
+            }
+            _ => Err(EnrollError::NoPlacement(if w.netns.is_none() { "netns" } else { "cgroup" })),
+        }
+    }
+
     async fn enroll(&mut self, w: Arc<Workload>) -> Result<Enrolled, EnrollError> {
-        let netns_path = w.netns.clone().ok_or(EnrollError::NoPlacement("netns"))?;
-        let cgroup = w.cgroup.clone().ok_or(EnrollError::NoPlacement("cgroup"))?;
+        let (netns_path, cgroup) = self.placement(&w)?;
         let netns = PodNetns::open(&netns_path)?;
         let cookie = netns.cookie();
         let pin_dir = pins::pod_dir(&self.bpffs, &w.namespace, &w.name, cookie);
@@ -359,6 +381,7 @@ mod tests {
             trust_domain: "cluster.local".into(),
             netns: Some(netns.into()),
             cgroup: Some("/sys/fs/cgroup/pod-a".into()),
+            uid: None,
         }
     }
 

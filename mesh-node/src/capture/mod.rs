@@ -71,6 +71,9 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     let ctx = Arc::new(LoopCtx { handler, lookups: lookups.clone(), connections, enrolled });
     let fdstore = if p.args.capture.no_fd_store { None } else { open_fd_store(&p.args.state_dir()) };
     let mut enroller = Enroller::new(bpf, bpffs.clone(), p.args.capture.listen_backlog, ctx, fdstore);
+    if p.args.kubernetes {
+        enroller.discover_pods();
+    }
     let view = enroller.view.clone();
     p.admin_sections.add("capture", move || {
         let v = view.lock().map(|v| v.clone()).unwrap_or_default();

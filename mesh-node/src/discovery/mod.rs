@@ -38,6 +38,49 @@ pub enum DiscoveryError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
+/// Where a pod lives on the host: what capture attaches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub cgroup: PathBuf,
+    /// `<proc>/<pid>/ns/net` of a process of the pod.
+    pub netns: PathBuf,
+}
+
+/// Finds the pod's cgroup under the cgroup2 mount listed in `mounts`, then its netns
+/// through `proc_root` (the host's `/proc` and `/proc/mounts` in the DaemonSet).
+pub fn locate(uid: &str, mounts: &std::path::Path, proc_root: &std::path::Path) -> Result<Placement, DiscoveryError> {
+    let (cgroup, _driver) = PodCgroups::from_mounts(mounts)?.find(uid, None)?;
+    let netns = netns::pod_netns(uid, &cgroup, proc_root)?;
+    Ok(Placement { cgroup, netns: netns.path })
+}
+
 pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DiscoveryError + '_ {
     move |source| DiscoveryError::Io { path: path.to_owned(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_a_pods_cgroup_and_netns_from_its_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cg");
+        let pod = root.join("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_34.slice");
+        let container = pod.join("cri-containerd-aaa.scope");
+        std::fs::create_dir_all(&container).unwrap();
+        std::fs::write(container.join("cgroup.procs"), "4243\n").unwrap();
+        let proc_root = dir.path().join("proc");
+        for (pid, ns) in [(1, "net:[4026531840]"), (4243, "net:[4026532401]")] {
+            let d = proc_root.join(pid.to_string()).join("ns");
+            std::fs::create_dir_all(&d).unwrap();
+            std::os::unix::fs::symlink(ns, d.join("net")).unwrap();
+        }
+        let mounts = dir.path().join("mounts");
+        std::fs::write(&mounts, format!("cgroup2 {} cgroup2 rw,nosuid 0 0\n", root.display())).unwrap();
+        let p = locate("12-34", &mounts, &proc_root).unwrap();
+        assert_eq!(p, Placement { cgroup: pod, netns: proc_root.join("4243/ns/net") });
+        let missing = locate("99-99", &mounts, &proc_root).unwrap_err().to_string();
+        assert!(missing.contains("99-99"), "{missing}");
+    }
 }

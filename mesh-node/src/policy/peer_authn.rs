@@ -88,6 +88,7 @@ mod tests {
             trust_domain: "cluster.local".into(),
             netns: None,
             cgroup: None,
+            uid: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Workload {
     pub netns: Option<PathBuf>,
     /// cgroup v2 directory of the pod.
     pub cgroup: Option<PathBuf>,
+    /// `metadata.uid`: Kubernetes mode finds the pod's cgroup and netns from it.
+    pub uid: Option<String>,
 }
 
 impl Workload {
@@ -58,6 +60,7 @@ impl Workload {
             trust_domain: trust_domain.to_owned(),
             netns: annotation(LOCAL_NETNS_ANNOTATION),
             cgroup: annotation(LOCAL_CGROUP_ANNOTATION),
+            uid: pod.metadata.uid.clone(),
         })
     }
 }
