@@ -33,9 +33,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let state = start_config(&args, &readiness, &metrics).await?;
     let inputs = ProxyInputs { args: Arc::new(args), state, metrics, readiness, admin_sections: sections };
-    // Endpoints first: readiness and metrics explain a wait for the API server.
-    serve_endpoints(&inputs).await?;
-    if inputs.args.kubernetes {
+    let kubernetes = inputs.args.kubernetes;
+    if kubernetes {
+        // Endpoints first: readiness and metrics explain a wait for the API server.
+        serve_endpoints(&inputs).await?;
         tokio::select! {
             _ = first_state(inputs.state.clone()) => {}
             _ = wait_for_shutdown() => return Ok(()),
@@ -43,6 +44,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let handler = crate::proxy::select_handler(&inputs).context("mesh data path")?;
     let capture = crate::capture::start(&inputs, handler).await.context("capture")?;
+    if !kubernetes {
+        // Local mode: 15021 accepting means capture is attached (the harness waits on it).
+        serve_endpoints(&inputs).await?;
+    }
     tracing::info!(node = %inputs.args.node, "mesh-node started");
     wait_for_shutdown().await;
     tracing::info!("shutting down");
