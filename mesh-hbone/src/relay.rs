@@ -9,7 +9,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::READ_CHUNK;
+use crate::{FIRST_READ_CHUNK, READ_CHUNK};
 
 /// Bytes moved: `sent` from TCP into the tunnel, `received` from the tunnel into TCP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,11 +38,16 @@ pub async fn relay(mut tcp: TcpStream, mut send: SendStream<Bytes>, recv: RecvSt
 }
 
 async fn tcp_to_h2<R: AsyncRead + Unpin>(mut rd: R, send: &mut SendStream<Bytes>, total: &mut u64) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = FIRST_READ_CHUNK;
+    let mut buf = BytesMut::with_capacity(chunk);
     loop {
-        buf.reserve(READ_CHUNK);
-        if rd.read_buf(&mut buf).await? == 0 {
+        buf.reserve(chunk);
+        let n = rd.read_buf(&mut buf).await?;
+        if n == 0 {
             return send.send_data(Bytes::new(), true).map_err(h2_io);
+        }
+        if n >= chunk && chunk < READ_CHUNK {
+            chunk *= 2;
         }
         // split+freeze hands the bytes to h2 without a copy.
         let mut data = buf.split().freeze();
@@ -53,8 +58,8 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(mut rd: R, send: &mut SendStream<Bytes>
                 .await
                 .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel stream closed"))?
                 .map_err(h2_io)?;
-            let chunk = data.split_to(granted.min(data.len()));
-            send.send_data(chunk, false).map_err(h2_io)?;
+            let piece = data.split_to(granted.min(data.len()));
+            send.send_data(piece, false).map_err(h2_io)?;
         }
     }
 }
