@@ -134,7 +134,9 @@ pub struct Lab {
 
 impl Lab {
     pub fn start() -> anyhow::Result<Lab> {
-        let tool = std::env::current_exe().context("finding the xtask binary")?;
+        // The file on disk, not current_exe(): the bench's own `cargo build` may have just
+        // replaced the running binary, whose /proc path then ends in " (deleted)".
+        let tool = bin_path("xtask").context("finding the xtask binary")?;
         let cluster = Cluster::from_yaml(TOPOLOGY).context("creating the bench cluster")?;
         let options = MeshOptions {
             node_args: vec!["--capture-exclude-ports".into(), IPTABLES_PORT.to_string(), "--config-poll-ms".into(), "50".into()],
