@@ -457,9 +457,12 @@ async fn no_request_lost_during_reloads_under_200_concurrent_requests() {
 
     let total = 4000;
     let next = Arc::new(AtomicUsize::new(0));
+    // Completed requests: each reload waits for some, so reloads interleave with load.
+    let (done_tx, mut done) = tokio::sync::watch::channel(0usize);
+    let done_tx = Arc::new(done_tx);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..200 {
-        let (lab, next) = (lab.clone(), next.clone());
+        let (lab, next, done_tx) = (lab.clone(), next.clone(), done_tx.clone());
         workers.spawn(async move {
             let mut statuses = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
@@ -468,6 +471,7 @@ async fn no_request_lost_during_reloads_under_200_concurrent_requests() {
                     Ok(resp) => resp.status().as_u16(),
                     Err(_) => 0,
                 });
+                done_tx.send_modify(|d| *d += 1);
             }
             statuses
         });
@@ -480,7 +484,9 @@ async fn no_request_lost_during_reloads_under_200_concurrent_requests() {
         let servers = if reloads % 2 == 0 { format!("{}{}", http_server(port, "'*'"), http_server(extra, "'*'")) } else { http_server(port, "'*'") };
         lab.apply("gw.yaml", &gateway_yaml("gw", NS, "istio: ingressgateway", &servers));
         reloads += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mark = *done.borrow();
+        let progressed = tokio::time::timeout(WAIT, done.wait_for(|d| *d >= (mark + 50).min(total))).await;
+        assert!(progressed.is_ok(), "no request completed within {WAIT:?} after reload {reloads}");
     }
     let mut statuses = Vec::new();
     while let Some(r) = workers.join_next().await {
