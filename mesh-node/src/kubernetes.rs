@@ -135,6 +135,7 @@ struct SourceGauges {
     connected: Gauge,
     synced: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
+    checks: prometheus_client::metrics::counter::Counter,
 }
 
 impl SourceGauges {
@@ -156,6 +157,11 @@ impl SourceGauges {
                 "Unix time at which the model last matched the Kubernetes API server (advances while connected)",
                 g.last_sync.clone(),
             );
+            r.register(
+                "mesh_config_source_checks",
+                "Times the daemon has evaluated its Kubernetes source's status (every second and on each change)",
+                g.checks.clone(),
+            );
         });
         g
     }
@@ -167,6 +173,7 @@ impl SourceGauges {
     }
 
     fn tick(&self, s: &KubeStatus) {
+        self.checks.inc();
         if s.connected && s.synced {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             self.last_sync.set(now.as_secs_f64());

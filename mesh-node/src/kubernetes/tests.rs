@@ -216,7 +216,9 @@ async fn api_server_outage_keeps_the_last_known_state_and_says_so() {
     assert!(d.readiness.is_ready(), "a daemon serving its last known state stays ready: {}", d.readiness.report());
     assert_eq!(d.enrolled(), before, "the outage un-enrolled nothing");
     let frozen = d.metric("mesh_config_source_last_sync_timestamp_seconds");
-    tokio::time::sleep(SYNC_TICK * 2).await; // lets the tick run: it must not advance
+    // Two status checks must run during the outage; neither may advance the last sync.
+    let checked = d.metric("mesh_config_source_checks_total").unwrap_or(0.0);
+    until("two status checks during the outage", || (d.metric("mesh_config_source_checks_total") >= Some(checked + 2.0)).then_some(())).await;
     assert_eq!(d.metric("mesh_config_source_last_sync_timestamp_seconds"), frozen, "last sync advanced during the outage");
 
     r.outage.store(false, Ordering::SeqCst);
