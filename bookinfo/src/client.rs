@@ -47,9 +47,12 @@ pub async fn get(
 }
 
 async fn get_once(name: &str, addr: SocketAddr, path: &str, headers: &Propagated) -> Result<Reply, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {name} ({addr}): {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {name} ({addr}): {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let mut req = http::Request::get(path).header(http::header::HOST, format!("{name}:{}", addr.port()));
     for (k, v) in headers {
@@ -68,5 +71,9 @@ async fn get_once(name: &str, addr: SocketAddr, path: &str, headers: &Propagated
     // Error pages from the mesh (fault aborts, 503s) are not JSON: keep them as text.
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Ok(Reply { status, served_by, body })
+    Ok(Reply {
+        status,
+        served_by,
+        body,
+    })
 }

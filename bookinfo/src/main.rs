@@ -66,7 +66,9 @@ impl Args {
 }
 
 fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = s.split_once('=').ok_or_else(|| format!("expected NAME=HOST:PORT, got {s:?}"))?;
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=HOST:PORT, got {s:?}"))?;
     let addr = addr.parse().map_err(|e| format!("{s:?}: bad address: {e}"))?;
     Ok((name.to_owned(), addr))
 }
@@ -90,7 +92,9 @@ pub type Propagated = BTreeMap<String, String>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("info")).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
     let args = Args::parse();
     server::run(args).await
 }

@@ -38,7 +38,12 @@ pub fn reviews(served_by: &str, id: u32, color: Option<&str>, ratings: Result<&V
     })
 }
 
-pub fn productpage(served_by: &str, user: Option<&str>, details: Result<Value, String>, reviews: Result<(String, Value), String>) -> String {
+pub fn productpage(
+    served_by: &str,
+    user: Option<&str>,
+    details: Result<Value, String>,
+    reviews: Result<(String, Value), String>,
+) -> String {
     let user_line = match user {
         Some(u) => format!("<p class=\"user\">Signed in as <b>{}</b></p>", escape(u)),
         None => "<p class=\"user\">Not signed in (send header <code>end-user: jason</code>)</p>".into(),
@@ -46,13 +51,22 @@ pub fn productpage(served_by: &str, user: Option<&str>, details: Result<Value, S
     let details_html = match details {
         Ok(d) => format!(
             "<dl class=\"details\"><dt>Type</dt><dd>{}</dd><dt>Pages</dt><dd>{}</dd><dt>Publisher</dt><dd>{}</dd><dt>Served by</dt><dd>{}</dd></dl>",
-            plain(&d["type"]), plain(&d["pages"]), plain(&d["publisher"]), plain(&d["servedBy"])
+            plain(&d["type"]),
+            plain(&d["pages"]),
+            plain(&d["publisher"]),
+            plain(&d["servedBy"])
         ),
-        Err(e) => format!("<p class=\"error\">Sorry, product details are currently unavailable for this book. ({})</p>", escape(&e)),
+        Err(e) => format!(
+            "<p class=\"error\">Sorry, product details are currently unavailable for this book. ({})</p>",
+            escape(&e)
+        ),
     };
     let reviews_html = match reviews {
         Ok((served, r)) => reviews_block(&served, &r),
-        Err(e) => format!("<p class=\"error\">Error fetching product reviews: Sorry, product reviews are currently unavailable for this book. ({})</p>", escape(&e)),
+        Err(e) => format!(
+            "<p class=\"error\">Error fetching product reviews: Sorry, product reviews are currently unavailable for this book. ({})</p>",
+            escape(&e)
+        ),
     };
     format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Simple Bookstore App</title></head><body>\
@@ -62,9 +76,17 @@ pub fn productpage(served_by: &str, user: Option<&str>, details: Result<Value, S
 }
 
 fn reviews_block(served_by: &str, r: &Value) -> String {
-    let mut out = format!("<div class=\"reviews\" data-served-by=\"{}\"><p>Reviews served by: <b>{}</b></p>", escape(served_by), escape(served_by));
+    let mut out = format!(
+        "<div class=\"reviews\" data-served-by=\"{}\"><p>Reviews served by: <b>{}</b></p>",
+        escape(served_by),
+        escape(served_by)
+    );
     for review in r["reviews"].as_array().into_iter().flatten() {
-        out.push_str(&format!("<blockquote><p>{}</p><small>{}</small>", escape(review["text"].as_str().unwrap_or("")), escape(review["reviewer"].as_str().unwrap_or(""))));
+        out.push_str(&format!(
+            "<blockquote><p>{}</p><small>{}</small>",
+            escape(review["text"].as_str().unwrap_or("")),
+            escape(review["reviewer"].as_str().unwrap_or(""))
+        ));
         let rating = &review["rating"];
         if let Some(e) = rating["error"].as_str() {
             out.push_str(&format!("<p class=\"error\">{}</p>", escape(e)));
@@ -84,7 +106,10 @@ fn plain(v: &Value) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -95,10 +120,20 @@ mod tests {
     fn stars_follow_the_reviews_version() {
         let ratings = ratings("ratings-v1", 0);
         let v1 = reviews("reviews-v1", 0, star_color("v1"), Ok(&ratings));
-        let page = productpage("productpage-v1", None, Ok(details("details-v1", 0)), Ok(("reviews-v1".into(), v1)));
+        let page = productpage(
+            "productpage-v1",
+            None,
+            Ok(details("details-v1", 0)),
+            Ok(("reviews-v1".into(), v1)),
+        );
         assert!(!page.contains("★") && page.contains("reviews-v1"));
         let v3 = reviews("reviews-v3", 0, star_color("v3"), Ok(&ratings));
-        let page = productpage("productpage-v1", Some("jason"), Ok(details("details-v1", 0)), Ok(("reviews-v3".into(), v3)));
+        let page = productpage(
+            "productpage-v1",
+            Some("jason"),
+            Ok(details("details-v1", 0)),
+            Ok(("reviews-v3".into(), v3)),
+        );
         assert!(page.contains("stars-red") && page.contains("jason"));
     }
 

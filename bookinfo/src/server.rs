@@ -36,7 +36,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let args = args.clone();
                 async move { Ok::<_, Infallible>(handle(&args, req).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -52,10 +54,20 @@ async fn handle(args: &Args, req: Request<Incoming>) -> Response<Body> {
         (Service::Details, p) if p.starts_with("/details") => json(pages::details(&served_by, id)),
         (Service::Ratings, p) if p.starts_with("/ratings") => json(pages::ratings(&served_by, id)),
         (Service::Reviews, p) if p.starts_with("/reviews") => reviews(args, id, &headers).await,
-        _ => text(StatusCode::NOT_FOUND, format!("{served_by}: no route for {path}\n"), "text/plain"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("{served_by}: no route for {path}\n"),
+            "text/plain",
+        ),
     };
-    resp.headers_mut().insert("x-served-by", http::HeaderValue::from_str(&served_by).unwrap_or(http::HeaderValue::from_static("bookinfo")));
-    if let Some(id) = headers.get("x-request-id").and_then(|v| http::HeaderValue::from_str(v).ok()) {
+    resp.headers_mut().insert(
+        "x-served-by",
+        http::HeaderValue::from_str(&served_by).unwrap_or(http::HeaderValue::from_static("bookinfo")),
+    );
+    if let Some(id) = headers
+        .get("x-request-id")
+        .and_then(|v| http::HeaderValue::from_str(v).ok())
+    {
         resp.headers_mut().insert("x-request-id", id);
     }
     resp
@@ -64,11 +76,20 @@ async fn handle(args: &Args, req: Request<Incoming>) -> Response<Body> {
 fn propagated(req: &Request<Incoming>) -> Propagated {
     let mut out: Propagated = PROPAGATED
         .iter()
-        .filter_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()).map(|v| ((*h).to_owned(), v.to_owned())))
+        .filter_map(|h| {
+            req.headers()
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| ((*h).to_owned(), v.to_owned()))
+        })
         .collect();
     // Bookinfo's login keeps the user in a cookie; accept `user=<name>` as well.
     if !out.contains_key("end-user") {
-        let cookie = req.headers().get(http::header::COOKIE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let cookie = req
+            .headers()
+            .get(http::header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if let Some(u) = cookie.split(';').find_map(|c| c.trim().strip_prefix("user=")) {
             out.insert("end-user".into(), u.to_owned());
         }
@@ -78,12 +99,19 @@ fn propagated(req: &Request<Incoming>) -> Propagated {
 
 async fn productpage(args: &Args, headers: &Propagated) -> Response<Body> {
     let details = match args.upstream("details") {
-        Some(a) => client::get("details", a, "/details/0", headers, args.reviews_timeout()).await.map_err(|e| e.to_string()).and_then(ok_json),
+        Some(a) => client::get("details", a, "/details/0", headers, args.reviews_timeout())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(ok_json),
         None => Err("no --upstream details".into()),
     };
     let reviews = fetch_reviews(args, headers).await;
     let user = headers.get("end-user").map(String::as_str);
-    text(StatusCode::OK, pages::productpage(&args.served_by(), user, details, reviews), "text/html; charset=utf-8")
+    text(
+        StatusCode::OK,
+        pages::productpage(&args.served_by(), user, details, reviews),
+        "text/html; charset=utf-8",
+    )
 }
 
 /// Like the real productpage: a timeout per attempt and a bounded number of attempts.
@@ -111,11 +139,20 @@ async fn reviews(args: &Args, id: u32, headers: &Propagated) -> Response<Body> {
             .map_err(|e| e.to_string())
             .and_then(ok_json),
     };
-    json(pages::reviews(&args.served_by(), id, color, ratings.as_ref().map_err(Clone::clone)))
+    json(pages::reviews(
+        &args.served_by(),
+        id,
+        color,
+        ratings.as_ref().map_err(Clone::clone),
+    ))
 }
 
 fn ok_json(r: client::Reply) -> Result<Value, String> {
-    if r.status == 200 { Ok(r.body) } else { Err(format!("HTTP {}", r.status)) }
+    if r.status == 200 {
+        Ok(r.body)
+    } else {
+        Err(format!("HTTP {}", r.status))
+    }
 }
 
 fn json(v: Value) -> Response<Body> {
@@ -125,6 +162,7 @@ fn json(v: Value) -> Response<Body> {
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     r
 }

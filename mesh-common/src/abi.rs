@@ -82,8 +82,16 @@ pub mod map {
     /// Per-CPU array of u64 counters indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Every map the daemon pins.
-    pub const ALL: [&str; 8] =
-        [ORIG_BY_COOKIE, ORIG_BY_TUPLE, POD_SELF, INBOUND_LISTENERS, EXCLUDED_PORTS, EXCLUDED_CIDRS, CONFIG, COUNTERS];
+    pub const ALL: [&str; 8] = [
+        ORIG_BY_COOKIE,
+        ORIG_BY_TUPLE,
+        POD_SELF,
+        INBOUND_LISTENERS,
+        EXCLUDED_PORTS,
+        EXCLUDED_CIDRS,
+        CONFIG,
+        COUNTERS,
+    ];
 }
 
 /// Default map sizes (the daemon can override each with a flag).

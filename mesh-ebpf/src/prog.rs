@@ -10,6 +10,7 @@
 
 mod maps;
 
+use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{
     BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     BPF_TCP_CLOSE, bpf_sock_addr,
@@ -17,11 +18,10 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::{cgroup_sock_addr, sk_lookup, sock_ops};
 use aya_ebpf::programs::{SkLookupContext, SockAddrContext, SockOpsContext};
-use aya_ebpf::EbpfContext;
 use mesh_common::abi::{Counter, OrigDst, PORT_OUTBOUND, TupleKey, is_mesh_port};
 
-use maps::{count, is_excluded_cidr, is_excluded_port, pod_config, strict_on_miss};
 use maps::{INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_TUPLE};
+use maps::{count, is_excluded_cidr, is_excluded_port, pod_config, strict_on_miss};
 
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
@@ -53,7 +53,11 @@ fn should_capture(ctx: &SockAddrContext, ip_be: u32, port: u16) -> bool {
 
 fn remember(ctx: &SockAddrContext, ip_be: u32, port: u16) -> bool {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let orig = OrigDst { ip: ip_be, port, _pad: 0 };
+    let orig = OrigDst {
+        ip: ip_be,
+        port,
+        _pad: 0,
+    };
     if ORIG_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
         // Without the entry the daemon could not forward it: leave the connect alone.
         count(Counter::Connect4MapFull);
@@ -163,7 +167,12 @@ pub fn track_sockops(ctx: SockOpsContext) -> u32 {
 /// v4-mapped IPv6 socket `local_ip4` holds the IPv4 address too.
 fn tuple_key(ctx: &SockOpsContext) -> TupleKey {
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    TupleKey { netns_cookie, ip: ctx.local_ip4(), port: ctx.local_port() as u16, _pad: 0 }
+    TupleKey {
+        netns_cookie,
+        ip: ctx.local_ip4(),
+        port: ctx.local_port() as u16,
+        _pad: 0,
+    }
 }
 
 #[sk_lookup]

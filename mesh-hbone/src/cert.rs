@@ -39,13 +39,17 @@ pub struct CertResolver {
 
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertResolver").field("generation", &self.current.load().generation).finish()
+        f.debug_struct("CertResolver")
+            .field("generation", &self.current.load().generation)
+            .finish()
     }
 }
 
 impl CertResolver {
     pub fn new(current: Current) -> Self {
-        Self { current: ArcSwap::from_pointee(current) }
+        Self {
+            current: ArcSwap::from_pointee(current),
+        }
     }
 
     pub fn current(&self) -> Arc<Current> {
@@ -91,13 +95,21 @@ pub enum CertFileError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} holds no usable PEM {what}: {detail}")]
-    Pem { path: PathBuf, what: &'static str, detail: String },
+    Pem {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
     #[error("{path}: the private key does not fit rustls ({detail})")]
     Key { path: PathBuf, detail: String },
     #[error("{path}: the leaf certificate has no SPIFFE id: {detail}")]
     NoIdentity { path: PathBuf, detail: String },
     #[error("{path}: the leaf certificate is for {found}, expected {expected}")]
-    WrongIdentity { path: PathBuf, found: SpiffeId, expected: SpiffeId },
+    WrongIdentity {
+        path: PathBuf,
+        found: SpiffeId,
+        expected: SpiffeId,
+    },
 }
 
 /// A workload certificate read from `cert-chain.pem`, `key.pem` and `root-cert.pem`.
@@ -116,18 +128,37 @@ impl CertFiles {
         let root = certs(&dir.join(ROOT_FILE))?.remove(0);
         let key_path = dir.join(KEY_FILE);
         let key_pem = read(&key_path)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| CertFileError::Pem { path: key_path.clone(), what: "private key", detail: e.to_string() })?;
-        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-            .map_err(|e| CertFileError::Key { path: key_path, detail: e.to_string() })?;
-        let identity = crate::tls::spiffe_id(&chain[0]).map_err(|e| CertFileError::NoIdentity { path: chain_path.clone(), detail: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertFileError::Pem {
+            path: key_path.clone(),
+            what: "private key",
+            detail: e.to_string(),
+        })?;
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| CertFileError::Key {
+            path: key_path,
+            detail: e.to_string(),
+        })?;
+        let identity = crate::tls::spiffe_id(&chain[0]).map_err(|e| CertFileError::NoIdentity {
+            path: chain_path.clone(),
+            detail: e.to_string(),
+        })?;
         // Validity is enforced by the peers' verifiers; the file loader only needs to
         // notice rotations (by modification time), so it does not parse the dates.
         let (not_before, not_after) = (SystemTime::now(), SystemTime::now());
         let modified = std::fs::metadata(&chain_path).and_then(|m| m.modified()).ok();
         let certified = Arc::new(CertifiedKey::new(chain, signing));
-        let current = Current { certified, not_before, not_after, issued: SystemTime::now(), generation };
-        Ok(Self { identity, current, root, modified })
+        let current = Current {
+            certified,
+            not_before,
+            not_after,
+            issued: SystemTime::now(),
+            generation,
+        };
+        Ok(Self {
+            identity,
+            current,
+            root,
+            modified,
+        })
     }
 
     /// Modification time of the chain in `dir`, cheap enough to poll.
@@ -137,13 +168,22 @@ impl CertFiles {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertFileError> {
-    std::fs::read(path).map_err(|source| CertFileError::Read { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| CertFileError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertFileError> {
     let pem = read(path)?;
-    let bad = |detail: String| CertFileError::Pem { path: path.to_owned(), what: "certificate", detail };
-    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.to_string()))?;
+    let bad = |detail: String| CertFileError::Pem {
+        path: path.to_owned(),
+        what: "certificate",
+        detail,
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
     if certs.is_empty() {
         return Err(bad("no CERTIFICATE block".into()));
     }
@@ -157,9 +197,18 @@ pub fn write_dir(dir: &Path, chain_pem: &str, key_pem: &str, root_pem: &str) -> 
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
     // Key and root first: a reader reloads when the chain changes.
-    for (name, text, mode) in [(KEY_FILE, key_pem, 0o600), (ROOT_FILE, root_pem, 0o644), (CHAIN_FILE, chain_pem, 0o644)] {
+    for (name, text, mode) in [
+        (KEY_FILE, key_pem, 0o600),
+        (ROOT_FILE, root_pem, 0o644),
+        (CHAIN_FILE, chain_pem, 0o644),
+    ] {
         let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(name))?;

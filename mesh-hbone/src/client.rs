@@ -15,23 +15,31 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
 use crate::BoxFuture;
-use crate::{SpiffeId, WorkloadCert};
 use crate::tls::{self, TLS_BUFFER_LIMIT};
+use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
+use crate::{SpiffeId, WorkloadCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
     #[error("cannot reach {addr}: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
     #[error("TLS handshake with {addr} failed ({reason}): {source}")]
-    Tls { addr: SocketAddr, reason: &'static str, source: io::Error },
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        source: io::Error,
+    },
     #[error("{addr} did not finish connection set-up within {0:?}", timeout)]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("HTTP/2 with {addr} failed: {source}")]
     H2 { addr: SocketAddr, source: h2::Error },
     #[error("{addr} answered CONNECT {authority} with {status}")]
-    Status { addr: SocketAddr, authority: SocketAddr, status: StatusCode },
+    Status {
+        addr: SocketAddr,
+        authority: SocketAddr,
+        status: StatusCode,
+    },
     #[error("TLS configuration: {0}")]
     Config(#[from] tls::TlsError),
 }
@@ -98,13 +106,23 @@ pub struct Tunnel {
 
 impl HboneClient {
     pub fn new(roots: Arc<RootCertStore>, connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Self { roots, connect_timeout, idle_timeout, pool: Mutex::new(HashMap::new()) }
+        Self {
+            roots,
+            connect_timeout,
+            idle_timeout,
+            pool: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Opens a CONNECT stream to `target`, presenting `source`'s certificate.
     pub async fn open(&self, source: &WorkloadCert, target: &TunnelTarget, dial: Dial) -> Result<Tunnel, HboneError> {
         let src_generation = source.resolver.current().generation;
-        let key = PoolKey { src: source.identity.clone(), src_generation, dst: target.identity.clone(), dst_ip: target.hbone_addr.ip() };
+        let key = PoolKey {
+            src: source.identity.clone(),
+            src_generation,
+            dst: target.identity.clone(),
+            dst_ip: target.hbone_addr.ip(),
+        };
         let slot = self.slot(&key);
         let mut sender = {
             let mut guard = slot.lock().await;
@@ -116,25 +134,42 @@ impl HboneClient {
                 Some(s) => s,
                 None => self.handshake(source, target, dial).await?,
             };
-            *guard = Some(Pooled { sender: sender.clone(), last_used: Instant::now() });
+            *guard = Some(Pooled {
+                sender: sender.clone(),
+                last_used: Instant::now(),
+            });
             sender
         };
         let addr = target.hbone_addr;
         let h2 = |source| HboneError::H2 { addr, source };
-        let mut req = Request::builder().method(Method::CONNECT).uri(target.authority.to_string());
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.authority.to_string());
         if let Some(ip) = target.forwarded_for {
             req = req.header(FORWARDED, format!("for={}", forwarded_ip(ip)));
         }
-        let req = req
-            .body(())
-            .map_err(|e| HboneError::Status { addr, authority: target.authority, status: StatusCode::BAD_REQUEST }.log(e))?;
+        let req = req.body(()).map_err(|e| {
+            HboneError::Status {
+                addr,
+                authority: target.authority,
+                status: StatusCode::BAD_REQUEST,
+            }
+            .log(e)
+        })?;
         sender = sender.ready().await.map_err(h2)?;
         let (response, send) = sender.send_request(req, false).map_err(h2)?;
         let response = response.await.map_err(h2)?;
         if response.status() != StatusCode::OK {
-            return Err(HboneError::Status { addr, authority: target.authority, status: response.status() });
+            return Err(HboneError::Status {
+                addr,
+                authority: target.authority,
+                status: response.status(),
+            });
         }
-        Ok(Tunnel { send, recv: response.into_body() })
+        Ok(Tunnel {
+            send,
+            recv: response.into_body(),
+        })
     }
 
     fn slot(&self, key: &PoolKey) -> Slot {
@@ -142,17 +177,28 @@ impl HboneClient {
         pool.entry(key.clone()).or_default().clone()
     }
 
-    async fn handshake(&self, source: &WorkloadCert, target: &TunnelTarget, dial: Dial) -> Result<SendRequest<Bytes>, HboneError> {
+    async fn handshake(
+        &self,
+        source: &WorkloadCert,
+        target: &TunnelTarget,
+        dial: Dial,
+    ) -> Result<SendRequest<Bytes>, HboneError> {
         let addr = target.hbone_addr;
         let config = tls::client_config(source.resolver.clone(), self.roots.clone(), target.identity.clone())?;
         let setup = async {
-            let tcp = dial(addr).await.map_err(|source| HboneError::Connect { addr, source })?;
+            let tcp = dial(addr)
+                .await
+                .map_err(|source| HboneError::Connect { addr, source })?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::IpAddress(addr.ip().into());
             let mut tls = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|source| HboneError::Tls { addr, reason: tls::failure_reason(&source), source })?;
+                .map_err(|source| HboneError::Tls {
+                    addr,
+                    reason: tls::failure_reason(&source),
+                    source,
+                })?;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
             h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
@@ -162,9 +208,13 @@ impl HboneClient {
                 .await
                 .map_err(|source| HboneError::H2 { addr, source })
         };
-        let (sender, connection) = tokio::time::timeout(self.connect_timeout, setup)
-            .await
-            .map_err(|_| HboneError::Timeout { addr, timeout: self.connect_timeout })??;
+        let (sender, connection) =
+            tokio::time::timeout(self.connect_timeout, setup)
+                .await
+                .map_err(|_| HboneError::Timeout {
+                    addr,
+                    timeout: self.connect_timeout,
+                })??;
         tracing::debug!(%addr, src = %source.identity, dst = %target.identity, "HBONE connection up");
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -181,7 +231,9 @@ impl HboneClient {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let before = pool.len();
         pool.retain(|_, slot| match slot.try_lock() {
-            Ok(g) => g.as_ref().is_some_and(|p| now.duration_since(p.last_used) < self.idle_timeout),
+            Ok(g) => g
+                .as_ref()
+                .is_some_and(|p| now.duration_since(p.last_used) < self.idle_timeout),
             Err(_) => true,
         });
         before - pool.len()

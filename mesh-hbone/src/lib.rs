@@ -40,7 +40,6 @@ pub const FIRST_READ_CHUNK: usize = 8 << 10;
 /// The `forwarded` header carries the original client address (RFC 7239).
 pub const FORWARDED: &str = "forwarded";
 
-
 /// glibc 2.36's `rep movsb` memcpy crawls on the misaligned copies rustls makes for every
 /// record (HBONE-NOTES.md, "The glibc finding": +28% one-stream throughput). The tunable
 /// only works from process start, so the daemon re-executes itself once with it set.
@@ -51,9 +50,17 @@ pub fn reexec_with_glibc_tunable() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
-    let value = if current.is_empty() { TUNABLE.to_owned() } else { format!("{current}:{TUNABLE}") };
+    let value = if current.is_empty() {
+        TUNABLE.to_owned()
+    } else {
+        format!("{current}:{TUNABLE}")
+    };
     use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("GLIBC_TUNABLES", value).env("MESH_NO_REEXEC", "1").exec();
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", value)
+        .env("MESH_NO_REEXEC", "1")
+        .exec();
     // Still here: exec failed; run without the tunable rather than not at all.
     eprintln!("mesh-node: re-exec with GLIBC_TUNABLES failed ({err}); continuing without it");
 }

@@ -14,12 +14,12 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::relay::{Copied, relay};
-use crate::stream::H2Stream;
-use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
 use crate::BoxFuture;
 use crate::SpiffeId;
+use crate::relay::{Copied, relay};
+use crate::stream::H2Stream;
 use crate::tls::{self, TLS_BUFFER_LIMIT};
+use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
 
 #[derive(Clone)]
 pub struct ServerSettings {
@@ -54,7 +54,11 @@ pub struct Refused {
 
 impl Refused {
     pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, reason, detail: detail.into() }
+        Self {
+            status,
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -78,12 +82,19 @@ pub trait Inbound: Send + Sync + 'static {
 pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, inbound: Arc<dyn Inbound>) {
     let _ = tcp.set_nodelay(true);
     let setup = async {
-        let mut tls = TlsAcceptor::from(settings.tls.clone()).accept(tcp).await.map_err(|e| (tls::failure_reason(&e), e.to_string()))?;
+        let mut tls = TlsAcceptor::from(settings.tls.clone())
+            .accept(tcp)
+            .await
+            .map_err(|e| (tls::failure_reason(&e), e.to_string()))?;
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(tls::ALPN_H2) {
             return Err(("no_alpn", "the client did not negotiate ALPN h2".to_owned()));
         }
-        let cert = session.peer_certificates().and_then(|c| c.first()).cloned().ok_or(("no_client_cert", String::new()))?;
+        let cert = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .ok_or(("no_client_cert", String::new()))?;
         let peer_id = tls::spiffe_id(&cert).map_err(|e| ("cert_invalid", e.to_string()))?;
         tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         let h2 = h2::server::Builder::new()
@@ -93,7 +104,14 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| ("not_h2", e.to_string()))?;
-        Ok((h2, ConnInfo { peer_addr: peer, peer_id, peer_cert: cert.into_owned() }))
+        Ok((
+            h2,
+            ConnInfo {
+                peer_addr: peer,
+                peer_id,
+                peer_cert: cert.into_owned(),
+            },
+        ))
     };
     let (mut h2, conn) = match tokio::time::timeout(settings.handshake_timeout, setup).await {
         Ok(Ok(v)) => v,
@@ -120,7 +138,12 @@ fn refuse_conn(inbound: &dyn Inbound, peer: SocketAddr, reason: &'static str, de
     inbound.refused(reason);
 }
 
-async fn stream(req: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, conn: Arc<ConnInfo>, inbound: Arc<dyn Inbound>) {
+async fn stream(
+    req: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    conn: Arc<ConnInfo>,
+    inbound: Arc<dyn Inbound>,
+) {
     let (parts, body) = req.into_parts();
     let request = match parse(&parts, conn.clone()) {
         Ok(r) => r,
@@ -132,7 +155,11 @@ async fn stream(req: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, 
     let upstream = match inbound.connect(&request).await {
         Ok(s) => s,
         Err(e) => {
-            let refused = Refused::new(StatusCode::SERVICE_UNAVAILABLE, "upstream_refused", format!("{}: {e}", request.target));
+            let refused = Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_refused",
+                format!("{}: {e}", request.target),
+            );
             return answer(&mut respond, &*inbound, &conn, refused);
         }
     };
@@ -159,19 +186,31 @@ async fn stream(req: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>, 
 
 fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundRequest, Refused> {
     if parts.method != Method::CONNECT {
-        return Err(Refused::new(StatusCode::BAD_REQUEST, "bad_request", format!("method {} is not CONNECT", parts.method)));
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("method {} is not CONNECT", parts.method),
+        ));
     }
     let authority = parts.uri.authority().map(|a| a.as_str()).unwrap_or_default();
-    let target: SocketAddr = authority
-        .parse()
-        .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "bad_request", format!("authority {authority:?} is not ip:port")))?;
+    let target: SocketAddr = authority.parse().map_err(|_| {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("authority {authority:?} is not ip:port"),
+        )
+    })?;
     let forwarded_for = parts
         .headers
         .get(FORWARDED)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("for=")))
         .map(|v| v.trim_matches('"').to_owned());
-    Ok(InboundRequest { conn, target, forwarded_for })
+    Ok(InboundRequest {
+        conn,
+        target,
+        forwarded_for,
+    })
 }
 
 fn answer(respond: &mut SendResponse<Bytes>, inbound: &dyn Inbound, conn: &ConnInfo, refused: Refused) {

@@ -40,7 +40,11 @@ impl FromStr for SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 }
 
@@ -53,7 +57,12 @@ mod tests {
         let id: SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
         assert_eq!(id, SpiffeId::new("cluster.local", "shop", "web"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
-        for bad in ["https://cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/a", "spiffe://td/ns//sa/b", "spiffe://td/ns/a/sa/b/c"] {
+        for bad in [
+            "https://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/a",
+            "spiffe://td/ns//sa/b",
+            "spiffe://td/ns/a/sa/b/c",
+        ] {
             assert!(bad.parse::<SpiffeId>().is_err(), "{bad}");
         }
     }

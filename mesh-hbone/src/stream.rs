@@ -23,7 +23,12 @@ pub struct H2Stream {
 
 impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, pending: Bytes::new(), shut: false }
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+            shut: false,
+        }
     }
 }
 
@@ -62,7 +67,9 @@ impl AsyncWrite for H2Stream {
             };
         }
         let n = granted.min(data.len());
-        self.send.send_data(Bytes::copy_from_slice(&data[..n]), false).map_err(h2_io)?;
+        self.send
+            .send_data(Bytes::copy_from_slice(&data[..n]), false)
+            .map_err(h2_io)?;
         Poll::Ready(Ok(n))
     }
 

@@ -4,12 +4,15 @@
 
 use std::sync::{Arc, LazyLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ResolvesServerCert;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 
@@ -20,7 +23,8 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// 1 MiB instead of 64 KiB keeps 1 MiB h2 frames flowing (HBONE-NOTES.md step 9).
 pub const TLS_BUFFER_LIMIT: usize = 1 << 20;
 
-static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -46,7 +50,9 @@ pub fn root_store(root: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, 
 
 /// Why a peer certificate was refused, as a metric label and a log sentence.
 fn refuse(reason: impl Into<String>) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(Refusal(reason.into())))))
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(Refusal(
+        reason.into(),
+    )))))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +72,16 @@ fn webpki_error(e: webpki::Error) -> rustls::Error {
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, rustls::Error> {
     let ee = EndEntityCert::try_from(cert).map_err(webpki_error)?;
     let mut uris = ee.valid_uri_names();
-    uris.find_map(|u| u.parse::<SpiffeId>().ok()).ok_or_else(|| refuse("certificate carries no SPIFFE id"))
+    uris.find_map(|u| u.parse::<SpiffeId>().ok())
+        .ok_or_else(|| refuse("certificate carries no SPIFFE id"))
 }
 
 /// Chain to the mesh root, valid now, for `usage`; returns the SPIFFE id.
-pub fn verify_chain(chain: &[CertificateDer<'_>], roots: &RootCertStore, usage: KeyUsage) -> Result<SpiffeId, rustls::Error> {
+pub fn verify_chain(
+    chain: &[CertificateDer<'_>],
+    roots: &RootCertStore,
+    usage: KeyUsage,
+) -> Result<SpiffeId, rustls::Error> {
     let (end, intermediates) = chain.split_first().ok_or_else(|| refuse("no certificate presented"))?;
     verify_at(end, intermediates, roots, usage, UnixTime::now())
 }
@@ -83,7 +94,8 @@ fn verify_at(
     now: UnixTime,
 ) -> Result<SpiffeId, rustls::Error> {
     let ee = EndEntityCert::try_from(end).map_err(webpki_error)?;
-    ee.verify_for_usage(algorithms().all, &roots.roots, intermediates, now, usage, None, None).map_err(webpki_error)?;
+    ee.verify_for_usage(algorithms().all, &roots.roots, intermediates, now, usage, None, None)
+        .map_err(webpki_error)?;
     spiffe_id(end)
 }
 
@@ -107,7 +119,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let id = verify_at(end, intermediates, &self.roots, KeyUsage::client_auth(), now)?;
         if id.trust_domain != self.trust_domain {
-            return Err(refuse(format!("client {id} is not in trust domain {}", self.trust_domain)));
+            return Err(refuse(format!(
+                "client {id} is not in trust domain {}",
+                self.trust_domain
+            )));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -118,7 +133,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -164,7 +181,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -186,7 +205,10 @@ pub fn server_config(
     roots: Arc<RootCertStore>,
     trust_domain: &str,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = Arc::new(SpiffeClientVerifier { roots, trust_domain: trust_domain.to_owned() });
+    let verifier = Arc::new(SpiffeClientVerifier {
+        roots,
+        trust_domain: trust_domain.to_owned(),
+    });
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?

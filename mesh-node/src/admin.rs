@@ -65,8 +65,12 @@ impl Admin {
 
     fn config_dump(&self) -> Value {
         let state = self.state.borrow().clone();
-        let readiness: serde_json::Map<String, Value> =
-            self.readiness.snapshot().into_iter().map(|(k, c)| (k.to_owned(), json!(format!("{c:?}")))).collect();
+        let readiness: serde_json::Map<String, Value> = self
+            .readiness
+            .snapshot()
+            .into_iter()
+            .map(|(k, c)| (k.to_owned(), json!(format!("{c:?}"))))
+            .collect();
         let mut dump = json!({
             "node": state.node,
             "generation": state.generation,

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "mesh-node", version, about = "Per-node daemon of the mesh: eBPF capture, HBONE tunnel, identities, L4 policy")]
+#[command(
+    name = "mesh-node",
+    version,
+    about = "Per-node daemon of the mesh: eBPF capture, HBONE tunnel, identities, L4 policy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -37,7 +41,12 @@ pub struct FdHolderArgs {
 pub struct RunArgs {
     /// Directory of Kubernetes-shaped YAML (Namespaces, Pods, Services, Istio resources),
     /// read recursively and re-read when files change. Required unless `--kubernetes`.
-    #[arg(long, env = "MESH_CONFIG_DIR", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    #[arg(
+        long,
+        env = "MESH_CONFIG_DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
     pub config_dir: Option<PathBuf>,
 
     /// Read the configuration from the Kubernetes API server (in-cluster service account,
@@ -164,11 +173,15 @@ impl std::str::FromStr for Cidr {
 
 impl RunArgs {
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/mesh").join(&self.node))
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/mesh").join(&self.node))
     }
 
     pub fn bpffs_dir(&self) -> PathBuf {
-        self.bpffs_dir.clone().unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/mesh").join(&self.node))
+        self.bpffs_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/mesh").join(&self.node))
     }
 }
 
@@ -199,20 +212,36 @@ mod tests {
         assert_eq!(args.node, "n1");
         let both = Cli::try_parse_from(["mesh-node", "run", "--kubernetes", "--config-dir", "/c", "--node", "n1"]);
         assert!(both.unwrap_err().to_string().contains("--config-dir"));
-        let neither = Cli::try_parse_from(["mesh-node", "run", "--node", "n1"]).unwrap_err().to_string();
+        let neither = Cli::try_parse_from(["mesh-node", "run", "--node", "n1"])
+            .unwrap_err()
+            .to_string();
         assert!(neither.contains("--config-dir"), "{neither}");
     }
 
     #[test]
     fn capture_exclusions_parse_and_bad_cidrs_are_named() {
         let cli = Cli::try_parse_from([
-            "mesh-node", "run", "--config-dir", "/c", "--node", "n1",
-            "--capture-exclude-ports", "22,9090", "--capture-exclude-cidrs", "10.0.0.0/8,192.168.1.7",
+            "mesh-node",
+            "run",
+            "--config-dir",
+            "/c",
+            "--node",
+            "n1",
+            "--capture-exclude-ports",
+            "22,9090",
+            "--capture-exclude-cidrs",
+            "10.0.0.0/8,192.168.1.7",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else { panic!("run") };
         assert_eq!(args.capture.capture_exclude_ports, vec![22, 9090]);
-        assert_eq!(args.capture.capture_exclude_cidrs[1], Cidr { addr: [192, 168, 1, 7].into(), prefix_len: 32 });
+        assert_eq!(
+            args.capture.capture_exclude_cidrs[1],
+            Cidr {
+                addr: [192, 168, 1, 7].into(),
+                prefix_len: 32
+            }
+        );
         let e = "10.0.0.0/33".parse::<Cidr>().unwrap_err();
         assert!(e.contains("10.0.0.0/33") && e.contains("33"), "{e}");
         assert!("10.0.0/8".parse::<Cidr>().is_err());

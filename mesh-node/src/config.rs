@@ -26,7 +26,14 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(node: &str, trust_domain: &str) -> (Self, StateRx) {
         let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
-        (Self { node: node.to_owned(), trust_domain: trust_domain.to_owned(), tx }, rx)
+        (
+            Self {
+                node: node.to_owned(),
+                trust_domain: trust_domain.to_owned(),
+                tx,
+            },
+            rx,
+        )
     }
 
     /// The generation last published (0: nothing yet).
@@ -57,7 +64,15 @@ pub struct ConfigLoop {
 impl ConfigLoop {
     pub fn new(source: DirSource, node: &str, trust_domain: &str) -> (Self, StateRx) {
         let (publisher, rx) = Publisher::new(node, trust_domain);
-        (Self { source, store: ConfigStore::default(), publisher, healthy: false }, rx)
+        (
+            Self {
+                source,
+                store: ConfigStore::default(),
+                publisher,
+                healthy: false,
+            },
+            rx,
+        )
     }
 
     /// One poll: re-reads changed files and publishes a new state if anything changed.
@@ -74,7 +89,10 @@ impl ConfigLoop {
                 if !report.is_noop() || !self.healthy {
                     // Counted on change only: a poll that found nothing new costs no scan.
                     let objects = self.store.iter().count();
-                    readiness.set("config", Condition::Ok(format!("{objects} objects from {}", self.source.root().display())));
+                    readiness.set(
+                        "config",
+                        Condition::Ok(format!("{objects} objects from {}", self.source.root().display())),
+                    );
                     self.healthy = true;
                 }
             }

@@ -32,7 +32,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sections = Sections::default();
 
     let state = start_config(&args, &readiness, &metrics).await?;
-    let inputs = ProxyInputs { args: Arc::new(args), state, metrics, readiness, admin_sections: sections };
+    let inputs = ProxyInputs {
+        args: Arc::new(args),
+        state,
+        metrics,
+        readiness,
+        admin_sections: sections,
+    };
     let kubernetes = inputs.args.kubernetes;
     if kubernetes {
         // Endpoints first: readiness and metrics explain a wait for the API server.
@@ -60,7 +66,10 @@ async fn start_config(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) 
     if args.kubernetes {
         return start_kubernetes(args, readiness, metrics).await;
     }
-    let dir = args.config_dir.as_ref().context("--config-dir is required without --kubernetes")?;
+    let dir = args
+        .config_dir
+        .as_ref()
+        .context("--config-dir is required without --kubernetes")?;
     let (mut config, state) = ConfigLoop::new(DirSource::new(dir), &args.node, &args.trust_domain);
     config.poll_once(readiness);
     tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
@@ -75,7 +84,9 @@ async fn start_kubernetes(args: &RunArgs, readiness: &Readiness, metrics: &Metri
 
 #[cfg(not(feature = "kubernetes"))]
 async fn start_kubernetes(_: &RunArgs, _: &Readiness, _: &Metrics) -> anyhow::Result<StateRx> {
-    anyhow::bail!("--kubernetes: this mesh-node was built without the `kubernetes` feature; rebuild with default features")
+    anyhow::bail!(
+        "--kubernetes: this mesh-node was built without the `kubernetes` feature; rebuild with default features"
+    )
 }
 
 /// Capture starts from a complete model: on an empty one, a restarted daemon would
@@ -86,7 +97,11 @@ async fn first_state(mut state: StateRx) {
 }
 
 async fn serve_endpoints(p: &ProxyInputs) -> anyhow::Result<()> {
-    let admin = Admin { state: p.state.clone(), readiness: p.readiness.clone(), sections: p.admin_sections.clone() };
+    let admin = Admin {
+        state: p.state.clone(),
+        readiness: p.readiness.clone(),
+        sections: p.admin_sections.clone(),
+    };
     let l = http_server::bind(p.args.admin_addr, "admin").await?;
     tokio::spawn(http_server::serve(l, "admin", move |req| {
         let admin = admin.clone();

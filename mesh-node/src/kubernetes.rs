@@ -25,7 +25,12 @@ use crate::readiness::{Condition, Readiness};
 const SYNC_TICK: Duration = Duration::from_secs(1);
 
 /// Connects with the pod's service account and starts watching.
-pub async fn start(node: &str, trust_domain: &str, readiness: &Readiness, metrics: &Metrics) -> anyhow::Result<StateRx> {
+pub async fn start(
+    node: &str,
+    trust_domain: &str,
+    readiness: &Readiness,
+    metrics: &Metrics,
+) -> anyhow::Result<StateRx> {
     let store = SharedStore::default();
     // Decoding already validates every kind the node daemon reads; the same rule as
     // the directory source.
@@ -46,7 +51,10 @@ pub fn spawn(
     metrics: &Metrics,
 ) -> StateRx {
     let (publisher, state) = Publisher::new(node, trust_domain);
-    readiness.set("config", Condition::Pending("waiting for the first list from the Kubernetes API server".into()));
+    readiness.set(
+        "config",
+        Condition::Pending("waiting for the first list from the Kubernetes API server".into()),
+    );
     let follow = Follow {
         store,
         publisher,
@@ -109,9 +117,15 @@ impl Follow {
 /// stays ready through an API server outage (it serves its last known state, like
 /// ztunnel without its control plane); the detail says so.
 fn condition(s: &KubeStatus, objects: usize) -> Condition {
-    let last_error = s.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+    let last_error = s
+        .last_error
+        .as_deref()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default();
     if !s.synced {
-        return Condition::Pending(format!("waiting for the first complete list from the Kubernetes API server{last_error}"));
+        return Condition::Pending(format!(
+            "waiting for the first complete list from the Kubernetes API server{last_error}"
+        ));
     }
     if s.connected {
         return Condition::Ok(format!("{objects} objects from the Kubernetes API server, connected"));
@@ -125,7 +139,8 @@ fn condition(s: &KubeStatus, objects: usize) -> Condition {
 
 fn rfc3339(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// `mesh_config_source_*`: whether the API server is reachable, and since when the

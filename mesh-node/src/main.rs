@@ -46,6 +46,9 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter).map_err(|e| anyhow::anyhow!("invalid --log filter {filter:?}: {e}"))?;
     // `init` also installs the log->tracing bridge, which carries aya-log's records.
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(true).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .init();
     Ok(())
 }

@@ -17,7 +17,9 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { registry: Arc::new(Mutex::new(Registry::default())) }
+        Self {
+            registry: Arc::new(Mutex::new(Registry::default())),
+        }
     }
 }
 

@@ -51,27 +51,45 @@ struct Inner {
 
 impl std::fmt::Debug for PodNetns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodNetns").field("path", &self.inner.path).field("cookie", &self.inner.cookie).finish()
+        f.debug_struct("PodNetns")
+            .field("path", &self.inner.path)
+            .field("cookie", &self.inner.cookie)
+            .finish()
     }
 }
 
 impl PodNetns {
     /// Opens the netns at `path` (e.g. `/run/netns/<name>`) and starts its socket thread.
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
-        let ns = File::open(path).map_err(|source| NetnsError::Open { path: path.to_owned(), source })?;
+        let ns = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<u64>>();
         let name = format!("netns-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("pod"));
         std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || socket_thread(ns, rx, ready_tx))
-            .map_err(|source| NetnsError::Thread { path: path.to_owned(), source })?;
+            .map_err(|source| NetnsError::Thread {
+                path: path.to_owned(),
+                source,
+            })?;
         let cookie = ready_rx
             .recv()
             .map_err(|_| io::Error::other("socket thread exited"))
             .and_then(|r| r)
-            .map_err(|source| NetnsError::Enter { path: path.to_owned(), source })?;
-        Ok(Self { inner: Arc::new(Inner { path: path.to_owned(), cookie, tx }) })
+            .map_err(|source| NetnsError::Enter {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                cookie,
+                tx,
+            }),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -103,7 +121,12 @@ impl PodNetns {
     }
 
     async fn ask(&self, req: impl FnOnce(oneshot::Sender<io::Result<OwnedFd>>) -> Request) -> io::Result<OwnedFd> {
-        let gone = || io::Error::other(format!("socket thread of netns {} has stopped", self.inner.path.display()));
+        let gone = || {
+            io::Error::other(format!(
+                "socket thread of netns {} has stopped",
+                self.inner.path.display()
+            ))
+        };
         let (tx, rx) = oneshot::channel();
         self.inner.tx.send(req(tx)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
@@ -132,7 +155,11 @@ fn socket_thread(ns: File, rx: mpsc::Receiver<Request>, ready: mpsc::Sender<io::
 }
 
 fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
     Ok(s)
 }
 

@@ -51,7 +51,11 @@ impl Readiness {
         if req.uri().path() != "/healthz/ready" {
             return http_server::text(StatusCode::NOT_FOUND, "try /healthz/ready\n");
         }
-        let status = if self.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if self.is_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         http_server::text(status, self.report())
     }
 }

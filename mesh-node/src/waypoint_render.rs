@@ -42,18 +42,28 @@ pub struct RenderArgs {
 
 /// Namespace and object names must be RFC 1123 labels; say so before kubectl does.
 fn dns_label(s: &str) -> Result<String, String> {
-    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = s.starts_with(|c: char| c.is_ascii_alphanumeric()) && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends =
+        s.starts_with(|c: char| c.is_ascii_alphanumeric()) && s.ends_with(|c: char| c.is_ascii_alphanumeric());
     if ok_chars && ok_ends && s.len() <= 63 {
         Ok(s.to_owned())
     } else {
-        Err(format!("`{s}` is not a valid Kubernetes name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"))
+        Err(format!(
+            "`{s}` is not a valid Kubernetes name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
     }
 }
 
 pub fn run(cmd: WaypointCommand) -> anyhow::Result<()> {
     let WaypointCommand::Render(args) = cmd;
-    let spec = WaypointSpec { name: args.name, image: args.image, replicas: args.replicas, ..WaypointSpec::new(&args.namespace) };
+    let spec = WaypointSpec {
+        name: args.name,
+        image: args.image,
+        replicas: args.replicas,
+        ..WaypointSpec::new(&args.namespace)
+    };
     std::io::stdout().lock().write_all(render(&spec)?.as_bytes())?;
     Ok(())
 }
@@ -68,7 +78,12 @@ pub struct WaypointSpec {
 
 impl WaypointSpec {
     pub fn new(namespace: &str) -> Self {
-        Self { namespace: namespace.into(), name: DEFAULT_NAME.into(), image: DEFAULT_IMAGE.into(), replicas: 1 }
+        Self {
+            namespace: namespace.into(),
+            name: DEFAULT_NAME.into(),
+            image: DEFAULT_IMAGE.into(),
+            replicas: 1,
+        }
     }
 
     fn labels(&self) -> Value {
@@ -88,7 +103,12 @@ impl WaypointSpec {
 
 /// The objects, in apply order.
 pub fn objects(spec: &WaypointSpec) -> Vec<Value> {
-    vec![service_account(spec), role_binding(spec), deployment(spec), service(spec)]
+    vec![
+        service_account(spec),
+        role_binding(spec),
+        deployment(spec),
+        service(spec),
+    ]
 }
 
 /// Multi-document YAML, with a header saying how to select the waypoint.
@@ -205,7 +225,9 @@ mod tests {
 
     fn docs(text: &str) -> Vec<serde_yaml::Value> {
         use serde::Deserialize;
-        serde_yaml::Deserializer::from_str(text).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect()
+        serde_yaml::Deserializer::from_str(text)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect()
     }
 
     #[test]
@@ -229,7 +251,12 @@ mod tests {
         }
         assert_eq!(deploy["spec"]["selector"]["matchLabels"], svc["spec"]["selector"]);
         assert_eq!(deploy["spec"]["template"]["spec"]["serviceAccountName"], "reviews-wp");
-        let ports: Vec<u64> = svc["spec"]["ports"].as_sequence().unwrap().iter().map(|p| p["port"].as_u64().unwrap()).collect();
+        let ports: Vec<u64> = svc["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_u64().unwrap())
+            .collect();
         assert_eq!(ports, [15008, 15021, 15020]);
         assert!(text.contains("istio.io/use-waypoint=reviews-wp"));
     }
@@ -239,7 +266,9 @@ mod tests {
         let text = render(&WaypointSpec::new("bookinfo")).unwrap();
         let parsed = parse_documents("waypoint", &text);
         assert_eq!(parsed.len(), 4);
-        let Ok(Resource::Service(svc)) = &parsed[3] else { panic!("{:?}", parsed[3]) };
+        let Ok(Resource::Service(svc)) = &parsed[3] else {
+            panic!("{:?}", parsed[3])
+        };
         assert_eq!(svc.metadata.name, DEFAULT_NAME);
         assert_eq!(svc.spec.ports[0].port, 15008);
     }
@@ -247,10 +276,25 @@ mod tests {
     #[test]
     fn cli_parses_render() {
         use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from(["mesh-node", "waypoint", "render", "--namespace", "bookinfo", "--name", "wp"]).unwrap();
-        let crate::cli::Command::Waypoint(WaypointCommand::Render(args)) = cli.command else { panic!("not render") };
-        assert_eq!((args.namespace.as_str(), args.name.as_str(), args.replicas), ("bookinfo", "wp", 1));
-        let err = crate::cli::Cli::try_parse_from(["mesh-node", "waypoint", "render", "--namespace", "Book_Info"]).unwrap_err();
+        let cli = crate::cli::Cli::try_parse_from([
+            "mesh-node",
+            "waypoint",
+            "render",
+            "--namespace",
+            "bookinfo",
+            "--name",
+            "wp",
+        ])
+        .unwrap();
+        let crate::cli::Command::Waypoint(WaypointCommand::Render(args)) = cli.command else {
+            panic!("not render")
+        };
+        assert_eq!(
+            (args.namespace.as_str(), args.name.as_str(), args.replicas),
+            ("bookinfo", "wp", 1)
+        );
+        let err = crate::cli::Cli::try_parse_from(["mesh-node", "waypoint", "render", "--namespace", "Book_Info"])
+            .unwrap_err();
         assert!(err.to_string().contains("not a valid Kubernetes name"), "{err}");
     }
 
@@ -263,6 +307,10 @@ mod tests {
             std::fs::write(path, &rendered).unwrap();
         }
         let on_disk = std::fs::read_to_string(path).unwrap();
-        assert_eq!(docs(&on_disk), docs(&rendered), "regenerate {path}: MESH_BLESS=1 cargo test -p mesh-node deploy_template");
+        assert_eq!(
+            docs(&on_disk),
+            docs(&rendered),
+            "regenerate {path}: MESH_BLESS=1 cargo test -p mesh-node deploy_template"
+        );
     }
 }

@@ -90,15 +90,31 @@ fn outbound_is_captured_with_original_destination_and_bytes_intact() {
     // Enrolled client: lands on 127.0.0.1:15001, sees the original peer, and the daemon's
     // upstream leaves from the pod's own IP to the original destination.
     let r = hello(&c, "shop", "a", srv_addr);
-    assert_eq!(host(&r["local"]), "127.0.0.1", "captured connect must land on the pod-local listener: {r:?}");
+    assert_eq!(
+        host(&r["local"]),
+        "127.0.0.1",
+        "captured connect must land on the pod-local listener: {r:?}"
+    );
     assert_eq!(r["getpeername"], srv_addr.to_string(), "{r:?}");
-    assert_eq!(r["app_local"], srv_addr.to_string(), "upstream went to the original destination: {r:?}");
-    assert_eq!(host(&r["app_peer"]), a_ip.to_string(), "upstream leaves from the pod IP: {r:?}");
+    assert_eq!(
+        r["app_local"],
+        srv_addr.to_string(),
+        "upstream went to the original destination: {r:?}"
+    );
+    assert_eq!(
+        host(&r["app_peer"]),
+        a_ip.to_string(),
+        "upstream leaves from the pod IP: {r:?}"
+    );
 
     // A dual-stack socket dialing the v4-mapped address is captured too (connect6).
     let mapped = SocketAddr::from((ip(&c, "plain", "srv").to_ipv6_mapped(), 8080));
     let r = hello(&c, "shop", "a", mapped);
-    assert_eq!(r["local"].split(']').next(), Some("[::ffff:127.0.0.1"), "v4-mapped connect captured: {r:?}");
+    assert_eq!(
+        r["local"].split(']').next(),
+        Some("[::ffff:127.0.0.1"),
+        "v4-mapped connect captured: {r:?}"
+    );
     assert_eq!(r["getpeername"], mapped.to_string(), "{r:?}");
     assert_eq!(r["app_local"], srv_addr.to_string(), "{r:?}");
 
@@ -113,10 +129,16 @@ fn outbound_is_captured_with_original_destination_and_bytes_intact() {
     assert_eq!(host(&r["local"]), "127.0.0.1", "{r:?}");
     assert_eq!(r["received"], LEN.to_string(), "{r:?}");
     assert_eq!(r["sha"], pattern_sha(2, LEN), "server->client bytes differ");
-    let (n, sha) = srv.results.recv_timeout(Duration::from_secs(60)).expect("server result");
+    let (n, sha) = srv
+        .results
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server result");
     assert_eq!((n, sha), (LEN, pattern_sha(1, LEN)), "client->server bytes differ");
     let secs: f64 = r["secs"].parse().unwrap_or(0.0);
-    eprintln!("FIGURE outbound relay: 2 x 64 MiB in {secs:.3} s = {:.0} MiB/s each way", 64.0 / secs.max(1e-9));
+    eprintln!(
+        "FIGURE outbound relay: 2 x 64 MiB in {secs:.3} s = {:.0} MiB/s each way",
+        64.0 / secs.max(1e-9)
+    );
 
     // The daemon's own sockets (upstreams created inside the pod netns) are never
     // captured: the pod's cgroup saw exactly the two client connects.
@@ -126,7 +148,10 @@ fn outbound_is_captured_with_original_destination_and_bytes_intact() {
     assert_eq!(counter(&dump, "connect6_redirected"), 1, "{}", dump["capture"]);
     assert_eq!(counter(&dump, "sockops_rekeyed"), 3, "{}", dump["capture"]);
     let daemon_cg = harness::cgroup_of(daemon.pid()).expect("cgroup of daemon");
-    assert!(!daemon_cg.contains("pod-"), "daemon must run outside pod cgroups: {daemon_cg}");
+    assert!(
+        !daemon_cg.contains("pod-"),
+        "daemon must run outside pod cgroups: {daemon_cg}"
+    );
     let mut pods = captured_pods(&dump);
     pods.sort();
     assert_eq!(pods, vec!["shop/a", "shop/b"]);
@@ -142,12 +167,20 @@ fn outbound_is_captured_with_original_destination_and_bytes_intact() {
         "{m}"
     );
     // Entries are deleted when connections close.
-    poll("original-destination entries to be deleted at close", Duration::from_secs(10), || {
-        let d = config_dump(&c, "n1");
-        (counter(&d, "sockops_close_deleted") >= 3).then_some(())
-    });
+    poll(
+        "original-destination entries to be deleted at close",
+        Duration::from_secs(10),
+        || {
+            let d = config_dump(&c, "n1");
+            (counter(&d, "sockops_close_deleted") >= 3).then_some(())
+        },
+    );
 
-    assert_eq!(netfilter_everywhere(&c), netfilter_before, "no iptables/nftables state may change");
+    assert_eq!(
+        netfilter_everywhere(&c),
+        netfilter_before,
+        "no iptables/nftables state may change"
+    );
     drop(daemon);
 }
 
@@ -162,10 +195,18 @@ fn inbound_plaintext_is_steered_but_pod_loopback_is_not() {
     // From a non-enrolled pod: steered through 15006; the daemon reaches the app from
     // the pod's own address (v1: the app sees the pod IP, DESIGN.md "Inbound").
     let r = hello(&c, "plain", "c", app);
-    assert_eq!(host(&r["local"]), ip(&c, "plain", "c").to_string(), "the client is not captured: {r:?}");
+    assert_eq!(
+        host(&r["local"]),
+        ip(&c, "plain", "c").to_string(),
+        "the client is not captured: {r:?}"
+    );
     assert_eq!(r["getpeername"], app.to_string(), "{r:?}");
     assert_eq!(r["app_local"], app.to_string(), "original port kept: {r:?}");
-    assert_eq!(host(&r["app_peer"]), b_ip.to_string(), "steered to 15006 and relayed: {r:?}");
+    assert_eq!(
+        host(&r["app_peer"]),
+        b_ip.to_string(),
+        "steered to 15006 and relayed: {r:?}"
+    );
     let steered = counter(&config_dump(&c, "n1"), "sk_lookup_steered");
     assert_eq!(steered, 1);
 
@@ -175,7 +216,12 @@ fn inbound_plaintext_is_steered_but_pod_loopback_is_not() {
     let r = hello(&c, "shop", "b", app);
     assert_eq!(host(&r["local"]), b_ip.to_string(), "own IP is not captured: {r:?}");
     let d = config_dump(&c, "n1");
-    assert_eq!(counter(&d, "sk_lookup_steered"), steered, "pod-local traffic must not be steered: {}", d["capture"]);
+    assert_eq!(
+        counter(&d, "sk_lookup_steered"),
+        steered,
+        "pod-local traffic must not be steered: {}",
+        d["capture"]
+    );
     assert_eq!(counter(&d, "connect4_redirected"), 0, "{}", d["capture"]);
 
     // Enrolled to enrolled: captured outbound, then carried over HBONE to b's 15008
@@ -200,7 +246,10 @@ fn hold(c: &Cluster, ns: &str, pod: &str, to: SocketAddr) -> Hold {
     let mut out = BufReader::new(guard.child_mut().stdout.take().expect("stdout"));
     let first = result_line(&mut out);
     let started = result_line(&mut out);
-    assert!(started.contains("started"), "long-lived connection did not start: {first} {started}");
+    assert!(
+        started.contains("started"),
+        "long-lived connection did not start: {first} {started}"
+    );
     Hold { guard, out, first }
 }
 
@@ -225,33 +274,47 @@ impl Hold {
         let last = result_line(&mut self.out);
         let r = kv(&last);
         let _ = self.guard.wait_timeout(Duration::from_secs(10));
-        (r.get("rounds").and_then(|n| n.parse().ok()).unwrap_or(0), r.get("ok").is_some_and(|v| v == "true"))
+        (
+            r.get("rounds").and_then(|n| n.parse().ok()).unwrap_or(0),
+            r.get("ok").is_some_and(|v| v == "true"),
+        )
     }
 }
 
 fn set_enrolled(c: &mut Cluster, ns: &str, on: bool) {
-    c.set_namespace_annotation(ns, ENROLL, on.then_some("ambient")).expect("annotation");
+    c.set_namespace_annotation(ns, ENROLL, on.then_some("ambient"))
+        .expect("annotation");
     c.write_config(&config_dir(c)).expect("config");
 }
 
 fn wait_captured(c: &Cluster, node: &str, want: &[&str]) {
     let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-    poll(&format!("captured pods to become {want:?}"), Duration::from_secs(20), || {
-        let mut pods = captured_pods(&config_dump(c, node));
-        pods.sort();
-        (pods == want).then_some(())
-    });
+    poll(
+        &format!("captured pods to become {want:?}"),
+        Duration::from_secs(20),
+        || {
+            let mut pods = captured_pods(&config_dump(c, node));
+            pods.sort();
+            (pods == want).then_some(())
+        },
+    );
 }
 
 #[test]
 fn enroll_and_unenroll_while_a_connection_runs() {
-    let Some(mut c) = cluster(&TOPOLOGY.replace("annotations: {mesh.io/dataplane-mode: ambient}", "")) else { return };
+    let Some(mut c) = cluster(&TOPOLOGY.replace("annotations: {mesh.io/dataplane-mode: ambient}", "")) else {
+        return;
+    };
     let _daemon = start_daemon(&c, "n1", &[]);
     let srv = serve(c.listen_in_pod("plain", "srv", 8080).expect("listen"));
     wait_captured(&c, "n1", &[]);
 
     let direct = hold(&c, "shop", "a", srv.addr_in(&c));
-    assert!(!direct.first.contains("local=127.0.0.1"), "not enrolled yet: {}", direct.first);
+    assert!(
+        !direct.first.contains("local=127.0.0.1"),
+        "not enrolled yet: {}",
+        direct.first
+    );
 
     set_enrolled(&mut c, "shop", true);
     wait_captured(&c, "n1", &["shop/a", "shop/b"]);
@@ -263,16 +326,26 @@ fn enroll_and_unenroll_while_a_connection_runs() {
     set_enrolled(&mut c, "shop", false);
     wait_captured(&c, "n1", &[]);
     let r = hello(&c, "shop", "a", srv.addr_in(&c));
-    assert_ne!(host(&r["local"]), "127.0.0.1", "new connections are no longer captured: {r:?}");
+    assert_ne!(
+        host(&r["local"]),
+        "127.0.0.1",
+        "new connections are no longer captured: {r:?}"
+    );
     assert!(
         pinned_files(&c.node("n1").expect("node").bpf_dir.join("pods")).is_empty(),
         "un-enrolling removes the pinned links"
     );
 
     let (rounds, ok) = direct.finish();
-    assert!(ok && rounds > 2, "the connection opened before enrollment survived: rounds={rounds} ok={ok}");
+    assert!(
+        ok && rounds > 2,
+        "the connection opened before enrollment survived: rounds={rounds} ok={ok}"
+    );
     let (rounds, ok) = captured.finish();
-    assert!(ok && rounds > 2, "the captured connection survived un-enrollment: rounds={rounds} ok={ok}");
+    assert!(
+        ok && rounds > 2,
+        "the captured connection survived un-enrollment: rounds={rounds} ok={ok}"
+    );
 }
 
 trait AddrIn {
@@ -288,15 +361,24 @@ impl AddrIn for Server {
 
 fn holder_pid(c: &Cluster) -> u32 {
     let d = config_dump(c, "n1");
-    d["capture"]["fd_store"]["holder_pid"].as_u64().expect("fd store holder pid") as u32
+    d["capture"]["fd_store"]["holder_pid"]
+        .as_u64()
+        .expect("fd store holder pid") as u32
 }
 
 fn kill_and_wait(pid: u32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     poll("the killed process to exit", Duration::from_secs(10), || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Gone, or a zombie (its fds are closed) waiting for its reaper.
-        (stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))).then_some(())
+        (stat.is_empty()
+            || stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .then_some(())
     });
 }
 
@@ -344,16 +426,32 @@ fn kill_9_and_restart_keeps_capture_attached() {
         );
         let dump = config_dump(c_ref, "n1");
         let a = &dump["capture"]["pods"]["shop/a"];
-        assert_eq!((a["adopted"].as_u64(), a["attached"].as_u64()), (Some(6), Some(0)), "re-adopted, not attached twice: {a}");
-        assert_eq!(a["listeners_from_fd_store"].as_u64(), Some(3), "listeners kept across the crash: {a}");
+        assert_eq!(
+            (a["adopted"].as_u64(), a["attached"].as_u64()),
+            (Some(6), Some(0)),
+            "re-adopted, not attached twice: {a}"
+        );
+        assert_eq!(
+            a["listeners_from_fd_store"].as_u64(),
+            Some(3),
+            "listeners kept across the crash: {a}"
+        );
         let r = inbound.join().expect("inbound client");
-        assert_eq!(host(&r["app_peer"]), b_app.ip().to_string(), "inbound during downtime was steered, not bypassed: {r:?}");
+        assert_eq!(
+            host(&r["app_peer"]),
+            b_app.ip().to_string(),
+            "inbound during downtime was steered, not bypassed: {r:?}"
+        );
 
         let status = looper.wait_timeout(Duration::from_secs(60)).expect("wait loop");
         assert!(status.is_some(), "loop helper did not finish");
         let mut out = String::new();
         std::io::Read::read_to_string(looper.child_mut().stdout.as_mut().expect("stdout"), &mut out).expect("read");
-        let line = out.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("loop result").to_owned();
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .expect("loop result")
+            .to_owned();
         let r = kv(&line);
         eprintln!("FIGURE kill -9 loop: {line}");
         assert_eq!(r["escaped"], "0", "a connection escaped capture: {line}");
@@ -379,15 +477,26 @@ fn strict_on_miss_fails_closed_when_listeners_are_gone() {
     kill_and_wait(holder);
 
     let r = hello(&c, "shop", "a", srv.addr_in(&c));
-    assert!(r.contains_key("error"), "a captured connect reached the destination unmeshed: {r:?}");
+    assert!(
+        r.contains_key("error"),
+        "a captured connect reached the destination unmeshed: {r:?}"
+    );
     let r = hello(&c, "plain", "c", b_app);
     assert!(r.contains_key("error"), "inbound reached the app unmeshed: {r:?}");
 
     let _daemon = start_daemon(&c, "n1", &["--inbound-strict-on-miss"]);
     let dump = config_dump(&c, "n1");
-    assert!(counter(&dump, "sk_lookup_miss_drop") >= 1, "{}", dump["capture"]["counters"]);
+    assert!(
+        counter(&dump, "sk_lookup_miss_drop") >= 1,
+        "{}",
+        dump["capture"]["counters"]
+    );
     let r = hello(&c, "plain", "c", b_app);
-    assert_eq!(host(&r["app_peer"]), b_app.ip().to_string(), "steered again after restart: {r:?}");
+    assert_eq!(
+        host(&r["app_peer"]),
+        b_app.ip().to_string(),
+        "steered again after restart: {r:?}"
+    );
     let r = hello(&c, "shop", "a", srv.addr_in(&c));
     assert_eq!(host(&r["local"]), "127.0.0.1", "{r:?}");
 }
@@ -405,9 +514,17 @@ fn stale_pins_of_vanished_pods_are_cleaned_on_restart() {
     let dump = config_dump(&c, "n1");
     assert_eq!(captured_pods(&dump), vec!["shop/a"]);
     let pods_dir = c.node("n1").expect("node").bpf_dir.join("pods");
-    let left: Vec<_> = pinned_files(&pods_dir).into_iter().filter(|p| p.to_string_lossy().contains("shop_b_")).collect();
+    let left: Vec<_> = pinned_files(&pods_dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("shop_b_"))
+        .collect();
     assert!(left.is_empty(), "pins of the vanished pod are removed: {left:?}");
-    assert_eq!(dump["capture"]["maps"]["pod_self"].as_array().map(Vec::len), Some(1), "{}", dump["capture"]["maps"]);
+    assert_eq!(
+        dump["capture"]["maps"]["pod_self"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        dump["capture"]["maps"]
+    );
 }
 
 #[test]
@@ -419,17 +536,34 @@ fn a_pod_whose_netns_vanishes_is_cleaned_while_running() {
     c.remove_pod("shop", "b").expect("remove pod");
     wait_captured(&c, "n1", &["shop/a"]);
     let pods_dir = c.node("n1").expect("node").bpf_dir.join("pods");
-    let left: Vec<_> = pinned_files(&pods_dir).into_iter().filter(|p| p.to_string_lossy().contains("shop_b_")).collect();
+    let left: Vec<_> = pinned_files(&pods_dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("shop_b_"))
+        .collect();
     assert!(left.is_empty(), "pins of the vanished pod are removed: {left:?}");
     let dump = config_dump(&c, "n1");
-    assert_eq!(dump["capture"]["maps"]["pod_self"].as_array().map(Vec::len), Some(1), "{}", dump["capture"]["maps"]);
-    assert!(dump["capture"]["errors"]["shop/b"].as_str().is_some_and(|e| e.contains("netns")), "{}", dump["capture"]["errors"]);
+    assert_eq!(
+        dump["capture"]["maps"]["pod_self"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        dump["capture"]["maps"]
+    );
+    assert!(
+        dump["capture"]["errors"]["shop/b"]
+            .as_str()
+            .is_some_and(|e| e.contains("netns")),
+        "{}",
+        dump["capture"]["errors"]
+    );
 }
 
 /// Connections waiting in the accept queue of the pod's listener on `port`
 /// (`rx_queue` of a LISTEN socket in /proc/net/tcp, read from inside the pod netns).
 fn accept_queue(c: &Cluster, ns: &str, pod: &str, port: u16) -> u64 {
-    let table = c.in_pod(ns, pod, || std::fs::read_to_string("/proc/thread-self/net/tcp")).expect("in pod").unwrap_or_default();
+    let table = c
+        .in_pod(ns, pod, || std::fs::read_to_string("/proc/thread-self/net/tcp"))
+        .expect("in pod")
+        .unwrap_or_default();
     let local = format!(":{port:04X}");
     table
         .lines()

@@ -26,7 +26,10 @@ fn topology() -> String {
     );
     for i in 0..2 * PER_NODE {
         let node = if i < PER_NODE { "n1" } else { "n2" };
-        let _ = write!(y, "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: scale}}\nspec: {{nodeName: {node}}}\n");
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: scale}}\nspec: {{nodeName: {node}}}\n"
+        );
     }
     y
 }
@@ -34,7 +37,10 @@ fn topology() -> String {
 fn summary(c: &Cluster, node: &str) -> (usize, u64, usize, usize) {
     let d = config_dump(c, node);
     let pods = d["capture"]["pods"].as_object().cloned().unwrap_or_default();
-    let attached: u64 = pods.values().map(|p| p["attached"].as_u64().unwrap_or(0) + p["adopted"].as_u64().unwrap_or(0)).sum();
+    let attached: u64 = pods
+        .values()
+        .map(|p| p["attached"].as_u64().unwrap_or(0) + p["adopted"].as_u64().unwrap_or(0))
+        .sum();
     let maps = &d["capture"]["maps"];
     let len = |k: &str| maps[k].as_array().map(Vec::len).unwrap_or(0);
     (pods.len(), attached, len("pod_self"), len("inbound_listeners"))
@@ -49,18 +55,39 @@ fn two_hundred_pods_on_two_nodes_attach_exactly_and_leave_nothing_pinned() {
     let t = Instant::now();
     let mut c = Cluster::from_yaml(&topology()).expect("cluster");
     c.write_config(&config_dir(&c)).expect("config");
-    eprintln!("FIGURE harness: {} pods created in {:.1} s", 2 * PER_NODE, t.elapsed().as_secs_f64());
+    eprintln!(
+        "FIGURE harness: {} pods created in {:.1} s",
+        2 * PER_NODE,
+        t.elapsed().as_secs_f64()
+    );
     let netfilter_before = netfilter_everywhere(&c);
 
     let t = Instant::now();
     let mut d1 = start_daemon(&c, "n1", &["--detach-on-exit"]);
     let mut d2 = start_daemon(&c, "n2", &["--detach-on-exit"]);
-    eprintln!("FIGURE enrollment: 2 daemons serving with {} pods attached after {:.2} s", 2 * PER_NODE, t.elapsed().as_secs_f64());
+    eprintln!(
+        "FIGURE enrollment: 2 daemons serving with {} pods attached after {:.2} s",
+        2 * PER_NODE,
+        t.elapsed().as_secs_f64()
+    );
     for node in ["n1", "n2"] {
         let d = config_dump(&c, node);
-        eprintln!("FIGURE {node}: attaching {PER_NODE} pods took {} ms", d["capture"]["first_reconcile_ms"]);
-        assert_eq!(summary(&c, node), (PER_NODE, 6 * PER_NODE as u64, PER_NODE, PER_NODE), "{node}: {}", d["capture"]["errors"]);
-        assert!(metrics(&c, node).lines().any(|l| l == format!("mesh_capture_enrolled_pods {PER_NODE}")), "{node} gauge");
+        eprintln!(
+            "FIGURE {node}: attaching {PER_NODE} pods took {} ms",
+            d["capture"]["first_reconcile_ms"]
+        );
+        assert_eq!(
+            summary(&c, node),
+            (PER_NODE, 6 * PER_NODE as u64, PER_NODE, PER_NODE),
+            "{node}: {}",
+            d["capture"]["errors"]
+        );
+        assert!(
+            metrics(&c, node)
+                .lines()
+                .any(|l| l == format!("mesh_capture_enrolled_pods {PER_NODE}")),
+            "{node} gauge"
+        );
         let pins = pinned_files(&c.node(node).expect("node").bpf_dir.join("pods"));
         assert_eq!(pins.len(), 6 * PER_NODE, "{node}: one pinned link per program per pod");
     }
@@ -72,18 +99,31 @@ fn two_hundred_pods_on_two_nodes_attach_exactly_and_leave_nothing_pinned() {
     let r = kv(&run_helper(&c, "scale", "p0", "hello", &[to.to_string()])[0]);
     assert!(r["local"].starts_with("127.0.0.1:"), "{r:?}");
     assert_eq!(r["getpeername"], to.to_string(), "{r:?}");
-    assert!(r["app_peer"].starts_with(&format!("{}:", dst.ip)), "steered at the destination node: {r:?}");
+    assert!(
+        r["app_peer"].starts_with(&format!("{}:", dst.ip)),
+        "steered at the destination node: {r:?}"
+    );
 
     let t = Instant::now();
-    c.set_namespace_annotation("scale", "mesh.io/dataplane-mode", None).expect("annotation");
+    c.set_namespace_annotation("scale", "mesh.io/dataplane-mode", None)
+        .expect("annotation");
     c.write_config(&config_dir(&c)).expect("config");
     for node in ["n1", "n2"] {
-        poll(&format!("{node} to un-enroll every pod"), Duration::from_secs(30), || {
-            (summary(&c, node) == (0, 0, 0, 0)).then_some(())
-        });
-        assert!(pinned_files(&c.node(node).expect("node").bpf_dir.join("pods")).is_empty(), "{node}");
+        poll(
+            &format!("{node} to un-enroll every pod"),
+            Duration::from_secs(30),
+            || (summary(&c, node) == (0, 0, 0, 0)).then_some(()),
+        );
+        assert!(
+            pinned_files(&c.node(node).expect("node").bpf_dir.join("pods")).is_empty(),
+            "{node}"
+        );
     }
-    eprintln!("FIGURE un-enrollment of {} pods: {:.2} s", 2 * PER_NODE, t.elapsed().as_secs_f64());
+    eprintln!(
+        "FIGURE un-enrollment of {} pods: {:.2} s",
+        2 * PER_NODE,
+        t.elapsed().as_secs_f64()
+    );
 
     d1.stop().expect("stop n1");
     d2.stop().expect("stop n2");
@@ -91,5 +131,9 @@ fn two_hundred_pods_on_two_nodes_attach_exactly_and_leave_nothing_pinned() {
         let left = pinned_files(&c.node(node).expect("node").bpf_dir);
         assert!(left.is_empty(), "{node}: pinned after --detach-on-exit: {left:?}");
     }
-    assert_eq!(netfilter_everywhere(&c), netfilter_before, "no iptables/nftables state may change");
+    assert_eq!(
+        netfilter_everywhere(&c),
+        netfilter_before,
+        "no iptables/nftables state may change"
+    );
 }

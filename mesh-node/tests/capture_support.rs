@@ -49,7 +49,10 @@ pub fn start_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGua
         .stderr(log);
     let guard = cluster.spawn_on_node(node, cmd).expect("spawn mesh-node");
     if let Err(e) = cluster.wait_tcp_on_node(node, ([127, 0, 0, 1], 15021).into(), Duration::from_secs(60)) {
-        panic!("mesh-node on {node} did not come up: {e}\n{}", daemon_log(cluster, node));
+        panic!(
+            "mesh-node on {node} did not come up: {e}\n{}",
+            daemon_log(cluster, node)
+        );
     }
     guard
 }
@@ -66,7 +69,9 @@ pub fn config_dump(cluster: &Cluster, node: &str) -> Value {
 }
 
 pub fn metrics(cluster: &Cluster, node: &str) -> String {
-    xtask::mesh::http_get(cluster, node, "127.0.0.1:15020", "/metrics").expect("metrics GET").body
+    xtask::mesh::http_get(cluster, node, "127.0.0.1:15020", "/metrics")
+        .expect("metrics GET")
+        .body
 }
 
 pub fn counter(dump: &Value, name: &str) -> u64 {
@@ -74,7 +79,10 @@ pub fn counter(dump: &Value, name: &str) -> u64 {
 }
 
 pub fn captured_pods(dump: &Value) -> Vec<String> {
-    dump["capture"]["pods"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    dump["capture"]["pods"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Deterministic byte stream for transfer checks.
@@ -218,9 +226,15 @@ fn serve_one(s: TcpStream, tx: std::sync::mpsc::Sender<(usize, String)>) {
 /// Runs this test binary's `helper` entry inside the pod (its netns AND cgroup, so the
 /// pod's eBPF programs apply) and returns its `RESULT` lines.
 pub fn run_helper(cluster: &Cluster, ns: &str, pod: &str, mode: &str, args: &[String]) -> Vec<String> {
-    let out = cluster.run_in_pod(ns, pod, helper_cmd(mode, args)).expect("run helper in pod");
+    let out = cluster
+        .run_in_pod(ns, pod, helper_cmd(mode, args))
+        .expect("run helper in pod");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<String> = stdout.lines().filter_map(|l| l.strip_prefix("RESULT ")).map(str::to_owned).collect();
+    let lines: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(str::to_owned)
+        .collect();
     assert!(
         !lines.is_empty(),
         "helper {mode} {args:?} in {ns}/{pod} printed no result: status {:?}\n{stdout}\n{}",
@@ -232,7 +246,8 @@ pub fn run_helper(cluster: &Cluster, ns: &str, pod: &str, mode: &str, args: &[St
 
 pub fn helper_cmd(mode: &str, args: &[String]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"]).env(HELPER_ENV, mode);
+    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(HELPER_ENV, mode);
     cmd.env("MESH_CAPTURE_HELPER_ARGS", args.join(" "));
     cmd
 }
@@ -254,12 +269,19 @@ pub fn helper_main() {
         "xfer" => {
             let len: usize = args[1].parse().expect("len");
             let s = TcpStream::connect(addr).expect("connect");
-            let view = format!("local={} getpeername={}", s.local_addr().unwrap(), s.peer_addr().unwrap());
+            let view = format!(
+                "local={} getpeername={}",
+                s.local_addr().unwrap(),
+                s.peer_addr().unwrap()
+            );
             let mut w = s.try_clone().unwrap();
             w.write_all(format!("xfer {len}\n").as_bytes()).unwrap();
             let started = Instant::now();
             let (n, sha) = exchange(s, 1, len).expect("exchange");
-            println!("RESULT {view} received={n} sha={sha} secs={:.3}", started.elapsed().as_secs_f64());
+            println!(
+                "RESULT {view} received={n} sha={sha} secs={:.3}",
+                started.elapsed().as_secs_f64()
+            );
         }
         "loop" => {
             // Bounded: `count` connects, at most `secs` seconds.
@@ -294,7 +316,11 @@ pub fn helper_main() {
 /// A long-lived echo connection: one round-trip every 20 ms until stdin closes.
 fn hold(addr: SocketAddr) {
     let s = TcpStream::connect(addr).expect("connect");
-    println!("RESULT local={} getpeername={}", s.local_addr().unwrap(), s.peer_addr().unwrap());
+    println!(
+        "RESULT local={} getpeername={}",
+        s.local_addr().unwrap(),
+        s.peer_addr().unwrap()
+    );
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     w.write_all(b"echo\n").unwrap();
@@ -336,12 +362,20 @@ fn hello(addr: SocketAddr) -> std::io::Result<String> {
     w.write_all(b"hello\n")?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
-    Ok(format!("local={local} getpeername={peer} {}", line.trim().replace("peer=", "app_peer=").replace("local=", "app_local=")))
+    Ok(format!(
+        "local={local} getpeername={peer} {}",
+        line.trim()
+            .replace("peer=", "app_peer=")
+            .replace("local=", "app_local=")
+    ))
 }
 
 /// Parses `k=v k=v` into a lookup.
 pub fn kv(line: &str) -> std::collections::BTreeMap<String, String> {
-    line.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// Netfilter state visible from the current netns (iptables/ip6tables/arptables table
@@ -360,8 +394,13 @@ pub fn netfilter_snapshot() -> String {
 /// `ip6tables-save`, `nft list ruleset`), run in the current netns.
 fn ruleset_dumps(run: impl Fn(Command) -> Option<String>) -> String {
     let mut out = String::new();
-    for (tool, args) in [("iptables-save", &[][..]), ("ip6tables-save", &[][..]), ("nft", &["list", "ruleset"][..])] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(tool).is_file());
+    for (tool, args) in [
+        ("iptables-save", &[][..]),
+        ("ip6tables-save", &[][..]),
+        ("nft", &["list", "ruleset"][..]),
+    ] {
+        let found =
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(tool).is_file());
         if found {
             let mut cmd = Command::new(tool);
             cmd.args(args);
@@ -389,7 +428,9 @@ pub fn netfilter_everywhere(cluster: &Cluster) -> Vec<(String, String)> {
         v.push((format!("node {}", n.name), snap));
     }
     for p in cluster.pods() {
-        let snap = cluster.in_pod(&p.namespace, &p.name, netfilter_snapshot).expect("in pod")
+        let snap = cluster
+            .in_pod(&p.namespace, &p.name, netfilter_snapshot)
+            .expect("in pod")
             + &ruleset_dumps(|c| output(cluster.run_in_pod(&p.namespace, &p.name, c)));
         v.push((format!("pod {}/{}", p.namespace, p.name), snap));
     }
@@ -404,11 +445,7 @@ pub fn pinned_files(dir: &std::path::Path) -> Vec<PathBuf> {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
         for e in rd.filter_map(Result::ok) {
             let p = e.path();
-            if p.is_dir() {
-                stack.push(p)
-            } else {
-                out.push(p)
-            }
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
         }
     }
     out

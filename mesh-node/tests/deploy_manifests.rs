@@ -51,8 +51,14 @@ fn is_istio(doc: &Value) -> bool {
 
 /// `kubernetes-validate`, however pip installed it.
 fn validator() -> Command {
-    for candidate in [&["kubernetes-validate"][..], &["python3", "-m", "kubernetes_validate"][..]] {
-        let probe = Command::new(candidate[0]).args(&candidate[1..]).arg("--version").output();
+    for candidate in [
+        &["kubernetes-validate"][..],
+        &["python3", "-m", "kubernetes_validate"][..],
+    ] {
+        let probe = Command::new(candidate[0])
+            .args(&candidate[1..])
+            .arg("--version")
+            .output();
         if probe.is_ok_and(|o| o.status.success()) {
             let mut c = Command::new(candidate[0]);
             c.args(&candidate[1..]);
@@ -68,15 +74,24 @@ fn validator() -> Command {
 #[test]
 fn deploy_passes_kubernetes_validate() {
     // Kustomizations are not API objects; Istio kinds are checked against our CRDs below.
-    let files: Vec<PathBuf> =
-        all_yaml().into_iter().filter(|f| !is_kustomization(f) && !documents(f).iter().any(is_istio)).collect();
-    assert!(files.len() >= 12, "expected the CRDs, install/ and waypoint/ manifests, found {files:?}");
+    let files: Vec<PathBuf> = all_yaml()
+        .into_iter()
+        .filter(|f| !is_kustomization(f) && !documents(f).iter().any(is_istio))
+        .collect();
+    assert!(
+        files.len() >= 12,
+        "expected the CRDs, install/ and waypoint/ manifests, found {files:?}"
+    );
     let out = validator()
         .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
         .args(&files)
         .output()
         .expect("run kubernetes-validate");
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "kubernetes-validate rejected deploy/:\n{report}");
     assert!(!report.contains("ERROR") && !report.contains("WARN"), "{report}");
 }
@@ -115,9 +130,12 @@ fn samples_match_our_crd_schemas() {
 fn crd_check_rejects_bad_resources() {
     let crds = load_crds();
     let bad = |yaml: &str| validate_cr(&crds, &serde_yaml::from_str(yaml).unwrap()).unwrap_err();
-    let e = bad("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {mtls: {mode: STRICTEST}}");
+    let e = bad(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x}\nspec: {mtls: {mode: STRICTEST}}",
+    );
     assert!(e.contains("spec.mtls.mode"), "{e}");
-    let e = bad("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: reviews}");
+    let e =
+        bad("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: reviews}");
     assert!(e.contains("spec.hosts: expected array"), "{e}");
     let e = bad("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\nspec: {}");
     assert!(e.contains("not served"), "{e}");
@@ -133,22 +151,35 @@ fn rbac_grants_list_watch_on_exactly_the_watched_kinds() {
     let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
     let mut granted = Vec::new();
     for rule in role["rules"].as_sequence().unwrap() {
-        let verbs: Vec<&str> = rule["verbs"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         for r in rule["resources"].as_sequence().unwrap() {
             if verbs == ["list", "watch"] {
                 granted.push(r.as_str().unwrap().to_owned());
             } else {
-                assert_eq!((r.as_str().unwrap(), verbs.as_slice()), ("events", &["create", "patch"][..]));
+                assert_eq!(
+                    (r.as_str().unwrap(), verbs.as_slice()),
+                    ("events", &["create", "patch"][..])
+                );
             }
         }
     }
     granted.sort();
-    let kinds = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-common/src/source/kube/kinds.rs")).unwrap();
+    let kinds =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-common/src/source/kube/kinds.rs"))
+            .unwrap();
     let mut watched: Vec<String> = watched_plurals(&kinds);
     watched.sort();
     assert_eq!(granted, watched);
     let text = std::fs::read_to_string(deploy_dir().join("install/rbac.yaml")).unwrap();
-    assert!(!text.contains("secrets"), "no Secret access: the kubelet mounts the CA Secret");
+    assert!(
+        !text.contains("secrets"),
+        "no Secret access: the kubelet mounts the CA Secret"
+    );
 }
 
 /// The args the DaemonSet and the waypoint template pass are flags the binaries
@@ -160,7 +191,12 @@ fn manifests_pass_only_flags_the_binaries_accept() {
     let containers = |docs: &[Value]| -> Vec<Value> {
         docs.iter()
             .filter(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment")
-            .flat_map(|d| d["spec"]["template"]["spec"]["containers"].as_sequence().cloned().unwrap_or_default())
+            .flat_map(|d| {
+                d["spec"]["template"]["spec"]["containers"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .collect()
     };
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_mesh-node")).parent().unwrap().to_owned();
@@ -168,13 +204,23 @@ fn manifests_pass_only_flags_the_binaries_accept() {
     for c in containers(&daemonset).into_iter().chain(containers(&waypoint)) {
         let command = c["command"][0].as_str().unwrap();
         let binary = bin_dir.join(Path::new(command).file_name().unwrap());
-        let args: Vec<&str> = c["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         if !binary.exists() {
             assert!(command.ends_with("mesh-waypoint"), "{} is not built", binary.display());
             eprintln!("skipping {command}: not built (cargo build --workspace builds it)");
             continue;
         }
-        let out = Command::new(&binary).args(&args).arg("--help").env_clear().output().unwrap();
+        let out = Command::new(&binary)
+            .args(&args)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{command} {args:?}: {stderr}");
         checked += 1;
@@ -185,7 +231,13 @@ fn manifests_pass_only_flags_the_binaries_accept() {
 /// The plural names in the `WATCHED` table: the second string literal of each
 /// `core(..)` / `istio(..)` / `WatchedKind {..}` entry.
 fn watched_plurals(source: &str) -> Vec<String> {
-    let table = source.split("pub const WATCHED").nth(1).unwrap().split("];").next().unwrap();
+    let table = source
+        .split("pub const WATCHED")
+        .nth(1)
+        .unwrap()
+        .split("];")
+        .next()
+        .unwrap();
     table
         .lines()
         .filter_map(|line| {
@@ -224,10 +276,18 @@ fn load_crds() -> Vec<Crd> {
                 .iter()
                 .map(|v| {
                     let name = v["name"].as_str().unwrap().to_owned();
-                    (name, v["served"].as_bool().unwrap_or(false), v["schema"]["openAPIV3Schema"].clone())
+                    (
+                        name,
+                        v["served"].as_bool().unwrap_or(false),
+                        v["schema"]["openAPIV3Schema"].clone(),
+                    )
                 })
                 .collect();
-            Crd { group: str_of(&spec["group"]), kind: str_of(&spec["names"]["kind"]), versions }
+            Crd {
+                group: str_of(&spec["group"]),
+                kind: str_of(&spec["names"]["kind"]),
+                versions,
+            }
         })
         .collect()
 }
@@ -240,9 +300,13 @@ fn validate_cr(crds: &[Crd], doc: &Value) -> Result<(), String> {
     let api_version = doc["apiVersion"].as_str().ok_or("no apiVersion")?;
     let (group, version) = api_version.split_once('/').ok_or("apiVersion without group")?;
     let kind = doc["kind"].as_str().ok_or("no kind")?;
-    let name = doc["metadata"]["name"].as_str().ok_or(format!("{kind}: metadata.name: required"))?;
-    let crd =
-        crds.iter().find(|c| c.group == group && c.kind == kind).ok_or(format!("{kind} {name}: no CRD for {group}"))?;
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .ok_or(format!("{kind}: metadata.name: required"))?;
+    let crd = crds
+        .iter()
+        .find(|c| c.group == group && c.kind == kind)
+        .ok_or(format!("{kind} {name}: no CRD for {group}"))?;
     let schema = crd
         .versions
         .iter()
@@ -268,7 +332,10 @@ fn check(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
         _ => true,
     };
     if !type_ok {
-        return Err(format!("{at}: expected {}", schema["type"].as_str().unwrap_or_default()));
+        return Err(format!(
+            "{at}: expected {}",
+            schema["type"].as_str().unwrap_or_default()
+        ));
     }
     if let Some(allowed) = schema["enum"].as_sequence()
         && !allowed.contains(value)
@@ -288,14 +355,22 @@ fn check(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
 }
 
 fn check_object(schema: &Value, map: &Mapping, path: &str) -> Result<(), String> {
-    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
     for req in schema["required"].as_sequence().into_iter().flatten() {
         let key = req.as_str().unwrap_or_default();
         if !map.contains_key(key) {
             return Err(format!("{}: required", join(key)));
         }
     }
-    let preserve = schema["x-kubernetes-preserve-unknown-fields"].as_bool().unwrap_or(false);
+    let preserve = schema["x-kubernetes-preserve-unknown-fields"]
+        .as_bool()
+        .unwrap_or(false);
     for (k, v) in map {
         let key = k.as_str().ok_or(format!("{path}: non-string key"))?;
         let sub = if let Some(p) = schema["properties"].get(key) {

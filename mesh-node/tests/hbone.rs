@@ -28,7 +28,11 @@ const HOLD_ENV: &str = "MESH_HBONE_HOLD";
 /// every 200 ms for `secs`; prints how many finished with every byte echoed.
 fn hold_many_main() {
     use std::io::{BufRead, BufReader, Write};
-    let args: Vec<String> = std::env::var(HOLD_ENV).unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    let args: Vec<String> = std::env::var(HOLD_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let addr: SocketAddr = args[0].parse().expect("addr");
     let n: usize = args[1].parse().expect("n");
     let secs: u64 = args[2].parse().expect("secs");
@@ -38,8 +42,10 @@ fn hold_many_main() {
             std::thread::Builder::new()
                 .stack_size(64 << 10)
                 .spawn(move || -> Result<u64, String> {
-                    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| format!("connect: {e}"))?;
-                    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+                    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                        .map_err(|e| format!("connect: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(20)))
+                        .map_err(|e| e.to_string())?;
                     let mut w = s.try_clone().map_err(|e| e.to_string())?;
                     let mut r = BufReader::new(s);
                     w.write_all(b"echo\n").map_err(|e| e.to_string())?;
@@ -72,7 +78,11 @@ fn hold_many_main() {
             Err(_) => errors.push("panic".into()),
         }
     }
-    println!("RESULT ok={ok} rounds={rounds} failed={} first_error={:?}", errors.len(), errors.first().map(|e| e.replace(' ', "_")));
+    println!(
+        "RESULT ok={ok} rounds={rounds} failed={} first_error={:?}",
+        errors.len(),
+        errors.first().map(|e| e.replace(' ', "_"))
+    );
 }
 
 const TOPOLOGY: &str = "
@@ -167,21 +177,41 @@ fn cross_node_transfer_is_intact_and_only_tls_on_15008_crosses_the_fabric() {
     let r = kv(&run_helper(&c, "shop", "a", "xfer", &[b.to_string(), LEN.to_string()])[0]);
     assert_eq!(r["received"], LEN.to_string(), "{r:?}\n{}", daemon_log(&c, "n1"));
     assert_eq!(r["sha"], pattern_sha(2, LEN), "server->client bytes differ");
-    let (n, sha) = srv.results.recv_timeout(Duration::from_secs(60)).expect("server result");
+    let (n, sha) = srv
+        .results
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server result");
     assert_eq!((n, sha), (LEN, pattern_sha(1, LEN)), "client->server bytes differ");
     let secs: f64 = r["secs"].parse().unwrap_or(0.0);
-    eprintln!("FIGURE HBONE cross-node: 2 x 64 MiB in {secs:.3} s = {:.0} MiB/s each way (debug build)", 64.0 / secs.max(1e-9));
+    eprintln!(
+        "FIGURE HBONE cross-node: 2 x 64 MiB in {secs:.3} s = {:.0} MiB/s each way (debug build)",
+        64.0 / secs.max(1e-9)
+    );
 
     let (lines, raw) = pcap.finish().expect("fabric capture");
     let tcp: Vec<&String> = lines.iter().filter(|l| l.contains(" IP ")).collect();
-    assert!(tcp.len() > 1000, "the transfer crossed the fabric: {} packets", tcp.len());
-    let off_port: Vec<&&String> = tcp.iter().filter(|l| !l.contains(".15008 ")  && !l.contains(".15008:")).take(5).collect();
-    assert!(off_port.is_empty(), "only HBONE (port 15008) may cross the fabric: {off_port:?}");
+    assert!(
+        tcp.len() > 1000,
+        "the transfer crossed the fabric: {} packets",
+        tcp.len()
+    );
+    let off_port: Vec<&&String> = tcp
+        .iter()
+        .filter(|l| !l.contains(".15008 ") && !l.contains(".15008:"))
+        .take(5)
+        .collect();
+    assert!(
+        off_port.is_empty(),
+        "only HBONE (port 15008) may cross the fabric: {off_port:?}"
+    );
     // The application's bytes never appear in clear: no 32-byte window of either pattern.
     for seed in [1, 2] {
         let chunk = pattern(seed, 4096).next().expect("pattern");
         for window in chunk.chunks(32).take(8) {
-            assert!(!raw.windows(32).any(|w| w == window), "plaintext of pattern {seed} seen on the fabric");
+            assert!(
+                !raw.windows(32).any(|w| w == window),
+                "plaintext of pattern {seed} seen on the fabric"
+            );
         }
     }
 
@@ -210,8 +240,10 @@ fn vip_connections_spread_over_all_endpoints_on_both_nodes() {
     let _d2 = start_daemon(&c, "n2", &[]);
     wait_certs(&c, "n1", 2);
     wait_certs(&c, "n2", 2);
-    let _servers: Vec<Server> =
-        ["b", "b2", "b3"].iter().map(|p| serve(c.listen_in_pod("shop", p, 8080).expect("listen"))).collect();
+    let _servers: Vec<Server> = ["b", "b2", "b3"]
+        .iter()
+        .map(|p| serve(c.listen_in_pod("shop", p, 8080).expect("listen")))
+        .collect();
     // Each connection says hello and reads the answer, so every one is a complete exchange
     // (a connect closed at once can lose its original-destination entry before accept).
     let vip = SocketAddr::from((VIP, 80));
@@ -222,15 +254,24 @@ fn vip_connections_spread_over_all_endpoints_on_both_nodes() {
         *by_backend.entry(backend).or_default() += 1;
     }
     eprintln!("FIGURE VIP spread seen by the apps: {by_backend:?}");
-    let mut want: Vec<String> = ["b", "b2", "b3"].iter().map(|p| format!("{}:8080", ip(&c, "shop", p))).collect();
+    let mut want: Vec<String> = ["b", "b2", "b3"]
+        .iter()
+        .map(|p| format!("{}:8080", ip(&c, "shop", p)))
+        .collect();
     want.sort();
-    assert_eq!(by_backend.keys().cloned().collect::<Vec<_>>(), want, "only the three endpoints, no errors");
+    assert_eq!(
+        by_backend.keys().cloned().collect::<Vec<_>>(),
+        want,
+        "only the three endpoints, no errors"
+    );
     let count = |node: &str, pod: &str| -> u64 {
         poll("destination metrics", Duration::from_secs(10), || {
             let m = metrics(&c, node);
             Some(
                 m.lines()
-                    .filter(|l| l.starts_with("istio_tcp_connections_opened_total{") && l.contains("reporter=\"destination\""))
+                    .filter(|l| {
+                        l.starts_with("istio_tcp_connections_opened_total{") && l.contains("reporter=\"destination\"")
+                    })
                     .filter(|l| l.contains(&format!("destination_workload=\"{pod}\"")))
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                     .sum(),
@@ -242,7 +283,10 @@ fn vip_connections_spread_over_all_endpoints_on_both_nodes() {
     let _ = xtask::harness::wait_until("300 connections counted", Duration::from_secs(30), || total() >= 300);
     let (b, b2, b3) = (count("n2", "b"), count("n2", "b2"), count("n1", "b3"));
     assert_eq!(b + b2 + b3, 300);
-    assert!(b > 0 && b2 > 0 && b3 > 0, "every endpoint gets connections: {b} {b2} {b3}");
+    assert!(
+        b > 0 && b2 > 0 && b3 > 0,
+        "every endpoint gets connections: {b} {b2} {b3}"
+    );
 }
 
 /// One `hello` through the VIP from pod a; the endpoint's `ip:port` as the app saw it,
@@ -263,7 +307,11 @@ fn spread(c: &Cluster, n: usize) -> std::collections::BTreeMap<String, usize> {
 /// The `ready` flag node's daemon currently holds for `shop/<pod>`.
 fn ready_in_daemon(c: &Cluster, node: &str, pod: &str) -> Option<bool> {
     let d = config_dump(c, node);
-    d["workloads"].as_array()?.iter().find(|w| w["workload"] == format!("shop/{pod}"))?["ready"].as_bool()
+    d["workloads"]
+        .as_array()?
+        .iter()
+        .find(|w| w["workload"] == format!("shop/{pod}"))?["ready"]
+        .as_bool()
 }
 
 /// A 4th pod selected by the Service whose Ready condition is False gets none of 300
@@ -278,43 +326,73 @@ fn a_not_ready_endpoint_gets_no_vip_connections_until_it_becomes_ready() {
     let _d2 = start_daemon(&c, "n2", &[]);
     wait_certs(&c, "n1", 2);
     wait_certs(&c, "n2", 3);
-    assert_eq!(ready_in_daemon(&c, "n1", "b4"), Some(false), "the topology's Ready=False reached the daemon");
-    let _servers: Vec<Server> =
-        ["b", "b2", "b3", "b4"].iter().map(|p| serve(c.listen_in_pod("shop", p, 8080).expect("listen"))).collect();
-    let addrs: std::collections::BTreeMap<&str, String> =
-        ["b", "b2", "b3", "b4"].into_iter().map(|p| (p, format!("{}:8080", ip(&c, "shop", p)))).collect();
+    assert_eq!(
+        ready_in_daemon(&c, "n1", "b4"),
+        Some(false),
+        "the topology's Ready=False reached the daemon"
+    );
+    let _servers: Vec<Server> = ["b", "b2", "b3", "b4"]
+        .iter()
+        .map(|p| serve(c.listen_in_pod("shop", p, 8080).expect("listen")))
+        .collect();
+    let addrs: std::collections::BTreeMap<&str, String> = ["b", "b2", "b3", "b4"]
+        .into_iter()
+        .map(|p| (p, format!("{}:8080", ip(&c, "shop", p))))
+        .collect();
     let at = |pod: &str| addrs[pod].clone();
     // b4 listens and its node serves HBONE for it: only readiness keeps it out.
     let direct = kv(&run_helper(&c, "shop", "a", "hello", &[at("b4")])[0]);
-    assert_eq!(direct.get("app_local"), Some(&at("b4")), "b4 is reachable by pod IP: {direct:?}");
+    assert_eq!(
+        direct.get("app_local"),
+        Some(&at("b4")),
+        "b4 is reachable by pod IP: {direct:?}"
+    );
 
     let by_backend = spread(&c, 300);
     eprintln!("FIGURE VIP spread with b4 not ready: {by_backend:?}");
-    assert_eq!(by_backend.get(&at("b4")), None, "a not-ready endpoint gets none: {by_backend:?}");
+    assert_eq!(
+        by_backend.get(&at("b4")),
+        None,
+        "a not-ready endpoint gets none: {by_backend:?}"
+    );
     let mut want: Vec<String> = ["b", "b2", "b3"].iter().map(|p| at(p)).collect();
     want.sort();
-    assert_eq!(by_backend.keys().cloned().collect::<Vec<_>>(), want, "all three ready endpoints, no errors");
+    assert_eq!(
+        by_backend.keys().cloned().collect::<Vec<_>>(),
+        want,
+        "all three ready endpoints, no errors"
+    );
     assert_eq!(by_backend.values().sum::<usize>(), 300);
 
     c.set_pod_ready("shop", "b4", true).expect("b4");
     c.write_config(&config_dir(&c)).expect("config");
     // Bounded: the daemon polls its config every 100 ms, so a few dozen connections at most.
     let mut before_b4 = 0usize;
-    poll("b4 to receive a VIP connection once ready", Duration::from_secs(30), || {
-        let backend = vip_hello(&c);
-        assert!(!backend.starts_with("error"), "{backend}\n{}", daemon_log(&c, "n1"));
-        before_b4 += 1;
-        (backend == at("b4")).then_some(())
-    });
+    poll(
+        "b4 to receive a VIP connection once ready",
+        Duration::from_secs(30),
+        || {
+            let backend = vip_hello(&c);
+            assert!(!backend.starts_with("error"), "{backend}\n{}", daemon_log(&c, "n1"));
+            before_b4 += 1;
+            (backend == at("b4")).then_some(())
+        },
+    );
     let by_backend = spread(&c, 40);
     eprintln!("FIGURE VIP spread after b4 became ready (first b4 hit after {before_b4}): {by_backend:?}");
     want.push(at("b4"));
     want.sort();
-    assert_eq!(by_backend.keys().cloned().collect::<Vec<_>>(), want, "all four endpoints, no errors");
+    assert_eq!(
+        by_backend.keys().cloned().collect::<Vec<_>>(),
+        want,
+        "all four endpoints, no errors"
+    );
 
     c.set_pod_ready("shop", "b4", false).expect("b4");
     c.write_config(&config_dir(&c)).expect("config");
-    poll("n1 to see b4 not ready", Duration::from_secs(30), || (ready_in_daemon(&c, "n1", "b4") == Some(false)).then_some(()));
+    poll("n1 to see b4 not ready", Duration::from_secs(30), || {
+        (ready_in_daemon(&c, "n1", "b4") == Some(false)).then_some(())
+    });
     let by_backend = spread(&c, 30);
     assert_eq!(by_backend.get(&at("b4")), None, "not ready again: none: {by_backend:?}");
     assert_eq!(by_backend.values().sum::<usize>(), 30);
@@ -329,8 +407,14 @@ fn strict_refuses_plaintext_from_a_non_enrolled_pod_and_permissive_allows_it() {
     let b = SocketAddr::from((ip(&c, "shop", "b"), 8080));
 
     let r = kv(&run_helper(&c, "plain", "c", "hello", &[b.to_string()])[0]);
-    assert_eq!(r.get("app_peer").map(String::as_str).and_then(|p| p.rsplit_once(':')).map(|(h, _)| h.to_owned()),
-        Some(b.ip().to_string()), "PERMISSIVE (default) forwards plaintext: {r:?}");
+    assert_eq!(
+        r.get("app_peer")
+            .map(String::as_str)
+            .and_then(|p| p.rsplit_once(':'))
+            .map(|(h, _)| h.to_owned()),
+        Some(b.ip().to_string()),
+        "PERMISSIVE (default) forwards plaintext: {r:?}"
+    );
 
     let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n";
     std::fs::write(config_dir(&c).join("zz-strict.yaml"), strict).expect("policy");
@@ -340,7 +424,8 @@ fn strict_refuses_plaintext_from_a_non_enrolled_pod_and_permissive_allows_it() {
     });
     let m = metrics(&c, "n2");
     assert!(
-        m.lines().any(|l| l.starts_with("mesh_connections_refused_total{") && l.contains("reason=\"strict_mtls\"")),
+        m.lines()
+            .any(|l| l.starts_with("mesh_connections_refused_total{") && l.contains("reason=\"strict_mtls\"")),
         "{m}"
     );
 }
@@ -355,19 +440,31 @@ fn a_thousand_concurrent_tunneled_connections_are_held_without_loss() {
     let _srv = serve(c.listen_in_pod("shop", "b", 8080).expect("listen"));
     let b = SocketAddr::from((ip(&c, "shop", "b"), 8080));
     // 10 s by default; MESH_HBONE_HOLD_SECS=30 runs the full acceptance duration.
-    let secs: u64 = std::env::var("MESH_HBONE_HOLD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("MESH_HBONE_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"]).env(HOLD_ENV, format!("{b} 1000 {secs}"));
+    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(HOLD_ENV, format!("{b} 1000 {secs}"));
     let out_path = c.state_dir().join("hold-many.out");
     cmd.stdout(std::fs::File::create(&out_path).expect("output file"));
     let mut guard = c.spawn_in_pod("shop", "a", cmd).expect("spawn holder");
     let status = guard.wait_timeout(Duration::from_secs(secs + 60)).expect("wait holder");
     assert!(status.is_some(), "holder did not finish");
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ").map(str::to_owned)).unwrap_or_default();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT ").map(str::to_owned))
+        .unwrap_or_default();
     let r = kv(&line);
     eprintln!("FIGURE 1000 concurrent tunneled connections for {secs} s: {line}");
-    assert_eq!(r.get("ok").map(String::as_str), Some("1000"), "{line}\n{}", daemon_log(&c, "n1"));
+    assert_eq!(
+        r.get("ok").map(String::as_str),
+        Some("1000"),
+        "{line}\n{}",
+        daemon_log(&c, "n1")
+    );
     assert_eq!(r.get("failed").map(String::as_str), Some("0"), "{line}");
 }
 
@@ -384,17 +481,32 @@ fn certificate_rotation_during_a_transfer_keeps_it_intact() {
     let b = SocketAddr::from((ip(&c, "shop", "b"), 8080));
     let generation = |node: &str, workload: &str| -> u64 {
         let d = config_dump(&c, node);
-        d["certificates"].as_array().into_iter().flatten().find(|e| e["workload"] == workload).and_then(|e| e["generation"].as_u64()).unwrap_or(0)
+        d["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["workload"] == workload)
+            .and_then(|e| e["generation"].as_u64())
+            .unwrap_or(0)
     };
     let before = generation("n1", "shop/a");
     const LEN: usize = 768 << 20;
     let r = kv(&run_helper(&c, "shop", "a", "xfer", &[b.to_string(), LEN.to_string()])[0]);
     let after = generation("n1", "shop/a");
-    eprintln!("FIGURE rotation: client certificate generation {before} -> {after} during a {} s transfer", r["secs"]);
-    assert!(after > before, "the certificate rotated during the transfer: {before} -> {after}");
+    eprintln!(
+        "FIGURE rotation: client certificate generation {before} -> {after} during a {} s transfer",
+        r["secs"]
+    );
+    assert!(
+        after > before,
+        "the certificate rotated during the transfer: {before} -> {after}"
+    );
     assert_eq!(r["received"], LEN.to_string(), "{r:?}");
     assert_eq!(r["sha"], pattern_sha(2, LEN));
-    let (n, sha) = srv.results.recv_timeout(Duration::from_secs(60)).expect("server result");
+    let (n, sha) = srv
+        .results
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server result");
     assert_eq!((n, sha), (LEN, pattern_sha(1, LEN)));
     // A connection made now is served with the current certificates (old ones expired).
     poll("a new connection after rotation", Duration::from_secs(20), || {
@@ -421,7 +533,10 @@ fn a_server_presenting_another_spiffe_id_is_refused_by_the_client() {
     let r = kv(&run_helper(&c, "shop", "a", "hello", &[fake.to_string()])[0]);
     assert!(r.contains_key("error"), "the client must not get through: {r:?}");
     let outcome = handshakes.join().expect("fake server");
-    assert!(outcome.contains("alert") || outcome.contains("closed") || outcome.contains("reset"), "client aborted the handshake: {outcome}");
+    assert!(
+        outcome.contains("alert") || outcome.contains("closed") || outcome.contains("reset"),
+        "client aborted the handshake: {outcome}"
+    );
     let m = metrics(&c, "n1");
     assert!(
         m.lines().any(|l| l.starts_with("mesh_connections_refused_total{")
@@ -431,7 +546,13 @@ fn a_server_presenting_another_spiffe_id_is_refused_by_the_client() {
     );
 }
 
-fn impostor_cert(ca_pem: &str, id: &str) -> (Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>) {
+fn impostor_cert(
+    ca_pem: &str,
+    id: &str,
+) -> (
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+) {
     use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::from_pem(ca_pem).expect("CA key");
     // Same subject as the daemon's CA parameters (identity/ca.rs), so the chain verifies.

@@ -52,14 +52,18 @@ pub fn config_dump(config: &Config) -> serde_json::Value {
 
 pub async fn serve(listener: TcpListener, config: Arc<Config>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let config = config.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let config = config.clone();
                 async move { Ok::<_, Infallible>(route(req.uri().path(), &config)) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -67,9 +71,13 @@ pub async fn serve(listener: TcpListener, config: Arc<Config>) {
 fn route(path: &str, config: &Config) -> Response<Body> {
     match path {
         "/config_dump" => {
-            let text = serde_json::to_string_pretty(&config_dump(config)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+            let text = serde_json::to_string_pretty(&config_dump(config))
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
             let mut r = Response::new(body::full(text));
-            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
             r
         }
         "/ready" | "/healthz/ready" => Response::new(body::full("ready\n")),

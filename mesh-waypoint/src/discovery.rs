@@ -31,7 +31,9 @@ pub enum UpstreamProtocol {
 fn protocol_of(p: &mesh_common::model::k8s::ServicePort) -> UpstreamProtocol {
     let h2 = |s: &str| {
         let s = s.to_ascii_lowercase();
-        ["grpc", "http2", "h2c", "kubernetes.io/h2c"].iter().any(|k| s == *k || s.starts_with(&format!("{k}-")))
+        ["grpc", "http2", "h2c", "kubernetes.io/h2c"]
+            .iter()
+            .any(|k| s == *k || s.starts_with(&format!("{k}-")))
     };
     if p.app_protocol.as_deref().is_some_and(h2) || p.name.as_deref().is_some_and(h2) {
         UpstreamProtocol::Http2
@@ -87,7 +89,10 @@ pub fn discover(resources: &[Resource]) -> Discovery {
             _ => None,
         })
         .collect();
-    let mut d = Discovery { pods_by_ip: pods.iter().map(|p| (p.ip, p.clone())).collect(), ..Discovery::default() };
+    let mut d = Discovery {
+        pods_by_ip: pods.iter().map(|p| (p.ip, p.clone())).collect(),
+        ..Discovery::default()
+    };
     for r in resources {
         if let Resource::Service(s) = r {
             let info = service_info(s, &pods);
@@ -115,19 +120,37 @@ fn service_info(s: &Service, pods: &[PodInfo]) -> ServiceInfo {
     let selector = &s.spec.selector;
     let selected = pods
         .iter()
-        .filter(|p| p.namespace == ns && !selector.is_empty() && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+        .filter(|p| {
+            p.namespace == ns && !selector.is_empty() && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+        })
         .cloned()
         .collect();
     ServiceInfo {
         fqdn: service_fqdn(&s.metadata.name, ns),
         namespace: ns.to_owned(),
         cluster_ip: s.spec.cluster_ip.map(IpAddr::V4),
-        ports: s.spec.ports.iter().map(|p| ServicePortInfo { name: p.name.clone(), port: p.port, target_port: p.target_port_number(), protocol: protocol_of(p) }).collect(),
+        ports: s
+            .spec
+            .ports
+            .iter()
+            .map(|p| ServicePortInfo {
+                name: p.name.clone(),
+                port: p.port,
+                target_port: p.target_port_number(),
+                protocol: protocol_of(p),
+            })
+            .collect(),
         pods: selected,
     }
 }
 
 /// Pods of `service` whose labels contain `labels` (a DestinationRule subset).
-pub fn subset_pods<'a>(service: &'a ServiceInfo, labels: &'a BTreeMap<String, String>) -> impl Iterator<Item = &'a PodInfo> {
-    service.pods.iter().filter(move |p| labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+pub fn subset_pods<'a>(
+    service: &'a ServiceInfo,
+    labels: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = &'a PodInfo> {
+    service
+        .pods
+        .iter()
+        .filter(move |p| labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
 }

@@ -22,7 +22,10 @@ use crate::config::Config;
 
 /// Connects with the pod's service account and follows the API server into `config`.
 /// `instance` (the pod name) is the reporting instance of our Events.
-pub async fn start(config: Arc<Config>, instance: Option<String>) -> Result<watch::Receiver<KubeStatus>, KubeSourceError> {
+pub async fn start(
+    config: Arc<Config>,
+    instance: Option<String>,
+) -> Result<watch::Receiver<KubeStatus>, KubeSourceError> {
     let store = SharedStore::default();
     let source_config = KubeSourceConfig {
         node_name: None,
@@ -64,14 +67,18 @@ pub fn follow(source: KubeSource, store: SharedStore, config: Arc<Config>) -> wa
 /// `GET /healthz/ready`: 200 once the configuration is complete, 503 before.
 pub async fn serve_readiness(listener: TcpListener, status: watch::Receiver<KubeStatus>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let status = status.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let response = readiness(req.uri().path(), &status.borrow());
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -79,13 +86,28 @@ pub async fn serve_readiness(listener: TcpListener, status: watch::Receiver<Kube
 fn readiness(path: &str, s: &KubeStatus) -> Response<Body> {
     let (code, text) = match path {
         "/healthz/ready" => {
-            let error = s.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+            let error = s
+                .last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default();
             match (s.synced, s.connected) {
-                (false, _) => (StatusCode::SERVICE_UNAVAILABLE, format!("config: pending (waiting for the first complete list from the Kubernetes API server{error})\n")),
-                (true, true) => (StatusCode::OK, "config: ok (Kubernetes API server, connected)\n".to_owned()),
+                (false, _) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "config: pending (waiting for the first complete list from the Kubernetes API server{error})\n"
+                    ),
+                ),
+                (true, true) => (
+                    StatusCode::OK,
+                    "config: ok (Kubernetes API server, connected)\n".to_owned(),
+                ),
                 (true, false) => (
                     StatusCode::OK,
-                    format!("config: ok (Kubernetes API server unreachable (failing watches: {}): serving the last known state{error})\n", s.failing.join(", ")),
+                    format!(
+                        "config: ok (Kubernetes API server unreachable (failing watches: {}): serving the last known state{error})\n",
+                        s.failing.join(", ")
+                    ),
                 ),
             }
         }
@@ -102,8 +124,14 @@ mod tests {
 
     #[test]
     fn ready_once_synced_and_through_an_outage() {
-        let mut s = KubeStatus { last_error: Some("Pod: connection refused".into()), ..KubeStatus::default() };
-        assert_eq!(readiness("/healthz/ready", &s).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let mut s = KubeStatus {
+            last_error: Some("Pod: connection refused".into()),
+            ..KubeStatus::default()
+        };
+        assert_eq!(
+            readiness("/healthz/ready", &s).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         s.synced = true;
         s.failing = vec!["Pod".into()];
         assert_eq!(readiness("/healthz/ready", &s).status(), StatusCode::OK);

@@ -45,7 +45,14 @@ pub struct Options {
 
 impl Options {
     pub fn new(listen: SocketAddr, namespace: &str) -> Self {
-        Self { listen, namespace: namespace.to_owned(), gateways: vec!["mesh".into()], config_dir: None, poll_interval: Duration::from_millis(500), admin: None }
+        Self {
+            listen,
+            namespace: namespace.to_owned(),
+            gateways: vec!["mesh".into()],
+            config_dir: None,
+            poll_interval: Duration::from_millis(500),
+            admin: None,
+        }
     }
 }
 
@@ -78,15 +85,28 @@ impl Waypoint {
         if let Some(dir) = &opts.config_dir {
             config.poll_dir(dir)?;
         }
-        let listener = TcpListener::bind(opts.listen).await.map_err(|source| StartError::Listen { addr: opts.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: opts.listen, source })?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
         let (shutdown, rx) = watch::channel(false);
         let gateways = crate::config::virtual_service::normalize_gateways(&opts.gateways, &opts.namespace);
-        let proxy = Arc::new(Proxy { config: config.clone(), gateways });
+        let proxy = Arc::new(Proxy {
+            config: config.clone(),
+            gateways,
+        });
         tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {
             Some(a) => {
-                let l = TcpListener::bind(a).await.map_err(|source| StartError::Listen { addr: a, source })?;
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|source| StartError::Listen { addr: a, source })?;
                 let bound = l.local_addr().ok();
                 let (cfg, mut stop) = (config.clone(), rx.clone());
                 tokio::spawn(async move {
@@ -100,7 +120,13 @@ impl Waypoint {
             tokio::spawn(watch_dir(config.clone(), dir, opts.poll_interval, rx));
         }
         tracing::info!(%addr, namespace = opts.namespace, "waypoint listening");
-        Ok(Self { addr, proxy, admin_addr, config, shutdown })
+        Ok(Self {
+            addr,
+            proxy,
+            admin_addr,
+            config,
+            shutdown,
+        })
     }
 }
 

@@ -10,7 +10,10 @@ use mesh_waypoint::gateway::{GatewayOptions, IngressGateway};
 use mesh_waypoint::{Options, Waypoint};
 
 #[derive(Parser)]
-#[command(version, about = "Istio VirtualService / DestinationRule engine for the mesh's waypoints")]
+#[command(
+    version,
+    about = "Istio VirtualService / DestinationRule engine for the mesh's waypoints"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +70,12 @@ struct RunArgs {
     /// Directory of Kubernetes-shaped YAML: VirtualService, DestinationRule, Gateway,
     /// Service and Pod objects (multi-document files, searched recursively). Polled for
     /// changes. Required unless `--kubernetes`.
-    #[arg(long, env = "MESH_CONFIG_DIR", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    #[arg(
+        long,
+        env = "MESH_CONFIG_DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
     config_dir: Option<PathBuf>,
     /// Read the configuration from the Kubernetes API server (the pod's service account)
     /// instead of a directory; serves readiness on `--readiness-addr`.
@@ -140,15 +148,25 @@ impl HboneArgs {
 
 fn main() -> anyhow::Result<()> {
     // Logs on stderr: stdout carries `check`'s JSON.
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Check { config_dir, namespace, gateway } => check(config_dir, &namespace, &gateway),
+        Command::Check {
+            config_dir,
+            namespace,
+            gateway,
+        } => check(config_dir, &namespace, &gateway),
     }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let opts = Options {
             listen: args.listen,
@@ -159,7 +177,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             admin: Some(args.admin),
         };
         let hbone = match args.hbone.options() {
-            Some(o) => Some(mesh_waypoint::hbone::HboneSide::prepare(o).await.context("cannot join the mesh")?),
+            Some(o) => Some(
+                mesh_waypoint::hbone::HboneSide::prepare(o)
+                    .await
+                    .context("cannot join the mesh")?,
+            ),
             None => None,
         };
         let connector: std::sync::Arc<dyn mesh_waypoint::endpoint::connector::Connector> = match &hbone {
@@ -169,8 +191,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if args.gateway.mode == Mode::Gateway {
             // The gateway accepts from outside the mesh on its Gateway ports; upstream it
             // uses the same connector (HBONE with --cert-dir) as a waypoint.
-            let gw = GatewayOptions { pod_labels: args.gateway.pod_labels.into_iter().collect(), bind_ip: args.bind_ip };
-            let gateway = IngressGateway::start_with(opts, gw, connector).await.context("cannot start the ingress gateway")?;
+            let gw = GatewayOptions {
+                pod_labels: args.gateway.pod_labels.into_iter().collect(),
+                bind_ip: args.bind_ip,
+            };
+            let gateway = IngressGateway::start_with(opts, gw, connector)
+                .await
+                .context("cannot start the ingress gateway")?;
             if let Some(h) = &hbone {
                 // Upstream identities come from the gateway's live configuration.
                 h.connector.bind(&gateway.config);
@@ -182,10 +209,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             return Ok(());
         }
-        let waypoint = Waypoint::start_with(opts, connector).await.context("cannot start the waypoint")?;
+        let waypoint = Waypoint::start_with(opts, connector)
+            .await
+            .context("cannot start the waypoint")?;
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(h) = &hbone {
-            h.listen(args.hbone.hbone_listen, waypoint.proxy.clone(), stop_rx).await.context("cannot serve HBONE")?;
+            h.listen(args.hbone.hbone_listen, waypoint.proxy.clone(), stop_rx)
+                .await
+                .context("cannot serve HBONE")?;
         }
         if args.kubernetes {
             start_kubernetes(waypoint.config.clone(), args.readiness_addr).await?;
@@ -198,7 +229,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Ctrl-C or SIGTERM (how Kubernetes and the netns harness stop a pod).
 async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C"),
         _ = term.recv() => Ok(()),
@@ -206,11 +238,16 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "kubernetes")]
-async fn start_kubernetes(config: std::sync::Arc<mesh_waypoint::config::Config>, readiness: SocketAddr) -> anyhow::Result<()> {
+async fn start_kubernetes(
+    config: std::sync::Arc<mesh_waypoint::config::Config>,
+    readiness: SocketAddr,
+) -> anyhow::Result<()> {
     let status = mesh_waypoint::kubernetes::start(config, std::env::var("POD_NAME").ok())
         .await
         .context("Kubernetes mode (--kubernetes)")?;
-    let listener = tokio::net::TcpListener::bind(readiness).await.with_context(|| format!("cannot listen on {readiness}"))?;
+    let listener = tokio::net::TcpListener::bind(readiness)
+        .await
+        .with_context(|| format!("cannot listen on {readiness}"))?;
     tokio::spawn(mesh_waypoint::kubernetes::serve_readiness(listener, status));
     tracing::info!(%readiness, "configuration from the Kubernetes API server");
     Ok(())
@@ -226,13 +263,22 @@ fn check(dir: PathBuf, namespace: &str, gateway: &GatewayArgs) -> anyhow::Result
     let config = match gateway.mode {
         Mode::Waypoint => mesh_waypoint::config::Config::new(namespace, connector),
         Mode::Gateway => {
-            let identity = mesh_waypoint::gateway::GatewayIdentity { namespace: namespace.to_owned(), labels: gateway.pod_labels.iter().cloned().collect() };
+            let identity = mesh_waypoint::gateway::GatewayIdentity {
+                namespace: namespace.to_owned(),
+                labels: gateway.pod_labels.iter().cloned().collect(),
+            };
             mesh_waypoint::config::Config::for_gateway(identity, connector)
         }
     };
-    config.poll_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    config
+        .poll_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?;
     let dump = mesh_waypoint::admin::config_dump(&config);
     println!("{}", serde_json::to_string_pretty(&dump)?);
     let snap = config.load();
-    if snap.rejected.is_empty() && snap.warnings.is_empty() { Ok(()) } else { std::process::exit(1) }
+    if snap.rejected.is_empty() && snap.warnings.is_empty() {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
 }

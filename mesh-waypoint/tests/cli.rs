@@ -25,7 +25,18 @@ impl Drop for Proc {
 
 fn start(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint"))
-        .args(["run", "--namespace", "bookinfo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config-poll-ms", "50", "--config-dir"])
+        .args([
+            "run",
+            "--namespace",
+            "bookinfo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config-poll-ms",
+            "50",
+            "--config-dir",
+        ])
         .arg(dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -40,7 +51,10 @@ fn start(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
     for _ in 0..50 {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(rest) = line.split("waypoint listening").nth(1) {
-            let addr = rest.split_whitespace().find_map(|kv| kv.strip_prefix("addr=")).expect("addr field");
+            let addr = rest
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("addr="))
+                .expect("addr field");
             std::thread::spawn(move || lines.for_each(drop));
             return (proc, addr.parse().expect("socket address"));
         }
@@ -57,21 +71,37 @@ async fn binary_serves_h1_and_h2_and_reloads_edited_files() {
     let _v3 = Backend::start(std::net::SocketAddr::new(ip(block, 4), port), "v3").await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("platform.yaml"), bookinfo_yaml(block, port)).expect("write");
-    std::fs::write(dir.path().join("vs.yaml"), reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n")).expect("write");
+    std::fs::write(
+        dir.path().join("vs.yaml"),
+        reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n"),
+    )
+    .expect("write");
     let (_proc, addr) = start(dir.path());
 
     let h1: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let version = |client: Client<_, Full<Bytes>>| async move {
-        let req = http::Request::get(format!("http://{addr}/")).header("host", "reviews:9080").body(Full::new(Bytes::new())).expect("request");
+        let req = http::Request::get(format!("http://{addr}/"))
+            .header("host", "reviews:9080")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
         let resp = client.request(req).await.expect("answer");
-        let v = resp.headers().get("x-version").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        let v = resp
+            .headers()
+            .get("x-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
         let _ = resp.into_body().collect().await;
         v
     };
     assert_eq!(version(h1.clone()).await, "v1");
     assert_eq!(h2_version(addr).await, "v1", "h2 prior knowledge is served too");
 
-    std::fs::write(dir.path().join("vs.yaml"), reviews_vs("  - route: [{destination: {host: reviews, subset: v3}}]\n")).expect("write");
+    std::fs::write(
+        dir.path().join("vs.yaml"),
+        reviews_vs("  - route: [{destination: {host: reviews, subset: v3}}]\n"),
+    )
+    .expect("write");
     let applied = eventually(Duration::from_secs(5), || {
         let h1 = h1.clone();
         async move { version(h1).await == "v3" }
@@ -82,35 +112,76 @@ async fn binary_serves_h1_and_h2_and_reloads_edited_files() {
 /// h2 with prior knowledge, `:authority` naming the service (as a real h2 client would).
 async fn h2_version(addr: std::net::SocketAddr) -> String {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.expect("h2 handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
-    let req = http::Request::get("http://reviews:9080/").body(Full::new(Bytes::new())).expect("request");
+    let req = http::Request::get("http://reviews:9080/")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
     let resp = sender.send_request(req).await.expect("answer");
     assert_eq!(resp.version(), http::Version::HTTP_2);
-    resp.headers().get("x-version").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+    resp.headers()
+        .get("x-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
 }
 
 #[test]
 fn check_accepts_the_bookinfo_samples_and_flags_bad_input() {
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/bookinfo");
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint")).args(["check", "--namespace", "bookinfo", "--config-dir"]).arg(&samples).output().expect("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint"))
+        .args(["check", "--namespace", "bookinfo", "--config-dir"])
+        .arg(&samples)
+        .output()
+        .expect("runs");
     let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert!(out.status.success(), "rejected {} warnings {}", dump["rejected"], dump["warnings"]);
+    assert!(
+        out.status.success(),
+        "rejected {} warnings {}",
+        dump["rejected"],
+        dump["warnings"]
+    );
     assert!(dump["virtualServices"].as_array().is_some_and(|v| !v.is_empty()));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("bad.yaml"), reviews_vs("  - match: [{uri: {regex: '(x'}}]\n    route: [{destination: {host: reviews}}]\n")).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint")).args(["check", "--namespace", "bookinfo", "--config-dir"]).arg(dir.path()).output().expect("runs");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        reviews_vs("  - match: [{uri: {regex: '(x'}}]\n    route: [{destination: {host: reviews}}]\n"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint"))
+        .args(["check", "--namespace", "bookinfo", "--config-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert!(dump["rejected"][0].as_str().is_some_and(|r| r.starts_with("VirtualService bookinfo/reviews: spec.http[0].match[0].uri.regex:")), "{dump}");
+    assert!(
+        dump["rejected"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("VirtualService bookinfo/reviews: spec.http[0].match[0].uri.regex:")),
+        "{dump}"
+    );
 }
 
 #[test]
 fn help_documents_every_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint")).args(["run", "--help"]).output().expect("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint"))
+        .args(["run", "--help"])
+        .output()
+        .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--config-dir", "--namespace", "--listen", "--admin", "--gateway", "--config-poll-ms"] {
+    for flag in [
+        "--config-dir",
+        "--namespace",
+        "--listen",
+        "--admin",
+        "--gateway",
+        "--config-poll-ms",
+    ] {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }
 }

@@ -17,7 +17,9 @@ fn details_yaml() -> String {
 }
 
 async fn jason(lab: &Lab) -> String {
-    lab.send(lab.request("reviews:9080", "/").header("end-user", "jason")).await.version()
+    lab.send(lab.request("reviews:9080", "/").header("end-user", "jason"))
+        .await
+        .version()
 }
 
 async fn details_ok(lab: &Lab) -> bool {
@@ -33,18 +35,25 @@ async fn bad_updates_keep_last_good_version_and_name_object_and_path() {
     assert_eq!(jason(&lab).await, "v2");
     assert!(details_ok(&lab).await);
 
-    let header = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: bookinfo}\n";
+    let header =
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: bookinfo}\n";
     let bad = [
         (
-            reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n  - match: [{uri: {regex: '(unclosed'}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n"),
+            reviews_vs(
+                "  - route: [{destination: {host: reviews, subset: v1}}]\n  - match: [{uri: {regex: '(unclosed'}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n",
+            ),
             "VirtualService bookinfo/reviews: spec.http[1].match[0].uri.regex: unclosed group",
         ),
         (
-            reviews_vs("  - route: [{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v2}, weight: 20}]\n"),
+            reviews_vs(
+                "  - route: [{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v2}, weight: 20}]\n",
+            ),
             "VirtualService bookinfo/reviews: spec.http[0].route: destination weights sum to 70, they must sum to 100",
         ),
         (
-            reviews_vs("  - fault: {abort: {httpStatus: 500, percentage: {value: 101}}}\n    route: [{destination: {host: reviews}}]\n"),
+            reviews_vs(
+                "  - fault: {abort: {httpStatus: 500, percentage: {value: 101}}}\n    route: [{destination: {host: reviews}}]\n",
+            ),
             "VirtualService bookinfo/reviews: spec.http[0].fault.abort.percentage.value: percentage 101 is outside 0–100",
         ),
         (
@@ -52,7 +61,9 @@ async fn bad_updates_keep_last_good_version_and_name_object_and_path() {
             "VirtualService bookinfo/reviews: spec.http[0].timeout: duration `-2s` must not be negative",
         ),
         (
-            reviews_vs("  - retries: {attempts: 2, perTryTimeout: 2 seconds}\n    route: [{destination: {host: reviews}}]\n"),
+            reviews_vs(
+                "  - retries: {attempts: 2, perTryTimeout: 2 seconds}\n    route: [{destination: {host: reviews}}]\n",
+            ),
             "VirtualService bookinfo/reviews: spec.http[0].retries.perTryTimeout: cannot parse duration `2 seconds`",
         ),
         (
@@ -60,20 +71,32 @@ async fn bad_updates_keep_last_good_version_and_name_object_and_path() {
             "VirtualService bookinfo/reviews: spec.http[0].route[0].destination.subsett: unknown field `subsett`",
         ),
         (
-            format!("{header}spec: {{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews}}}}]}}]}}\n").replace("networking.istio.io/v1\n", "networking.istio.io/v2\n"),
+            format!("{header}spec: {{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews}}}}]}}]}}\n")
+                .replace("networking.istio.io/v1\n", "networking.istio.io/v2\n"),
             "VirtualService bookinfo/reviews: unsupported apiVersion `networking.istio.io/v2`",
         ),
     ];
     for (yaml, want) in bad {
         lab.apply("reviews-vs.yaml", &yaml);
         let snap = lab.waypoint.config.load();
-        assert!(snap.rejected.iter().any(|r| r.starts_with(want)), "want `{want}` in {:?}", snap.rejected);
-        assert_eq!(jason(&lab).await, "v2", "last good VirtualService still routes after: {want}");
+        assert!(
+            snap.rejected.iter().any(|r| r.starts_with(want)),
+            "want `{want}` in {:?}",
+            snap.rejected
+        );
+        assert_eq!(
+            jason(&lab).await,
+            "v2",
+            "last good VirtualService still routes after: {want}"
+        );
         assert!(details_ok(&lab).await, "other objects keep serving after: {want}");
     }
 
     // A good update replaces the last good version and clears the error.
-    lab.apply("reviews-vs.yaml", &reviews_vs("  - route: [{destination: {host: reviews, subset: v3}}]\n"));
+    lab.apply(
+        "reviews-vs.yaml",
+        &reviews_vs("  - route: [{destination: {host: reviews, subset: v3}}]\n"),
+    );
     assert!(lab.waypoint.config.load().rejected.is_empty());
     assert_eq!(jason(&lab).await, "v3");
 }
@@ -84,12 +107,20 @@ async fn bad_destination_rule_keeps_last_good_subsets() {
     lab.apply("reviews-vs.yaml", &reviews_vs(JASON_V2));
     let bad_dr = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  trafficPolicy: {connectionPool: {tcp: {connectTimeout: -1s}}}\n  subsets: [{name: v1, labels: {version: v1}}]\n";
     let mut text = support::bookinfo_yaml(lab.block, lab.port);
-    text = text.split("---\napiVersion: networking.istio.io").next().unwrap_or_default().to_owned();
+    text = text
+        .split("---\napiVersion: networking.istio.io")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     lab.apply("bookinfo.yaml", &format!("{text}---\n{bad_dr}"));
     let snap = lab.waypoint.config.load();
     let want = "DestinationRule bookinfo/reviews: spec.trafficPolicy.connectionPool.tcp.connectTimeout: duration `-1s` must not be negative";
     assert!(snap.rejected.iter().any(|r| r.starts_with(want)), "{:?}", snap.rejected);
-    assert_eq!(jason(&lab).await, "v2", "subset v2 of the last good DestinationRule still in force");
+    assert_eq!(
+        jason(&lab).await,
+        "v2",
+        "subset v2 of the last good DestinationRule still in force"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,24 +131,44 @@ async fn undefined_subset_is_flagged_with_object_and_path() {
     let want = "VirtualService bookinfo/reviews: spec.http[0].route[0].destination.subset: subset `v7` of `reviews.bookinfo.svc.cluster.local` is not defined by any DestinationRule";
     assert!(snap.warnings.iter().any(|w| w.starts_with(want)), "{:?}", snap.warnings);
     let dump = mesh_waypoint::admin::config_dump(&lab.waypoint.config);
-    assert!(dump["warnings"].as_array().is_some_and(|w| w.iter().any(|l| l.as_str().is_some_and(|l| l.starts_with(want)))), "{dump}");
-    let r = lab.send(lab.request("reviews:9080", "/").header("end-user", "jason")).await;
+    assert!(
+        dump["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|l| l.as_str().is_some_and(|l| l.starts_with(want)))),
+        "{dump}"
+    );
+    let r = lab
+        .send(lab.request("reviews:9080", "/").header("end-user", "jason"))
+        .await;
     assert_eq!(r.status, 503);
     assert!(r.header("x-mesh-reason").contains("subset `v7`"), "{r:?}");
-    assert_eq!(lab.get("/").await.version(), "v1", "the rest of the VirtualService serves");
+    assert_eq!(
+        lab.get("/").await.version(),
+        "v1",
+        "the rest of the VirtualService serves"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_file_keeps_its_objects_and_new_bad_object_never_appears() {
     let lab = Lab::bookinfo().await;
     lab.apply("reviews-vs.yaml", &reviews_vs(JASON_V2));
-    lab.apply("reviews-vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews\n  broken: [\n");
+    lab.apply(
+        "reviews-vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews\n  broken: [\n",
+    );
     assert_eq!(jason(&lab).await, "v2");
     assert!(!lab.waypoint.config.load().rejected.is_empty());
     lab.apply("other.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: other, namespace: bookinfo}\nspec: {hosts: [other], http: [{route: [{destination: {host: reviews}, weight: 30}, {destination: {host: reviews}, weight: 30}]}]}\n");
     let snap = lab.waypoint.config.load();
     assert!(snap.tables.iter().all(|t| t.object.name != "other"));
-    assert!(snap.rejected.iter().any(|r| r.starts_with("VirtualService bookinfo/other: spec.http[0].route: destination weights sum to 60")), "{:?}", snap.rejected);
+    assert!(
+        snap.rejected
+            .iter()
+            .any(|r| r.starts_with("VirtualService bookinfo/other: spec.http[0].route: destination weights sum to 60")),
+        "{:?}",
+        snap.rejected
+    );
 }
 
 #[test]

@@ -61,11 +61,14 @@ async fn grpc_backend(addr: SocketAddr, fail_first: usize) -> (SocketAddr, Arc<A
                             trailers.insert("grpc-message", format!("h2={h2} te={te}").parse().expect("v"));
                             Response::new(WithTrailers(Some(Bytes::from_static(b"\0\0\0\0\0")), Some(trailers)))
                         };
-                        resp.headers_mut().insert("content-type", "application/grpc".parse().expect("v"));
+                        resp.headers_mut()
+                            .insert("content-type", "application/grpc".parse().expect("v"));
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -74,7 +77,9 @@ async fn grpc_backend(addr: SocketAddr, fail_first: usize) -> (SocketAddr, Arc<A
 
 async fn call(waypoint: SocketAddr) -> (Response<()>, http_body_util::Collected<Bytes>) {
     let stream = tokio::net::TcpStream::connect(waypoint).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("handshake");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("handshake");
     tokio::spawn(conn);
     let req = Request::post("http://greeter:9090/helloworld.Greeter/SayHello")
         .header("content-type", "application/grpc")
@@ -108,6 +113,10 @@ async fn grpc_over_h2_with_trailers_and_retry_on_unavailable() {
     assert_eq!(resp.status(), 200);
     let trailers = body.trailers().cloned().expect("trailers reached the client");
     assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
-    assert_eq!(trailers.get("grpc-message").map(|v| v.as_bytes()), Some(&b"h2=true te=true"[..]), "upstream was h2 and kept te: trailers");
+    assert_eq!(
+        trailers.get("grpc-message").map(|v| v.as_bytes()),
+        Some(&b"h2=true te=true"[..]),
+        "upstream was h2 and kept te: trailers"
+    );
     assert_eq!(calls.load(Ordering::Relaxed), 2, "UNAVAILABLE was retried once");
 }

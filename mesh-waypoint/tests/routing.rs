@@ -19,8 +19,21 @@ struct Probe {
     check: fn(&Reply) -> bool,
 }
 
-const fn get(path: &'static str, headers: &'static [(&'static str, &'static str)], expect: &'static str, check: fn(&Reply) -> bool) -> Probe {
-    Probe { method: "GET", host: "reviews:9080", path, headers, from: None, expect, check }
+const fn get(
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    expect: &'static str,
+    check: fn(&Reply) -> bool,
+) -> Probe {
+    Probe {
+        method: "GET",
+        host: "reviews:9080",
+        path,
+        headers,
+        from: None,
+        expect,
+        check,
+    }
 }
 
 fn v(r: &Reply, version: &str) -> bool {
@@ -188,7 +201,11 @@ async fn every_match_field_and_route_option() {
     for (name, http, probes) in cases() {
         lab.apply("vs.yaml", &reviews_vs(&http));
         let snap = lab.waypoint.config.load();
-        assert!(snap.rejected.is_empty(), "case `{name}`: config rejected: {:?}", snap.rejected);
+        assert!(
+            snap.rejected.is_empty(),
+            "case `{name}`: config rejected: {:?}",
+            snap.rejected
+        );
         for p in probes {
             let mut req = lab.request(p.host, p.path).method(p.method);
             for (k, val) in p.headers {
@@ -199,11 +216,19 @@ async fn every_match_field_and_route_option() {
                 None => lab.send(req).await,
             };
             if !(p.check)(&reply) {
-                failures.push(format!("case `{name}` {} {}: expected {}; got {} {:?} {}", p.method, p.path, p.expect, reply.status, reply.headers, reply.body));
+                failures.push(format!(
+                    "case `{name}` {} {}: expected {}; got {} {:?} {}",
+                    p.method, p.path, p.expect, reply.status, reply.headers, reply.body
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,14 +252,28 @@ async fn mirror_copies_requests_with_shadow_authority() {
         assert_eq!(lab.get("/m").await.version(), "v1");
     }
     let v3 = &lab.reviews[2];
-    assert!(support::eventually(Duration::from_secs(5), || std::future::ready(v3.hits() >= 5)).await, "mirror got {} copies", v3.hits());
+    assert!(
+        support::eventually(Duration::from_secs(5), || std::future::ready(v3.hits() >= 5)).await,
+        "mirror got {} copies",
+        v3.hits()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancers() {
     let lab = Lab::bookinfo().await;
-    let dr = |lb: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {lb}}}\n");
-    lab.apply("bookinfo.yaml", support::bookinfo_yaml(lab.block, lab.port).split("---\napiVersion: networking.istio.io").next().unwrap_or_default());
+    let dr = |lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  trafficPolicy: {{loadBalancer: {lb}}}\n"
+        )
+    };
+    lab.apply(
+        "bookinfo.yaml",
+        support::bookinfo_yaml(lab.block, lab.port)
+            .split("---\napiVersion: networking.istio.io")
+            .next()
+            .unwrap_or_default(),
+    );
 
     lab.apply("dr.yaml", &dr("{simple: ROUND_ROBIN}"));
     let rr: Vec<String> = futures_seq(&lab, 6, &[]).await;
@@ -243,15 +282,28 @@ async fn load_balancers() {
 
     lab.apply("dr.yaml", &dr("{consistentHash: {httpHeaderName: x-user}}"));
     for user in ["alice", "bob", "carol"] {
-        let seen: std::collections::BTreeSet<String> = futures_seq(&lab, 20, &[("x-user", user)]).await.into_iter().collect();
+        let seen: std::collections::BTreeSet<String> =
+            futures_seq(&lab, 20, &[("x-user", user)]).await.into_iter().collect();
         assert_eq!(seen.len(), 1, "user {user} spread over {seen:?}");
     }
 
-    lab.apply("dr.yaml", &dr("{consistentHash: {httpCookie: {name: sticky, ttl: 60s}}}"));
+    lab.apply(
+        "dr.yaml",
+        &dr("{consistentHash: {httpCookie: {name: sticky, ttl: 60s}}}"),
+    );
     let first = lab.get("/").await;
-    let cookie = first.header("set-cookie").split(';').next().unwrap_or_default().to_owned();
+    let cookie = first
+        .header("set-cookie")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     assert!(cookie.starts_with("sticky="), "set-cookie minted: {:?}", first.headers);
-    let seen: std::collections::BTreeSet<String> = futures_seq(&lab, 20, &[("cookie", Box::leak(cookie.into_boxed_str()))]).await.into_iter().collect();
+    let seen: std::collections::BTreeSet<String> =
+        futures_seq(&lab, 20, &[("cookie", Box::leak(cookie.into_boxed_str()))])
+            .await
+            .into_iter()
+            .collect();
     assert_eq!(seen.len(), 1);
 
     lab.apply("dr.yaml", &dr("{consistentHash: {httpQueryParameterName: u}}"));
@@ -276,7 +328,10 @@ async fn load_balancers() {
     let s: std::collections::BTreeSet<String> = futures_seq(&lab, 90, &[]).await.into_iter().collect();
     assert_eq!(s.len(), 3);
 
-    lab.apply("dr.yaml", &dr("{simple: PASSTHROUGH}").replace("host: reviews", "host: reviews-ip"));
+    lab.apply(
+        "dr.yaml",
+        &dr("{simple: PASSTHROUGH}").replace("host: reviews", "host: reviews-ip"),
+    );
     lab.apply("vip.yaml", &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: reviews-ip, namespace: bookinfo}}\nspec:\n  clusterIP: {}\n  selector: {{app: reviews}}\n  ports: [{{port: 9080, targetPort: {}}}]\n", lab.ip(3), lab.port));
     let host = format!("{}:{}", lab.ip(3), lab.port);
     for _ in 0..10 {
@@ -301,7 +356,9 @@ async fn futures_seq(lab: &Lab, n: usize, headers: &[(&'static str, &'static str
 async fn gateway_mode_applies_only_virtual_services_bound_to_its_gateway() {
     let lab = Lab::bookinfo_serving(&["bookinfo-gateway"]).await;
     let vs = |name: &str, gateways: &str, subset: &str| {
-        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  hosts: ['*']\n  gateways: {gateways}\n  http:\n  - match: [{{uri: {{prefix: /{name}}}}}]\n    route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n")
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  hosts: ['*']\n  gateways: {gateways}\n  http:\n  - match: [{{uri: {{prefix: /{name}}}}}]\n    route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
+        )
     };
     lab.apply("edge.yaml", &vs("edge", "[bookinfo-gateway]", "v2"));
     // Named to win a tie between the two `*` hosts, were mesh-only routes considered.

@@ -45,7 +45,11 @@ async fn tcp_route_splits_streams_by_weight() {
             port = a.port()
         ),
     );
-    assert!(lab.waypoint.config.load().rejected.is_empty(), "{:?}", lab.waypoint.config.load().rejected);
+    assert!(
+        lab.waypoint.config.load().rejected.is_empty(),
+        "{:?}",
+        lab.waypoint.config.load().rejected
+    );
     // Streams arrive the way the HBONE server will hand them over: an accepted
     // connection plus the CONNECT target.
     let entry = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -63,9 +67,18 @@ async fn tcp_route_splits_streams_by_weight() {
         let (r, mut w) = stream.into_split();
         w.write_all(format!("hello {i}\n").as_bytes()).await.expect("write");
         let mut line = String::new();
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), BufReader::new(r).read_line(&mut line)).await.expect("reply in time").expect("read");
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            BufReader::new(r).read_line(&mut line),
+        )
+        .await
+        .expect("reply in time")
+        .expect("read");
         assert!(n > 0, "stream {i} closed without a reply");
-        assert!(line == format!("v1:hello {i}\n") || line == format!("v2:hello {i}\n"), "{line:?}");
+        assert!(
+            line == format!("v1:hello {i}\n") || line == format!("v2:hello {i}\n"),
+            "{line:?}"
+        );
         v1 += usize::from(line.starts_with("v1:"));
     }
     assert_eq!(v1, 80, "80/20 split over 100 streams");
@@ -76,6 +89,11 @@ async fn tcp_to_unknown_host_is_refused_with_reason() {
     let lab = Lab::bookinfo().await;
     let (client, server) = tokio::io::duplex(64);
     drop(client);
-    let err = lab.waypoint.proxy.serve_tcp(server, "nowhere:7000", "127.0.0.1:1".parse().expect("addr")).await.expect_err("no route");
+    let err = lab
+        .waypoint
+        .proxy
+        .serve_tcp(server, "nowhere:7000", "127.0.0.1:1".parse().expect("addr"))
+        .await
+        .expect_err("no route");
     assert!(err.to_string().contains("nowhere.bookinfo.svc.cluster.local"), "{err}");
 }

@@ -40,7 +40,10 @@ async fn abort_50_percent_within_3_points() {
     let aborted = share(&replies, |r| r.status == 500 && r.header("x-mesh-flags").contains("FI"));
     let served = share(&replies, |r| r.status == 200);
     assert!((aborted - 50.0).abs() <= 3.0, "aborted {aborted:.2}%");
-    assert!((aborted + served - 100.0).abs() < 1e-9, "every reply is an abort or a success");
+    assert!(
+        (aborted + served - 100.0).abs() < 1e-9,
+        "every reply is an abort or a success"
+    );
     println!("abort 50%: {aborted:.2}% aborted over 4000");
 }
 
@@ -59,24 +62,37 @@ async fn abort_with_retries_succeeds_at_one_minus_p_to_the_attempts() {
     let replies = burst(&lab, 4000, 32, move |_| l.request("reviews:9080", "/")).await;
     let success = share(&replies, |r| r.status == 200);
     let expected = 100.0 * (1.0 - 0.5f64.powi(4));
-    assert!((success - expected).abs() <= 2.0, "success {success:.2}% vs expected {expected:.2}%");
+    assert!(
+        (success - expected).abs() <= 2.0,
+        "success {success:.2}% vs expected {expected:.2}%"
+    );
     println!("abort 50% + 3 retries: success {success:.2}% (expected {expected:.2}%)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_7s_for_jason_only() {
     let lab = Arc::new(Lab::bookinfo().await);
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/bookinfo/virtual-service-ratings-test-delay.yaml")).expect("sample");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../samples/bookinfo/virtual-service-ratings-test-delay.yaml"
+    ))
+    .expect("sample");
     // The Bookinfo sample, pointed at the lab's reviews service.
     lab.apply("vs.yaml", &text.replace("ratings", "reviews"));
     assert!(lab.waypoint.config.load().rejected.is_empty());
     let l = lab.clone();
     let jason = tokio::spawn(async move { l.send(l.request("reviews:9080", "/").header("end-user", "jason")).await });
     for _ in 0..20 {
-        let r = lab.send(lab.request("reviews:9080", "/").header("end-user", "mary")).await;
+        let r = lab
+            .send(lab.request("reviews:9080", "/").header("end-user", "mary"))
+            .await;
         assert_eq!(r.status, 200);
         assert!(!r.header("x-mesh-flags").contains("DI"), "others are not delayed");
-        assert!(r.elapsed < Duration::from_secs(7), "others are not held for the 7 s delay: {:?}", r.elapsed);
+        assert!(
+            r.elapsed < Duration::from_secs(7),
+            "others are not held for the 7 s delay: {:?}",
+            r.elapsed
+        );
     }
     let r = jason.await.expect("jason request");
     assert_eq!(r.status, 200);
@@ -93,11 +109,20 @@ async fn outlier_detection_ejects_5xx_endpoint_and_restores_it() {
     );
     // The bookinfo DestinationRule (same host, subsets) would win by name; drop it.
     let text = support::bookinfo_yaml(lab.block, lab.port);
-    lab.apply("bookinfo.yaml", text.split("---\napiVersion: networking.istio.io").next().unwrap_or_default());
+    lab.apply(
+        "bookinfo.yaml",
+        text.split("---\napiVersion: networking.istio.io")
+            .next()
+            .unwrap_or_default(),
+    );
     let bad = &lab.reviews[2];
     bad.fixed_status.store(500, Ordering::Relaxed);
     let snap = lab.waypoint.config.load();
-    let key = mesh_waypoint::backend::BackendKey { host: "reviews.bookinfo.svc.cluster.local".into(), subset: None, port: 9080 };
+    let key = mesh_waypoint::backend::BackendKey {
+        host: "reviews.bookinfo.svc.cluster.local".into(),
+        subset: None,
+        port: 9080,
+    };
     let backend = snap.backends.get(&key).expect("reviews backend").clone();
     let mut ejected_before = None;
     for _ in 0..30 {
@@ -116,9 +141,15 @@ async fn outlier_detection_ejects_5xx_endpoint_and_restores_it() {
     }
     assert_eq!(bad.hits(), hits, "no traffic to the ejected endpoint");
     let deadline = Duration::from_secs(10);
-    let restored = eventually(deadline, || std::future::ready(backend.healthy(Instant::now()).iter().any(|e| e.addr == bad.addr))).await;
+    let restored = eventually(deadline, || {
+        std::future::ready(backend.healthy(Instant::now()).iter().any(|e| e.addr == bad.addr))
+    })
+    .await;
     assert!(restored, "restored within {deadline:?}");
-    assert!(ejected_before.elapsed() >= Duration::from_secs(1), "ejected for at least baseEjectionTime");
+    assert!(
+        ejected_before.elapsed() >= Duration::from_secs(1),
+        "ejected for at least baseEjectionTime"
+    );
     let mut reached = false;
     for _ in 0..10 {
         reached |= lab.get("/").await.version() == "v3";
@@ -133,18 +164,34 @@ async fn max_connections_and_pending_requests_trip_at_their_limits() {
         "dr.yaml",
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}\n",
     );
-    lab.apply("vs.yaml", &reviews_vs("  - retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n"));
+    lab.apply(
+        "vs.yaml",
+        &reviews_vs("  - retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n"),
+    );
     let v1 = &lab.reviews[0];
     let snap = lab.waypoint.config.load();
-    let key = mesh_waypoint::backend::BackendKey { host: "reviews.bookinfo.svc.cluster.local".into(), subset: Some("v1".into()), port: 9080 };
+    let key = mesh_waypoint::backend::BackendKey {
+        host: "reviews.bookinfo.svc.cluster.local".into(),
+        subset: Some("v1".into()),
+        port: 9080,
+    };
     let pool = snap.backends.get(&key).expect("subset backend").pool.clone();
 
     let l = lab.clone();
     let first = tokio::spawn(async move { l.get("/?hold=1").await });
-    assert!(eventually(Duration::from_secs(5), || std::future::ready(v1.inflight.load(Ordering::Relaxed) == 1)).await, "first request holds the only connection");
+    assert!(
+        eventually(Duration::from_secs(5), || std::future::ready(
+            v1.inflight.load(Ordering::Relaxed) == 1
+        ))
+        .await,
+        "first request holds the only connection"
+    );
     let l = lab.clone();
     let second = tokio::spawn(async move { l.get("/?hold=1").await });
-    assert!(eventually(Duration::from_secs(5), || std::future::ready(pool.pending() == 1)).await, "second request waits as pending");
+    assert!(
+        eventually(Duration::from_secs(5), || std::future::ready(pool.pending() == 1)).await,
+        "second request waits as pending"
+    );
     for _ in 0..3 {
         let r = lab.get("/").await;
         assert_eq!(r.status, 503, "{r:?}");
@@ -165,14 +212,22 @@ async fn max_requests_trips_at_its_limit() {
         "dr.yaml",
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}, trafficPolicy: {connectionPool: {http: {http2MaxRequests: 2}}}}\n",
     );
-    lab.apply("vs.yaml", &reviews_vs("  - retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n"));
+    lab.apply(
+        "vs.yaml",
+        &reviews_vs("  - retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n"),
+    );
     let v1 = &lab.reviews[0];
     let mut held = Vec::new();
     for _ in 0..2 {
         let l = lab.clone();
         held.push(tokio::spawn(async move { l.get("/?hold=1").await }));
     }
-    assert!(eventually(Duration::from_secs(5), || std::future::ready(v1.inflight.load(Ordering::Relaxed) == 2)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || std::future::ready(
+            v1.inflight.load(Ordering::Relaxed) == 2
+        ))
+        .await
+    );
     let r = lab.get("/").await;
     assert_eq!(r.status, 503);
     assert!(r.header("x-mesh-reason").contains("http2MaxRequests"), "{r:?}");
@@ -188,48 +243,86 @@ async fn max_requests_trips_at_its_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_loses_no_request() {
     let lab = Arc::new(Lab::bookinfo().await);
-    lab.apply("vs.yaml", &reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n"));
+    lab.apply(
+        "vs.yaml",
+        &reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n"),
+    );
     let l = lab.clone();
     let load = tokio::spawn(async move {
         let l2 = l.clone();
         burst(&l, 3000, 200, move |_| l2.request("reviews:9080", "/?sleep_ms=20")).await
     });
-    let dr = |n: u32| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {n}}}}}}}\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n");
+    let dr = |n: u32| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {n}}}}}}}\n  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]\n"
+        )
+    };
     let mut generations = 0;
     let served = || lab.reviews.iter().map(|b| b.hits()).sum::<usize>();
     for i in 0..20u32 {
         let before = served();
         let subset = if i % 2 == 0 { "v2" } else { "v1" };
-        lab.apply("vs.yaml", &reviews_vs(&format!("  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n")));
+        lab.apply(
+            "vs.yaml",
+            &reviews_vs(&format!(
+                "  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
+            )),
+        );
         lab.apply("dr-pool.yaml", &dr(10_000 + i));
         generations += 1;
         // Let requests run on this snapshot before the next swap (3,000 spread over 20 swaps).
-        eventually(Duration::from_secs(5), || std::future::ready(served() >= (before + 50).min(3000))).await;
+        eventually(Duration::from_secs(5), || {
+            std::future::ready(served() >= (before + 50).min(3000))
+        })
+        .await;
     }
     let replies = load.await.expect("load");
     assert_eq!(replies.len(), 3000);
     let failed: Vec<_> = replies.iter().filter(|r| r.status != 200).collect();
-    assert!(failed.is_empty(), "{} of 3000 failed across {generations} reloads, e.g. {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} of 3000 failed across {generations} reloads, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
     let versions: std::collections::BTreeSet<String> = replies.iter().map(|r| r.version()).collect();
-    assert!(versions.contains("v1") && versions.contains("v2"), "reloads took effect: {versions:?}");
+    assert!(
+        versions.contains("v1") && versions.contains("v2"),
+        "reloads took effect: {versions:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_per_connection_rotates_upstream_connections() {
     let lab = Lab::bookinfo().await;
-    let dr = |extra: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: v1, labels: {{version: v1}}{extra}}}\n");
-    lab.apply("vs.yaml", &reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n"));
+    let dr = |extra: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: v1, labels: {{version: v1}}{extra}}}\n"
+        )
+    };
+    lab.apply(
+        "vs.yaml",
+        &reviews_vs("  - route: [{destination: {host: reviews, subset: v1}}]\n"),
+    );
     let peers = |n: usize| {
         let lab = &lab;
         async move {
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..n {
-                seen.insert(lab.get("/").await.json()["peer"].as_str().unwrap_or_default().to_owned());
+                seen.insert(
+                    lab.get("/").await.json()["peer"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
             seen.len()
         }
     };
-    lab.apply("dr.yaml", &dr(", trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}"));
+    lab.apply(
+        "dr.yaml",
+        &dr(", trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}"),
+    );
     assert_eq!(peers(5).await, 5, "one request per upstream connection");
     lab.apply("dr.yaml", &dr(""));
     assert!(peers(20).await < 20, "connections are reused without the limit");

@@ -41,7 +41,10 @@ async fn echo_upgrade_backend(addr: SocketAddr) -> SocketAddr {
                     resp.headers_mut().insert("upgrade", "websocket".parse().expect("v"));
                     Ok::<_, Infallible>(resp)
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
@@ -61,13 +64,22 @@ async fn websocket_upgrade_is_passed_through() {
             ws.ip()
         ),
     );
-    let mut s = tokio::net::TcpStream::connect(lab.waypoint.addr).await.expect("connect");
-    s.write_all(b"GET /socket HTTP/1.1\r\nHost: chat:8080\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.expect("write");
+    let mut s = tokio::net::TcpStream::connect(lab.waypoint.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /socket HTTP/1.1\r\nHost: chat:8080\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
         let n = s.read(&mut byte).await.expect("read head");
-        assert_eq!(n, 1, "connection closed during the response head: {}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            n,
+            1,
+            "connection closed during the response head: {}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
@@ -76,7 +88,10 @@ async fn websocket_upgrade_is_passed_through() {
     for msg in [&b"ping"[..], b"a longer frame of bytes"] {
         s.write_all(msg).await.expect("write");
         let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut back)).await.expect("echo in time").expect("echo");
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
         assert_eq!(back, msg);
     }
 }

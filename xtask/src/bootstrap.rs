@@ -13,7 +13,17 @@ use anyhow::{Context, Result, bail};
 /// `cargo xtask bench`: iperf3, stunnel4 (TLS tunnel reference), haproxy (L7 reference),
 /// iptables (Istio-style capture reference, only inside the bench's own netns), openssl
 /// (stunnel's certificate).
-const APT_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf", "iproute2", "tcpdump", "iperf3", "stunnel4", "haproxy", "iptables", "openssl"];
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "iproute2",
+    "tcpdump",
+    "iperf3",
+    "stunnel4",
+    "haproxy",
+    "iptables",
+    "openssl",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker must be built against the LLVM major version Debian's rustc uses.
 const LLVM_MAJOR: &str = "22";
@@ -29,10 +39,26 @@ struct Step {
 }
 
 const STEPS: &[Step] = &[
-    Step { name: "Debian packages", by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3 stunnel4 haproxy iptables openssl", run: apt_packages },
-    Step { name: "rustup toolchain `bpf-debian`", by_hand: "see ../shared/EBPF.md section 1 (rustup toolchain link)", run: link_toolchain },
-    Step { name: "bpf-linker", by_hand: "LLVM_PREFIX=/opt/rust-bpf-debian cargo +stable install --locked bpf-linker@0.13.0 --no-default-features --features llvm-22", run: bpf_linker },
-    Step { name: "Python test tools", by_hand: "python3 -m pip install kubernetes-validate", run: pip_packages },
+    Step {
+        name: "Debian packages",
+        by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3 stunnel4 haproxy iptables openssl",
+        run: apt_packages,
+    },
+    Step {
+        name: "rustup toolchain `bpf-debian`",
+        by_hand: "see ../shared/EBPF.md section 1 (rustup toolchain link)",
+        run: link_toolchain,
+    },
+    Step {
+        name: "bpf-linker",
+        by_hand: "LLVM_PREFIX=/opt/rust-bpf-debian cargo +stable install --locked bpf-linker@0.13.0 --no-default-features --features llvm-22",
+        run: bpf_linker,
+    },
+    Step {
+        name: "Python test tools",
+        by_hand: "python3 -m pip install kubernetes-validate",
+        run: pip_packages,
+    },
 ];
 
 pub fn run() -> Result<()> {
@@ -41,9 +67,19 @@ pub fn run() -> Result<()> {
         let t = Instant::now();
         eprintln!("[bootstrap {}/{}] {} ...", i + 1, STEPS.len(), step.name);
         let outcome = (step.run)().with_context(|| {
-            format!("bootstrap step \"{}\" failed; to do it by hand: {}", step.name, step.by_hand)
+            format!(
+                "bootstrap step \"{}\" failed; to do it by hand: {}",
+                step.name, step.by_hand
+            )
         })?;
-        eprintln!("[bootstrap {}/{}] {}: {} ({:.1} s)", i + 1, STEPS.len(), step.name, outcome, t.elapsed().as_secs_f64());
+        eprintln!(
+            "[bootstrap {}/{}] {}: {} ({:.1} s)",
+            i + 1,
+            STEPS.len(),
+            step.name,
+            outcome,
+            t.elapsed().as_secs_f64()
+        );
     }
     eprintln!("[bootstrap] done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -54,7 +90,10 @@ fn apt_packages() -> Result<String> {
     if missing.is_empty() {
         return Ok("already installed".into());
     }
-    eprintln!("  installing {} (apt-get; about 120 MB on a fresh machine)", missing.join(" "));
+    eprintln!(
+        "  installing {} (apt-get; about 120 MB on a fresh machine)",
+        missing.join(" ")
+    );
     sh(Command::new("apt-get").args(["update", "-qq"]))?;
     sh(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -78,7 +117,9 @@ fn debian_libllvm() -> Result<String> {
         .context("Debian's /usr/bin/rustc does not link libLLVM; is rustc-web installed?")?
         .to_owned();
     if !lib.contains(&format!("libLLVM.so.{LLVM_MAJOR}")) {
-        bail!("Debian rustc now uses {lib}, not LLVM {LLVM_MAJOR}: bump LLVM_MAJOR and bpf-linker's --features llvm-NN in xtask/src/bootstrap.rs");
+        bail!(
+            "Debian rustc now uses {lib}, not LLVM {LLVM_MAJOR}: bump LLVM_MAJOR and bpf-linker's --features llvm-NN in xtask/src/bootstrap.rs"
+        );
     }
     Ok(lib)
 }
@@ -94,8 +135,12 @@ fn link_toolchain() -> Result<String> {
         (dir.join("lib/libLLVM.so"), libllvm),
     ];
     let listed = capture(Command::new("rustup").args(["toolchain", "list"]))?;
-    let linked = listed.lines().any(|l| l.split_whitespace().next() == Some(TOOLCHAIN_NAME));
-    let current = links.iter().all(|(l, t)| std::fs::read_link(l).is_ok_and(|p| p == Path::new(t)));
+    let linked = listed
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(TOOLCHAIN_NAME));
+    let current = links
+        .iter()
+        .all(|(l, t)| std::fs::read_link(l).is_ok_and(|p| p == Path::new(t)));
     if linked && current {
         return Ok("already linked".into());
     }
@@ -117,7 +162,12 @@ fn bpf_linker() -> Result<String> {
     }
     eprintln!("  building {want} against Debian's LLVM {LLVM_MAJOR} (about 1-2 minutes)");
     sh(Command::new("cargo")
-        .args(["+stable", "install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args([
+            "+stable",
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
         .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
         .env("LLVM_PREFIX", TOOLCHAIN_DIR))?;
     Ok(format!("installed {want}"))
@@ -126,13 +176,20 @@ fn bpf_linker() -> Result<String> {
 fn pip_packages() -> Result<String> {
     let missing: Vec<&str> = PIP_PACKAGES
         .iter()
-        .filter(|(module, _)| !Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success()))
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .map(|(_, spec)| *spec)
         .collect();
     if missing.is_empty() {
         return Ok("already installed".into());
     }
-    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))?;
+    sh(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(&missing))?;
     Ok(format!("installed {}", missing.join(" ")))
 }
 
@@ -148,7 +205,11 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
 fn capture(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

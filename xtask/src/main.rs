@@ -71,9 +71,15 @@ fn main() -> Result<()> {
         Cmd::Bootstrap => bootstrap::run(),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { action: None } => demo::run(),
-        Cmd::Demo { action: Some(DemoCmd::Apply { file }) } => demo::apply(&file),
-        Cmd::Demo { action: Some(DemoCmd::Block { service, version }) } => demo::block(&service, &version),
-        Cmd::Demo { action: Some(DemoCmd::Restore { service }) } => demo::restore(&service),
+        Cmd::Demo {
+            action: Some(DemoCmd::Apply { file }),
+        } => demo::apply(&file),
+        Cmd::Demo {
+            action: Some(DemoCmd::Block { service, version }),
+        } => demo::block(&service, &version),
+        Cmd::Demo {
+            action: Some(DemoCmd::Restore { service }),
+        } => demo::restore(&service),
         Cmd::Clean => clean(),
         Cmd::Bench { names, quick, prebuilt } => bench(&names, quick, prebuilt),
         Cmd::BenchTool { cmd } => xtask::bench::tool::run(cmd),
@@ -89,7 +95,16 @@ fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
         if !quick {
             // Figures come from release binaries; the tool and the daemons share one profile dir.
             eprintln!("bench: building release binaries (mesh-node, mesh-waypoint, xtask)");
-            bootstrap::sh(test::cargo().args(["build", "--release", "-p", "mesh-node", "-p", "mesh-waypoint", "-p", "xtask"]))?;
+            bootstrap::sh(test::cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "mesh-node",
+                "-p",
+                "mesh-waypoint",
+                "-p",
+                "xtask",
+            ]))?;
             let release = target_dir.join("release").join("xtask");
             let mut cmd = std::process::Command::new(release);
             cmd.arg("bench").args(names).arg("--prebuilt");
@@ -100,7 +115,11 @@ fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
         bootstrap::sh(test::cargo().args(["build", "--workspace"]))?;
     }
     let profile = bin_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_owned();
-    let binaries = if profile == "release" { "release".to_owned() } else { format!("{profile} (opt-level 1, dependencies 2; --quick skips the release build)") };
+    let binaries = if profile == "release" {
+        "release".to_owned()
+    } else {
+        format!("{profile} (opt-level 1, dependencies 2; --quick skips the release build)")
+    };
     let opts = xtask::bench::BenchOptions { quick, binaries };
     xtask::bench::run(names, &opts, &target_dir.join("bench"))?;
     Ok(())

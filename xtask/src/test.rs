@@ -29,9 +29,15 @@ pub fn run(extra: &[String]) -> Result<()> {
 /// Every test cleans up after itself, even when it fails: prove it after the suite.
 /// Leftovers that existed before the suite (another run in progress) are not ours.
 fn check_nothing_left(before: &[String]) -> Result<()> {
-    let left: Vec<String> = xtask::harness::all_leftovers()?.into_iter().filter(|l| !before.contains(l)).collect();
+    let left: Vec<String> = xtask::harness::all_leftovers()?
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .collect();
     if !left.is_empty() {
-        bail!("the test suite left harness objects behind (remove them with `cargo xtask clean`):\n  {}", left.join("\n  "));
+        bail!(
+            "the test suite left harness objects behind (remove them with `cargo xtask clean`):\n  {}",
+            left.join("\n  ")
+        );
     }
     eprintln!("[test] no network namespace, cgroup, bpffs pin or process of the harness remains");
     Ok(())

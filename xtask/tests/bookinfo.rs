@@ -65,51 +65,111 @@ fn traffic_shifting_and_request_routing_follow_istios_samples() {
 
     apply(&c, &lab, &["virtual-service-reviews-test-v2.yaml"]);
     assert_eq!(tally(&pages(&c, 200, 8, JASON)), only("reviews-v2", 200), "jason on v2");
-    assert_eq!(tally(&pages(&c, 200, 8, &[])), only("reviews-v1", 200), "everyone else on v1");
+    assert_eq!(
+        tally(&pages(&c, 200, 8, &[])),
+        only("reviews-v1", 200),
+        "everyone else on v1"
+    );
 
     // ratings-test-abort: jason's ratings calls get 500; others (on v3) see their stars.
-    apply(&c, &lab, &["virtual-service-reviews-v3.yaml", "virtual-service-ratings-test-abort.yaml"]);
+    apply(
+        &c,
+        &lab,
+        &[
+            "virtual-service-reviews-v3.yaml",
+            "virtual-service-ratings-test-abort.yaml",
+        ],
+    );
     let jason = pages(&c, 200, 8, JASON);
-    assert!(jason.iter().all(|p| p.ok() && p.body.contains("Ratings service unavailable")), "jason sees ratings unavailable: {:?}", first_bad(&jason, |p| p.body.contains("Ratings service unavailable")));
+    assert!(
+        jason
+            .iter()
+            .all(|p| p.ok() && p.body.contains("Ratings service unavailable")),
+        "jason sees ratings unavailable: {:?}",
+        first_bad(&jason, |p| p.body.contains("Ratings service unavailable"))
+    );
     let others = pages(&c, 200, 8, &[]);
-    assert!(others.iter().all(|p| p.ok() && p.body.contains("stars-red")), "others see red stars: {:?}", first_bad(&others, |p| p.body.contains("stars-red")));
+    assert!(
+        others.iter().all(|p| p.ok() && p.body.contains("stars-red")),
+        "others see red stars: {:?}",
+        first_bad(&others, |p| p.body.contains("stars-red"))
+    );
 
     apply(&c, &lab, &["virtual-service-reviews-95-5.yaml"]);
     let t = tally(&pages(&c, 2000, 16, &[]));
     eprintln!("FIGURE reviews-95-5 over 2000: {t:?}");
-    assert_eq!(t.values().sum::<usize>(), t.get("reviews-v2").unwrap_or(&0) + t.get("reviews-v3").unwrap_or(&0), "only v2 and v3: {t:?}");
+    assert_eq!(
+        t.values().sum::<usize>(),
+        t.get("reviews-v2").unwrap_or(&0) + t.get("reviews-v3").unwrap_or(&0),
+        "only v2 and v3: {t:?}"
+    );
     let s = share(&t, "reviews-v3", 2000);
     assert!((3.5..=6.5).contains(&s), "new version got {s:.2}% (5 ± 1.5): {t:?}");
 }
 
 fn first_bad(pages: &[Page], good: impl Fn(&Page) -> bool) -> Option<String> {
-    pages.iter().find(|p| !(p.ok() && good(p))).map(|p| format!("status {} reviews {:?}: {}", p.status, p.reviews, p.body.chars().take(600).collect::<String>()))
+    pages.iter().find(|p| !(p.ok() && good(p))).map(|p| {
+        format!(
+            "status {} reviews {:?}: {}",
+            p.status,
+            p.reviews,
+            p.body.chars().take(600).collect::<String>()
+        )
+    })
 }
 
 #[test]
 fn ratings_delay_for_jason_trips_productpages_timeout_while_others_stay_fast() {
     let Some((c, lab)) = lab() else { return };
-    apply(&c, &lab, &["destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml", "virtual-service-ratings-test-delay.yaml"]);
+    apply(
+        &c,
+        &lab,
+        &[
+            "destination-rule-all.yaml",
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-test-v2.yaml",
+            "virtual-service-ratings-test-delay.yaml",
+        ],
+    );
     // 7 s per ratings call: many clients at once keep the test short.
     let jason = pages(&c, 200, 50, JASON);
     let slowest_fast = jason.iter().map(|p| p.took).min().unwrap_or_default();
     eprintln!("FIGURE ratings-test-delay: jason's fastest page took {slowest_fast:?}");
     for p in &jason {
-        assert_eq!(p.status, 200, "productpage answers even when reviews time out: {}", p.body);
+        assert_eq!(
+            p.status, 200,
+            "productpage answers even when reviews time out: {}",
+            p.body
+        );
         assert!(p.took >= Duration::from_secs(7), "jason's page took {:?}", p.took);
-        assert!(p.body.contains("Sorry, product reviews are currently unavailable"), "the real Bookinfo's error: {}", p.body);
+        assert!(
+            p.body.contains("Sorry, product reviews are currently unavailable"),
+            "the real Bookinfo's error: {}",
+            p.body
+        );
     }
     let others = pages(&c, 200, 8, &[]);
     let slowest = others.iter().map(|p| p.took).max().unwrap_or_default();
     eprintln!("FIGURE ratings-test-delay: others' slowest page took {slowest:?}");
     assert_eq!(tally(&others), only("reviews-v1", 200));
-    assert!(slowest < Duration::from_secs(7), "the delay applies to jason only; others' slowest {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(7),
+        "the delay applies to jason only; others' slowest {slowest:?}"
+    );
 }
 
 #[test]
 fn blocking_and_restoring_a_version_under_load_fails_no_request() {
     let Some((c, lab)) = lab() else { return };
-    apply(&c, &lab, &["destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-v2-v3.yaml"]);
+    apply(
+        &c,
+        &lab,
+        &[
+            "destination-rule-all.yaml",
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-v2-v3.yaml",
+        ],
+    );
     let stop = AtomicBool::new(false);
     let during = std::thread::scope(|s| {
         let load = s.spawn(|| {
@@ -132,55 +192,125 @@ fn blocking_and_restoring_a_version_under_load_fails_no_request() {
     blocked.expect("block reviews v3");
     restored.expect("restore reviews");
     let after_block = after_block.unwrap_or_default();
-    eprintln!("FIGURE block v3: after block {after_block:?}; after restore {after_restore:?}; {} pages under load", all.len());
-    assert_eq!(after_block.get("reviews-v3"), None, "v3 gets nothing once blocked: {after_block:?}");
-    assert!(after_block.get("reviews-v2").is_some_and(|n| *n == 100), "v2 takes all: {after_block:?}");
-    assert!(after_restore.unwrap_or_default().get("reviews-v3").is_some_and(|n| *n > 0), "v3 serves again after restore");
+    eprintln!(
+        "FIGURE block v3: after block {after_block:?}; after restore {after_restore:?}; {} pages under load",
+        all.len()
+    );
+    assert_eq!(
+        after_block.get("reviews-v3"),
+        None,
+        "v3 gets nothing once blocked: {after_block:?}"
+    );
+    assert!(
+        after_block.get("reviews-v2").is_some_and(|n| *n == 100),
+        "v2 takes all: {after_block:?}"
+    );
+    assert!(
+        after_restore
+            .unwrap_or_default()
+            .get("reviews-v3")
+            .is_some_and(|n| *n > 0),
+        "v3 serves again after restore"
+    );
     let failed: Vec<&Page> = all.iter().filter(|p| !p.ok()).collect();
-    assert!(failed.is_empty(), "{} of {} requests failed during the changes, first: {:?}", failed.len(), all.len(), failed.first().map(|p| &p.body));
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the changes, first: {:?}",
+        failed.len(),
+        all.len(),
+        failed.first().map(|p| &p.body)
+    );
 }
 
 #[test]
 fn every_hop_between_pods_is_hbone_on_15008() {
     let Some((c, lab)) = lab() else { return };
-    apply(&c, &lab, &["destination-rule-all.yaml", "virtual-service-reviews-v2-v3.yaml"]);
+    apply(
+        &c,
+        &lab,
+        &["destination-rule-all.yaml", "virtual-service-reviews-v2-v3.yaml"],
+    );
     let entry = lab.entry(&c).expect("entry");
     let client_ip = c.pod(bookinfo::CLIENT.0, bookinfo::CLIENT.1).expect("client pod").ip;
     let capture = FabricCapture::start(&c).expect("fabric capture");
     let t = tally(&pages(&c, 50, 4, &[]));
     let (lines, _) = capture.finish().expect("fabric capture");
-    assert_eq!(t.values().sum::<usize>(), t.get("reviews-v2").unwrap_or(&0) + t.get("reviews-v3").unwrap_or(&0), "{t:?}");
+    assert_eq!(
+        t.values().sum::<usize>(),
+        t.get("reviews-v2").unwrap_or(&0) + t.get("reviews-v3").unwrap_or(&0),
+        "{t:?}"
+    );
     // The user's own request enters the mesh at the entry point in plaintext, as with
     // any ingress; every other packet between nodes is TLS on 15008.
     let entry_hop = |a: &str, b: &str| {
-        let is = |x: &str, ip: String, port: Option<u16>| x.starts_with(&format!("{ip}.")) && port.is_none_or(|p| x.ends_with(&format!(".{p}")));
+        let is = |x: &str, ip: String, port: Option<u16>| {
+            x.starts_with(&format!("{ip}.")) && port.is_none_or(|p| x.ends_with(&format!(".{p}")))
+        };
         (is(a, client_ip.to_string(), None) && is(b, entry.ip().to_string(), Some(entry.port())))
             || (is(b, client_ip.to_string(), None) && is(a, entry.ip().to_string(), Some(entry.port())))
     };
     let mut mesh_packets = 0;
     for l in &lines {
-        let Some((a, b)) = xtask::harness::fabric::endpoints(l) else { continue };
+        let Some((a, b)) = xtask::harness::fabric::endpoints(l) else {
+            continue;
+        };
         if entry_hop(&a, &b) {
             continue;
         }
-        assert!(a.ends_with(".15008") || b.ends_with(".15008"), "non-HBONE packet between nodes: {l}");
+        assert!(
+            a.ends_with(".15008") || b.ends_with(".15008"),
+            "non-HBONE packet between nodes: {l}"
+        );
         mesh_packets += 1;
     }
-    assert!(mesh_packets > 0, "reviews on node2 must be reached across the fabric: {} lines", lines.len());
+    assert!(
+        mesh_packets > 0,
+        "reviews on node2 must be reached across the fabric: {} lines",
+        lines.len()
+    );
     // The node daemons count every hop as mTLS with SPIFFE principals on both ends.
     for node in ["node1", "node2"] {
         let m = lab.mesh.metrics(&c, node).expect("metrics");
-        let mtls = metric_sum(&m, "istio_tcp_connections_opened_total", &["connection_security_policy=\"mutual_tls\""]);
+        let mtls = metric_sum(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &["connection_security_policy=\"mutual_tls\""],
+        );
         eprintln!("FIGURE {node}: {mtls} mutual_tls connections opened");
         assert!(mtls > 0, "{node} counted no mTLS connection:\n{m}");
     }
     let m1 = lab.mesh.metrics(&c, "node1").expect("metrics");
-    let from_gateway = metric_sum(&m1, "istio_tcp_connections_opened_total", &["reporter=\"destination\"", "destination_workload=\"productpage-v1\"", "source_principal=\"spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway\""]);
-    assert!(from_gateway > 0, "productpage received no HBONE connection from the ingress gateway's identity:\n{m1}");
-    let reviews_from_waypoint = wait_for("reviews to count connections from the waypoint", Duration::from_secs(10), || {
-        let m = lab.mesh.metrics(&c, "node2").ok()?;
-        let n = metric_sum(&m, "istio_tcp_connections_opened_total", &["reporter=\"destination\"", "source_principal=\"spiffe://cluster.local/ns/bookinfo/sa/waypoint\""]);
-        (n > 0).then_some(n)
-    });
-    assert!(reviews_from_waypoint.is_ok(), "node2's pods saw no connection from the waypoint's identity");
+    let from_gateway = metric_sum(
+        &m1,
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"destination\"",
+            "destination_workload=\"productpage-v1\"",
+            "source_principal=\"spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway\"",
+        ],
+    );
+    assert!(
+        from_gateway > 0,
+        "productpage received no HBONE connection from the ingress gateway's identity:\n{m1}"
+    );
+    let reviews_from_waypoint = wait_for(
+        "reviews to count connections from the waypoint",
+        Duration::from_secs(10),
+        || {
+            let m = lab.mesh.metrics(&c, "node2").ok()?;
+            let n = metric_sum(
+                &m,
+                "istio_tcp_connections_opened_total",
+                &[
+                    "reporter=\"destination\"",
+                    "source_principal=\"spiffe://cluster.local/ns/bookinfo/sa/waypoint\"",
+                ],
+            );
+            (n > 0).then_some(n)
+        },
+    );
+    assert!(
+        reviews_from_waypoint.is_ok(),
+        "node2's pods saw no connection from the waypoint's identity"
+    );
 }

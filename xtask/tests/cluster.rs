@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use mesh_common::model::k8s::ENROLL_ANNOTATION;
 use mesh_common::model::{Resource, parse_documents};
-use xtask::harness::{
-    self, Cluster, ClusterOptions, LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION,
-};
+use xtask::harness::{self, Cluster, ClusterOptions, LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION};
 
 const TOPOLOGY: &str = r#"
 apiVersion: v1
@@ -45,11 +43,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one connection on a listener made in `pod`'s netns: replies with
 /// `<peer ip>|` followed by the bytes it got.
-fn echo_once(
-    cluster: &Cluster,
-    ns: &str,
-    pod: &str,
-) -> (SocketAddr, std::thread::JoinHandle<std::io::Result<()>>) {
+fn echo_once(cluster: &Cluster, ns: &str, pod: &str) -> (SocketAddr, std::thread::JoinHandle<std::io::Result<()>>) {
     let listener = cluster.listen_in_pod(ns, pod, 0).unwrap();
     let port = listener.local_addr().unwrap().port();
     let ip = cluster.pod(ns, pod).unwrap().ip;
@@ -82,27 +76,21 @@ fn assert_fails<T: std::fmt::Debug>(result: Result<T, harness::HarnessError>, ex
 
 fn assert_exits(guard: &mut harness::ProcessGuard, what: &str) {
     let status = guard.wait_timeout(Duration::from_secs(5)).unwrap();
-    assert!(
-        status.is_some(),
-        "{what}: process {} still running",
-        guard.pid()
-    );
+    assert!(status.is_some(), "{what}: process {} still running", guard.pid());
 }
 
 fn wait_gone(pid: u32) -> bool {
     // A zombie (killed, not yet reaped by its guard) counts as gone.
     harness::wait_until("process to be gone", Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |stat| stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('Z')))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(") ").next().is_some_and(|rest| rest.starts_with('Z'))
+        })
     })
     .is_ok()
 }
 
 fn host_has_test_addresses() -> bool {
-    let out = Command::new("ip")
-        .args(["-o", "addr", "show"])
-        .output()
-        .unwrap();
+    let out = Command::new("ip").args(["-o", "addr", "show"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).contains(" 198.18.")
         || String::from_utf8_lossy(&out.stdout).contains(" 198.19.")
 }
@@ -167,15 +155,9 @@ fn two_nodes_three_pods_talk_over_the_fabric_and_leave_nothing_behind() {
         harness::netns_id_of_pid(sleeper.pid()).unwrap(),
         harness::netns_id_of_path(&server.netns_path).unwrap()
     );
-    let daemon = cluster
-        .spawn_on_node("n1", Command::new("sleep").arg("60"))
-        .unwrap();
+    let daemon = cluster.spawn_on_node("n1", Command::new("sleep").arg("60")).unwrap();
     assert_eq!(
-        root.join(
-            harness::cgroup_of(daemon.pid())
-                .unwrap()
-                .trim_start_matches('/')
-        ),
+        root.join(harness::cgroup_of(daemon.pid()).unwrap().trim_start_matches('/')),
         cluster.node("n1").unwrap().cgroup
     );
     let out = cluster
@@ -225,10 +207,7 @@ fn failed_creation_removes_what_was_created() {
             prefix: Some(prefix.clone()),
             fail_after_steps: Some(steps),
         };
-        assert_fails(
-            Cluster::from_yaml_with(TOPOLOGY, options),
-            "injected failure",
-        );
+        assert_fails(Cluster::from_yaml_with(TOPOLOGY, options), "injected failure");
         assert_eq!(
             harness::leftovers(&prefix),
             Vec::<String>::new(),
@@ -257,11 +236,7 @@ fn pods_come_and_go_and_config_follows() {
     let mut cluster = Cluster::from_yaml(TOPOLOGY).unwrap();
     let mut added = Vec::new();
     for i in 0..20 {
-        let mut pod = harness::pod(
-            "batch",
-            &format!("p{i}"),
-            if i % 2 == 0 { "n1" } else { "n2" },
-        );
+        let mut pod = harness::pod("batch", &format!("p{i}"), if i % 2 == 0 { "n1" } else { "n2" });
         pod.metadata.labels.insert("app".into(), "batch".into());
         added.push(cluster.add_pod(pod).unwrap());
     }
@@ -279,7 +254,9 @@ fn pods_come_and_go_and_config_follows() {
     cluster.remove_pod("batch", "p3").unwrap();
     assert!(!old.netns_path.exists() && !old.cgroup.exists());
     assert!(cluster.pod("batch", "p3").is_err());
-    let again = cluster.add_pods_yaml("apiVersion: v1\nkind: Pod\nmetadata: {name: p3, namespace: batch}\nspec: {nodeName: n2}\n").unwrap();
+    let again = cluster
+        .add_pods_yaml("apiVersion: v1\nkind: Pod\nmetadata: {name: p3, namespace: batch}\nspec: {nodeName: n2}\n")
+        .unwrap();
     assert_eq!(again[0].ip, old.ip, "freed address is reused");
     let (addr, served) = echo_once(&cluster, "batch", "p3");
     assert_eq!(
@@ -308,13 +285,7 @@ fn pods_come_and_go_and_config_follows() {
     assert_eq!(enrolled, ["batch", "shop"]);
     let pods: Vec<_> = docs
         .iter()
-        .filter_map(|d| {
-            if let Resource::Pod(p) = d {
-                Some(p)
-            } else {
-                None
-            }
-        })
+        .filter_map(|d| if let Resource::Pod(p) = d { Some(p) } else { None })
         .collect();
     assert_eq!(pods.len(), 23);
     let p3 = pods.iter().find(|p| p.metadata.name == "p3").unwrap();
@@ -327,12 +298,7 @@ fn pods_come_and_go_and_config_follows() {
         p3.metadata.annotations[LOCAL_CGROUP_ANNOTATION],
         again[0].cgroup.display().to_string()
     );
-    assert_eq!(
-        docs.iter()
-            .filter(|d| matches!(d, Resource::Node(_)))
-            .count(),
-        2
-    );
+    assert_eq!(docs.iter().filter(|d| matches!(d, Resource::Node(_))).count(), 2);
 
     let prefix = cluster.prefix().to_owned();
     cluster.shutdown().unwrap();
@@ -352,10 +318,7 @@ fn clean_leftovers_removes_orphaned_clusters_only() {
     std::mem::forget(orphan);
     let report = harness::clean_leftovers().unwrap();
     assert!(report.removed.contains(&prefix), "{report:?}");
-    assert!(
-        report.skipped_live.contains(&live.prefix().to_owned()),
-        "{report:?}"
-    );
+    assert!(report.skipped_live.contains(&live.prefix().to_owned()), "{report:?}");
     assert_exits(&mut guard, "orphan's process killed");
     assert_eq!(harness::leftovers(&prefix), Vec::<String>::new());
     assert!(
@@ -366,10 +329,7 @@ fn clean_leftovers_removes_orphaned_clusters_only() {
 
 #[test]
 fn bin_path_points_into_the_target_dir() {
-    assert_fails(
-        harness::bin_path("no-such-binary"),
-        "cargo build --workspace",
-    );
+    assert_fails(harness::bin_path("no-such-binary"), "cargo build --workspace");
     assert_fails(harness::bin_path("no-such-binary"), "/target/");
 }
 
@@ -379,9 +339,7 @@ fn two_hundred_pods_are_added_reached_and_removed() {
     let started = Instant::now();
     for i in 0..200 {
         let node = if i < 100 { "n1" } else { "n2" };
-        cluster
-            .add_pod(harness::pod("many", &format!("p{i}"), node))
-            .unwrap();
+        cluster.add_pod(harness::pod("many", &format!("p{i}"), node)).unwrap();
     }
     let added_in = started.elapsed();
     let first = cluster.pod("many", "p0").unwrap();
@@ -400,10 +358,7 @@ fn two_hundred_pods_are_added_reached_and_removed() {
     for i in 0..200 {
         cluster.remove_pod("many", &format!("p{i}")).unwrap();
     }
-    eprintln!(
-        "200 pods: added in {added_in:?}, removed in {:?}",
-        started.elapsed()
-    );
+    eprintln!("200 pods: added in {added_in:?}, removed in {:?}", started.elapsed());
     assert_eq!(cluster.pods().len(), 3);
 }
 
@@ -418,7 +373,11 @@ fn processes_that_ignore_sigterm_or_fork_are_still_removed() {
         .unwrap();
     let pod_cgroup = cluster.pod("shop", "client").unwrap().cgroup;
     harness::wait_until("the script to fork", IO_TIMEOUT, || {
-        std::fs::read_to_string(pod_cgroup.join("cgroup.procs")).unwrap().lines().count() >= 2
+        std::fs::read_to_string(pod_cgroup.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .count()
+            >= 2
     })
     .unwrap();
     drop(cluster);
@@ -434,10 +393,7 @@ fn a_pod_that_fails_to_start_leaves_nothing() {
         ..ClusterOptions::default()
     };
     let mut cluster = Cluster::from_yaml_with(TOPOLOGY, options).unwrap();
-    assert_fails(
-        cluster.add_pod(harness::pod("shop", "late", "n2")),
-        "injected failure",
-    );
+    assert_fails(cluster.add_pod(harness::pod("shop", "late", "n2")), "injected failure");
     assert_fails(cluster.pod("shop", "late"), "no pod shop/late");
     let netns = format!("{}-pod-shop.late", cluster.prefix());
     let cgroup = cluster.cgroup_dir().join("pod-shop.late");

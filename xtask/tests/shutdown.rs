@@ -11,8 +11,5 @@ fn sigint_sets_the_flag_instead_of_killing_the_process() {
     assert!(!shutdown.requested());
     assert!(!shutdown.wait(Duration::from_millis(20)), "no signal yet");
     raise(Signal::SIGINT).unwrap();
-    assert!(
-        shutdown.wait(Duration::from_secs(5)),
-        "SIGINT must set the flag"
-    );
+    assert!(shutdown.wait(Duration::from_secs(5)), "SIGINT must set the flag");
 }

@@ -53,7 +53,10 @@ impl RawObject {
             let path = e.path().to_string();
             ConfigError::Invalid {
                 object: self.object_ref(),
-                error: FieldError::new(if path == "." { String::new() } else { path }, e.into_inner().to_string()),
+                error: FieldError::new(
+                    if path == "." { String::new() } else { path },
+                    e.into_inner().to_string(),
+                ),
             }
         })
     }
@@ -94,7 +97,11 @@ pub fn parse_documents(source_name: &str, text: &str) -> Vec<Result<Resource, Co
                 // The scanner cannot resynchronise after a syntax error (the iterator
                 // would yield the same error forever), so the rest of the file is unread.
                 let message = e.to_string();
-                out.push(Err(ConfigError::Yaml { source_name: source_name.into(), index, message }));
+                out.push(Err(ConfigError::Yaml {
+                    source_name: source_name.into(),
+                    index,
+                    message,
+                }));
                 break;
             }
         }
@@ -113,13 +120,24 @@ impl Resource {
 fn parse_one(source_name: &str, index: usize, value: serde_yaml::Value) -> Result<Resource, ConfigError> {
     for field in ["apiVersion", "kind", "metadata"] {
         if value.get(field).is_none() {
-            return Err(ConfigError::MissingField { source_name: source_name.into(), index, field });
+            return Err(ConfigError::MissingField {
+                source_name: source_name.into(),
+                index,
+                field,
+            });
         }
     }
-    let raw: RawObject = serde_yaml::from_value(value.clone())
-        .map_err(|e| ConfigError::Yaml { source_name: source_name.into(), index, message: e.to_string() })?;
+    let raw: RawObject = serde_yaml::from_value(value.clone()).map_err(|e| ConfigError::Yaml {
+        source_name: source_name.into(),
+        index,
+        message: e.to_string(),
+    })?;
     if raw.metadata.name.is_empty() {
-        return Err(ConfigError::MissingField { source_name: source_name.into(), index, field: "metadata.name" });
+        return Err(ConfigError::MissingField {
+            source_name: source_name.into(),
+            index,
+            field: "metadata.name",
+        });
     }
     decode_kind(raw, &value)
 }
@@ -142,7 +160,10 @@ fn decode_peer_authentication(raw: RawObject, value: &serde_yaml::Value) -> Resu
     let version = raw.api_version.rsplit_once('/').map_or("", |(_, v)| v);
     if !security::VERSIONS.contains(&version) {
         let api_version = raw.api_version.clone();
-        return Err(ConfigError::UnsupportedVersion { object: raw.object_ref(), api_version });
+        return Err(ConfigError::UnsupportedVersion {
+            object: raw.object_ref(),
+            api_version,
+        });
     }
     let pa: PeerAuthentication = raw.decode(value)?;
     pa.validate()?;
@@ -153,7 +174,10 @@ fn decode_istio_networking(raw: RawObject, value: &serde_yaml::Value) -> Result<
     let version = raw.api_version.rsplit_once('/').map_or("", |(_, v)| v);
     if !networking::VERSIONS.contains(&version) {
         let api_version = raw.api_version.clone();
-        return Err(ConfigError::UnsupportedVersion { object: raw.object_ref(), api_version });
+        return Err(ConfigError::UnsupportedVersion {
+            object: raw.object_ref(),
+            api_version,
+        });
     }
     Ok(match raw.kind.as_str() {
         "VirtualService" => Resource::VirtualService(Box::new(raw.decode(value)?)),
@@ -198,16 +222,25 @@ mod tests {
                  spec: {{servers: [{{port: {{number: 80, protocol: HTTP, name: http}}, hosts: ['*']}}]}}\n"
             );
             let out = parse_documents("i.yaml", &text);
-            assert!(matches!(&out[0], Ok(Resource::VirtualService(v)) if v.spec.http[0].route[0].destination.subset.as_deref() == Some("v1")), "{out:?}");
+            assert!(
+                matches!(&out[0], Ok(Resource::VirtualService(v)) if v.spec.http[0].route[0].destination.subset.as_deref() == Some("v1")),
+                "{out:?}"
+            );
             assert!(matches!(&out[1], Ok(Resource::DestinationRule(d)) if d.spec.subsets.len() == 1));
-            assert_eq!(out[1].as_ref().unwrap().object_ref().to_string(), "DestinationRule default/r");
+            assert_eq!(
+                out[1].as_ref().unwrap().object_ref().to_string(),
+                "DestinationRule default/r"
+            );
             assert!(matches!(&out[2], Ok(Resource::Gateway(_))));
         }
     }
 
     #[test]
     fn istio_unknown_version_and_unknown_field_are_rejected_with_path() {
-        let out = parse_documents("i.yaml", "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\n");
+        let out = parse_documents(
+            "i.yaml",
+            "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\n",
+        );
         assert!(matches!(out[0], Err(ConfigError::UnsupportedVersion { .. })), "{out:?}");
         let out = parse_documents(
             "i.yaml",
@@ -215,7 +248,10 @@ mod tests {
              spec: {http: [{}, {retries: {attempts: 2, retryon: 5xx}}]}\n",
         );
         let err = out[0].as_ref().unwrap_err().to_string();
-        assert!(err.starts_with("VirtualService d/r: spec.http[1].retries.retryon: unknown field `retryon`"), "{err}");
+        assert!(
+            err.starts_with("VirtualService d/r: spec.http[1].retries.retryon: unknown field `retryon`"),
+            "{err}"
+        );
     }
 
     #[test]

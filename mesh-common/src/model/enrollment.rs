@@ -48,7 +48,10 @@ mod tests {
                     apiVersion: v1\nkind: Pod\nmetadata: {name: wp, namespace: in, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}\nspec: {nodeName: n1}\n";
         let mut store = ConfigStore::default();
         store.apply_source("f", parse_documents("f", text), &|_| Ok(()));
-        let names: Vec<_> = enrolled_pods(&store, "n1").into_iter().map(|p| p.metadata.name).collect();
+        let names: Vec<_> = enrolled_pods(&store, "n1")
+            .into_iter()
+            .map(|p| p.metadata.name)
+            .collect();
         assert_eq!(names, vec!["a".to_string()]);
     }
 }

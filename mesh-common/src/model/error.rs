@@ -15,7 +15,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -23,9 +26,19 @@ impl FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{source_name}: document {index}: malformed YAML: {message}")]
-    Yaml { source_name: String, index: usize, message: String },
-    #[error("{source_name}: document {index}: missing `{field}`; every object needs apiVersion, kind and metadata.name")]
-    MissingField { source_name: String, index: usize, field: &'static str },
+    Yaml {
+        source_name: String,
+        index: usize,
+        message: String,
+    },
+    #[error(
+        "{source_name}: document {index}: missing `{field}`; every object needs apiVersion, kind and metadata.name"
+    )]
+    MissingField {
+        source_name: String,
+        index: usize,
+        field: &'static str,
+    },
     #[error("{object}: {error}")]
     Invalid { object: ObjectRef, error: FieldError },
     #[error("{object}: unsupported apiVersion `{api_version}` for this kind")]
@@ -36,6 +49,9 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(object: &ObjectRef, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid { object: object.clone(), error: FieldError::new(path, message) }
+        Self::Invalid {
+            object: object.clone(),
+            error: FieldError::new(path, message),
+        }
     }
 }

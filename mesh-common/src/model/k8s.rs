@@ -92,7 +92,11 @@ impl Pod {
     /// A pod opts out of capture with `istio.io/dataplane-mode: none` (as in Istio);
     /// waypoint and gateway pods are never captured.
     pub fn opts_out(&self) -> bool {
-        self.metadata.labels.get(ISTIO_DATAPLANE_LABEL).is_some_and(|v| v == "none") || self.is_mesh_proxy()
+        self.metadata
+            .labels
+            .get(ISTIO_DATAPLANE_LABEL)
+            .is_some_and(|v| v == "none")
+            || self.is_mesh_proxy()
     }
 
     /// A waypoint or ingress gateway pod: it terminates and originates HBONE itself.
@@ -102,7 +106,11 @@ impl Pod {
 
     /// Ready unless a `Ready` condition says otherwise (local YAML rarely carries status).
     pub fn is_ready(&self) -> bool {
-        !self.status.conditions.iter().any(|c| c.type_ == "Ready" && c.status != "True")
+        !self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status != "True")
     }
 }
 
@@ -186,10 +194,14 @@ mod tests {
     fn enrollment_by_annotation_or_istio_label() {
         let mut ns = Namespace::default();
         assert!(!ns.is_enrolled());
-        ns.metadata.annotations.insert(ENROLL_ANNOTATION.into(), "ambient".into());
+        ns.metadata
+            .annotations
+            .insert(ENROLL_ANNOTATION.into(), "ambient".into());
         assert!(ns.is_enrolled());
         let mut ns = Namespace::default();
-        ns.metadata.labels.insert(ISTIO_DATAPLANE_LABEL.into(), "ambient".into());
+        ns.metadata
+            .labels
+            .insert(ISTIO_DATAPLANE_LABEL.into(), "ambient".into());
         assert!(ns.is_enrolled());
     }
 
@@ -203,7 +215,9 @@ mod tests {
 
     #[test]
     fn secret_debug_hides_values() {
-        let s: Secret = serde_yaml::from_str("metadata: {name: c}\ntype: kubernetes.io/tls\nstringData: {tls.key: SECRETVALUE}\n").unwrap();
+        let s: Secret =
+            serde_yaml::from_str("metadata: {name: c}\ntype: kubernetes.io/tls\nstringData: {tls.key: SECRETVALUE}\n")
+                .unwrap();
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
         assert!(!format!("{s:?}").contains("SECRETVALUE"));
     }

@@ -41,7 +41,11 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn new(kind: &str, namespace: Option<&str>, name: &str) -> Self {
-        Self { kind: kind.to_owned(), namespace: namespace.map(str::to_owned), name: name.to_owned() }
+        Self {
+            kind: kind.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        }
     }
 }
 

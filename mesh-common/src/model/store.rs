@@ -161,7 +161,9 @@ mod tests {
         let r = store.apply_source("f", parse_documents("f", BAD_POD), &ok);
         assert_eq!(r.rejected.len(), 1);
         assert!(r.removed.is_empty());
-        let Some(Resource::Pod(p)) = store.iter().next() else { panic!("pod gone") };
+        let Some(Resource::Pod(p)) = store.iter().next() else {
+            panic!("pod gone")
+        };
         assert_eq!(p.metadata.labels["v"], "1");
     }
 

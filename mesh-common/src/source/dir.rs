@@ -20,7 +20,10 @@ pub struct DirSource {
 
 impl DirSource {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), seen: BTreeMap::new() }
+        Self {
+            root: root.into(),
+            seen: BTreeMap::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -49,7 +52,10 @@ impl DirSource {
         let name = path.display().to_string();
         let results = match std::fs::read_to_string(path) {
             Ok(text) => parse_documents(&name, &text),
-            Err(source) => vec![Err(ConfigError::Io { path: name.clone(), source })],
+            Err(source) => vec![Err(ConfigError::Io {
+                path: name.clone(),
+                source,
+            })],
         };
         store.apply_source(&name, results, validate)
     }
@@ -62,7 +68,10 @@ fn scan(root: &Path) -> Result<BTreeMap<PathBuf, Fingerprint>, ConfigError> {
 }
 
 fn scan_into(dir: &Path, out: &mut BTreeMap<PathBuf, Fingerprint>) -> Result<(), ConfigError> {
-    let io = |source| ConfigError::Io { path: dir.display().to_string(), source };
+    let io = |source| ConfigError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
@@ -78,7 +87,10 @@ fn scan_into(dir: &Path, out: &mut BTreeMap<PathBuf, Fingerprint>) -> Result<(),
 
 fn is_yaml(path: &Path) -> bool {
     // Editors' temp files (".x.yaml.swp", "x.yaml~") never match these extensions.
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
     !hidden && path.extension().is_some_and(|e| e == "yaml" || e == "yml")
 }
 
@@ -102,11 +114,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut src = DirSource::new(dir.path());
         let mut store = ConfigStore::default();
-        std::fs::write(dir.path().join("a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         assert_eq!(src.poll(&mut store, &ok).unwrap().added.len(), 1);
         assert!(src.poll(&mut store, &ok).unwrap().is_noop());
-        std::fs::write(dir.path().join("a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n").unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n",
+        )
+        .unwrap();
         let r = src.poll(&mut store, &ok).unwrap();
         assert_eq!((r.added.len(), r.removed.len()), (1, 1));
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();

@@ -19,22 +19,37 @@ use crate::cli::CaptureArgs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("cannot load the capture programs with maps pinned under {dir} (root, kernel >= 5.7 with BTF, bpffs mounted?): {source}")]
+    #[error(
+        "cannot load the capture programs with maps pinned under {dir} (root, kernel >= 5.7 with BTF, bpffs mounted?): {source}"
+    )]
     Load { dir: PathBuf, source: Box<aya::EbpfError> },
     #[error("the eBPF object has no program {0} (daemon and object out of sync)")]
     MissingProgram(&'static str),
     #[error("the eBPF object has no map {0} (daemon and object out of sync)")]
     MissingMap(&'static str),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: Box<ProgramError> },
+    Program {
+        name: &'static str,
+        source: Box<ProgramError>,
+    },
     #[error("eBPF map {name}: {source}")]
     Map { name: &'static str, source: Box<MapError> },
     #[error("eBPF program {name}: cannot take its link: {source}")]
-    Link { name: &'static str, source: Box<aya::programs::links::LinkError> },
+    Link {
+        name: &'static str,
+        source: Box<aya::programs::links::LinkError>,
+    },
     #[error("cannot open {what} {path}: {source}")]
-    Open { what: &'static str, path: PathBuf, source: std::io::Error },
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot pin link {path}: {source}")]
-    Pin { path: PathBuf, source: Box<aya::pin::PinError> },
+    Pin {
+        path: PathBuf,
+        source: Box<aya::pin::PinError>,
+    },
 }
 
 /// Where a program attaches.
@@ -62,7 +77,12 @@ pub struct Lookups {
 
 impl Lookups {
     pub fn orig_dst(&self, netns_cookie: u64, peer_ip: Ipv4Addr, peer_port: u16) -> Option<OrigDst> {
-        let key = TupleKey { netns_cookie, ip: u32::from(peer_ip).to_be(), port: peer_port, _pad: 0 };
+        let key = TupleKey {
+            netns_cookie,
+            ip: u32::from(peer_ip).to_be(),
+            port: peer_port,
+            _pad: 0,
+        };
         self.orig_by_tuple.get(&key, 0).ok()
     }
 
@@ -90,7 +110,11 @@ impl CaptureBpf {
     /// Loads (or re-opens, when pinned) the maps and loads the programs.
     pub fn load(bpffs: &Path, args: &CaptureArgs) -> Result<Self, BpfError> {
         let dir = maps_dir(bpffs);
-        std::fs::create_dir_all(&dir).map_err(|source| BpfError::Open { what: "bpffs directory", path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| BpfError::Open {
+            what: "bpffs directory",
+            path: dir.clone(),
+            source,
+        })?;
         let paths: Vec<(&str, PathBuf)> = map::ALL.iter().map(|m| (*m, dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
@@ -103,7 +127,10 @@ impl CaptureBpf {
             .map_max_entries(map::INBOUND_LISTENERS, args.capture_pod_entries)
             .map_max_entries(map::EXCLUDED_PORTS, args.capture_exclude_entries)
             .map_max_entries(map::EXCLUDED_CIDRS, args.capture_exclude_entries);
-        let mut ebpf = loader.load(crate::ebpf::OBJECT).map_err(|source| BpfError::Load { dir: dir.clone(), source: Box::new(source) })?;
+        let mut ebpf = loader.load(crate::ebpf::OBJECT).map_err(|source| BpfError::Load {
+            dir: dir.clone(),
+            source: Box::new(source),
+        })?;
         crate::ebpf::forward_logs(&mut ebpf).ok();
         load_programs(&mut ebpf)?;
         let mut this = Self {
@@ -122,7 +149,12 @@ impl CaptureBpf {
     /// Re-writes the excluded ports/CIDRs and the global switches from the flags
     /// (the maps are pinned, so stale entries from a previous run are removed first).
     fn write_exclusions(&mut self, args: &CaptureArgs) -> Result<(), BpfError> {
-        let merr = |name| move |source| BpfError::Map { name, source: Box::new(source) };
+        let merr = |name| {
+            move |source| BpfError::Map {
+                name,
+                source: Box::new(source),
+            }
+        };
         let mut ports: HashMap<&mut MapData, u32, u8> = typed(&mut self.ebpf, map::EXCLUDED_PORTS)?;
         let old: Vec<u32> = ports.keys().filter_map(Result::ok).collect();
         for k in old {
@@ -137,17 +169,33 @@ impl CaptureBpf {
             cidrs.remove(&k).map_err(merr(map::EXCLUDED_CIDRS))?;
         }
         for c in &args.capture_exclude_cidrs {
-            cidrs.insert(&Key::new(u32::from(c.prefix_len), u32::from(c.addr).to_be()), 1, 0).map_err(merr(map::EXCLUDED_CIDRS))?;
+            cidrs
+                .insert(&Key::new(u32::from(c.prefix_len), u32::from(c.addr).to_be()), 1, 0)
+                .map_err(merr(map::EXCLUDED_CIDRS))?;
         }
         let mut config: Array<&mut MapData, GlobalConfig> = typed(&mut self.ebpf, map::CONFIG)?;
-        let flags = if args.inbound_strict_on_miss { abi::CONFIG_STRICT_ON_MISS } else { 0 };
-        config.set(0, GlobalConfig { flags, _pad: 0 }, 0).map_err(merr(map::CONFIG))?;
+        let flags = if args.inbound_strict_on_miss {
+            abi::CONFIG_STRICT_ON_MISS
+        } else {
+            0
+        };
+        config
+            .set(0, GlobalConfig { flags, _pad: 0 }, 0)
+            .map_err(merr(map::CONFIG))?;
         Ok(())
     }
 
     pub fn set_pod(&mut self, netns_cookie: u64, ip: Ipv4Addr) -> Result<(), BpfError> {
-        let v = PodConfig { ip: u32::from(ip).to_be(), flags: 0 };
-        self.pod_self.insert(netns_cookie, v, 0).map_err(|source| BpfError::Map { name: map::POD_SELF, source: Box::new(source) })
+        let v = PodConfig {
+            ip: u32::from(ip).to_be(),
+            flags: 0,
+        };
+        self.pod_self
+            .insert(netns_cookie, v, 0)
+            .map_err(|source| BpfError::Map {
+                name: map::POD_SELF,
+                source: Box::new(source),
+            })
     }
 
     pub fn remove_pod(&mut self, netns_cookie: u64, ip: Ipv4Addr) {
@@ -156,38 +204,74 @@ impl CaptureBpf {
     }
 
     pub fn pod_cookies(&self) -> Vec<(u64, Ipv4Addr)> {
-        self.pod_self.iter().filter_map(Result::ok).map(|(k, v)| (k, Ipv4Addr::from(u32::from_be(v.ip)))).collect()
+        self.pod_self
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, Ipv4Addr::from(u32::from_be(v.ip))))
+            .collect()
     }
 
     pub fn listener_ips(&self) -> Vec<Ipv4Addr> {
-        self.listeners.keys().filter_map(Result::ok).map(|k| Ipv4Addr::from(u32::from_be(k))).collect()
+        self.listeners
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| Ipv4Addr::from(u32::from_be(k)))
+            .collect()
     }
 
     pub fn register_listener(&mut self, ip: Ipv4Addr, fd: &impl AsRawFd) -> Result<(), BpfError> {
         self.listeners
             .insert(u32::from(ip).to_be(), fd.as_raw_fd(), 0)
-            .map_err(|source| BpfError::Map { name: map::INBOUND_LISTENERS, source: Box::new(source) })
+            .map_err(|source| BpfError::Map {
+                name: map::INBOUND_LISTENERS,
+                source: Box::new(source),
+            })
     }
 
     /// Attaches `prog` to the pod's cgroup or netns and pins the link at `pin`, unless a
     /// link is already pinned there (a previous daemon attached it): then it is adopted.
     /// Returns whether it was adopted.
-    pub fn attach_pinned(&mut self, prog: &'static str, target: Target, at: &Path, pin: &Path) -> Result<bool, BpfError> {
+    pub fn attach_pinned(
+        &mut self,
+        prog: &'static str,
+        target: Target,
+        at: &Path,
+        pin: &Path,
+    ) -> Result<bool, BpfError> {
         if PinnedLink::from_pin(pin).is_ok() {
             return Ok(true);
         }
         let what = if target == Target::Cgroup { "cgroup" } else { "netns" };
-        let file = File::open(at).map_err(|source| BpfError::Open { what, path: at.to_owned(), source })?;
-        let perr = |source| BpfError::Program { name: prog, source: Box::new(source) };
+        let file = File::open(at).map_err(|source| BpfError::Open {
+            what,
+            path: at.to_owned(),
+            source,
+        })?;
+        let perr = |source| BpfError::Program {
+            name: prog,
+            source: Box::new(source),
+        };
         let p = self.ebpf.program_mut(prog).ok_or(BpfError::MissingProgram(prog))?;
         let link: FdLink = match p {
             aya::programs::Program::CgroupSockAddr(p) => {
                 let id = p.attach(&file, CgroupAttachMode::Single).map_err(perr)?;
-                p.take_link(id).map_err(perr)?.try_into().map_err(|source| BpfError::Link { name: prog, source: Box::new(source) })?
+                p.take_link(id)
+                    .map_err(perr)?
+                    .try_into()
+                    .map_err(|source| BpfError::Link {
+                        name: prog,
+                        source: Box::new(source),
+                    })?
             }
             aya::programs::Program::SockOps(p) => {
                 let id = p.attach(&file, CgroupAttachMode::Single).map_err(perr)?;
-                p.take_link(id).map_err(perr)?.try_into().map_err(|source| BpfError::Link { name: prog, source: Box::new(source) })?
+                p.take_link(id)
+                    .map_err(perr)?
+                    .try_into()
+                    .map_err(|source| BpfError::Link {
+                        name: prog,
+                        source: Box::new(source),
+                    })?
             }
             aya::programs::Program::SkLookup(p) => {
                 let id = p.attach(&file).map_err(perr)?;
@@ -196,14 +280,20 @@ impl CaptureBpf {
             _ => return Err(BpfError::MissingProgram(prog)),
         };
         // The pin keeps it attached; our fd closes here (no fd per link kept open).
-        link.pin(pin).map_err(|source| BpfError::Pin { path: pin.to_owned(), source: Box::new(source) })?;
+        link.pin(pin).map_err(|source| BpfError::Pin {
+            path: pin.to_owned(),
+            source: Box::new(source),
+        })?;
         Ok(false)
     }
 }
 
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), BpfError> {
     for (name, _) in PROGRAMS {
-        let perr = |source| BpfError::Program { name, source: Box::new(source) };
+        let perr = |source| BpfError::Program {
+            name,
+            source: Box::new(source),
+        };
         match ebpf.program_mut(name).ok_or(BpfError::MissingProgram(name))? {
             aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(perr)?,
             aya::programs::Program::SockOps(p) => p.load().map_err(perr)?,
@@ -219,7 +309,10 @@ where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let m = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
-    T::try_from(m).map_err(|source| BpfError::Map { name, source: Box::new(source) })
+    T::try_from(m).map_err(|source| BpfError::Map {
+        name,
+        source: Box::new(source),
+    })
 }
 
 fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, BpfError>
@@ -227,5 +320,8 @@ where
     T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
 {
     let m = ebpf.map_mut(name).ok_or(BpfError::MissingMap(name))?;
-    T::try_from(m).map_err(|source| BpfError::Map { name, source: Box::new(source) })
+    T::try_from(m).map_err(|source| BpfError::Map {
+        name,
+        source: Box::new(source),
+    })
 }

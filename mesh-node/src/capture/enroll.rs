@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 
 use std::os::fd::OwnedFd;
 
-use super::fdstore::FdStore;
 use super::bpf::{BpfError, CaptureBpf, PROGRAMS, Target};
+use super::fdstore::FdStore;
 use super::handler::CapturedPod;
 use super::listeners::{Kind, LoopCtx, accept_loop};
 use super::pins;
@@ -101,7 +101,10 @@ pub struct Enroller {
 }
 
 fn fd_name(pin_dir: &Path, port: u16) -> String {
-    format!("{}:{port}", pin_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default())
+    format!(
+        "{}:{port}",
+        pin_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+    )
 }
 
 fn fd_prefix(pin_dir: &Path) -> String {
@@ -126,11 +129,30 @@ impl Enroller {
             None => BTreeMap::new(),
         };
         if !held.is_empty() {
-            tracing::info!(listeners = held.len(), "listeners kept by the fd store across the restart");
+            tracing::info!(
+                listeners = held.len(),
+                "listeners kept by the fd store across the restart"
+            );
         }
-        let fd_store = fdstore.as_ref().map(|s| serde_json::json!({ "holder_pid": s.holder_pid() })).unwrap_or_default();
-        let view = Arc::new(Mutex::new(CaptureView { fd_store, ..CaptureView::default() }));
-        Self { bpf, bpffs, backlog, ctx, pods: BTreeMap::new(), fdstore, held, view, discover: false }
+        let fd_store = fdstore
+            .as_ref()
+            .map(|s| serde_json::json!({ "holder_pid": s.holder_pid() }))
+            .unwrap_or_default();
+        let view = Arc::new(Mutex::new(CaptureView {
+            fd_store,
+            ..CaptureView::default()
+        }));
+        Self {
+            bpf,
+            bpffs,
+            backlog,
+            ctx,
+            pods: BTreeMap::new(),
+            fdstore,
+            held,
+            view,
+            discover: false,
+        }
     }
 
     async fn listener(&mut self, e: &mut Enrolled, addr: SocketAddr) -> Result<tokio::net::TcpListener, EnrollError> {
@@ -191,7 +213,9 @@ impl Enroller {
     }
 
     fn publish(&self, errors: BTreeMap<String, String>, ms: u128) {
-        self.ctx.enrolled.set(i64::try_from(self.pods.len()).unwrap_or(i64::MAX));
+        self.ctx
+            .enrolled
+            .set(i64::try_from(self.pods.len()).unwrap_or(i64::MAX));
         if let Ok(mut v) = self.view.lock() {
             v.pods = self.pods.iter().map(|(k, e)| (k.clone(), e.view.clone())).collect();
             v.errors = errors;
@@ -216,7 +240,11 @@ impl Enroller {
                 let p = crate::discovery::locate(uid, Path::new("/proc/mounts"), Path::new("/proc"))?;
                 Ok((p.netns, p.cgroup))
             }
-            _ => Err(EnrollError::NoPlacement(if w.netns.is_none() { "netns" } else { "cgroup" })),
+            _ => Err(EnrollError::NoPlacement(if w.netns.is_none() {
+                "netns"
+            } else {
+                "cgroup"
+            })),
         }
     }
 
@@ -225,7 +253,10 @@ impl Enroller {
         let netns = PodNetns::open(&netns_path)?;
         let cookie = netns.cookie();
         let pin_dir = pins::pod_dir(&self.bpffs, &w.namespace, &w.name, cookie);
-        let pod = Arc::new(CapturedPod { workload: w.clone(), netns });
+        let pod = Arc::new(CapturedPod {
+            workload: w.clone(),
+            netns,
+        });
         let view = PodView {
             ip: w.ip,
             netns: pod.netns.path().to_owned(),
@@ -238,7 +269,11 @@ impl Enroller {
             attached: 0,
             listeners_from_fd_store: 0,
         };
-        let mut e = Enrolled { pod, view, tasks: Vec::new() };
+        let mut e = Enrolled {
+            pod,
+            view,
+            tasks: Vec::new(),
+        };
         // Order matters: listeners and map entries exist before the programs redirect
         // anything to them, so no connect is ever refused during enrollment.
         if let Err(err) = self.enroll_steps(&mut e, &netns_path, &cgroup).await {
@@ -252,7 +287,10 @@ impl Enroller {
         let ip = e.pod.workload.ip;
         let specs = [
             (SocketAddr::from(([127, 0, 0, 1], PORT_OUTBOUND)), Kind::Outbound),
-            (SocketAddr::from(([0, 0, 0, 0], PORT_INBOUND_PLAINTEXT)), Kind::InboundPlaintext),
+            (
+                SocketAddr::from(([0, 0, 0, 0], PORT_INBOUND_PLAINTEXT)),
+                Kind::InboundPlaintext,
+            ),
             (SocketAddr::from(([0, 0, 0, 0], PORT_HBONE)), Kind::Hbone),
         ];
         let mut listeners = Vec::new();
@@ -263,15 +301,24 @@ impl Enroller {
         self.bpf.set_pod(e.view.netns_cookie, ip)?;
         self.bpf.register_listener(ip, &listeners[1].0)?;
         for (l, kind) in listeners {
-            e.view.listeners.push(l.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
-            e.tasks.push(tokio::spawn(accept_loop(l, kind, e.pod.clone(), self.ctx.clone())));
+            e.view
+                .listeners
+                .push(l.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
+            e.tasks
+                .push(tokio::spawn(accept_loop(l, kind, e.pod.clone(), self.ctx.clone())));
         }
-        std::fs::create_dir_all(&e.view.pin_dir)
-            .map_err(|source| EnrollError::PinDir { path: e.view.pin_dir.clone(), source })?;
+        std::fs::create_dir_all(&e.view.pin_dir).map_err(|source| EnrollError::PinDir {
+            path: e.view.pin_dir.clone(),
+            source,
+        })?;
         for (prog, target) in PROGRAMS {
             let at = if target == Target::Cgroup { cgroup } else { netns_path };
             let adopted = self.bpf.attach_pinned(prog, target, at, &e.view.pin_dir.join(prog))?;
-            if adopted { e.view.adopted += 1 } else { e.view.attached += 1 }
+            if adopted {
+                e.view.adopted += 1
+            } else {
+                e.view.attached += 1
+            }
             e.view.programs.push(prog);
         }
         Ok(())
@@ -305,8 +352,12 @@ impl Enroller {
     /// them (the kernel already detached their sk_lookup; this drops pins, map entries
     /// and listeners). Returns how many went.
     pub fn prune_dead(&mut self) -> usize {
-        let dead: Vec<String> =
-            self.pods.iter().filter(|(_, e)| !e.view.netns.exists()).map(|(k, _)| k.clone()).collect();
+        let dead: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| !e.view.netns.exists())
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in &dead {
             tracing::info!(pod = %k, "netns is gone; un-enrolling");
             self.unenroll(k);
@@ -336,7 +387,14 @@ impl Enroller {
         let live_ips: BTreeSet<Ipv4Addr> = self.pods.values().map(|e| e.view.ip).collect();
         for (cookie, ip) in self.bpf.pod_cookies() {
             if !live.contains(&cookie) {
-                self.bpf.remove_pod(cookie, if live_ips.contains(&ip) { Ipv4Addr::UNSPECIFIED } else { ip });
+                self.bpf.remove_pod(
+                    cookie,
+                    if live_ips.contains(&ip) {
+                        Ipv4Addr::UNSPECIFIED
+                    } else {
+                        ip
+                    },
+                );
                 tracing::info!(netns_cookie = cookie, %ip, "removed stale pod entry");
             }
         }
@@ -357,7 +415,12 @@ impl Enroller {
     }
 
     pub fn map_summary(&self) -> serde_json::Value {
-        let pods: Vec<String> = self.bpf.pod_cookies().iter().map(|(c, ip)| format!("{c}={ip}")).collect();
+        let pods: Vec<String> = self
+            .bpf
+            .pod_cookies()
+            .iter()
+            .map(|(c, ip)| format!("{c}={ip}"))
+            .collect();
         let listeners: Vec<String> = self.bpf.listener_ips().iter().map(Ipv4Addr::to_string).collect();
         serde_json::json!({ "pod_self": pods, "inbound_listeners": listeners })
     }
@@ -402,6 +465,9 @@ mod tests {
         assert_eq!(fd_name(&d, PORT_OUTBOUND), "shop_a_7:15001");
         assert!(fd_name(&d, PORT_HBONE).starts_with(&fd_prefix(&d)));
         let other = pins::pod_dir(Path::new("/sys/fs/bpf/mesh/n1"), "shop", "a", 70);
-        assert!(!fd_name(&other, PORT_HBONE).starts_with(&fd_prefix(&d)), "a re-created pod is not matched by prefix");
+        assert!(
+            !fd_name(&other, PORT_HBONE).starts_with(&fd_prefix(&d)),
+            "a re-created pod is not matched by prefix"
+        );
     }
 }

@@ -25,7 +25,11 @@ use nix::sys::time::TimeVal;
 #[derive(Debug, thiserror::Error)]
 pub enum FdStoreError {
     #[error("fd store at {path}: {op}: {source}")]
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("fd store at {path}: holder did not come up within 5 s")]
     NoHolder { path: PathBuf },
 }
@@ -80,10 +84,15 @@ impl FdStore {
         if let Ok(s) = Self::connect(path) {
             return Ok(s);
         }
-        let exe = std::env::current_exe().map_err(|source| FdStoreError::Io { path: path.to_owned(), op: "find own binary", source })?;
+        let exe = std::env::current_exe().map_err(|source| FdStoreError::Io {
+            path: path.to_owned(),
+            op: "find own binary",
+            source,
+        })?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("fd-holder").arg("--socket").arg(path);
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
         // SAFETY: setsid is async-signal-safe; the holder must not share our session or
         // process group, so signals meant for the daemon do not reach it.
         unsafe {
@@ -91,7 +100,11 @@ impl FdStore {
                 nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
             });
         }
-        cmd.spawn().map_err(|source| FdStoreError::Io { path: path.to_owned(), op: "start holder", source })?;
+        cmd.spawn().map_err(|source| FdStoreError::Io {
+            path: path.to_owned(),
+            op: "start holder",
+            source,
+        })?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match Self::connect(path) {
@@ -109,15 +122,27 @@ impl FdStore {
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(5, 0))?;
         // Never let a stuck holder block the daemon's runtime thread for long.
         setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(2, 0))?;
-        Ok(Self { path: path.to_owned(), conn: fd })
+        Ok(Self {
+            path: path.to_owned(),
+            conn: fd,
+        })
     }
 
     fn err(&self, op: &'static str) -> impl Fn(nix::Error) -> FdStoreError + '_ {
-        move |e| FdStoreError::Io { path: self.path.clone(), op, source: e.into() }
+        move |e| FdStoreError::Io {
+            path: self.path.clone(),
+            op,
+            source: e.into(),
+        }
     }
 
     pub fn put(&self, name: &str, fd: &impl AsFd) -> Result<(), FdStoreError> {
-        send(self.conn.as_raw_fd(), &format!("PUT {name}"), Some(fd.as_fd().as_raw_fd())).map_err(self.err("PUT"))
+        send(
+            self.conn.as_raw_fd(),
+            &format!("PUT {name}"),
+            Some(fd.as_fd().as_raw_fd()),
+        )
+        .map_err(self.err("PUT"))
     }
 
     pub fn del(&self, prefix: &str) -> Result<(), FdStoreError> {
@@ -177,7 +202,9 @@ pub fn run_holder(path: &Path) -> anyhow::Result<()> {
 /// Returns true on QUIT.
 fn serve(c: &OwnedFd, store: &mut BTreeMap<String, OwnedFd>) -> bool {
     loop {
-        let Ok((text, fd)) = recv(c.as_raw_fd()) else { return false };
+        let Ok((text, fd)) = recv(c.as_raw_fd()) else {
+            return false;
+        };
         if text.is_empty() {
             return false;
         }

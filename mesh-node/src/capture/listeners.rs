@@ -44,7 +44,10 @@ pub struct LoopCtx {
 impl LoopCtx {
     fn count(&self, kind: Kind, result: &str) {
         self.connections
-            .get_or_create(&vec![("direction".into(), kind.name().into()), ("result".into(), result.into())])
+            .get_or_create(&vec![
+                ("direction".into(), kind.name().into()),
+                ("result".into(), result.into()),
+            ])
             .inc();
     }
 }

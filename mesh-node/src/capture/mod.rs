@@ -64,12 +64,29 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     let connections = ConnCounter::default();
     let enrolled = prometheus_client::metrics::gauge::Gauge::default();
     p.metrics.register(|r| {
-        r.register("mesh_capture_connections", "Connections accepted on capture listeners", connections.clone());
-        r.register("mesh_capture_enrolled_pods", "Pods of this node currently captured", enrolled.clone());
+        r.register(
+            "mesh_capture_connections",
+            "Connections accepted on capture listeners",
+            connections.clone(),
+        );
+        r.register(
+            "mesh_capture_enrolled_pods",
+            "Pods of this node currently captured",
+            enrolled.clone(),
+        );
     });
     let lookups = bpf.lookups.clone();
-    let ctx = Arc::new(LoopCtx { handler, lookups: lookups.clone(), connections, enrolled });
-    let fdstore = if p.args.capture.no_fd_store { None } else { open_fd_store(&p.args.state_dir()) };
+    let ctx = Arc::new(LoopCtx {
+        handler,
+        lookups: lookups.clone(),
+        connections,
+        enrolled,
+    });
+    let fdstore = if p.args.capture.no_fd_store {
+        None
+    } else {
+        open_fd_store(&p.args.state_dir())
+    };
     let mut enroller = Enroller::new(bpf, bpffs.clone(), p.args.capture.listen_backlog, ctx, fdstore);
     if p.args.kubernetes {
         enroller.discover_pods();
@@ -140,7 +157,10 @@ async fn run(mut e: Enroller, p: ProxyInputs, mut stop: oneshot::Receiver<onesho
 /// Each enrolled pod holds three listeners plus accepted connections: the default
 /// soft limit of 1024 fds would cap a node at a few hundred pods.
 fn raise_fd_limit() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {

@@ -27,12 +27,21 @@ fn is_bpffs(path: &Path) -> bool {
 pub fn prepare(dir: &Path) -> Result<(), PinsError> {
     let root = Path::new(BPFFS_ROOT);
     if dir.starts_with(root) && !is_bpffs(root) {
-        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| PinsError::Mount(e.into()))?;
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| PinsError::Mount(e.into()))?;
         tracing::info!("mounted bpffs at {BPFFS_ROOT}");
     }
     for d in [dir.to_owned(), pods_dir(dir)] {
-        std::fs::create_dir_all(&d).map_err(|source| PinsError::Create { path: d.clone(), source })?;
+        std::fs::create_dir_all(&d).map_err(|source| PinsError::Create {
+            path: d.clone(),
+            source,
+        })?;
     }
     if !is_bpffs(dir) {
         return Err(PinsError::NotBpffs(dir.to_owned()));
@@ -51,7 +60,9 @@ pub fn pod_dir(bpffs: &Path, namespace: &str, name: &str, netns_cookie: u64) -> 
 
 /// Pod pin directories currently present.
 pub fn pinned_pods(bpffs: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(pods_dir(bpffs)) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(pods_dir(bpffs)) else {
+        return Vec::new();
+    };
     let mut v: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
     v.sort();
     v

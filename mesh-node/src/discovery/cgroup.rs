@@ -57,7 +57,11 @@ impl PodCgroups {
     /// and the host's `/sys/fs/cgroup` mounted, the host's hierarchy).
     pub fn from_mounts(mounts: &Path) -> Result<Self, DiscoveryError> {
         let text = std::fs::read_to_string(mounts).map_err(io_error(mounts))?;
-        cgroup2_mount(&text).map(Self::new).ok_or_else(|| DiscoveryError::NoCgroup2 { mounts: mounts.to_owned() })
+        cgroup2_mount(&text)
+            .map(Self::new)
+            .ok_or_else(|| DiscoveryError::NoCgroup2 {
+                mounts: mounts.to_owned(),
+            })
     }
 
     pub fn root(&self) -> &Path {
@@ -78,7 +82,10 @@ impl PodCgroups {
                 }
             }
         }
-        self.search(uid).ok_or_else(|| DiscoveryError::PodCgroupNotFound { uid: uid.to_owned(), root: self.root.clone() })
+        self.search(uid).ok_or_else(|| DiscoveryError::PodCgroupNotFound {
+            uid: uid.to_owned(),
+            root: self.root.clone(),
+        })
     }
 
     /// Breadth-first below the root, entering only kubelet-owned directories.
@@ -108,9 +115,11 @@ impl PodCgroups {
 pub fn standard_path(driver: CgroupDriver, qos: QosClass, uid: &str) -> PathBuf {
     match (driver, qos.tier()) {
         (CgroupDriver::Systemd, None) => format!("kubepods.slice/kubepods-pod{}.slice", systemd_uid(uid)).into(),
-        (CgroupDriver::Systemd, Some(t)) => {
-            format!("kubepods.slice/kubepods-{t}.slice/kubepods-{t}-pod{}.slice", systemd_uid(uid)).into()
-        }
+        (CgroupDriver::Systemd, Some(t)) => format!(
+            "kubepods.slice/kubepods-{t}.slice/kubepods-{t}-pod{}.slice",
+            systemd_uid(uid)
+        )
+        .into(),
         (CgroupDriver::Cgroupfs, None) => format!("kubepods/pod{uid}").into(),
         (CgroupDriver::Cgroupfs, Some(t)) => format!("kubepods/{t}/pod{uid}").into(),
     }
@@ -125,7 +134,8 @@ fn leaf_driver(name: &str, uid: &str) -> Option<CgroupDriver> {
     if name == format!("pod{uid}") {
         return Some(CgroupDriver::Cgroupfs);
     }
-    name.ends_with(&format!("pod{}.slice", systemd_uid(uid))).then_some(CgroupDriver::Systemd)
+    name.ends_with(&format!("pod{}.slice", systemd_uid(uid)))
+        .then_some(CgroupDriver::Systemd)
 }
 
 /// The mount point of the cgroup2 filesystem in a `/proc/mounts` listing.
@@ -139,7 +149,10 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 
 /// `/proc/mounts` escapes space, tab, newline and backslash as octal.
 fn unescape_mount(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 #[cfg(test)]
@@ -157,15 +170,28 @@ mod tests {
     #[test]
     fn finds_systemd_layout_for_each_qos() {
         for (qos, rel) in [
-            (QosClass::Burstable, "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5c3f2a0e_1b2c_4d5e_8f90_123456789abc.slice"),
-            (QosClass::BestEffort, "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod5c3f2a0e_1b2c_4d5e_8f90_123456789abc.slice"),
-            (QosClass::Guaranteed, "kubepods.slice/kubepods-pod5c3f2a0e_1b2c_4d5e_8f90_123456789abc.slice"),
+            (
+                QosClass::Burstable,
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5c3f2a0e_1b2c_4d5e_8f90_123456789abc.slice",
+            ),
+            (
+                QosClass::BestEffort,
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod5c3f2a0e_1b2c_4d5e_8f90_123456789abc.slice",
+            ),
+            (
+                QosClass::Guaranteed,
+                "kubepods.slice/kubepods-pod5c3f2a0e_1b2c_4d5e_8f90_123456789abc.slice",
+            ),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let want = mkdir(dir.path(), rel);
             let cg = PodCgroups::new(dir.path());
             assert_eq!(cg.find(UID, Some(qos)).unwrap(), (want.clone(), CgroupDriver::Systemd));
-            assert_eq!(cg.find(UID, None).unwrap(), (want, CgroupDriver::Systemd), "without the QoS class");
+            assert_eq!(
+                cg.find(UID, None).unwrap(),
+                (want, CgroupDriver::Systemd),
+                "without the QoS class"
+            );
         }
     }
 
@@ -173,8 +199,13 @@ mod tests {
     fn finds_cgroupfs_layout() {
         let dir = tempfile::tempdir().unwrap();
         let want = mkdir(dir.path(), &format!("kubepods/besteffort/pod{UID}"));
-        mkdir(dir.path(), "kubepods/besteffort/podffffffff-0000-0000-0000-000000000000");
-        let found = PodCgroups::new(dir.path()).find(UID, Some(QosClass::BestEffort)).unwrap();
+        mkdir(
+            dir.path(),
+            "kubepods/besteffort/podffffffff-0000-0000-0000-000000000000",
+        );
+        let found = PodCgroups::new(dir.path())
+            .find(UID, Some(QosClass::BestEffort))
+            .unwrap();
         assert_eq!(found, (want, CgroupDriver::Cgroupfs));
     }
 
@@ -186,7 +217,9 @@ mod tests {
             dir.path(),
             "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod5c3f2a0e_1b2c_4d5e_8f90_123456789abc.slice",
         );
-        let found = PodCgroups::new(dir.path()).find(UID, Some(QosClass::Burstable)).unwrap();
+        let found = PodCgroups::new(dir.path())
+            .find(UID, Some(QosClass::Burstable))
+            .unwrap();
         assert_eq!(found, (want, CgroupDriver::Systemd));
     }
 
@@ -195,7 +228,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         mkdir(dir.path(), "kubepods.slice/kubepods-burstable.slice");
         let err = PodCgroups::new(dir.path()).find(UID, None).unwrap_err().to_string();
-        assert!(err.contains(UID) && err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.contains(UID) && err.contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -215,6 +251,9 @@ mod tests {
         let err = PodCgroups::from_mounts(&mounts).unwrap_err();
         assert!(matches!(err, DiscoveryError::NoCgroup2 { .. }), "{err}");
         std::fs::write(&mounts, "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n").unwrap();
-        assert_eq!(PodCgroups::from_mounts(&mounts).unwrap().root(), Path::new("/sys/fs/cgroup"));
+        assert_eq!(
+            PodCgroups::from_mounts(&mounts).unwrap().root(),
+            Path::new("/sys/fs/cgroup")
+        );
     }
 }

@@ -26,11 +26,17 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("no cgroup2 filesystem in {mounts}; mesh-node needs cgroup v2 (unified hierarchy) mounted, e.g. at /sys/fs/cgroup")]
+    #[error(
+        "no cgroup2 filesystem in {mounts}; mesh-node needs cgroup v2 (unified hierarchy) mounted, e.g. at /sys/fs/cgroup"
+    )]
     NoCgroup2 { mounts: PathBuf },
-    #[error("no cgroup for pod {uid} under {root} (looked for the systemd and cgroupfs layouts); is the pod running on this node, and is the host's /sys/fs/cgroup mounted into mesh-node?")]
+    #[error(
+        "no cgroup for pod {uid} under {root} (looked for the systemd and cgroupfs layouts); is the pod running on this node, and is the host's /sys/fs/cgroup mounted into mesh-node?"
+    )]
     PodCgroupNotFound { uid: String, root: PathBuf },
-    #[error("pod cgroup {cgroup} has no running process yet (its sandbox has not started); retry when the pod is Running")]
+    #[error(
+        "pod cgroup {cgroup} has no running process yet (its sandbox has not started); retry when the pod is Running"
+    )]
     NoProcess { cgroup: PathBuf },
     #[error("pod {uid} shares the host's network namespace (hostNetwork: true); host-network pods cannot be enrolled")]
     HostNetwork { uid: String },
@@ -51,11 +57,17 @@ pub struct Placement {
 pub fn locate(uid: &str, mounts: &std::path::Path, proc_root: &std::path::Path) -> Result<Placement, DiscoveryError> {
     let (cgroup, _driver) = PodCgroups::from_mounts(mounts)?.find(uid, None)?;
     let netns = netns::pod_netns(uid, &cgroup, proc_root)?;
-    Ok(Placement { cgroup, netns: netns.path })
+    Ok(Placement {
+        cgroup,
+        netns: netns.path,
+    })
 }
 
 pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DiscoveryError + '_ {
-    move |source| DiscoveryError::Io { path: path.to_owned(), source }
+    move |source| DiscoveryError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -79,7 +91,13 @@ mod tests {
         let mounts = dir.path().join("mounts");
         std::fs::write(&mounts, format!("cgroup2 {} cgroup2 rw,nosuid 0 0\n", root.display())).unwrap();
         let p = locate("12-34", &mounts, &proc_root).unwrap();
-        assert_eq!(p, Placement { cgroup: pod, netns: proc_root.join("4243/ns/net") });
+        assert_eq!(
+            p,
+            Placement {
+                cgroup: pod,
+                netns: proc_root.join("4243/ns/net")
+            }
+        );
         let missing = locate("99-99", &mounts, &proc_root).unwrap_err().to_string();
         assert!(missing.contains("99-99"), "{missing}");
     }

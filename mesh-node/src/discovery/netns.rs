@@ -30,7 +30,9 @@ pub fn pod_netns(uid: &str, cgroup: &Path, proc_root: &Path) -> Result<PodNetns,
         let id = std::fs::read_link(&path).ok()?.to_string_lossy().into_owned();
         Some(PodNetns { pid, path, id })
     });
-    let netns = found.ok_or_else(|| DiscoveryError::NoProcess { cgroup: cgroup.to_owned() })?;
+    let netns = found.ok_or_else(|| DiscoveryError::NoProcess {
+        cgroup: cgroup.to_owned(),
+    })?;
     let host = std::fs::read_link(proc_root.join("1/ns/net")).ok();
     if host.is_some_and(|h| h.to_string_lossy() == netns.id) {
         return Err(DiscoveryError::HostNetwork { uid: uid.to_owned() });
@@ -47,8 +49,11 @@ fn collect_pids(dir: &Path, depth: usize, out: &mut Vec<u32>) {
         return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut children: Vec<PathBuf> =
-        entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
+    let mut children: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
     children.sort();
     for child in children {
         collect_pids(&child, depth + 1, out);
@@ -72,7 +77,11 @@ mod tests {
         std::fs::create_dir_all(&cgroup).unwrap();
         std::fs::write(cgroup.join("cgroup.procs"), "").unwrap();
         process(&proc, 1, "net:[4026531840]");
-        Fake { _dir: dir, cgroup, proc }
+        Fake {
+            _dir: dir,
+            cgroup,
+            proc,
+        }
     }
 
     fn process(proc: &Path, pid: u32, netns: &str) {

@@ -16,9 +16,9 @@ use super::client::{Dial, HboneClient, HboneError, TunnelTarget};
 use super::relay::{Copied, relay};
 use super::server::{self, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
 use crate::identity::ca::KEY_ALG;
-use crate::identity::manager::certified_key;
 use crate::identity::manager::CertResolver;
 use crate::identity::manager::WorkloadCert;
+use crate::identity::manager::certified_key;
 use crate::identity::{LocalCa, SpiffeId};
 use crate::tls;
 
@@ -40,7 +40,11 @@ impl Pki {
         let key = KeyPair::generate_for(KEY_ALG).unwrap();
         let signed = self.ca.issue(id, key.public_key_raw(), valid_from, valid_to).unwrap();
         let current = certified_key(&key, &signed, 1).unwrap();
-        Arc::new(WorkloadCert { workload: id.service_account.clone(), identity: id.clone(), resolver: Arc::new(CertResolver::new(current)) })
+        Arc::new(WorkloadCert {
+            workload: id.service_account.clone(),
+            identity: id.clone(),
+            resolver: Arc::new(CertResolver::new(current)),
+        })
     }
 
     fn valid(&self, id: &SpiffeId) -> Arc<WorkloadCert> {
@@ -69,7 +73,11 @@ struct TestInbound {
 impl Inbound for TestInbound {
     fn authorize(&self, req: &InboundRequest) -> Result<(), Refused> {
         if !req.target.ip().is_loopback() {
-            return Err(Refused::new(StatusCode::FORBIDDEN, "not_local", format!("{} is not a workload here", req.target)));
+            return Err(Refused::new(
+                StatusCode::FORBIDDEN,
+                "not_local",
+                format!("{} is not a workload here", req.target),
+            ));
         }
         Ok(())
     }
@@ -95,14 +103,21 @@ impl TestInbound {
     async fn wait_refusals(&self, what: &str, enough: impl FnMut(&Vec<&'static str>) -> bool) {
         let mut rx = self.refusals.subscribe();
         let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(enough)).await;
-        assert!(matches!(waited, Ok(Ok(_))), "no refusal {what}: {:?}", *self.refusals.borrow());
+        assert!(
+            matches!(waited, Ok(Ok(_))),
+            "no refusal {what}: {:?}",
+            *self.refusals.borrow()
+        );
     }
 }
 
 /// The HBONE server on 127.0.0.1, presenting `cert`.
 async fn start_server(pki: &Pki, cert: &WorkloadCert, inbound: Arc<TestInbound>, timeout: Duration) -> SocketAddr {
     let cfg = tls::server_config(cert.resolver.clone(), pki.roots(), TD).unwrap();
-    let settings = ServerSettings { tls: cfg, handshake_timeout: timeout };
+    let settings = ServerSettings {
+        tls: cfg,
+        handshake_timeout: timeout,
+    };
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -134,7 +149,12 @@ fn dial() -> Dial {
 }
 
 fn target(hbone: SocketAddr, identity: SpiffeId, app: SocketAddr) -> TunnelTarget {
-    TunnelTarget { hbone_addr: hbone, identity, authority: app, forwarded_for: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))) }
+    TunnelTarget {
+        hbone_addr: hbone,
+        identity,
+        authority: app,
+        forwarded_for: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
+    }
 }
 
 /// A local TCP pair whose far end is relayed through a tunnel: what capture gives the client.
@@ -214,10 +234,24 @@ async fn server_with_another_spiffe_id_is_refused_by_the_client() {
     let pki = Pki::new();
     let a = pki.valid(&id("a"));
     let impostor = pki.valid(&id("mallory"));
-    let srv = start_server(&pki, &impostor, Arc::new(TestInbound::default()), Duration::from_secs(5)).await;
-    let err = client(&pki).open(&a, &target(srv, id("b"), start_echo().await), dial()).await.err().unwrap();
+    let srv = start_server(
+        &pki,
+        &impostor,
+        Arc::new(TestInbound::default()),
+        Duration::from_secs(5),
+    )
+    .await;
+    let err = client(&pki)
+        .open(&a, &target(srv, id("b"), start_echo().await), dial())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.reason(), "cert_invalid", "{err}");
-    assert!(err.to_string().contains("expected spiffe://cluster.local/ns/default/sa/b"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected spiffe://cluster.local/ns/default/sa/b"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +262,12 @@ async fn client_of_another_trust_domain_or_ca_is_refused() {
     let srv = start_server(&pki, &b, inbound.clone(), Duration::from_secs(5)).await;
     let app = start_echo().await;
     let foreign = pki.valid(&SpiffeId::new("evil.local", "default", "a"));
-    assert!(client(&pki).open(&foreign, &target(srv, id("b"), app), dial()).await.is_err());
+    assert!(
+        client(&pki)
+            .open(&foreign, &target(srv, id("b"), app), dial())
+            .await
+            .is_err()
+    );
     inbound.wait_refusal("cert_invalid").await;
     // Same names, different CA: the chain does not reach our root.
     let other = Pki::new();
@@ -246,8 +285,17 @@ async fn expired_client_certificate_is_refused() {
     let inbound = Arc::new(TestInbound::default());
     let srv = start_server(&pki, &b, inbound.clone(), Duration::from_secs(5)).await;
     let now = SystemTime::now();
-    let expired = pki.cert(&id("a"), now - Duration::from_secs(7200), now - Duration::from_secs(3600));
-    assert!(client(&pki).open(&expired, &target(srv, id("b"), start_echo().await), dial()).await.is_err());
+    let expired = pki.cert(
+        &id("a"),
+        now - Duration::from_secs(7200),
+        now - Duration::from_secs(3600),
+    );
+    assert!(
+        client(&pki)
+            .open(&expired, &target(srv, id("b"), start_echo().await), dial())
+            .await
+            .is_err()
+    );
     inbound.wait_refusal("cert_expired").await;
 }
 
@@ -258,7 +306,9 @@ async fn garbage_and_stalled_peers_are_refused_without_disturbing_a_live_stream(
     let inbound = Arc::new(TestInbound::default());
     let srv = start_server(&pki, &b, inbound.clone(), Duration::from_millis(300)).await;
     let c = client(&pki);
-    let good = tunneled_socket(&c, &a, &target(srv, id("b"), start_echo().await)).await.unwrap();
+    let good = tunneled_socket(&c, &a, &target(srv, id("b"), start_echo().await))
+        .await
+        .unwrap();
     let transfer = tokio::spawn(echo_roundtrip(good, 16 << 20));
 
     let mut http1 = TcpStream::connect(srv).await.unwrap();
@@ -267,7 +317,10 @@ async fn garbage_and_stalled_peers_are_refused_without_disturbing_a_live_stream(
     // The server answers with at most a TLS alert, then closes.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match tokio::time::timeout_at(deadline.into(), http1.read(&mut buf)).await.expect("server kept the connection") {
+        match tokio::time::timeout_at(deadline.into(), http1.read(&mut buf))
+            .await
+            .expect("server kept the connection")
+        {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
@@ -292,12 +345,20 @@ async fn refused_app_gives_503_and_non_local_target_403() {
     };
     let c = client(&pki);
     let err = c.open(&a, &target(srv, id("b"), closed), dial()).await.err().unwrap();
-    assert!(matches!(err, HboneError::Status { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert!(
+        matches!(err, HboneError::Status { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE),
+        "{err}"
+    );
     let far: SocketAddr = "198.18.9.9:80".parse().unwrap();
     let err = c.open(&a, &target(srv, id("b"), far), dial()).await.err().unwrap();
-    assert!(matches!(err, HboneError::Status { status, .. } if status == StatusCode::FORBIDDEN), "{err}");
+    assert!(
+        matches!(err, HboneError::Status { status, .. } if status == StatusCode::FORBIDDEN),
+        "{err}"
+    );
     // The pooled connection survived both refusals.
-    let s = tunneled_socket(&c, &a, &target(srv, id("b"), start_echo().await)).await.unwrap();
+    let s = tunneled_socket(&c, &a, &target(srv, id("b"), start_echo().await))
+        .await
+        .unwrap();
     echo_roundtrip(s, 1024).await;
     assert_eq!(c.pooled(), 1);
 }
@@ -310,11 +371,18 @@ async fn non_connect_request_gets_400() {
     let srv = start_server(&pki, &b, inbound.clone(), Duration::from_secs(5)).await;
     let cfg = tls::client_config(a.resolver.clone(), pki.roots(), id("b")).unwrap();
     let tcp = TcpStream::connect(srv).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(rustls_pki_types::ServerName::IpAddress(srv.ip().into()), tcp).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls_pki_types::ServerName::IpAddress(srv.ip().into()), tcp)
+        .await
+        .unwrap();
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
-    let req = http::Request::builder().method("GET").uri("http://127.0.0.1:1/").body(()).unwrap();
+    let req = http::Request::builder()
+        .method("GET")
+        .uri("http://127.0.0.1:1/")
+        .body(())
+        .unwrap();
     let (resp, _) = send.send_request(req, true).unwrap();
     assert_eq!(resp.await.unwrap().status(), StatusCode::BAD_REQUEST);
     inbound.wait_refusal("bad_request").await;
@@ -336,7 +404,10 @@ async fn rotation_during_a_transfer_keeps_it_and_new_connections_use_the_new_cer
     // Rotate both sides mid-transfer.
     let key = KeyPair::generate_for(KEY_ALG).unwrap();
     let now = SystemTime::now();
-    let signed = pki.ca.issue(&id("a"), key.public_key_raw(), now, now + Duration::from_secs(3600)).unwrap();
+    let signed = pki
+        .ca
+        .issue(&id("a"), key.public_key_raw(), now, now + Duration::from_secs(3600))
+        .unwrap();
     a.resolver.replace(certified_key(&key, &signed, 2).unwrap());
     let new_cert = signed.chain[0].clone();
     assert_ne!(first_cert, new_cert);

@@ -44,7 +44,11 @@ pub enum CaError {
     #[error("node {node} may not obtain a certificate for {workload}: the workload is not known to the CA")]
     UnknownWorkload { node: String, workload: String },
     #[error("node {node} may not obtain a certificate for {workload}: it is scheduled on node {actual:?}")]
-    NotOnNode { node: String, workload: String, actual: String },
+    NotOnNode {
+        node: String,
+        workload: String,
+        actual: String,
+    },
 }
 
 /// The public key of a certificate request (raw EC point, as rcgen's `KeyPair::public_key_raw`).
@@ -91,7 +95,10 @@ pub struct LocalCa {
 impl LocalCa {
     /// Loads the CA from `dir`, creating it (and `dir`) on first use.
     pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
-        let io = |source| CaError::Io { path: dir.to_owned(), source };
+        let io = |source| CaError::Io {
+            path: dir.to_owned(),
+            source,
+        };
         fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(CA_FILE);
         if !path.exists() {
@@ -103,13 +110,22 @@ impl LocalCa {
     }
 
     fn load(path: &Path, trust_domain: &str) -> Result<Self, CaError> {
-        let corrupt = |reason: String| CaError::Corrupt { path: path.to_owned(), reason };
-        let text = fs::read_to_string(path).map_err(|source| CaError::Io { path: path.to_owned(), source })?;
+        let corrupt = |reason: String| CaError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = fs::read_to_string(path).map_err(|source| CaError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let key = KeyPair::from_pem(&text).map_err(|e| corrupt(format!("private key: {e}")))?;
         let root = CertificateDer::from_pem_slice(text.as_bytes()).map_err(|e| corrupt(format!("certificate: {e}")))?;
         // Same parameters as at creation: the issuer name must match the root's subject.
         let issuer = Issuer::new(ca_params(trust_domain), key);
-        let root_pem = text.find("-----BEGIN CERTIFICATE").map(|i| text[i..].to_owned()).unwrap_or_default();
+        let root_pem = text
+            .find("-----BEGIN CERTIFICATE")
+            .map(|i| text[i..].to_owned())
+            .unwrap_or_default();
         Ok(Self { issuer, root, root_pem })
     }
 
@@ -151,12 +167,19 @@ fn ca_params(trust_domain: &str) -> CertificateParams {
     dn.push(DnType::CommonName, "mesh root CA");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p
 }
 
 fn create(dir: &Path, path: &Path, trust_domain: &str) -> Result<(), CaError> {
-    let io = |source| CaError::Io { path: path.to_owned(), source };
+    let io = |source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let key = KeyPair::generate_for(KEY_ALG)?;
     let mut params = ca_params(trust_domain);
     let now = SystemTime::now();
@@ -164,9 +187,17 @@ fn create(dir: &Path, path: &Path, trust_domain: &str) -> Result<(), CaError> {
     params.not_after = (now + CA_LIFETIME).into();
     let cert = params.self_signed(&key)?;
     let tmp = dir.join(format!(".{CA_FILE}.{}", std::process::id()));
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
-    f.write_all(key.serialize_pem().as_bytes()).and_then(|()| f.write_all(cert.pem().as_bytes())).map_err(io)?;
+    f.write_all(key.serialize_pem().as_bytes())
+        .and_then(|()| f.write_all(cert.pem().as_bytes()))
+        .map_err(io)?;
     f.sync_all().map_err(io)?;
     // link() fails if another daemon won the race; then both use the winner's CA.
     let linked = fs::hard_link(&tmp, path);
@@ -203,14 +234,22 @@ impl Signer for NodeScopedCa {
                 .workloads
                 .values()
                 .find(|w| w.namespace == req.namespace && w.name == req.pod)
-                .ok_or_else(|| CaError::UnknownWorkload { node: req.node.to_owned(), workload: workload.clone() })?;
+                .ok_or_else(|| CaError::UnknownWorkload {
+                    node: req.node.to_owned(),
+                    workload: workload.clone(),
+                })?;
             if w.node != req.node {
-                return Err(CaError::NotOnNode { node: req.node.to_owned(), workload, actual: w.node.clone() });
+                return Err(CaError::NotOnNode {
+                    node: req.node.to_owned(),
+                    workload,
+                    actual: w.node.clone(),
+                });
             }
             SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account)
         };
         let now = SystemTime::now();
-        self.ca.issue(&identity, req.public_key, now - BACKDATE, now + req.lifetime)
+        self.ca
+            .issue(&identity, req.public_key, now - BACKDATE, now + req.lifetime)
     }
 }
 
@@ -228,7 +267,13 @@ mod tests {
     }
 
     fn request<'a>(node: &'a str, pod: &'a str, key: &'a KeyPair) -> SignRequest<'a> {
-        SignRequest { node, namespace: "shop", pod, public_key: key.public_key_raw(), lifetime: Duration::from_secs(60) }
+        SignRequest {
+            node,
+            namespace: "shop",
+            pod,
+            public_key: key.public_key_raw(),
+            lifetime: Duration::from_secs(60),
+        }
     }
 
     #[test]
@@ -239,7 +284,10 @@ mod tests {
         let ok = s.sign(&request("n1", "a", &key)).unwrap();
         assert_eq!(ok.identity.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
         let other = s.sign(&request("n1", "b", &key)).unwrap_err();
-        assert!(matches!(other, CaError::NotOnNode { ref actual, .. } if actual == "n2"), "{other}");
+        assert!(
+            matches!(other, CaError::NotOnNode { ref actual, .. } if actual == "n2"),
+            "{other}"
+        );
         let unknown = s.sign(&request("n1", "ghost", &key)).unwrap_err();
         assert!(matches!(unknown, CaError::UnknownWorkload { .. }), "{unknown}");
     }
@@ -256,7 +304,12 @@ mod tests {
         let key = KeyPair::generate_for(KEY_ALG).unwrap();
         let now = SystemTime::now();
         let leaf = second
-            .issue(&SpiffeId::new("cluster.local", "a", "b"), key.public_key_raw(), now, now + Duration::from_secs(60))
+            .issue(
+                &SpiffeId::new("cluster.local", "a", "b"),
+                key.public_key_raw(),
+                now,
+                now + Duration::from_secs(60),
+            )
             .unwrap();
         let roots = crate::tls::root_store(&first.root()).unwrap();
         crate::tls::verify_chain(&leaf.chain, &roots, webpki::KeyUsage::client_auth()).unwrap();

@@ -53,7 +53,11 @@ pub struct CertManager {
 
 impl CertManager {
     pub fn new(signer: Arc<dyn Signer>, cfg: ManagerConfig) -> Self {
-        Self { signer, cfg, certs: Mutex::new(HashMap::new()) }
+        Self {
+            signer,
+            cfg,
+            certs: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The workload's certificate, issued on first use.
@@ -64,7 +68,11 @@ impl CertManager {
             return Ok(c.clone());
         }
         let current = self.issue(w, 1)?;
-        let cert = Arc::new(WorkloadCert { workload: key.clone(), identity, resolver: Arc::new(CertResolver::new(current)) });
+        let cert = Arc::new(WorkloadCert {
+            workload: key.clone(),
+            identity,
+            resolver: Arc::new(CertResolver::new(current)),
+        });
         tracing::info!(workload = %key, identity = %cert.identity, "issued workload certificate");
         self.lock().insert(key, cert.clone());
         Ok(cert)
@@ -87,9 +95,15 @@ impl CertManager {
 
     /// A waypoint or gateway pod runs its own TLS: hand it the key and chain as files.
     fn export(&self, w: &Workload, key: &KeyPair, signed: &Signed) -> Result<(), CaError> {
-        let Some(base) = &self.cfg.proxy_cert_dir else { return Ok(()) };
+        let Some(base) = &self.cfg.proxy_cert_dir else {
+            return Ok(());
+        };
         let dir = base.join(&w.namespace).join(&w.name);
-        let chain: String = signed.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec()))).collect();
+        let chain: String = signed
+            .chain
+            .iter()
+            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+            .collect();
         mesh_hbone::cert::write_dir(&dir, &chain, &key.serialize_pem(), &self.cfg.root_pem)
             .map_err(|source| CaError::Io { path: dir, source })
     }
@@ -115,7 +129,11 @@ impl CertManager {
     /// One pass: issue for new local workloads, rotate due ones, forget departed ones.
     pub fn reconcile(&self, state: &crate::state::MeshState) {
         let now = SystemTime::now();
-        let local: HashMap<String, &Arc<Workload>> = state.local_enrolled().chain(state.local_proxies()).map(|w| (w.key(), w)).collect();
+        let local: HashMap<String, &Arc<Workload>> = state
+            .local_enrolled()
+            .chain(state.local_proxies())
+            .map(|w| (w.key(), w))
+            .collect();
         self.lock().retain(|k, _| {
             let keep = local.contains_key(k);
             if let (false, Some(base)) = (keep, &self.cfg.proxy_cert_dir) {
@@ -139,7 +157,8 @@ impl CertManager {
 
     /// Keeps certificates current until the state channel closes.
     pub async fn run(self: Arc<Self>, mut state: StateRx) {
-        let tick = (self.cfg.lifetime.mul_f64(self.cfg.rotate_fraction) / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let tick = (self.cfg.lifetime.mul_f64(self.cfg.rotate_fraction) / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             let snapshot = state.borrow_and_update().clone();
             self.reconcile(&snapshot);
@@ -175,7 +194,9 @@ impl CertManager {
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -191,7 +212,13 @@ mod tests {
         let ca = Arc::new(LocalCa::load_or_create(dir.path(), "cluster.local").unwrap());
         let state = Arc::new(crate::state::tests::state_from(TOPOLOGY, "n1"));
         let (_tx, rx) = tokio::sync::watch::channel(state.clone());
-        let cfg = ManagerConfig { node: "n1".into(), lifetime: Duration::from_secs(3600), rotate_fraction: 0.5, proxy_cert_dir: None, root_pem: String::new() };
+        let cfg = ManagerConfig {
+            node: "n1".into(),
+            lifetime: Duration::from_secs(3600),
+            rotate_fraction: 0.5,
+            proxy_cert_dir: None,
+            root_pem: String::new(),
+        };
         let m = CertManager::new(Arc::new(NodeScopedCa::new(ca, rx)), cfg);
         m.reconcile(&state);
         let dump = m.dump();

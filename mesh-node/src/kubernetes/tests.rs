@@ -4,12 +4,12 @@
 //! capture enrolls), readiness detail and metrics.
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use mesh_common::source::kube::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};
 use mesh_common::source::kube::Retry;
+use mesh_common::source::kube::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};
 use serde_json::{Value, json};
 
 use super::*;
@@ -59,7 +59,10 @@ spec: {mtls: {mode: STRICT}}
 ";
 
 fn find(all: &[Value], kind: &str, name: &str) -> Value {
-    all.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).cloned().unwrap_or_else(|| panic!("{kind} {name}"))
+    all.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{kind} {name}"))
 }
 
 fn annotated(ns: &Value) -> Value {
@@ -81,7 +84,11 @@ fn start(r: &Replay) -> Daemon {
     let source = KubeSource::new(r.client_builder(), config, store.clone(), Arc::new(|_| Ok(())));
     let (readiness, metrics) = (Readiness::default(), Metrics::default());
     let state = spawn(source, store, NODE, "cluster.local", &readiness, &metrics);
-    Daemon { state, readiness, metrics }
+    Daemon {
+        state,
+        readiness,
+        metrics,
+    }
 }
 
 impl Daemon {
@@ -103,11 +110,19 @@ impl Daemon {
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics.encode().lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
     fn config_line(&self) -> String {
-        self.readiness.report().lines().find(|l| l.starts_with("config:")).unwrap_or_default().to_owned()
+        self.readiness
+            .report()
+            .lines()
+            .find(|l| l.starts_with("config:"))
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -133,8 +148,11 @@ fn strings(v: &[&str]) -> Vec<String> {
 async fn enrollment_follows_the_namespace_annotation_through_gone_and_dropped_streams() {
     let all = objects(CLUSTER);
     let (bookinfo, other) = (find(&all, "Namespace", "bookinfo"), find(&all, "Namespace", "other"));
-    let (productpage, reviews, tools) =
-        (find(&all, "Pod", "productpage-v1"), find(&all, "Pod", "reviews-v1"), find(&all, "Pod", "tools-0"));
+    let (productpage, reviews, tools) = (
+        find(&all, "Pod", "productpage-v1"),
+        find(&all, "Pod", "reviews-v1"),
+        find(&all, "Pod", "tools-0"),
+    );
     let mut ratings = reviews.clone();
     ratings["metadata"]["name"] = json!("ratings-v1");
     ratings["status"]["podIP"] = json!("198.18.1.12");
@@ -145,14 +163,29 @@ async fn enrollment_follows_the_namespace_annotation_through_gone_and_dropped_st
     let (ns, pods) = (path_of("Namespace"), path_of("Pod"));
     // Namespaces: a watch ending in 410 Gone (scratch deleted meanwhile), a relist, a
     // watch that breaks mid-stream, then a live watch the test writes to.
-    r.list(&ns, "10", vec![item(&bookinfo, "3"), item(&other, "4"), item(&scratch, "5")]);
+    r.list(
+        &ns,
+        "10",
+        vec![item(&bookinfo, "3"), item(&other, "4"), item(&scratch, "5")],
+    );
     r.watch(&ns, vec![bookmark("v1", "Namespace", "12"), gone()], End::Close);
     r.list(&ns, "20", vec![item(&bookinfo, "3"), item(&other, "4")]);
     r.watch(&ns, vec![event("ADDED", with_rv(&scratch, "21"))], End::Drop);
     let live = r.live_watch(&ns, vec![event("DELETED", with_rv(&scratch, "22"))]);
     // Pods: one added and one deleted on a watch the server then closes.
-    r.list(&pods, "10", vec![item(&productpage, "6"), item(&reviews, "7"), item(&tools, "8")]);
-    r.watch(&pods, vec![event("ADDED", with_rv(&ratings, "11")), event("DELETED", with_rv(&reviews, "12"))], End::Close);
+    r.list(
+        &pods,
+        "10",
+        vec![item(&productpage, "6"), item(&reviews, "7"), item(&tools, "8")],
+    );
+    r.watch(
+        &pods,
+        vec![
+            event("ADDED", with_rv(&ratings, "11")),
+            event("DELETED", with_rv(&reviews, "12")),
+        ],
+        End::Close,
+    );
     r.list_all(&all, &["Namespace", "Pod"]);
 
     let d = start(&r);
@@ -162,27 +195,50 @@ async fn enrollment_follows_the_namespace_annotation_through_gone_and_dropped_st
         (namespaces == strings(&["bookinfo", "other"]) && d.workloads() == final_pods).then_some(())
     })
     .await;
-    let lists = r.requests("GET", &ns).into_iter().filter(|s| !s.query.contains("watch=true")).count();
+    let lists = r
+        .requests("GET", &ns)
+        .into_iter()
+        .filter(|s| !s.query.contains("watch=true"))
+        .count();
     assert_eq!(lists, 2, "the 410 Gone made the watcher relist");
     let pod_requests = r.requests("GET", &pods);
-    assert!(pod_requests.iter().all(|s| s.query.contains("fieldSelector=spec.nodeName%3Dnode-a")), "{pod_requests:?}");
-    assert!(d.enrolled().is_empty(), "nothing enrolled before the annotation: {:?}", d.enrolled());
+    assert!(
+        pod_requests
+            .iter()
+            .all(|s| s.query.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "{pod_requests:?}"
+    );
+    assert!(
+        d.enrolled().is_empty(),
+        "nothing enrolled before the annotation: {:?}",
+        d.enrolled()
+    );
     assert!(d.readiness.is_ready(), "{}", d.readiness.report());
     assert!(d.config_line().contains("connected"), "{}", d.config_line());
 
-    live.send(event("MODIFIED", with_rv(&annotated(&bookinfo), "30"))).unwrap();
+    live.send(event("MODIFIED", with_rv(&annotated(&bookinfo), "30")))
+        .unwrap();
     let bookinfo_pods = strings(&["bookinfo/productpage-v1", "bookinfo/ratings-v1"]);
-    until("the annotation enrolls bookinfo's pods of this node", || (d.enrolled() == bookinfo_pods).then_some(())).await;
+    until("the annotation enrolls bookinfo's pods of this node", || {
+        (d.enrolled() == bookinfo_pods).then_some(())
+    })
+    .await;
 
     live.send(event("MODIFIED", with_rv(&bookinfo, "31"))).unwrap();
-    until("removing the annotation un-enrolls them", || d.enrolled().is_empty().then_some(())).await;
+    until("removing the annotation un-enrolls them", || {
+        d.enrolled().is_empty().then_some(())
+    })
+    .await;
 
     // Istio's label works too, and enrolls only that namespace.
     let mut istio_labelled = other.clone();
     istio_labelled["metadata"]["labels"] = json!({"istio.io/dataplane-mode": "ambient"});
     live.send(event("MODIFIED", with_rv(&istio_labelled, "32"))).unwrap();
     let other_pods = strings(&["other/tools-0"]);
-    until("istio.io/dataplane-mode enrolls other's pod", || (d.enrolled() == other_pods).then_some(())).await;
+    until("istio.io/dataplane-mode enrolls other's pod", || {
+        (d.enrolled() == other_pods).then_some(())
+    })
+    .await;
 }
 
 /// While the API server is unreachable the daemon keeps its last known state and
@@ -194,36 +250,68 @@ async fn api_server_outage_keeps_the_last_known_state_and_says_so() {
     r.istio_groups();
     let enrolled_ns = annotated(&find(&all, "Namespace", "bookinfo"));
     let live = r.live_watch(&path_of("Namespace"), Vec::new());
-    r.list(&path_of("Namespace"), "5", vec![item(&enrolled_ns, "3"), item(&find(&all, "Namespace", "other"), "4")]);
+    r.list(
+        &path_of("Namespace"),
+        "5",
+        vec![item(&enrolled_ns, "3"), item(&find(&all, "Namespace", "other"), "4")],
+    );
     r.list_all(&all, &["Namespace"]);
 
     let d = start(&r);
     let before = strings(&["bookinfo/productpage-v1", "bookinfo/reviews-v1"]);
-    until("synced and enrolled", || (d.enrolled() == before && d.metric("mesh_config_source_connected") == Some(1.0)).then_some(())).await;
+    until("synced and enrolled", || {
+        (d.enrolled() == before && d.metric("mesh_config_source_connected") == Some(1.0)).then_some(())
+    })
+    .await;
     assert_eq!(d.metric("mesh_config_source_synced"), Some(1.0));
-    let synced_at = d.metric("mesh_config_source_last_sync_timestamp_seconds").expect("last sync metric");
+    let synced_at = d
+        .metric("mesh_config_source_last_sync_timestamp_seconds")
+        .expect("last sync metric");
     assert!(synced_at > 1.7e9, "a Unix time: {synced_at}");
 
     r.outage.store(true, Ordering::SeqCst);
     drop(live); // the watch connection ends; every reconnect now fails
-    until("the metric shows the outage", || (d.metric("mesh_config_source_connected") == Some(0.0)).then_some(())).await;
+    until("the metric shows the outage", || {
+        (d.metric("mesh_config_source_connected") == Some(0.0)).then_some(())
+    })
+    .await;
     let line = until("readiness detail shows the outage", || {
         let line = d.config_line();
         line.contains("unreachable").then_some(line)
     })
     .await;
-    assert!(line.contains("serving the last known state") && line.contains("Namespace"), "{line}");
-    assert!(d.readiness.is_ready(), "a daemon serving its last known state stays ready: {}", d.readiness.report());
+    assert!(
+        line.contains("serving the last known state") && line.contains("Namespace"),
+        "{line}"
+    );
+    assert!(
+        d.readiness.is_ready(),
+        "a daemon serving its last known state stays ready: {}",
+        d.readiness.report()
+    );
     assert_eq!(d.enrolled(), before, "the outage un-enrolled nothing");
     let frozen = d.metric("mesh_config_source_last_sync_timestamp_seconds");
     // Two status checks must run during the outage; neither may advance the last sync.
     let checked = d.metric("mesh_config_source_checks_total").unwrap_or(0.0);
-    until("two status checks during the outage", || (d.metric("mesh_config_source_checks_total") >= Some(checked + 2.0)).then_some(())).await;
-    assert_eq!(d.metric("mesh_config_source_last_sync_timestamp_seconds"), frozen, "last sync advanced during the outage");
+    until("two status checks during the outage", || {
+        (d.metric("mesh_config_source_checks_total") >= Some(checked + 2.0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.metric("mesh_config_source_last_sync_timestamp_seconds"),
+        frozen,
+        "last sync advanced during the outage"
+    );
 
     r.outage.store(false, Ordering::SeqCst);
-    until("reconnected", || (d.metric("mesh_config_source_connected") == Some(1.0)).then_some(())).await;
-    until("readiness detail shows it", || d.config_line().contains("connected").then_some(())).await;
+    until("reconnected", || {
+        (d.metric("mesh_config_source_connected") == Some(1.0)).then_some(())
+    })
+    .await;
+    until("readiness detail shows it", || {
+        d.config_line().contains("connected").then_some(())
+    })
+    .await;
     assert_eq!(d.enrolled(), before);
 }
 
@@ -239,12 +327,21 @@ async fn unreachable_at_start_is_pending_with_the_error_and_publishes_nothing() 
         line.contains("last error").then_some(line)
     })
     .await;
-    assert!(line.starts_with("config: pending (waiting for the first complete list"), "{line}");
-    assert!(line.contains("503") || line.contains("outage") || line.contains("Service"), "{line}");
+    assert!(
+        line.starts_with("config: pending (waiting for the first complete list"),
+        "{line}"
+    );
+    assert!(
+        line.contains("503") || line.contains("outage") || line.contains("Service"),
+        "{line}"
+    );
     assert!(!d.readiness.is_ready());
     assert_eq!(d.metric("mesh_config_source_connected"), Some(0.0));
     assert_eq!(d.metric("mesh_config_source_synced"), Some(0.0));
-    assert!(!d.state.has_changed().unwrap_or(true), "a state was published before the first complete list");
+    assert!(
+        !d.state.has_changed().unwrap_or(true),
+        "a state was published before the first complete list"
+    );
 }
 
 /// Log lines go to a buffer the test reads (tracing's thread-local default: the
@@ -254,7 +351,10 @@ struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -275,7 +375,10 @@ impl Logs {
 async fn invalid_crd_object_is_skipped_logged_and_reported() {
     let logs = Logs::default();
     let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let mut all = objects(CLUSTER);
@@ -293,9 +396,17 @@ async fn invalid_crd_object_is_skipped_logged_and_reported() {
         (!e.is_empty()).then_some(e)
     })
     .await;
-    assert!(errors.iter().any(|e| e.starts_with("PeerAuthentication bookinfo/bad-mode: spec.mtls.mode:")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("PeerAuthentication bookinfo/bad-mode: spec.mtls.mode:")),
+        "{errors:?}"
+    );
     let policies = serde_json::to_string(&d.now().peer_authn).unwrap_or_default();
-    assert!(policies.contains("default") && !policies.contains("bad-mode"), "{policies}");
+    assert!(
+        policies.contains("default") && !policies.contains("bad-mode"),
+        "{policies}"
+    );
     assert_eq!(d.workloads().len(), 3, "every other object is in force");
 
     let events = until("a Warning Event on the object", || {
@@ -304,14 +415,29 @@ async fn invalid_crd_object_is_skipped_logged_and_reported() {
     })
     .await;
     let body: Value = serde_json::from_str(&events[0].body).unwrap_or_default();
-    assert_eq!((body["type"].as_str(), body["reason"].as_str()), (Some("Warning"), Some("InvalidConfiguration")), "{body}");
+    assert_eq!(
+        (body["type"].as_str(), body["reason"].as_str()),
+        (Some("Warning"), Some("InvalidConfiguration")),
+        "{body}"
+    );
     assert_eq!(body["regarding"]["kind"], "PeerAuthentication");
     assert_eq!(body["regarding"]["name"], "bad-mode");
-    assert!(body["note"].as_str().unwrap_or_default().contains("spec.mtls.mode"), "{body}");
+    assert!(
+        body["note"].as_str().unwrap_or_default().contains("spec.mtls.mode"),
+        "{body}"
+    );
 
     let log = logs.text();
-    let line = log.lines().find(|l| l.contains("rejected Kubernetes object")).unwrap_or_else(|| panic!("no log line in:\n{log}"));
-    for part in [r#"kind="PeerAuthentication""#, r#"namespace="bookinfo""#, r#"name="bad-mode""#, "spec.mtls.mode"] {
+    let line = log
+        .lines()
+        .find(|l| l.contains("rejected Kubernetes object"))
+        .unwrap_or_else(|| panic!("no log line in:\n{log}"));
+    for part in [
+        r#"kind="PeerAuthentication""#,
+        r#"namespace="bookinfo""#,
+        r#"name="bad-mode""#,
+        "spec.mtls.mode",
+    ] {
         assert!(line.contains(part), "{part:?} missing from {line}");
     }
 }

@@ -41,12 +41,16 @@ impl PeerAuthn {
 
     pub fn mode(&self, w: &Workload, port: u16) -> Mode {
         let workload = self.policies.iter().find(|p| match &p.scope {
-            PeerAuthnScope::Workload { namespace, match_labels } => {
-                *namespace == w.namespace && match_labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-            }
+            PeerAuthnScope::Workload {
+                namespace,
+                match_labels,
+            } => *namespace == w.namespace && match_labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
             _ => false,
         });
-        let namespace = self.policies.iter().find(|p| matches!(&p.scope, PeerAuthnScope::Namespace(ns) if *ns == w.namespace));
+        let namespace = self
+            .policies
+            .iter()
+            .find(|p| matches!(&p.scope, PeerAuthnScope::Namespace(ns) if *ns == w.namespace));
         let mesh = self.policies.iter().find(|p| p.scope == PeerAuthnScope::Mesh);
         let chain = [
             workload.and_then(|p| p.ports.get(&port)).copied(),
@@ -93,7 +97,9 @@ mod tests {
     }
 
     fn pa(ns: &str, name: &str, spec: &str) -> String {
-        format!("---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+        )
     }
 
     #[test]
@@ -112,10 +118,22 @@ mod tests {
         .concat();
         let p = policies(&yaml);
         assert_eq!(p.mode(&workload("other", "x"), 80), Mode::Strict, "mesh-wide");
-        assert_eq!(p.mode(&workload("legacy", "x"), 80), Mode::Permissive, "namespace over mesh");
-        assert_eq!(p.mode(&workload("legacy", "db"), 80), Mode::Permissive, "UNSET inherits the namespace");
+        assert_eq!(
+            p.mode(&workload("legacy", "x"), 80),
+            Mode::Permissive,
+            "namespace over mesh"
+        );
+        assert_eq!(
+            p.mode(&workload("legacy", "db"), 80),
+            Mode::Permissive,
+            "UNSET inherits the namespace"
+        );
         assert_eq!(p.mode(&workload("legacy", "db"), 5432), Mode::Strict, "port level");
-        assert_eq!(p.mode(&workload("shop", "web"), 80), Mode::Permissive, "workload over mesh");
+        assert_eq!(
+            p.mode(&workload("shop", "web"), 80),
+            Mode::Permissive,
+            "workload over mesh"
+        );
         assert_eq!(p.mode(&workload("shop", "web"), 9090), Mode::Strict);
     }
 }

@@ -42,5 +42,9 @@ pub struct MeshArgs {
 
 fn fraction(s: &str) -> Result<f64, String> {
     let f: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
-    if f > 0.0 && f < 1.0 { Ok(f) } else { Err(format!("{f} must be strictly between 0 and 1")) }
+    if f > 0.0 && f < 1.0 {
+        Ok(f)
+    } else {
+        Err(format!("{f} must be strictly between 0 and 1"))
+    }
 }

@@ -41,11 +41,20 @@ impl PodInbound {
 impl Inbound for PodInbound {
     fn authorize(&self, req: &InboundRequest) -> Result<(), Refused> {
         if req.target.ip() != IpAddr::V4(self.pod.workload.ip) {
-            let detail = format!("{} is not pod {} ({})", req.target, self.pod.workload.key(), self.pod.workload.ip);
+            let detail = format!(
+                "{} is not pod {} ({})",
+                req.target,
+                self.pod.workload.key(),
+                self.pod.workload.ip
+            );
             return Err(Refused::new(StatusCode::BAD_REQUEST, "not_local_workload", detail));
         }
         if matches!(req.target.port(), 15001 | 15006 | 15008) {
-            return Err(Refused::new(StatusCode::BAD_REQUEST, "mesh_port", format!("{} is a mesh port", req.target)));
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                "mesh_port",
+                format!("{} is a mesh port", req.target),
+            ));
         }
         Ok(())
     }

@@ -98,11 +98,31 @@ pub struct TcpMetrics {
 
 impl TcpMetrics {
     pub fn register(&self, reg: &mut Registry) {
-        reg.register("istio_tcp_connections_opened", "TCP connections opened", self.opened.clone());
-        reg.register("istio_tcp_connections_closed", "TCP connections closed", self.closed.clone());
-        reg.register("istio_tcp_sent_bytes", "Bytes sent by the client side of TCP connections", self.sent.clone());
-        reg.register("istio_tcp_received_bytes", "Bytes received by the client side of TCP connections", self.received.clone());
-        reg.register("mesh_connections_refused", "Connections or HBONE streams refused, by reason", self.refused.clone());
+        reg.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            self.opened.clone(),
+        );
+        reg.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            self.closed.clone(),
+        );
+        reg.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent by the client side of TCP connections",
+            self.sent.clone(),
+        );
+        reg.register(
+            "istio_tcp_received_bytes",
+            "Bytes received by the client side of TCP connections",
+            self.received.clone(),
+        );
+        reg.register(
+            "mesh_connections_refused",
+            "Connections or HBONE streams refused, by reason",
+            self.refused.clone(),
+        );
     }
 
     pub fn opened(&self, l: &TcpLabels) {
@@ -117,6 +137,11 @@ impl TcpMetrics {
     }
 
     pub fn refused(&self, direction: &str, reason: &str) {
-        self.refused.get_or_create(&RefusalLabels { direction: direction.into(), reason: reason.into() }).inc();
+        self.refused
+            .get_or_create(&RefusalLabels {
+                direction: direction.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 }

@@ -66,7 +66,9 @@ pub const PROXY_CERTS_DIR: &str = "proxy-certs";
 /// Beside the node's state directory, so the node daemons of one local cluster (state
 /// dirs `<cluster>/node-<name>`) share one CA without a flag.
 fn default_ca_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
-    state_dir.parent().map_or_else(|| state_dir.join("ca"), |p| p.join("mesh-ca"))
+    state_dir
+        .parent()
+        .map_or_else(|| state_dir.join("ca"), |p| p.join("mesh-ca"))
 }
 
 /// Tunables from the command line.
@@ -117,7 +119,11 @@ impl MeshHandler {
         };
         let certs = Arc::new(CertManager::new(signer, cfg));
         tokio::spawn(certs.clone().run(state.clone()));
-        let client = Arc::new(HboneClient::new(roots.clone(), settings.handshake_timeout, settings.idle_timeout));
+        let client = Arc::new(HboneClient::new(
+            roots.clone(),
+            settings.handshake_timeout,
+            settings.idle_timeout,
+        ));
         tokio::spawn(client.clone().run_reaper());
         Ok(Arc::new(Self {
             state,
@@ -147,7 +153,13 @@ impl MeshHandler {
                 self.metrics.refused("outbound", reason);
                 reset(stream);
             }
-            Route::Tunnel { hbone, identity, authority, workload, service } => {
+            Route::Tunnel {
+                hbone,
+                identity,
+                authority,
+                workload,
+                service,
+            } => {
                 let source = match self.certs.get(&pod.workload) {
                     Ok(c) => c,
                     Err(e) => {
@@ -156,7 +168,12 @@ impl MeshHandler {
                         return reset(stream);
                     }
                 };
-                let target = TunnelTarget { hbone_addr: v4(hbone), identity, authority: v4(authority), forwarded_for: Some(IpAddr::V4(pod.workload.ip)) };
+                let target = TunnelTarget {
+                    hbone_addr: v4(hbone),
+                    identity,
+                    authority: v4(authority),
+                    forwarded_for: Some(IpAddr::V4(pod.workload.ip)),
+                };
                 match self.client.open(&source, &target, dial_from(&pod)).await {
                     Ok(tunnel) => {
                         let labels = TcpLabels::new(Reporter::source, Security::mutual_tls)
@@ -192,12 +209,17 @@ impl MeshHandler {
         let tls = match configs.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let c = crate::tls::server_config(cert.resolver.clone(), self.roots.clone(), &self.settings.trust_domain).ok()?;
+                let c =
+                    crate::tls::server_config(cert.resolver.clone(), self.roots.clone(), &self.settings.trust_domain)
+                        .ok()?;
                 configs.insert(key, c.clone());
                 c
             }
         };
-        Some(ServerSettings { tls, handshake_timeout: self.settings.handshake_timeout })
+        Some(ServerSettings {
+            tls,
+            handshake_timeout: self.settings.handshake_timeout,
+        })
     }
 }
 
@@ -209,7 +231,13 @@ impl ConnectionHandler for SharedMeshHandler {
         Box::pin(self.0.clone().outbound(pod, orig_dst, stream))
     }
 
-    fn inbound_plaintext(&self, pod: Arc<CapturedPod>, orig_dst: SocketAddrV4, peer: SocketAddr, stream: TcpStream) -> BoxFuture<'static, ()> {
+    fn inbound_plaintext(
+        &self,
+        pod: Arc<CapturedPod>,
+        orig_dst: SocketAddrV4,
+        peer: SocketAddr,
+        stream: TcpStream,
+    ) -> BoxFuture<'static, ()> {
         let mode = self.0.state.borrow().peer_authn.mode(&pod.workload, orig_dst.port());
         if mode == Mode::Strict {
             tracing::info!(pod = %pod.workload.key(), %peer, dst = %orig_dst, "plaintext refused: PeerAuthentication STRICT");
@@ -225,7 +253,11 @@ impl ConnectionHandler for SharedMeshHandler {
             self.0.metrics.refused("inbound", "no_certificate");
             return Box::pin(async {});
         };
-        let inbound = Arc::new(inbound::PodInbound::new(pod, self.0.state.clone(), self.0.metrics.clone()));
+        let inbound = Arc::new(inbound::PodInbound::new(
+            pod,
+            self.0.state.clone(),
+            self.0.metrics.clone(),
+        ));
         Box::pin(server::serve(settings, stream, peer, inbound))
     }
 }

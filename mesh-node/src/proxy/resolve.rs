@@ -14,7 +14,13 @@ pub const HBONE_PORT: u16 = 15008;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
     /// Through HBONE to `hbone` (a pod's or waypoint's IP:15008).
-    Tunnel { hbone: SocketAddrV4, identity: SpiffeId, authority: SocketAddrV4, workload: Arc<Workload>, service: Option<String> },
+    Tunnel {
+        hbone: SocketAddrV4,
+        identity: SpiffeId,
+        authority: SocketAddrV4,
+        workload: Arc<Workload>,
+        service: Option<String>,
+    },
     /// Plain TCP from the source pod (destination outside the mesh).
     Direct(SocketAddrV4),
     /// Nothing can serve it: the client gets a reset.
@@ -31,8 +37,12 @@ impl Resolver {
         if let Some(w) = state.workload(*dst.ip()) {
             return to_workload(w, dst, None);
         }
-        let Some(svc) = state.service(*dst.ip()) else { return Route::Direct(dst) };
-        let Some(target_port) = svc.target_port(dst.port()) else { return Route::Refuse("service_port_unknown") };
+        let Some(svc) = state.service(*dst.ip()) else {
+            return Route::Direct(dst);
+        };
+        let Some(target_port) = svc.target_port(dst.port()) else {
+            return Route::Refuse("service_port_unknown");
+        };
         if let Some(wp) = &svc.waypoint {
             return self.to_waypoint(state, svc, wp, dst);
         }
@@ -43,8 +53,13 @@ impl Resolver {
     }
 
     fn to_waypoint(&self, state: &MeshState, svc: &ServiceEntry, waypoint: &str, dst: SocketAddrV4) -> Route {
-        let wp_svc = state.services.values().find(|s| s.namespace == svc.namespace && s.name == waypoint);
-        let Some(wp_svc) = wp_svc else { return Route::Refuse("waypoint_unknown") };
+        let wp_svc = state
+            .services
+            .values()
+            .find(|s| s.namespace == svc.namespace && s.name == waypoint);
+        let Some(wp_svc) = wp_svc else {
+            return Route::Refuse("waypoint_unknown");
+        };
         match self.pick(wp_svc.vip, wp_svc.ready_endpoints(state)) {
             Some(wp) => Route::Tunnel {
                 hbone: SocketAddrV4::new(wp.ip, HBONE_PORT),
@@ -164,7 +179,12 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
         let mut hits: HashMap<String, usize> = HashMap::new();
         for _ in 0..300 {
             match r.resolve(&state, addr("198.19.0.10:80")) {
-                Route::Tunnel { hbone, authority, workload, .. } => {
+                Route::Tunnel {
+                    hbone,
+                    authority,
+                    workload,
+                    ..
+                } => {
                     assert_eq!(hbone.port(), 15008);
                     assert_eq!(authority, SocketAddrV4::new(*hbone.ip(), 8080));
                     *hits.entry(workload.name.clone()).or_default() += 1;
@@ -182,7 +202,12 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
         let state = crate::state::tests::state_from(TOPOLOGY, "n1");
         let r = Resolver::default();
         match r.resolve(&state, addr("198.18.2.2:8080")) {
-            Route::Tunnel { hbone, identity, authority, .. } => {
+            Route::Tunnel {
+                hbone,
+                identity,
+                authority,
+                ..
+            } => {
                 assert_eq!(hbone, addr("198.18.2.2:15008"));
                 assert_eq!(identity.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
                 assert_eq!(authority, addr("198.18.2.2:8080"));
@@ -190,15 +215,29 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
             other => panic!("{other:?}"),
         }
         match r.resolve(&state, addr("198.19.0.30:80")) {
-            Route::Tunnel { hbone, identity, authority, .. } => {
+            Route::Tunnel {
+                hbone,
+                identity,
+                authority,
+                ..
+            } => {
                 assert_eq!(hbone, addr("198.18.1.5:15008"));
                 assert_eq!(identity.service_account, "waypoint");
                 assert_eq!(authority, addr("198.19.0.30:80"), "waypoints get the VIP");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.resolve(&state, addr("198.18.1.9:80")), Route::Direct(addr("198.18.1.9:80")));
-        assert_eq!(r.resolve(&state, addr("198.18.200.1:80")), Route::Direct(addr("198.18.200.1:80")));
-        assert_eq!(r.resolve(&state, addr("198.19.0.10:81")), Route::Refuse("service_port_unknown"));
+        assert_eq!(
+            r.resolve(&state, addr("198.18.1.9:80")),
+            Route::Direct(addr("198.18.1.9:80"))
+        );
+        assert_eq!(
+            r.resolve(&state, addr("198.18.200.1:80")),
+            Route::Direct(addr("198.18.200.1:80"))
+        );
+        assert_eq!(
+            r.resolve(&state, addr("198.19.0.10:81")),
+            Route::Refuse("service_port_unknown")
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The daemon's view of the mesh, rebuilt from the configuration store on every change
 //! and published through a `watch` channel: workloads by IP, services by VIP.
 
-mod workload;
 mod service;
+mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;

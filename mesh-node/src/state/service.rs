@@ -31,12 +31,18 @@ impl ServiceEntry {
 
     /// Ready endpoints, the only ones load balancing may pick (like ztunnel).
     pub fn ready_endpoints<'a>(&'a self, state: &'a MeshState) -> impl Iterator<Item = &'a Arc<Workload>> {
-        self.endpoints.iter().filter_map(|ip| state.workload(*ip)).filter(|w| w.ready)
+        self.endpoints
+            .iter()
+            .filter_map(|ip| state.workload(*ip))
+            .filter(|w| w.ready)
     }
 
     /// The pod port for a Service port, `None` when the Service does not expose it.
     pub fn target_port(&self, port: u16) -> Option<u16> {
-        self.ports.iter().find(|p| p.port == port).map(ServicePort::target_port_number)
+        self.ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(ServicePort::target_port_number)
     }
 
     fn from_service(
@@ -55,9 +61,24 @@ impl ServiceEntry {
             .map(|w| w.ip)
             .collect();
         endpoints.sort();
-        let ns_waypoint = namespaces.get(&namespace).and_then(|n| n.metadata.labels.get(USE_WAYPOINT_LABEL));
-        let waypoint = svc.metadata.labels.get(USE_WAYPOINT_LABEL).or(ns_waypoint).filter(|w| *w != "none" && **w != svc.metadata.name).cloned();
-        Some(Self { namespace, name: svc.metadata.name.clone(), vip, ports: svc.spec.ports.clone(), endpoints, waypoint })
+        let ns_waypoint = namespaces
+            .get(&namespace)
+            .and_then(|n| n.metadata.labels.get(USE_WAYPOINT_LABEL));
+        let waypoint = svc
+            .metadata
+            .labels
+            .get(USE_WAYPOINT_LABEL)
+            .or(ns_waypoint)
+            .filter(|w| *w != "none" && **w != svc.metadata.name)
+            .cloned();
+        Some(Self {
+            namespace,
+            name: svc.metadata.name.clone(),
+            vip,
+            ports: svc.spec.ports.clone(),
+            endpoints,
+            waypoint,
+        })
     }
 }
 

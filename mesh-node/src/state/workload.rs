@@ -36,7 +36,10 @@ pub struct Workload {
 impl Workload {
     /// SPIFFE id: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
     pub fn identity(&self) -> String {
-        format!("spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 
     pub fn key(&self) -> String {

@@ -61,13 +61,23 @@ pub enum CallError {
 
 impl CallError {
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, CallError::Pool(PoolError::Connect(_) | PoolError::ConnectTimeout(_) | PoolError::Handshake(_)))
+        matches!(
+            self,
+            CallError::Pool(PoolError::Connect(_) | PoolError::ConnectTimeout(_) | PoolError::Handshake(_))
+        )
     }
 }
 
 impl Backend {
     pub fn new(key: BackendKey, policy: Policy, endpoints: Vec<Arc<Endpoint>>, pool: Arc<Pool>) -> Self {
-        Self { key, protocol: UpstreamProtocol::Http1, policy, endpoints, pool, balancer: Balancer::default() }
+        Self {
+            key,
+            protocol: UpstreamProtocol::Http1,
+            policy,
+            endpoints,
+            pool,
+            balancer: Balancer::default(),
+        }
     }
 
     pub fn with_protocol(mut self, protocol: UpstreamProtocol) -> Self {
@@ -77,12 +87,18 @@ impl Backend {
 
     /// Endpoints not currently ejected by outlier detection.
     pub fn healthy(&self, now: Instant) -> Vec<Arc<Endpoint>> {
-        self.endpoints.iter().filter(|e| e.outlier.lock().is_ok_and(|mut s| s.usable(now))).cloned().collect()
+        self.endpoints
+            .iter()
+            .filter(|e| e.outlier.lock().is_ok_and(|mut s| s.usable(now)))
+            .cloned()
+            .collect()
     }
 
     pub fn pick(&self, cx: &PickContext<'_>) -> Result<Arc<Endpoint>, CallError> {
         let healthy = self.healthy(Instant::now());
-        self.balancer.pick(&self.policy.lb, &healthy, cx).ok_or_else(|| CallError::NoHealthy(self.key.to_string()))
+        self.balancer
+            .pick(&self.policy.lb, &healthy, cx)
+            .ok_or_else(|| CallError::NoHealthy(self.key.to_string()))
     }
 
     /// Sends `req` to `ep`. The returned body keeps the request counted as active
@@ -100,7 +116,11 @@ impl Backend {
         result.map(|resp| resp.map(|b| body::guarded(b.map_err(Into::into).boxed(), (admitted, ep_guard))))
     }
 
-    async fn send(&self, addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Response<hyper::body::Incoming>, CallError> {
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<hyper::body::Incoming>, CallError> {
         if self.protocol == UpstreamProtocol::Http2 {
             let mut sender = self.pool.h2(addr).await?;
             return sender.send_request(as_h2(req)).await.map_err(CallError::Reset);
@@ -125,7 +145,12 @@ impl Backend {
         self.finish(addr, conn, req).await
     }
 
-    async fn finish(&self, addr: SocketAddr, mut conn: pool::Conn, req: Request<Full<Bytes>>) -> Result<Response<hyper::body::Incoming>, CallError> {
+    async fn finish(
+        &self,
+        addr: SocketAddr,
+        mut conn: pool::Conn,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<hyper::body::Incoming>, CallError> {
         let resp = conn.sender.send_request(req).await.map_err(CallError::Reset)?;
         self.pool.release(addr, conn);
         Ok(resp)
@@ -140,7 +165,10 @@ impl Backend {
 
 /// h2 carries the authority in `:authority`, taken from an absolute URI.
 fn as_h2(mut req: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let authority = req.headers_mut().remove(http::header::HOST).and_then(|h| h.to_str().ok().map(str::to_owned));
+    let authority = req
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned));
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     if let Some(uri) = authority.and_then(|a| format!("http://{a}{pq}").parse().ok()) {
         *req.uri_mut() = uri;

@@ -101,18 +101,29 @@ mod tests {
     use super::*;
 
     fn policy() -> OutlierPolicy {
-        OutlierPolicy { consecutive_5xx: Some(2), consecutive_gateway: None, interval: Duration::from_millis(100), base_ejection: Duration::from_secs(1), max_ejection_percent: 50 }
+        OutlierPolicy {
+            consecutive_5xx: Some(2),
+            consecutive_gateway: None,
+            interval: Duration::from_millis(100),
+            base_ejection: Duration::from_secs(1),
+            max_ejection_percent: 50,
+        }
     }
 
     fn eps(n: u8) -> Vec<Arc<Endpoint>> {
-        (1..=n).map(|i| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, i], 80))))).collect()
+        (1..=n)
+            .map(|i| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, i], 80)))))
+            .collect()
     }
 
     #[test]
     fn ejects_after_consecutive_errors_and_restores_after_base_time() {
         let (all, p, t0) = (eps(2), policy(), Instant::now());
         assert!(!observe(&all, &all[0], &p, Observation::Status(500), t0));
-        assert!(!observe(&all, &all[0], &p, Observation::Status(200), t0), "success resets the count");
+        assert!(
+            !observe(&all, &all[0], &p, Observation::Status(200), t0),
+            "success resets the count"
+        );
         assert!(!observe(&all, &all[0], &p, Observation::Status(503), t0));
         assert!(observe(&all, &all[0], &p, Observation::Status(500), t0));
         let mut s = all[0].outlier.lock().unwrap();
@@ -133,7 +144,14 @@ mod tests {
 
     #[test]
     fn second_ejection_lasts_longer() {
-        let (all, p, t0) = (eps(4), OutlierPolicy { max_ejection_percent: 100, ..policy() }, Instant::now());
+        let (all, p, t0) = (
+            eps(4),
+            OutlierPolicy {
+                max_ejection_percent: 100,
+                ..policy()
+            },
+            Instant::now(),
+        );
         observe(&all, &all[0], &p, Observation::Status(500), t0);
         observe(&all, &all[0], &p, Observation::Status(500), t0);
         let t1 = t0 + Duration::from_secs(1);

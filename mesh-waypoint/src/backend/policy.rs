@@ -100,6 +100,10 @@ pub struct Policy {
 
 impl From<PolicyParts> for Policy {
     fn from(p: PolicyParts) -> Self {
-        Self { lb: p.lb.unwrap_or_default(), pool: p.pool.unwrap_or_default(), outlier: p.outlier }
+        Self {
+            lb: p.lb.unwrap_or_default(),
+            pool: p.pool.unwrap_or_default(),
+            outlier: p.outlier,
+        }
     }
 }

@@ -101,7 +101,8 @@ impl Pool {
 
     /// Admits one request (`http2MaxRequests`).
     pub fn begin_request(&self) -> Result<CountGuard, PoolError> {
-        try_count(&self.active, self.limits.max_requests).ok_or(PoolError::Overflow("max requests (http2MaxRequests) reached"))
+        try_count(&self.active, self.limits.max_requests)
+            .ok_or(PoolError::Overflow("max requests (http2MaxRequests) reached"))
     }
 
     /// Admits one retry (`maxRetries` concurrent retries across the backend).
@@ -132,9 +133,15 @@ impl Pool {
         let prev = self.pending.fetch_add(1, Ordering::Relaxed);
         let _pending = PendingGuard(&self.pending);
         if prev >= self.limits.max_pending {
-            return Err(PoolError::Overflow("pending requests overflow (maxConnections and http1MaxPendingRequests reached)"));
+            return Err(PoolError::Overflow(
+                "pending requests overflow (maxConnections and http1MaxPendingRequests reached)",
+            ));
         }
-        self.permits.clone().acquire_owned().await.map_err(|_| PoolError::Overflow("pool closed"))
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolError::Overflow("pool closed"))
     }
 
     async fn connect(&self, addr: SocketAddr, permit: OwnedSemaphorePermit) -> Result<Conn, PoolError> {
@@ -150,7 +157,12 @@ impl Pool {
                 tracing::debug!(%addr, "upstream connection ended: {e}");
             }
         });
-        Ok(Conn { sender, permit, uses: 0, reused: false })
+        Ok(Conn {
+            sender,
+            permit,
+            uses: 0,
+            reused: false,
+        })
     }
 
     /// The shared h2 connection to `addr`, opened on first use or after it closed.
@@ -170,7 +182,9 @@ impl Pool {
             Ok(Err(e)) => return Err(PoolError::Connect(e)),
             Err(_) => return Err(PoolError::ConnectTimeout(timeout)),
         };
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.map_err(PoolError::Handshake)?;
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(PoolError::Handshake)?;
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = connection.await {
@@ -183,7 +197,10 @@ impl Pool {
 
     /// An opaque TCP stream to `addr` for `tcp` routes, holding one connection permit
     /// (`maxConnections`) for its lifetime; at the limit the connection is refused.
-    pub async fn connect_stream(&self, addr: SocketAddr) -> Result<(Box<dyn crate::endpoint::connector::Io>, OwnedSemaphorePermit), PoolError> {
+    pub async fn connect_stream(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(Box<dyn crate::endpoint::connector::Io>, OwnedSemaphorePermit), PoolError> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => match self.steal_idle_permit() {
@@ -221,7 +238,11 @@ impl Pool {
     /// connection goes back to the idle list when the response body is done.
     pub fn release(self: &Arc<Self>, addr: SocketAddr, mut conn: Conn) {
         conn.uses += 1;
-        if self.limits.max_requests_per_connection.is_some_and(|max| conn.uses >= max) {
+        if self
+            .limits
+            .max_requests_per_connection
+            .is_some_and(|max| conn.uses >= max)
+        {
             return;
         }
         let pool = self.clone();
@@ -235,7 +256,10 @@ impl Pool {
             }
             if let Ok(mut idle) = pool.idle.lock() {
                 conn.reused = false;
-                idle.entry(addr).or_default().push(Idle { conn, since: Instant::now() });
+                idle.entry(addr).or_default().push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
             }
         });
     }

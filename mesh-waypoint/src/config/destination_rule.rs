@@ -47,10 +47,17 @@ pub fn compile(d: &dr::DestinationRule) -> Result<CompiledRule> {
             return Err(err(format!("{p}.name"), "subset name is required"));
         }
         if subsets.iter().any(|o| o.name == s.name) {
-            return Err(err(format!("{p}.name"), format!("subset `{}` is defined twice", s.name)));
+            return Err(err(
+                format!("{p}.name"),
+                format!("subset `{}` is defined twice", s.name),
+            ));
         }
         let policy = level(s.traffic_policy.as_ref(), &format!("{p}.trafficPolicy"))?;
-        subsets.push(CompiledSubset { name: s.name.clone(), labels: s.labels.clone(), policy });
+        subsets.push(CompiledSubset {
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            policy,
+        });
     }
     Ok(CompiledRule {
         object: ObjectRef::new("DestinationRule", Some(&ns), &d.metadata.name),
@@ -63,23 +70,52 @@ pub fn compile(d: &dr::DestinationRule) -> Result<CompiledRule> {
 }
 
 fn level(tp: Option<&dr::TrafficPolicy>, path: &str) -> Result<LevelPolicy> {
-    let Some(tp) = tp else { return Ok(LevelPolicy::default()) };
-    let top = parts(tp.load_balancer.as_ref(), tp.connection_pool.as_ref(), tp.outlier_detection.as_ref(), path)?;
+    let Some(tp) = tp else {
+        return Ok(LevelPolicy::default());
+    };
+    let top = parts(
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        path,
+    )?;
     let mut ports = Vec::new();
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
         let p = format!("{path}.portLevelSettings[{i}]");
         let number = pl.port.as_ref().map(|s| s.number).unwrap_or(0);
-        let number = u16::try_from(number).ok().filter(|n| *n > 0).ok_or_else(|| err(format!("{p}.port.number"), format!("port {number} is outside 1–65535")))?;
-        ports.push((number, parts(pl.load_balancer.as_ref(), pl.connection_pool.as_ref(), pl.outlier_detection.as_ref(), &p)?));
+        let number = u16::try_from(number)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| err(format!("{p}.port.number"), format!("port {number} is outside 1–65535")))?;
+        ports.push((
+            number,
+            parts(
+                pl.load_balancer.as_ref(),
+                pl.connection_pool.as_ref(),
+                pl.outlier_detection.as_ref(),
+                &p,
+            )?,
+        ));
     }
     Ok(LevelPolicy { parts: top, ports })
 }
 
-fn parts(lb: Option<&dr::LoadBalancerSettings>, pool: Option<&dr::ConnectionPoolSettings>, od: Option<&dr::OutlierDetection>, path: &str) -> Result<PolicyParts> {
+fn parts(
+    lb: Option<&dr::LoadBalancerSettings>,
+    pool: Option<&dr::ConnectionPoolSettings>,
+    od: Option<&dr::OutlierDetection>,
+    path: &str,
+) -> Result<PolicyParts> {
     Ok(PolicyParts {
-        lb: lb.map(|l| load_balancer(l, &format!("{path}.loadBalancer"))).transpose()?,
-        pool: pool.map(|c| connection_pool(c, &format!("{path}.connectionPool"))).transpose()?,
-        outlier: od.map(|o| outlier(o, &format!("{path}.outlierDetection"))).transpose()?,
+        lb: lb
+            .map(|l| load_balancer(l, &format!("{path}.loadBalancer")))
+            .transpose()?,
+        pool: pool
+            .map(|c| connection_pool(c, &format!("{path}.connectionPool")))
+            .transpose()?,
+        outlier: od
+            .map(|o| outlier(o, &format!("{path}.outlierDetection")))
+            .transpose()?,
     })
 }
 
@@ -91,7 +127,12 @@ fn load_balancer(l: &dr::LoadBalancerSettings, path: &str) -> Result<LbPolicy> {
             "ROUND_ROBIN" => Ok(LbPolicy::RoundRobin),
             "RANDOM" => Ok(LbPolicy::Random),
             "PASSTHROUGH" => Ok(LbPolicy::Passthrough),
-            other => Err(err(format!("{path}.simple"), format!("unknown load balancer `{other}`; use ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM or PASSTHROUGH"))),
+            other => Err(err(
+                format!("{path}.simple"),
+                format!(
+                    "unknown load balancer `{other}`; use ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM or PASSTHROUGH"
+                ),
+            )),
         },
         (None, Some(c)) => consistent_hash(c, &format!("{path}.consistentHash")).map(LbPolicy::ConsistentHash),
         (None, None) => Ok(LbPolicy::default()),
@@ -101,12 +142,25 @@ fn load_balancer(l: &dr::LoadBalancerSettings, path: &str) -> Result<LbPolicy> {
 fn consistent_hash(c: &dr::ConsistentHashLb, path: &str) -> Result<HashOn> {
     let mut found = Vec::new();
     if let Some(h) = &c.http_header_name {
-        let name = HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| err(format!("{path}.httpHeaderName"), format!("`{h}` is not a valid header name")))?;
+        let name = HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+            err(
+                format!("{path}.httpHeaderName"),
+                format!("`{h}` is not a valid header name"),
+            )
+        })?;
         found.push(HashOn::Header(name));
     }
     if let Some(cookie) = &c.http_cookie {
-        let ttl = cookie.ttl.as_deref().map(|t| duration::parse(t).map_err(|m| err(format!("{path}.httpCookie.ttl"), m))).transpose()?;
-        found.push(HashOn::Cookie { name: cookie.name.clone(), path: cookie.path.clone(), ttl });
+        let ttl = cookie
+            .ttl
+            .as_deref()
+            .map(|t| duration::parse(t).map_err(|m| err(format!("{path}.httpCookie.ttl"), m)))
+            .transpose()?;
+        found.push(HashOn::Cookie {
+            name: cookie.name.clone(),
+            path: cookie.path.clone(),
+            ttl,
+        });
     }
     if c.use_source_ip == Some(true) {
         found.push(HashOn::SourceIp);
@@ -116,8 +170,14 @@ fn consistent_hash(c: &dr::ConsistentHashLb, path: &str) -> Result<HashOn> {
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(err(path, "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName")),
-        _ => Err(err(path, "set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName")),
+        0 => Err(err(
+            path,
+            "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+        )),
+        _ => Err(err(
+            path,
+            "set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+        )),
     }
 }
 
@@ -131,7 +191,8 @@ fn limit(v: Option<i64>, default: usize, path: &str) -> Result<usize> {
 }
 
 fn dur(v: &Option<String>, default: std::time::Duration, path: &str) -> Result<std::time::Duration> {
-    v.as_deref().map_or(Ok(default), |d| duration::parse(d).map_err(|m| err(path, m)))
+    v.as_deref()
+        .map_or(Ok(default), |d| duration::parse(d).map_err(|m| err(path, m)))
 }
 
 fn connection_pool(c: &dr::ConnectionPoolSettings, path: &str) -> Result<PoolLimits> {
@@ -139,13 +200,25 @@ fn connection_pool(c: &dr::ConnectionPoolSettings, path: &str) -> Result<PoolLim
     let tcp = c.tcp.clone().unwrap_or_default();
     let http = c.http.clone().unwrap_or_default();
     let (tp, hp) = (format!("{path}.tcp"), format!("{path}.http"));
-    let per_conn = limit(http.max_requests_per_connection, 0, &format!("{hp}.maxRequestsPerConnection"))?;
+    let per_conn = limit(
+        http.max_requests_per_connection,
+        0,
+        &format!("{hp}.maxRequestsPerConnection"),
+    )?;
     let idle = http.idle_timeout.as_ref().or(tcp.idle_timeout.as_ref()).cloned();
     Ok(PoolLimits {
         max_connections: limit(tcp.max_connections, d.max_connections, &format!("{tp}.maxConnections"))?,
         connect_timeout: dur(&tcp.connect_timeout, d.connect_timeout, &format!("{tp}.connectTimeout"))?,
-        max_pending: limit(http.http1_max_pending_requests, d.max_pending, &format!("{hp}.http1MaxPendingRequests"))?,
-        max_requests: limit(http.http2_max_requests, d.max_requests, &format!("{hp}.http2MaxRequests"))?,
+        max_pending: limit(
+            http.http1_max_pending_requests,
+            d.max_pending,
+            &format!("{hp}.http1MaxPendingRequests"),
+        )?,
+        max_requests: limit(
+            http.http2_max_requests,
+            d.max_requests,
+            &format!("{hp}.http2MaxRequests"),
+        )?,
         max_requests_per_connection: (per_conn > 0).then_some(per_conn as u64),
         max_retries: limit(http.max_retries, d.max_retries, &format!("{hp}.maxRetries"))?,
         idle_timeout: dur(&idle, d.idle_timeout, &format!("{hp}.idleTimeout"))?,
@@ -163,12 +236,16 @@ fn outlier(o: &dr::OutlierDetection, path: &str) -> Result<OutlierPolicy> {
         }
     };
     let c5xx = count(o.consecutive5xx_errors, "consecutive5xxErrors")?;
-    let gw = count(o.consecutive_gateway_errors, "consecutiveGatewayErrors")?.or(count(o.consecutive_errors, "consecutiveErrors")?);
+    let gw = count(o.consecutive_gateway_errors, "consecutiveGatewayErrors")?
+        .or(count(o.consecutive_errors, "consecutiveErrors")?);
     let pct = |v: Option<i64>, field: &str, default: u32| -> Result<u32> {
         match v {
             None => Ok(default),
             Some(n) if (0..=100).contains(&n) => Ok(n as u32),
-            Some(n) => Err(err(format!("{path}.{field}"), format!("percentage {n} is outside 0–100"))),
+            Some(n) => Err(err(
+                format!("{path}.{field}"),
+                format!("percentage {n} is outside 0–100"),
+            )),
         }
     };
     pct(o.min_health_percent, "minHealthPercent", 0)?;
@@ -178,10 +255,18 @@ fn outlier(o: &dr::OutlierDetection, path: &str) -> Result<OutlierPolicy> {
     }
     Ok(OutlierPolicy {
         // An explicit 0 disables a detector; absent 5xx keeps Istio's default of 5.
-        consecutive_5xx: match c5xx { Some(0) => None, Some(n) => Some(n), None => d.consecutive_5xx },
+        consecutive_5xx: match c5xx {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => d.consecutive_5xx,
+        },
         consecutive_gateway: gw.filter(|n| *n > 0),
         interval,
-        base_ejection: dur(&o.base_ejection_time, d.base_ejection, &format!("{path}.baseEjectionTime"))?,
+        base_ejection: dur(
+            &o.base_ejection_time,
+            d.base_ejection,
+            &format!("{path}.baseEjectionTime"),
+        )?,
         max_ejection_percent: pct(o.max_ejection_percent, "maxEjectionPercent", d.max_ejection_percent)?,
     })
 }
@@ -193,10 +278,18 @@ mod tests {
     use super::*;
 
     fn check(spec: &str) -> std::result::Result<CompiledRule, String> {
-        let text = format!("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n{spec}");
+        let text = format!(
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  host: reviews\n{spec}"
+        );
         let doc = parse_documents("t.yaml", &text).remove(0).map_err(|e| e.to_string())?;
         let Resource::DestinationRule(d) = &doc else { panic!() };
-        compile(d).map_err(|e| ConfigError::Invalid { object: doc.object_ref(), error: e }.to_string())
+        compile(d).map_err(|e| {
+            ConfigError::Invalid {
+                object: doc.object_ref(),
+                error: e,
+            }
+            .to_string()
+        })
     }
 
     #[test]
@@ -215,14 +308,38 @@ mod tests {
     #[test]
     fn bad_input_names_object_and_path() {
         let table = [
-            ("  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n", "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.simple: unknown load balancer `FASTEST`"),
-            ("  trafficPolicy: {connectionPool: {tcp: {connectTimeout: -3s}}}\n", "DestinationRule bookinfo/reviews: spec.trafficPolicy.connectionPool.tcp.connectTimeout: duration `-3s` must not be negative"),
-            ("  trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}\n", "DestinationRule bookinfo/reviews: spec.trafficPolicy.connectionPool.tcp.maxConnections: -1 must not be negative"),
-            ("  subsets:\n  - {name: v1, trafficPolicy: {outlierDetection: {maxEjectionPercent: 140}}}\n", "DestinationRule bookinfo/reviews: spec.subsets[0].trafficPolicy.outlierDetection.maxEjectionPercent: percentage 140 is outside 0–100"),
-            ("  subsets:\n  - {name: v1}\n  - {name: v1}\n", "DestinationRule bookinfo/reviews: spec.subsets[1].name: subset `v1` is defined twice"),
-            ("  trafficPolicy: {loadBalancer: {consistentHash: {}}}\n", "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.consistentHash: set one of"),
-            ("  trafficPolicy: {outlierDetection: {interval: 1 second}}\n", "DestinationRule bookinfo/reviews: spec.trafficPolicy.outlierDetection.interval: cannot parse duration `1 second`"),
-            ("  trafficPolicy: {connectionPool: {http: {maxPending: 1}}}\n", "DestinationRule bookinfo/reviews: spec.trafficPolicy.connectionPool.http.maxPending: unknown field `maxPending`"),
+            (
+                "  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.simple: unknown load balancer `FASTEST`",
+            ),
+            (
+                "  trafficPolicy: {connectionPool: {tcp: {connectTimeout: -3s}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.connectionPool.tcp.connectTimeout: duration `-3s` must not be negative",
+            ),
+            (
+                "  trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.connectionPool.tcp.maxConnections: -1 must not be negative",
+            ),
+            (
+                "  subsets:\n  - {name: v1, trafficPolicy: {outlierDetection: {maxEjectionPercent: 140}}}\n",
+                "DestinationRule bookinfo/reviews: spec.subsets[0].trafficPolicy.outlierDetection.maxEjectionPercent: percentage 140 is outside 0–100",
+            ),
+            (
+                "  subsets:\n  - {name: v1}\n  - {name: v1}\n",
+                "DestinationRule bookinfo/reviews: spec.subsets[1].name: subset `v1` is defined twice",
+            ),
+            (
+                "  trafficPolicy: {loadBalancer: {consistentHash: {}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.consistentHash: set one of",
+            ),
+            (
+                "  trafficPolicy: {outlierDetection: {interval: 1 second}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.outlierDetection.interval: cannot parse duration `1 second`",
+            ),
+            (
+                "  trafficPolicy: {connectionPool: {http: {maxPending: 1}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.connectionPool.http.maxPending: unknown field `maxPending`",
+            ),
         ];
         for (spec, want) in table {
             let got = check(spec).map(|_| ()).unwrap_err();

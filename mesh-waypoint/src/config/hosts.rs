@@ -56,9 +56,10 @@ impl HostPattern {
 /// The host part of an authority (`reviews:9080` → `reviews`, `[::1]:80` → `::1`).
 pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[')
-        && let Some((host, tail)) = rest.split_once(']') {
-            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
         _ => (authority, None),
@@ -86,7 +87,10 @@ mod tests {
     #[test]
     fn qualification_and_patterns() {
         assert_eq!(qualify("reviews", "bookinfo"), "reviews.bookinfo.svc.cluster.local");
-        assert_eq!(qualify("reviews.bookinfo.svc.cluster.local", "x"), "reviews.bookinfo.svc.cluster.local");
+        assert_eq!(
+            qualify("reviews.bookinfo.svc.cluster.local", "x"),
+            "reviews.bookinfo.svc.cluster.local"
+        );
         assert!(HostPattern::parse("*.bookinfo.svc.cluster.local", "x").matches("reviews.bookinfo.svc.cluster.local"));
         assert!(!HostPattern::parse("*.bookinfo.svc.cluster.local", "x").matches("reviews.other.svc.cluster.local"));
         assert!(HostPattern::parse("*", "x").matches("anything"));
@@ -95,8 +99,17 @@ mod tests {
 
     #[test]
     fn request_hosts() {
-        for h in ["reviews", "reviews.bookinfo", "reviews.bookinfo.svc", "reviews.bookinfo.svc.cluster.local"] {
-            assert_eq!(canonical_request_host(h, "bookinfo"), "reviews.bookinfo.svc.cluster.local", "{h}");
+        for h in [
+            "reviews",
+            "reviews.bookinfo",
+            "reviews.bookinfo.svc",
+            "reviews.bookinfo.svc.cluster.local",
+        ] {
+            assert_eq!(
+                canonical_request_host(h, "bookinfo"),
+                "reviews.bookinfo.svc.cluster.local",
+                "{h}"
+            );
         }
         assert_eq!(split_authority("reviews:9080"), ("reviews", Some(9080)));
         assert_eq!(split_authority("[::1]:80"), ("::1", Some(80)));

@@ -24,7 +24,10 @@ use crate::gateway::{GatewayIdentity, GatewayState};
 /// Semantic validation on top of decoding: a VirtualService or DestinationRule that
 /// does not compile is rejected here, alone, and keeps its last good version.
 pub fn validate(r: &Resource) -> Result<(), ConfigError> {
-    let invalid = |error| ConfigError::Invalid { object: r.object_ref(), error };
+    let invalid = |error| ConfigError::Invalid {
+        object: r.object_ref(),
+        error,
+    };
     match r {
         Resource::VirtualService(v) => virtual_service::compile(v).map(drop).map_err(invalid),
         Resource::DestinationRule(d) => destination_rule::compile(d).map(drop).map_err(invalid),
@@ -58,7 +61,14 @@ impl Config {
     /// Ingress gateway mode: snapshots also carry the plan of the Gateways selecting `identity`.
     pub fn for_gateway(identity: GatewayIdentity, connector: Arc<dyn Connector>) -> Arc<Self> {
         let namespace = identity.namespace.clone();
-        Self::with_mode(&namespace, connector, Some(GatewayState { identity, listeners: Default::default() }))
+        Self::with_mode(
+            &namespace,
+            connector,
+            Some(GatewayState {
+                identity,
+                listeners: Default::default(),
+            }),
+        )
     }
 
     fn with_mode(namespace: &str, connector: Arc<dyn Connector>, gateway: Option<GatewayState>) -> Arc<Self> {
@@ -68,7 +78,10 @@ impl Config {
         }
         Arc::new(Self {
             current: ArcSwap::from_pointee(empty),
-            state: Mutex::new(State { store: ConfigStore::default(), dir: None }),
+            state: Mutex::new(State {
+                store: ConfigStore::default(),
+                dir: None,
+            }),
             namespace: namespace.to_owned(),
             connector,
             gateway,
@@ -109,7 +122,11 @@ impl Config {
     /// Applies one named YAML text (a file's content) directly.
     pub fn apply_text(&self, source_name: &str, text: &str) -> bool {
         let Ok(mut state) = self.state.lock() else { return false };
-        let report = state.store.apply_source(source_name, mesh_common::model::parse_documents(source_name, text), &validate);
+        let report = state.store.apply_source(
+            source_name,
+            mesh_common::model::parse_documents(source_name, text),
+            &validate,
+        );
         let changed = !report.is_noop();
         if changed {
             self.publish(&state.store);
@@ -122,11 +139,24 @@ impl Config {
         let resources: Vec<Resource> = store.iter().cloned().collect();
         let rejected = store.errors().flat_map(|(_, lines)| lines.iter().cloned()).collect();
         let prev = self.current.load();
-        let mut snap = Snapshot::build(&resources, &self.namespace, rejected, prev.generation + 1, Some(&prev), self.connector.clone());
+        let mut snap = Snapshot::build(
+            &resources,
+            &self.namespace,
+            rejected,
+            prev.generation + 1,
+            Some(&prev),
+            self.connector.clone(),
+        );
         if let Some(g) = &self.gateway {
             crate::gateway::attach(&mut snap, &resources, &g.identity, prev.gateway.as_deref());
         }
-        tracing::info!(generation = snap.generation, objects = resources.len(), rejected = snap.rejected.len(), warnings = snap.warnings.len(), "configuration applied");
+        tracing::info!(
+            generation = snap.generation,
+            objects = resources.len(),
+            rejected = snap.rejected.len(),
+            warnings = snap.warnings.len(),
+            "configuration applied"
+        );
         let generation = snap.generation;
         self.current.store(Arc::new(snap));
         self.changes.send_replace(generation);
@@ -134,5 +164,8 @@ impl Config {
 }
 
 fn poisoned() -> ConfigError {
-    ConfigError::Io { path: "<config state>".into(), source: std::io::Error::other("configuration lock poisoned by a panic") }
+    ConfigError::Io {
+        path: "<config state>".into(),
+        source: std::io::Error::other("configuration lock poisoned by a panic"),
+    }
 }

@@ -50,10 +50,24 @@ pub enum ResolveError {
 
 impl Snapshot {
     pub fn empty(namespace: &str) -> Self {
-        Self::build(&[], namespace, Vec::new(), 0, None, Arc::new(crate::endpoint::connector::PlainTcp))
+        Self::build(
+            &[],
+            namespace,
+            Vec::new(),
+            0,
+            None,
+            Arc::new(crate::endpoint::connector::PlainTcp),
+        )
     }
 
-    pub fn build(resources: &[Resource], namespace: &str, rejected: Vec<String>, generation: u64, prev: Option<&Snapshot>, connector: Arc<dyn Connector>) -> Self {
+    pub fn build(
+        resources: &[Resource],
+        namespace: &str,
+        rejected: Vec<String>,
+        generation: u64,
+        prev: Option<&Snapshot>,
+        connector: Arc<dyn Connector>,
+    ) -> Self {
         let discovery = discovery::discover(resources);
         let mut tables: Vec<Arc<RouteTable>> = Vec::new();
         let mut rules: BTreeMap<String, CompiledRule> = BTreeMap::new();
@@ -73,7 +87,17 @@ impl Snapshot {
             }
         }
         let backends = build_backends(&discovery, &rules, prev, &connector);
-        let mut snap = Snapshot { generation, namespace: namespace.to_owned(), discovery, tables, rules, backends, warnings, rejected, gateway: None };
+        let mut snap = Snapshot {
+            generation,
+            namespace: namespace.to_owned(),
+            discovery,
+            tables,
+            rules,
+            backends,
+            warnings,
+            rejected,
+            gateway: None,
+        };
         snap.warnings.extend(dangling_references(resources, &snap));
         for w in &snap.warnings {
             tracing::warn!("{w}");
@@ -99,7 +123,14 @@ impl Snapshot {
         self.tables
             .iter()
             .filter(|t| t.serves_any(gateways))
-            .filter_map(|t| t.hosts.iter().filter(|h| h.matches(fqdn)).map(|h| h.specificity()).max().map(|s| (s, t)))
+            .filter_map(|t| {
+                t.hosts
+                    .iter()
+                    .filter(|h| h.matches(fqdn))
+                    .map(|h| h.specificity())
+                    .max()
+                    .map(|s| (s, t))
+            })
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.object.cmp(&a.1.object)))
             .map(|(_, t)| t)
     }
@@ -109,16 +140,37 @@ impl Snapshot {
     }
 
     pub fn backend(&self, dest: &DestinationRef, request_port: u16) -> Result<Arc<Backend>, ResolveError> {
-        let svc = self.service(&dest.host).ok_or_else(|| ResolveError::UnknownHost(dest.host.clone()))?;
-        let port = svc.port(dest.port, request_port).ok_or(ResolveError::NoPort { host: dest.host.clone(), port: dest.port.unwrap_or(request_port) })?;
-        let key = BackendKey { host: dest.host.clone(), subset: dest.subset.clone(), port: port.port };
-        self.backends.get(&key).cloned().ok_or_else(|| ResolveError::UndefinedSubset { host: dest.host.clone(), subset: dest.subset.clone().unwrap_or_default() })
+        let svc = self
+            .service(&dest.host)
+            .ok_or_else(|| ResolveError::UnknownHost(dest.host.clone()))?;
+        let port = svc.port(dest.port, request_port).ok_or(ResolveError::NoPort {
+            host: dest.host.clone(),
+            port: dest.port.unwrap_or(request_port),
+        })?;
+        let key = BackendKey {
+            host: dest.host.clone(),
+            subset: dest.subset.clone(),
+            port: port.port,
+        };
+        self.backends
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ResolveError::UndefinedSubset {
+                host: dest.host.clone(),
+                subset: dest.subset.clone().unwrap_or_default(),
+            })
     }
 }
 
 /// Istio prefers the client's namespace, then the service's; then name order.
 fn choose_rule(rules: &mut BTreeMap<String, CompiledRule>, c: CompiledRule, namespace: &str) {
-    let rank = |r: &CompiledRule| (r.namespace != namespace, !r.host.contains(&format!(".{}.", r.namespace)), r.object.clone());
+    let rank = |r: &CompiledRule| {
+        (
+            r.namespace != namespace,
+            !r.host.contains(&format!(".{}.", r.namespace)),
+            r.object.clone(),
+        )
+    };
     match rules.get(&c.host) {
         Some(old) if rank(old) <= rank(&c) => {}
         _ => {
@@ -127,7 +179,12 @@ fn choose_rule(rules: &mut BTreeMap<String, CompiledRule>, c: CompiledRule, name
     }
 }
 
-fn build_backends(d: &Discovery, rules: &BTreeMap<String, CompiledRule>, prev: Option<&Snapshot>, connector: &Arc<dyn Connector>) -> HashMap<BackendKey, Arc<Backend>> {
+fn build_backends(
+    d: &Discovery,
+    rules: &BTreeMap<String, CompiledRule>,
+    prev: Option<&Snapshot>,
+    connector: &Arc<dyn Connector>,
+) -> HashMap<BackendKey, Arc<Backend>> {
     let mut out = HashMap::new();
     for svc in d.services.values() {
         let rule = rules.get(&svc.fqdn);
@@ -146,9 +203,22 @@ fn build_backends(d: &Discovery, rules: &BTreeMap<String, CompiledRule>, prev: O
                 }
                 let empty = BTreeMap::new();
                 let labels = sub.map_or(&empty, |s| &s.labels);
-                let addrs: Vec<SocketAddr> = discovery::subset_pods(svc, labels).map(|p| SocketAddr::new(p.ip, port.target_port)).collect();
-                let key = BackendKey { host: svc.fqdn.clone(), subset, port: port.port };
-                let backend = carry_over(key.clone(), Policy::from(parts), addrs, prev.and_then(|p| p.backends.get(&key)), connector).with_protocol(port.protocol);
+                let addrs: Vec<SocketAddr> = discovery::subset_pods(svc, labels)
+                    .map(|p| SocketAddr::new(p.ip, port.target_port))
+                    .collect();
+                let key = BackendKey {
+                    host: svc.fqdn.clone(),
+                    subset,
+                    port: port.port,
+                };
+                let backend = carry_over(
+                    key.clone(),
+                    Policy::from(parts),
+                    addrs,
+                    prev.and_then(|p| p.backends.get(&key)),
+                    connector,
+                )
+                .with_protocol(port.protocol);
                 out.insert(key, Arc::new(backend));
             }
         }
@@ -156,10 +226,19 @@ fn build_backends(d: &Discovery, rules: &BTreeMap<String, CompiledRule>, prev: O
     out
 }
 
-fn carry_over(key: BackendKey, policy: Policy, addrs: Vec<SocketAddr>, old: Option<&Arc<Backend>>, connector: &Arc<dyn Connector>) -> Backend {
+fn carry_over(
+    key: BackendKey,
+    policy: Policy,
+    addrs: Vec<SocketAddr>,
+    old: Option<&Arc<Backend>>,
+    connector: &Arc<dyn Connector>,
+) -> Backend {
     let endpoints = addrs
         .into_iter()
-        .map(|a| old.and_then(|o| o.endpoints.iter().find(|e| e.addr == a).cloned()).unwrap_or_else(|| Arc::new(Endpoint::new(a))))
+        .map(|a| {
+            old.and_then(|o| o.endpoints.iter().find(|e| e.addr == a).cloned())
+                .unwrap_or_else(|| Arc::new(Endpoint::new(a)))
+        })
         .collect();
     let pool = match old {
         Some(o) if o.pool.limits() == &policy.pool => o.pool.clone(),
@@ -177,16 +256,25 @@ fn dangling_references(resources: &[Resource], snap: &Snapshot) -> Vec<String> {
         let ns = v.metadata.namespace_or_default();
         let object = r.object_ref();
         for (i, http) in v.spec.http.iter().enumerate() {
-            let dests = http.route.iter().enumerate().map(|(j, d)| (format!("spec.http[{i}].route[{j}].destination"), &d.destination));
+            let dests = http
+                .route
+                .iter()
+                .enumerate()
+                .map(|(j, d)| (format!("spec.http[{i}].route[{j}].destination"), &d.destination));
             let mirror = http.mirror.iter().map(|m| (format!("spec.http[{i}].mirror"), m));
             for (path, d) in dests.chain(mirror) {
                 let host = qualify(&d.host, ns);
                 if snap.service(&host).is_none() {
-                    out.push(format!("{object}: {path}.host: `{host}` is not a known Service; requests routed there get 503"));
+                    out.push(format!(
+                        "{object}: {path}.host: `{host}` is not a known Service; requests routed there get 503"
+                    ));
                     continue;
                 }
                 if let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty()) {
-                    let defined = snap.rules.get(&host).is_some_and(|rule| rule.subsets.iter().any(|s| s.name == subset));
+                    let defined = snap
+                        .rules
+                        .get(&host)
+                        .is_some_and(|rule| rule.subsets.iter().any(|s| s.name == subset));
                     if !defined {
                         out.push(format!("{object}: {path}.subset: subset `{subset}` of `{host}` is not defined by any DestinationRule; requests routed there get 503"));
                     }

@@ -36,33 +36,89 @@ pub fn compile(v: &vs::VirtualService) -> Result<RouteTable> {
         return Err(err("spec.hosts", "at least one host is required"));
     }
     let hosts = v.spec.hosts.iter().map(|h| HostPattern::parse(h, &ns)).collect();
-    let gateways = if v.spec.gateways.is_empty() { vec!["mesh".to_owned()] } else { normalize_gateways(&v.spec.gateways, &ns) };
-    let http = v.spec.http.iter().enumerate().map(|(i, r)| http_route(r, &format!("spec.http[{i}]"), &ns, &object.to_string())).collect::<Result<_>>()?;
-    let tcp = v.spec.tcp.iter().enumerate().map(|(i, r)| tcp_route(r, &format!("spec.tcp[{i}]"), &ns)).collect::<Result<_>>()?;
-    Ok(RouteTable { object, namespace: ns, hosts, gateways, export_to: v.spec.export_to.clone(), http, tcp })
+    let gateways = if v.spec.gateways.is_empty() {
+        vec!["mesh".to_owned()]
+    } else {
+        normalize_gateways(&v.spec.gateways, &ns)
+    };
+    let http = v
+        .spec
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, r)| http_route(r, &format!("spec.http[{i}]"), &ns, &object.to_string()))
+        .collect::<Result<_>>()?;
+    let tcp = v
+        .spec
+        .tcp
+        .iter()
+        .enumerate()
+        .map(|(i, r)| tcp_route(r, &format!("spec.tcp[{i}]"), &ns))
+        .collect::<Result<_>>()?;
+    Ok(RouteTable {
+        object,
+        namespace: ns,
+        hosts,
+        gateways,
+        export_to: v.spec.export_to.clone(),
+        http,
+        tcp,
+    })
 }
 
 /// `mesh` stays; `name` means `<namespace>/name`.
 pub fn normalize_gateways(gateways: &[String], ns: &str) -> Vec<String> {
-    gateways.iter().map(|g| if g == "mesh" || g.contains('/') { g.clone() } else { format!("{ns}/{g}") }).collect()
+    gateways
+        .iter()
+        .map(|g| {
+            if g == "mesh" || g.contains('/') {
+                g.clone()
+            } else {
+                format!("{ns}/{g}")
+            }
+        })
+        .collect()
 }
 
 fn http_route(r: &vs::HttpRoute, path: &str, ns: &str, object: &str) -> Result<HttpRoute> {
     if r.delegate.is_some() {
-        return Err(err(format!("{path}.delegate"), "delegate is only valid on gateway-bound VirtualServices and is not supported by the waypoint"));
+        return Err(err(
+            format!("{path}.delegate"),
+            "delegate is only valid on gateway-bound VirtualServices and is not supported by the waypoint",
+        ));
     }
-    let matches = r.match_.iter().enumerate().map(|(i, m)| request_match(m, &format!("{path}.match[{i}]"), ns)).collect::<Result<_>>()?;
-    let name = r.name.clone().unwrap_or_else(|| format!("{object}{}", path.trim_start_matches("spec.")));
+    let matches = r
+        .match_
+        .iter()
+        .enumerate()
+        .map(|(i, m)| request_match(m, &format!("{path}.match[{i}]"), ns))
+        .collect::<Result<_>>()?;
+    let name = r
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{object}{}", path.trim_start_matches("spec.")));
     Ok(HttpRoute {
         name,
         matches,
         action: action(r, path, ns)?,
-        rewrite: r.rewrite.as_ref().map(|rw| rewrite(rw, &format!("{path}.rewrite"))).transpose()?,
+        rewrite: r
+            .rewrite
+            .as_ref()
+            .map(|rw| rewrite(rw, &format!("{path}.rewrite")))
+            .transpose()?,
         timeout: opt_duration(&r.timeout, &format!("{path}.timeout"))?.filter(|d| !d.is_zero()),
         retries: retries(r.retries.as_ref(), &format!("{path}.retries"))?,
-        fault: r.fault.as_ref().map(|f| fault(f, &format!("{path}.fault"))).transpose()?,
+        fault: r
+            .fault
+            .as_ref()
+            .map(|f| fault(f, &format!("{path}.fault")))
+            .transpose()?,
         mirrors: mirrors(r, path, ns)?,
-        cors: r.cors_policy.as_ref().map(|c| cors(c, &format!("{path}.corsPolicy"))).transpose()?,
+        cors: r
+            .cors_policy
+            .as_ref()
+            .map(|c| cors(c, &format!("{path}.corsPolicy")))
+            .transpose()?,
         headers: header_rules(r.headers.as_ref(), &format!("{path}.headers"))?,
     })
 }
@@ -105,14 +161,23 @@ fn weights(given: impl Iterator<Item = Option<i64>>, path: &str) -> Result<Vec<u
     for (i, w) in given.iter().enumerate() {
         let w = w.unwrap_or(0);
         if !(0..=100).contains(&w) {
-            return Err(err(format!("{path}.route[{i}].weight"), format!("weight {w} is outside 0–100")));
+            return Err(err(
+                format!("{path}.route[{i}].weight"),
+                format!("weight {w} is outside 0–100"),
+            ));
         }
         out.push(w as u32);
     }
     match out.len() {
         1 => Ok(vec![100]),
         _ if out.iter().sum::<u32>() == 100 => Ok(out),
-        _ => Err(err(format!("{path}.route"), format!("destination weights sum to {}, they must sum to 100", out.iter().sum::<u32>()))),
+        _ => Err(err(
+            format!("{path}.route"),
+            format!(
+                "destination weights sum to {}, they must sum to 100",
+                out.iter().sum::<u32>()
+            ),
+        )),
     }
 }
 
@@ -124,14 +189,27 @@ pub fn destination(d: &Destination, path: &str, ns: &str) -> Result<DestinationR
         return Err(err(format!("{path}.host"), "a destination host cannot be a wildcard"));
     }
     let port = match &d.port {
-        Some(p) => Some(u16::try_from(p.number).ok().filter(|n| *n > 0).ok_or_else(|| err(format!("{path}.port.number"), format!("port {} is outside 1–65535", p.number)))?),
+        Some(p) => Some(u16::try_from(p.number).ok().filter(|n| *n > 0).ok_or_else(|| {
+            err(
+                format!("{path}.port.number"),
+                format!("port {} is outside 1–65535", p.number),
+            )
+        })?),
         None => None,
     };
-    Ok(DestinationRef { host: qualify(&d.host, ns), subset: d.subset.clone().filter(|s| !s.is_empty()), port })
+    Ok(DestinationRef {
+        host: qualify(&d.host, ns),
+        subset: d.subset.clone().filter(|s| !s.is_empty()),
+        port,
+    })
 }
 
 fn request_match(m: &vs::HttpMatchRequest, path: &str, ns: &str) -> Result<RequestMatch> {
-    let sm = |field: &str, v: &Option<StringMatch>| v.as_ref().map(|v| StrMatch::compile(v, &format!("{path}.{field}"))).transpose();
+    let sm = |field: &str, v: &Option<StringMatch>| {
+        v.as_ref()
+            .map(|v| StrMatch::compile(v, &format!("{path}.{field}")))
+            .transpose()
+    };
     Ok(RequestMatch {
         name: m.name.clone(),
         uri: sm("uri", &m.uri)?,
@@ -159,18 +237,24 @@ fn header_matches(headers: &BTreeMap<String, StringMatch>, path: &str) -> Result
         .map(|(name, m)| {
             let p = format!("{path}.{name}");
             // Header names are case-insensitive; HeaderName lowercases them.
-            let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| err(&p, format!("`{name}` is not a valid header name")))?;
+            let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| err(&p, format!("`{name}` is not a valid header name")))?;
             Ok((header, StrMatch::compile(m, &p)?))
         })
         .collect()
 }
 
 fn port(p: u32, path: &str) -> Result<u16> {
-    u16::try_from(p).ok().filter(|n| *n > 0).ok_or_else(|| err(path, format!("port {p} is outside 1–65535")))
+    u16::try_from(p)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| err(path, format!("port {p} is outside 1–65535")))
 }
 
 fn opt_duration(d: &Option<String>, path: &str) -> Result<Option<std::time::Duration>> {
-    d.as_deref().map(|d| duration::parse(d).map_err(|m| err(path, m))).transpose()
+    d.as_deref()
+        .map(|d| duration::parse(d).map_err(|m| err(path, m)))
+        .transpose()
 }
 
 fn percentage(p: &Option<Percent>, legacy: Option<i64>, path: &str, legacy_path: &str) -> Result<Percentage> {
@@ -184,7 +268,10 @@ fn percentage(p: &Option<Percent>, legacy: Option<i64>, path: &str, legacy_path:
 fn retries(r: Option<&vs::HttpRetry>, path: &str) -> Result<RetryPolicy> {
     let Some(r) = r else { return Ok(RetryPolicy::default()) };
     if r.attempts < 0 {
-        return Err(err(format!("{path}.attempts"), format!("attempts {} must not be negative", r.attempts)));
+        return Err(err(
+            format!("{path}.attempts"),
+            format!("attempts {} must not be negative", r.attempts),
+        ));
     }
     let defaults = RetryPolicy::default();
     let retry_on = match &r.retry_on {
@@ -206,10 +293,22 @@ fn fault(f: &vs::HttpFaultInjection, path: &str) -> Result<Fault> {
         Some(d) => {
             let p = format!("{path}.delay");
             if d.exponential_delay.is_some() {
-                return Err(err(format!("{p}.exponentialDelay"), "exponentialDelay is not supported (Istio does not implement it either); use fixedDelay"));
+                return Err(err(
+                    format!("{p}.exponentialDelay"),
+                    "exponentialDelay is not supported (Istio does not implement it either); use fixedDelay",
+                ));
             }
-            let fixed = opt_duration(&d.fixed_delay, &format!("{p}.fixedDelay"))?.ok_or_else(|| err(format!("{p}.fixedDelay"), "fixedDelay is required"))?;
-            Some((fixed, percentage(&d.percentage, d.percent, &format!("{p}.percentage"), &format!("{p}.percent"))?))
+            let fixed = opt_duration(&d.fixed_delay, &format!("{p}.fixedDelay"))?
+                .ok_or_else(|| err(format!("{p}.fixedDelay"), "fixedDelay is required"))?;
+            Some((
+                fixed,
+                percentage(
+                    &d.percentage,
+                    d.percent,
+                    &format!("{p}.percentage"),
+                    &format!("{p}.percent"),
+                )?,
+            ))
         }
     };
     let abort = match &f.abort {
@@ -218,11 +317,21 @@ fn fault(f: &vs::HttpFaultInjection, path: &str) -> Result<Fault> {
             let p = format!("{path}.abort");
             let with = match (a.http_status, &a.grpc_status, &a.http2_error) {
                 (Some(s), None, None) => AbortWith::Http(
-                    u16::try_from(s).ok().filter(|s| (200..=599).contains(s)).and_then(|s| StatusCode::from_u16(s).ok())
+                    u16::try_from(s)
+                        .ok()
+                        .filter(|s| (200..=599).contains(s))
+                        .and_then(|s| StatusCode::from_u16(s).ok())
                         .ok_or_else(|| err(format!("{p}.httpStatus"), format!("status {s} is outside 200–599")))?,
                 ),
-                (None, Some(g), None) => AbortWith::Grpc(grpc_code(g).ok_or_else(|| err(format!("{p}.grpcStatus"), format!("unknown gRPC status `{g}`")))?),
-                (None, None, Some(_)) => return Err(err(format!("{p}.http2Error"), "http2Error is not supported; use httpStatus or grpcStatus")),
+                (None, Some(g), None) => AbortWith::Grpc(
+                    grpc_code(g).ok_or_else(|| err(format!("{p}.grpcStatus"), format!("unknown gRPC status `{g}`")))?,
+                ),
+                (None, None, Some(_)) => {
+                    return Err(err(
+                        format!("{p}.http2Error"),
+                        "http2Error is not supported; use httpStatus or grpcStatus",
+                    ));
+                }
                 _ => return Err(err(&p, "set exactly one of httpStatus, grpcStatus")),
             };
             Some((with, percentage(&a.percentage, None, &format!("{p}.percentage"), &p)?))
@@ -232,48 +341,116 @@ fn fault(f: &vs::HttpFaultInjection, path: &str) -> Result<Fault> {
 }
 
 fn grpc_code(name: &str) -> Option<u32> {
-    const CODES: [&str; 17] = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-        "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-        "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"];
-    CODES.iter().position(|c| c.eq_ignore_ascii_case(name)).map(|i| i as u32).or_else(|| name.parse().ok().filter(|c| *c <= 16))
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    CODES
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(name))
+        .map(|i| i as u32)
+        .or_else(|| name.parse().ok().filter(|c| *c <= 16))
 }
 
 fn mirrors(r: &vs::HttpRoute, path: &str, ns: &str) -> Result<Vec<Mirror>> {
     let mut out = Vec::new();
     if let Some(m) = &r.mirror {
-        let percentage = percentage(&r.mirror_percentage, r.mirror_percent, &format!("{path}.mirrorPercentage"), &format!("{path}.mirrorPercent"))?;
-        out.push(Mirror { destination: destination(m, &format!("{path}.mirror"), ns)?, percentage });
+        let percentage = percentage(
+            &r.mirror_percentage,
+            r.mirror_percent,
+            &format!("{path}.mirrorPercentage"),
+            &format!("{path}.mirrorPercent"),
+        )?;
+        out.push(Mirror {
+            destination: destination(m, &format!("{path}.mirror"), ns)?,
+            percentage,
+        });
     }
     for (i, m) in r.mirrors.iter().enumerate() {
         let p = format!("{path}.mirrors[{i}]");
         let percentage = percentage(&m.percentage, None, &format!("{p}.percentage"), &p)?;
-        out.push(Mirror { destination: destination(&m.destination, &format!("{p}.destination"), ns)?, percentage });
+        out.push(Mirror {
+            destination: destination(&m.destination, &format!("{p}.destination"), ns)?,
+            percentage,
+        });
     }
     Ok(out)
 }
 
 fn redirect(r: &vs::HttpRedirect, path: &str) -> Result<Redirect> {
     let code = r.redirect_code.unwrap_or(301);
-    let code = u16::try_from(code).ok().filter(|c| (300..=399).contains(c)).and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| err(format!("{path}.redirectCode"), format!("redirect code {code} is outside 300–399")))?;
+    let code = u16::try_from(code)
+        .ok()
+        .filter(|c| (300..=399).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| {
+            err(
+                format!("{path}.redirectCode"),
+                format!("redirect code {code} is outside 300–399"),
+            )
+        })?;
     let port = match (r.port, r.derive_port.as_deref()) {
         (Some(p), None) => Some(RedirectPort::Fixed(port(p, &format!("{path}.port"))?)),
         (None, Some("FROM_REQUEST_PORT")) => Some(RedirectPort::FromRequest),
         (None, Some("FROM_PROTOCOL_DEFAULT")) => Some(RedirectPort::ProtocolDefault),
-        (None, Some(other)) => return Err(err(format!("{path}.derivePort"), format!("unknown derivePort `{other}`; use FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"))),
+        (None, Some(other)) => {
+            return Err(err(
+                format!("{path}.derivePort"),
+                format!("unknown derivePort `{other}`; use FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"),
+            ));
+        }
         (None, None) => None,
         (Some(_), Some(_)) => return Err(err(path, "set only one of port, derivePort")),
     };
-    Ok(Redirect { uri: r.uri.clone(), authority: r.authority.clone(), port, scheme: r.scheme.clone(), code })
+    Ok(Redirect {
+        uri: r.uri.clone(),
+        authority: r.authority.clone(),
+        port,
+        scheme: r.scheme.clone(),
+        code,
+    })
 }
 
 fn direct(d: &vs::HttpDirectResponse, path: &str) -> Result<DirectResponse> {
-    let status = u16::try_from(d.status).ok().filter(|s| (200..=599).contains(s)).and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| err(format!("{path}.status"), format!("status {} is outside 200–599", d.status)))?;
+    let status = u16::try_from(d.status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| {
+            err(
+                format!("{path}.status"),
+                format!("status {} is outside 200–599", d.status),
+            )
+        })?;
     let body = match &d.body {
-        Some(vs::HttpBody { string: Some(s), bytes: None }) => Bytes::from(s.clone()),
-        Some(vs::HttpBody { string: None, bytes: Some(b) }) => Bytes::from(decode_base64(b).ok_or_else(|| err(format!("{path}.body.bytes"), "not valid base64"))?),
-        Some(vs::HttpBody { string: None, bytes: None }) | None => Bytes::new(),
+        Some(vs::HttpBody {
+            string: Some(s),
+            bytes: None,
+        }) => Bytes::from(s.clone()),
+        Some(vs::HttpBody {
+            string: None,
+            bytes: Some(b),
+        }) => Bytes::from(decode_base64(b).ok_or_else(|| err(format!("{path}.body.bytes"), "not valid base64"))?),
+        Some(vs::HttpBody {
+            string: None,
+            bytes: None,
+        })
+        | None => Bytes::new(),
         Some(_) => return Err(err(format!("{path}.body"), "set only one of string, bytes")),
     };
     Ok(DirectResponse { status, body })
@@ -306,8 +483,16 @@ fn rewrite(r: &vs::HttpRewrite, path: &str) -> Result<Rewrite> {
         None => None,
         Some(rr) => {
             let p = format!("{path}.uriRegexRewrite");
-            let pattern = rr.match_.as_deref().ok_or_else(|| err(format!("{p}.match"), "match is required"))?;
-            let re = regex::Regex::new(pattern).map_err(|e| err(format!("{p}.match"), compile_regex(pattern).err().unwrap_or_else(|| e.to_string())))?;
+            let pattern = rr
+                .match_
+                .as_deref()
+                .ok_or_else(|| err(format!("{p}.match"), "match is required"))?;
+            let re = regex::Regex::new(pattern).map_err(|e| {
+                err(
+                    format!("{p}.match"),
+                    compile_regex(pattern).err().unwrap_or_else(|| e.to_string()),
+                )
+            })?;
             // Istio/Envoy write capture references as \1; the regex crate wants ${1}.
             let with = rr.rewrite.clone().unwrap_or_default();
             Some((re, backslash_refs(&with)))
@@ -316,7 +501,11 @@ fn rewrite(r: &vs::HttpRewrite, path: &str) -> Result<Rewrite> {
     if r.uri.is_some() && uri_regex.is_some() {
         return Err(err(path, "set only one of uri, uriRegexRewrite"));
     }
-    Ok(Rewrite { uri: r.uri.clone(), authority: r.authority.clone(), uri_regex })
+    Ok(Rewrite {
+        uri: r.uri.clone(),
+        authority: r.authority.clone(),
+        uri_regex,
+    })
 }
 
 fn backslash_refs(s: &str) -> String {
@@ -343,7 +532,12 @@ fn cors(c: &vs::CorsPolicy, path: &str) -> Result<Cors> {
     let ignore = match c.unmatched_preflights.as_deref() {
         None | Some("UNSPECIFIED") | Some("FORWARD") => false,
         Some("IGNORE") => true,
-        Some(other) => return Err(err(format!("{path}.unmatchedPreflights"), format!("unknown value `{other}`; use FORWARD or IGNORE"))),
+        Some(other) => {
+            return Err(err(
+                format!("{path}.unmatchedPreflights"),
+                format!("unknown value `{other}`; use FORWARD or IGNORE"),
+            ));
+        }
     };
     Ok(Cors {
         allow_origins,
@@ -360,18 +554,32 @@ pub fn header_rules(h: Option<&Headers>, path: &str) -> Result<HeaderRules> {
     let Some(h) = h else { return Ok(HeaderRules::default()) };
     let ops = |o: &Option<mesh_common::model::istio::networking::HeaderOperations>, p: String| -> Result<HeaderOps> {
         let Some(o) = o else { return Ok(HeaderOps::default()) };
-        let name = |n: &str, p: &str| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|_| err(p, format!("`{n}` is not a valid header name")));
+        let name = |n: &str, p: &str| {
+            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                .map_err(|_| err(p, format!("`{n}` is not a valid header name")))
+        };
         let pair = |(n, v): (&String, &String), kind: &str| -> Result<(HeaderName, HeaderValue)> {
             let fp = format!("{p}.{kind}.{n}");
-            Ok((name(n, &fp)?, HeaderValue::from_str(v).map_err(|_| err(&fp, "value is not a valid header value"))?))
+            Ok((
+                name(n, &fp)?,
+                HeaderValue::from_str(v).map_err(|_| err(&fp, "value is not a valid header value"))?,
+            ))
         };
         Ok(HeaderOps {
             set: o.set.iter().map(|kv| pair(kv, "set")).collect::<Result<_>>()?,
             add: o.add.iter().map(|kv| pair(kv, "add")).collect::<Result<_>>()?,
-            remove: o.remove.iter().enumerate().map(|(i, n)| name(n, &format!("{p}.remove[{i}]"))).collect::<Result<_>>()?,
+            remove: o
+                .remove
+                .iter()
+                .enumerate()
+                .map(|(i, n)| name(n, &format!("{p}.remove[{i}]")))
+                .collect::<Result<_>>()?,
         })
     };
-    Ok(HeaderRules { request: ops(&h.request, format!("{path}.request"))?, response: ops(&h.response, format!("{path}.response"))? })
+    Ok(HeaderRules {
+        request: ops(&h.request, format!("{path}.request"))?,
+        response: ops(&h.response, format!("{path}.response"))?,
+    })
 }
 
 fn tcp_route(r: &vs::TcpRoute, path: &str, ns: &str) -> Result<TcpRoute> {
@@ -383,14 +591,26 @@ fn tcp_route(r: &vs::TcpRoute, path: &str, ns: &str) -> Result<TcpRoute> {
         .enumerate()
         .map(|(i, (d, weight))| {
             let destination = destination(&d.destination, &format!("{path}.route[{i}].destination"), ns)?;
-            Ok(WeightedDestination { destination, weight, headers: HeaderRules::default() })
+            Ok(WeightedDestination {
+                destination,
+                weight,
+                headers: HeaderRules::default(),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     if destinations.is_empty() {
         return Err(err(format!("{path}.route"), "at least one destination is required"));
     }
-    let ports = r.match_.iter().enumerate().filter_map(|(i, m)| m.port.map(|p| port(p, &format!("{path}.match[{i}].port")))).collect::<Result<_>>()?;
-    Ok(TcpRoute { ports, split: crate::route::split::Split::new(destinations) })
+    let ports = r
+        .match_
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.port.map(|p| port(p, &format!("{path}.match[{i}].port"))))
+        .collect::<Result<_>>()?;
+    Ok(TcpRoute {
+        ports,
+        split: crate::route::split::Split::new(destinations),
+    })
 }
 
 #[cfg(test)]
@@ -401,38 +621,73 @@ mod tests {
 
     /// Decodes one VirtualService document and compiles it, giving the operator's message.
     fn check(spec: &str) -> std::result::Result<RouteTable, String> {
-        let text = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n{spec}");
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n{spec}"
+        );
         let doc = parse_documents("t.yaml", &text).remove(0).map_err(|e| e.to_string())?;
-        let Resource::VirtualService(v) = &doc else { panic!("not a VirtualService") };
-        compile(v).map_err(|e| ConfigError::Invalid { object: doc.object_ref(), error: e }.to_string())
+        let Resource::VirtualService(v) = &doc else {
+            panic!("not a VirtualService")
+        };
+        compile(v).map_err(|e| {
+            ConfigError::Invalid {
+                object: doc.object_ref(),
+                error: e,
+            }
+            .to_string()
+        })
     }
 
     #[test]
     fn bad_input_names_object_and_path() {
         let table = [
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n  - match: [{uri: {regex: '(unclosed'}}]\n    route: [{destination: {host: reviews}}]\n",
-             "VirtualService default/reviews: spec.http[1].match[0].uri.regex: unclosed group"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}, weight: 60}, {destination: {host: reviews, subset: v2}, weight: 30}]\n",
-             "VirtualService default/reviews: spec.http[0].route: destination weights sum to 90, they must sum to 100"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}, weight: -5}, {destination: {host: reviews}, weight: 105}]\n",
-             "VirtualService default/reviews: spec.http[0].route[0].weight: weight -5 is outside 0–100"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    fault: {abort: {httpStatus: 500, percentage: {value: 150}}}\n",
-             "VirtualService default/reviews: spec.http[0].fault.abort.percentage.value: percentage 150 is outside 0–100"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    fault: {delay: {fixedDelay: 1s, percent: 101}}\n",
-             "VirtualService default/reviews: spec.http[0].fault.delay.percent: percentage 101 is outside 0–100"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    timeout: -1s\n",
-             "VirtualService default/reviews: spec.http[0].timeout: duration `-1s` must not be negative"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 3, perTryTimeout: soon}\n",
-             "VirtualService default/reviews: spec.http[0].retries.perTryTimeout: cannot parse duration `soon`"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    fault: {delay: {fixedDelay: '7'}}\n",
-             "VirtualService default/reviews: spec.http[0].fault.delay.fixedDelay: cannot parse duration `7`"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 3, retryOn: '5xx,sometimes'}\n",
-             "VirtualService default/reviews: spec.http[0].retries.retryOn: unknown retry condition `sometimes`"),
-            ("  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    timeot: 1s\n",
-             "VirtualService default/reviews: spec.http[0].timeot: unknown field `timeot`"),
-            ("  hosts: [reviews]\n  http:\n  - match: [{headers: {end-user: {exact: a, regex: b}}}]\n    route: [{destination: {host: reviews}}]\n",
-             "VirtualService default/reviews: spec.http[0].match[0].headers.end-user: set only one of exact, prefix, regex"),
-            ("  hosts: []\n", "VirtualService default/reviews: spec.hosts: at least one host is required"),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n  - match: [{uri: {regex: '(unclosed'}}]\n    route: [{destination: {host: reviews}}]\n",
+                "VirtualService default/reviews: spec.http[1].match[0].uri.regex: unclosed group",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}, weight: 60}, {destination: {host: reviews, subset: v2}, weight: 30}]\n",
+                "VirtualService default/reviews: spec.http[0].route: destination weights sum to 90, they must sum to 100",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}, weight: -5}, {destination: {host: reviews}, weight: 105}]\n",
+                "VirtualService default/reviews: spec.http[0].route[0].weight: weight -5 is outside 0–100",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    fault: {abort: {httpStatus: 500, percentage: {value: 150}}}\n",
+                "VirtualService default/reviews: spec.http[0].fault.abort.percentage.value: percentage 150 is outside 0–100",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    fault: {delay: {fixedDelay: 1s, percent: 101}}\n",
+                "VirtualService default/reviews: spec.http[0].fault.delay.percent: percentage 101 is outside 0–100",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    timeout: -1s\n",
+                "VirtualService default/reviews: spec.http[0].timeout: duration `-1s` must not be negative",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 3, perTryTimeout: soon}\n",
+                "VirtualService default/reviews: spec.http[0].retries.perTryTimeout: cannot parse duration `soon`",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    fault: {delay: {fixedDelay: '7'}}\n",
+                "VirtualService default/reviews: spec.http[0].fault.delay.fixedDelay: cannot parse duration `7`",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 3, retryOn: '5xx,sometimes'}\n",
+                "VirtualService default/reviews: spec.http[0].retries.retryOn: unknown retry condition `sometimes`",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews}}]\n    timeot: 1s\n",
+                "VirtualService default/reviews: spec.http[0].timeot: unknown field `timeot`",
+            ),
+            (
+                "  hosts: [reviews]\n  http:\n  - match: [{headers: {end-user: {exact: a, regex: b}}}]\n    route: [{destination: {host: reviews}}]\n",
+                "VirtualService default/reviews: spec.http[0].match[0].headers.end-user: set only one of exact, prefix, regex",
+            ),
+            (
+                "  hosts: []\n",
+                "VirtualService default/reviews: spec.hosts: at least one host is required",
+            ),
         ];
         for (spec, want) in table {
             let got = check(spec).map(|_| ()).unwrap_err();
@@ -453,7 +708,9 @@ mod tests {
         assert_eq!(jason.matches[0].headers[0].0.as_str(), "end-user");
         assert_eq!(jason.timeout, Some(std::time::Duration::from_secs(10)));
         assert_eq!(jason.retries.attempts, 3);
-        let Action::Forward(split) = &t.http[1].action else { panic!() };
+        let Action::Forward(split) = &t.http[1].action else {
+            panic!()
+        };
         let d = &split.destinations;
         assert_eq!(d[0].destination.host, "reviews.default.svc.cluster.local");
         assert_eq!((d[0].weight, d[1].weight, d[0].destination.port), (95, 5, Some(9080)));

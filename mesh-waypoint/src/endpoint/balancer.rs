@@ -27,7 +27,11 @@ pub enum LbPolicy {
 #[derive(Clone, Debug, PartialEq)]
 pub enum HashOn {
     Header(HeaderName),
-    Cookie { name: String, path: Option<String>, ttl: Option<std::time::Duration> },
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<std::time::Duration>,
+    },
     SourceIp,
     QueryParameter(String),
 }
@@ -50,7 +54,11 @@ pub struct Balancer {
 impl Balancer {
     pub fn pick(&self, policy: &LbPolicy, healthy: &[Arc<Endpoint>], cx: &PickContext<'_>) -> Option<Arc<Endpoint>> {
         let fresh: Vec<&Arc<Endpoint>> = healthy.iter().filter(|e| !cx.avoid.contains(&e.addr)).collect();
-        let pool: Vec<&Arc<Endpoint>> = if fresh.is_empty() { healthy.iter().collect() } else { fresh };
+        let pool: Vec<&Arc<Endpoint>> = if fresh.is_empty() {
+            healthy.iter().collect()
+        } else {
+            fresh
+        };
         if pool.is_empty() {
             return None;
         }
@@ -90,17 +98,25 @@ mod tests {
     use super::*;
 
     fn eps(n: u8) -> Vec<Arc<Endpoint>> {
-        (1..=n).map(|i| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, i], 80))))).collect()
+        (1..=n)
+            .map(|i| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, i], 80)))))
+            .collect()
     }
 
     fn cx<'a>(key: Option<&'a str>, avoid: &'a [SocketAddr]) -> PickContext<'a> {
-        PickContext { hash_key: key, original_dst: None, avoid }
+        PickContext {
+            hash_key: key,
+            original_dst: None,
+            avoid,
+        }
     }
 
     #[test]
     fn round_robin_cycles() {
         let (b, e) = (Balancer::default(), eps(3));
-        let picks: Vec<_> = (0..6).map(|_| b.pick(&LbPolicy::RoundRobin, &e, &cx(None, &[])).unwrap().addr).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| b.pick(&LbPolicy::RoundRobin, &e, &cx(None, &[])).unwrap().addr)
+            .collect();
         assert_eq!(picks[0..3], picks[3..6]);
         assert_ne!(picks[0], picks[1]);
     }
@@ -109,7 +125,9 @@ mod tests {
     fn least_request_prefers_idle() {
         let (b, e) = (Balancer::default(), eps(2));
         e[0].active.store(100, Ordering::Relaxed);
-        let idle = (0..200).filter(|_| b.pick(&LbPolicy::LeastRequest, &e, &cx(None, &[])).unwrap().addr == e[1].addr).count();
+        let idle = (0..200)
+            .filter(|_| b.pick(&LbPolicy::LeastRequest, &e, &cx(None, &[])).unwrap().addr == e[1].addr)
+            .count();
         assert_eq!(idle, 200);
     }
 
@@ -128,7 +146,11 @@ mod tests {
     fn passthrough_uses_original_destination() {
         let (b, e) = (Balancer::default(), eps(3));
         let want = e[2].addr;
-        let c = PickContext { hash_key: None, original_dst: Some(want), avoid: &[] };
+        let c = PickContext {
+            hash_key: None,
+            original_dst: Some(want),
+            avoid: &[],
+        };
         assert!((0..20).all(|_| b.pick(&LbPolicy::Passthrough, &e, &c).unwrap().addr == want));
     }
 }

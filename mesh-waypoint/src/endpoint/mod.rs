@@ -20,7 +20,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, active: AtomicUsize::new(0), outlier: Mutex::new(OutlierState::default()) }
+        Self {
+            addr,
+            active: AtomicUsize::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+        }
     }
 
     pub fn active(&self) -> usize {

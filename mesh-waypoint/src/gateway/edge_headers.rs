@@ -22,7 +22,10 @@ pub fn apply(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
     if !headers.contains_key(X_REQUEST_ID)
         && let Ok(v) = HeaderValue::from_str(&request_id(&mut rand::thread_rng()))
     {
@@ -36,7 +39,14 @@ fn request_id(rng: &mut impl Rng) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -59,7 +69,10 @@ mod tests {
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
         apply(&mut h, peer, false);
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7, 198.18.0.9");
-        assert_eq!(h[X_FORWARDED_PROTO], "http", "the client's claim is replaced by what we saw");
+        assert_eq!(
+            h[X_FORWARDED_PROTO], "http",
+            "the client's claim is replaced by what we saw"
+        );
         assert_eq!(h[X_REQUEST_ID], "abc");
     }
 }

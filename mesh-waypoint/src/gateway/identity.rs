@@ -25,7 +25,9 @@ impl GatewayIdentity {
 pub fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-        _ => Err(format!("`{text}` is not a label: write key=value, e.g. istio=ingressgateway")),
+        _ => Err(format!(
+            "`{text}` is not a label: write key=value, e.g. istio=ingressgateway"
+        )),
     }
 }
 
@@ -41,7 +43,10 @@ mod tests {
 
     #[test]
     fn selector_is_a_subset_of_pod_labels() {
-        let id = GatewayIdentity { namespace: "istio-system".into(), labels: [("istio".into(), "ingressgateway".into()), ("app".into(), "gw".into())].into() };
+        let id = GatewayIdentity {
+            namespace: "istio-system".into(),
+            labels: [("istio".into(), "ingressgateway".into()), ("app".into(), "gw".into())].into(),
+        };
         assert!(id.selects(&gateway(&[("istio", "ingressgateway")])));
         assert!(id.selects(&gateway(&[])));
         assert!(!id.selects(&gateway(&[("istio", "egressgateway")])));
@@ -50,7 +55,10 @@ mod tests {
 
     #[test]
     fn labels_parse() {
-        assert_eq!(parse_label("istio=ingressgateway"), Ok(("istio".into(), "ingressgateway".into())));
+        assert_eq!(
+            parse_label("istio=ingressgateway"),
+            Ok(("istio".into(), "ingressgateway".into()))
+        );
         assert!(parse_label("istio").is_err());
         assert!(parse_label("=x").is_err());
     }

@@ -47,7 +47,13 @@ struct Open {
 }
 
 /// Runs until `shutdown` flips; then every listener and connection is told to stop.
-pub async fn run(bind_ip: IpAddr, config: Arc<Config>, proxy: Arc<Proxy>, status: StatusMap, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    bind_ip: IpAddr,
+    config: Arc<Config>,
+    proxy: Arc<Proxy>,
+    status: StatusMap,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut changes = config.subscribe();
     let mut open: BTreeMap<u16, Open> = BTreeMap::new();
     loop {
@@ -61,9 +67,19 @@ pub async fn run(bind_ip: IpAddr, config: Arc<Config>, proxy: Arc<Proxy>, status
 }
 
 /// Brings the open listeners in line with the plan; true if a bind failed.
-async fn reconcile(bind_ip: IpAddr, config: &Arc<Config>, proxy: &Arc<Proxy>, status: &StatusMap, open: &mut BTreeMap<u16, Open>) -> bool {
+async fn reconcile(
+    bind_ip: IpAddr,
+    config: &Arc<Config>,
+    proxy: &Arc<Proxy>,
+    status: &StatusMap,
+    open: &mut BTreeMap<u16, Open>,
+) -> bool {
     let snap = config.load();
-    let wanted: BTreeMap<u16, Protocol> = snap.gateway.as_ref().map(|p| p.ports.values().map(|pp| (pp.port, pp.protocol)).collect()).unwrap_or_default();
+    let wanted: BTreeMap<u16, Protocol> = snap
+        .gateway
+        .as_ref()
+        .map(|p| p.ports.values().map(|pp| (pp.port, pp.protocol)).collect())
+        .unwrap_or_default();
     open.retain(|port, _| {
         let keep = wanted.contains_key(port);
         if !keep {
@@ -89,17 +105,41 @@ async fn reconcile(bind_ip: IpAddr, config: &Arc<Config>, proxy: &Arc<Proxy>, st
                 let (stop_accept, stop_rx) = watch::channel(());
                 let (close_connections, _) = watch::channel(());
                 tracing::info!(%addr, %protocol, "gateway listening");
-                tokio::spawn(accept_loop(listener, port, config.clone(), proxy.clone(), stop_rx, close_connections.clone()));
-                open.insert(port, Open { protocol, _stop_accept: stop_accept, close_connections });
+                tokio::spawn(accept_loop(
+                    listener,
+                    port,
+                    config.clone(),
+                    proxy.clone(),
+                    stop_rx,
+                    close_connections.clone(),
+                ));
+                open.insert(
+                    port,
+                    Open {
+                        protocol,
+                        _stop_accept: stop_accept,
+                        close_connections,
+                    },
+                );
                 set_status(status, port, Some(listening(bind_ip, port, protocol)));
             }
             Err(e) => {
                 failed = true;
-                let already = matches!(status.lock().ok().and_then(|s| s.get(&port).cloned()), Some(ListenerStatus::Failed { .. }));
+                let already = matches!(
+                    status.lock().ok().and_then(|s| s.get(&port).cloned()),
+                    Some(ListenerStatus::Failed { .. })
+                );
                 if !already {
                     tracing::warn!(%addr, "gateway cannot listen: {e}; retrying every {RETRY_BIND:?}");
                 }
-                set_status(status, port, Some(ListenerStatus::Failed { addr, error: e.to_string() }));
+                set_status(
+                    status,
+                    port,
+                    Some(ListenerStatus::Failed {
+                        addr,
+                        error: e.to_string(),
+                    }),
+                );
             }
         }
     }
@@ -107,7 +147,10 @@ async fn reconcile(bind_ip: IpAddr, config: &Arc<Config>, proxy: &Arc<Proxy>, st
 }
 
 fn listening(ip: IpAddr, port: u16, protocol: Protocol) -> ListenerStatus {
-    ListenerStatus::Listening { addr: SocketAddr::new(ip, port), protocol }
+    ListenerStatus::Listening {
+        addr: SocketAddr::new(ip, port),
+        protocol,
+    }
 }
 
 fn set_status(status: &StatusMap, port: u16, value: Option<ListenerStatus>) {
@@ -120,14 +163,25 @@ fn set_status(status: &StatusMap, port: u16, value: Option<ListenerStatus>) {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // A port closed and reopened by a config change must not wait out TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
 
-async fn accept_loop(listener: TcpListener, port: u16, config: Arc<Config>, proxy: Arc<Proxy>, mut stop: watch::Receiver<()>, close: watch::Sender<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    config: Arc<Config>,
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<()>,
+    close: watch::Sender<()>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -145,12 +199,26 @@ async fn accept_loop(listener: TcpListener, port: u16, config: Arc<Config>, prox
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, config: Arc<Config>, proxy: Arc<Proxy>, closing: watch::Receiver<()>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    config: Arc<Config>,
+    proxy: Arc<Proxy>,
+    closing: watch::Receiver<()>,
+) {
     let Ok(local) = stream.local_addr() else { return };
-    let tls = config.load().gateway.as_ref().and_then(|p| p.ports.get(&port)).and_then(|pp| pp.tls.clone());
+    let tls = config
+        .load()
+        .gateway
+        .as_ref()
+        .and_then(|p| p.ports.get(&port))
+        .and_then(|pp| pp.tls.clone());
     match tls {
         None => serve(stream, peer, local, Downstream { port, tls: false }, proxy, closing).await,
-        Some(cfg) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(cfg).accept(stream)).await {
+        Some(cfg) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(cfg).accept(stream))
+            .await
+        {
             Ok(Ok(tls_stream)) => serve(tls_stream, peer, local, Downstream { port, tls: true }, proxy, closing).await,
             Ok(Err(e)) => tracing::debug!(%peer, port, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, port, "TLS handshake timed out"),
@@ -158,8 +226,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, port: u16, config: Arc<
     }
 }
 
-async fn serve<S>(io: S, peer: SocketAddr, local: SocketAddr, down: Downstream, proxy: Arc<Proxy>, mut closing: watch::Receiver<()>)
-where
+async fn serve<S>(
+    io: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    down: Downstream,
+    proxy: Arc<Proxy>,
+    mut closing: watch::Receiver<()>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {

@@ -47,7 +47,10 @@ pub struct GatewayOptions {
 
 impl GatewayOptions {
     pub fn new(pod_labels: &[(&str, &str)]) -> Self {
-        Self { pod_labels: pod_labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), bind_ip: IpAddr::from([0, 0, 0, 0]) }
+        Self {
+            pod_labels: pod_labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+        }
     }
 }
 
@@ -84,19 +87,35 @@ impl IngressGateway {
     }
 
     /// Like [`IngressGateway::start`] with the upstream [`Connector`] (HBONE in the mesh).
-    pub async fn start_with(opts: Options, gateway: GatewayOptions, connector: Arc<dyn Connector>) -> Result<Self, StartError> {
+    pub async fn start_with(
+        opts: Options,
+        gateway: GatewayOptions,
+        connector: Arc<dyn Connector>,
+    ) -> Result<Self, StartError> {
         if gateway.pod_labels.is_empty() {
             tracing::warn!("no --pod-labels given: only Gateways with an empty selector apply to this gateway");
         }
-        let identity = GatewayIdentity { namespace: opts.namespace.clone(), labels: gateway.pod_labels };
+        let identity = GatewayIdentity {
+            namespace: opts.namespace.clone(),
+            labels: gateway.pod_labels,
+        };
         let config = Config::for_gateway(identity, connector);
         if let Some(dir) = &opts.config_dir {
             config.poll_dir(dir)?;
         }
         let status = config.gateway_state().map(|g| g.listeners.clone()).unwrap_or_default();
         let (shutdown, rx) = watch::channel(false);
-        let proxy = Arc::new(Proxy { config: config.clone(), gateways: Vec::new() });
-        tokio::spawn(listeners::run(gateway.bind_ip, config.clone(), proxy.clone(), status.clone(), rx.clone()));
+        let proxy = Arc::new(Proxy {
+            config: config.clone(),
+            gateways: Vec::new(),
+        });
+        tokio::spawn(listeners::run(
+            gateway.bind_ip,
+            config.clone(),
+            proxy.clone(),
+            status.clone(),
+            rx.clone(),
+        ));
         let admin_addr = match opts.admin {
             Some(a) => Some(spawn_admin(a, config.clone(), rx.clone()).await?),
             None => None,
@@ -105,12 +124,20 @@ impl IngressGateway {
             tokio::spawn(crate::watch_dir(config.clone(), dir, opts.poll_interval, rx));
         }
         tracing::info!(bind_ip = %gateway.bind_ip, namespace = opts.namespace, "ingress gateway started");
-        Ok(Self { config, proxy, admin_addr, status, shutdown })
+        Ok(Self {
+            config,
+            proxy,
+            admin_addr,
+            status,
+            shutdown,
+        })
     }
 
     /// Ports listening right now, and where.
     pub fn listening(&self) -> BTreeMap<u16, SocketAddr> {
-        let Ok(s) = self.status.lock() else { return BTreeMap::new() };
+        let Ok(s) = self.status.lock() else {
+            return BTreeMap::new();
+        };
         s.iter()
             .filter_map(|(port, st)| match st {
                 ListenerStatus::Listening { addr, .. } => Some((*port, *addr)),
@@ -126,8 +153,14 @@ impl Drop for IngressGateway {
     }
 }
 
-async fn spawn_admin(addr: SocketAddr, config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result<SocketAddr, StartError> {
-    let l = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+async fn spawn_admin(
+    addr: SocketAddr,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, StartError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
     let bound = l.local_addr().map_err(|source| StartError::Listen { addr, source })?;
     tokio::spawn(async move {
         tokio::select! { _ = crate::admin::serve(l, config) => {}, _ = stop.changed() => {} }
@@ -140,4 +173,3 @@ pub(crate) fn listener_summary(state: &GatewayState) -> serde_json::Value {
     let map: BTreeMap<u16, ListenerStatus> = state.listeners.lock().map(|m| m.clone()).unwrap_or_default();
     serde_json::to_value(map).unwrap_or(serde_json::Value::Null)
 }
-

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use mesh_common::model::istio::networking::gateway::{Server, ServerTlsSettings};
 use mesh_common::model::istio::networking::Gateway;
+use mesh_common::model::istio::networking::gateway::{Server, ServerTlsSettings};
 use mesh_common::model::k8s::Secret;
 use mesh_common::model::{FieldError, ObjectRef, Resource};
 use rustls::ServerConfig;
@@ -84,11 +84,19 @@ pub struct Plan {
 
 impl Plan {
     pub fn empty(identity: &GatewayIdentity) -> Self {
-        Self { identity: identity.clone(), gateways: Vec::new(), ports: BTreeMap::new(), errors: Vec::new() }
+        Self {
+            identity: identity.clone(),
+            gateways: Vec::new(),
+            ports: BTreeMap::new(),
+            errors: Vec::new(),
+        }
     }
 
     fn server(&self, object: &ObjectRef, index: usize) -> Option<&ServerPlan> {
-        self.ports.values().flat_map(|p| &p.servers).find(|s| &s.object == object && s.index == index)
+        self.ports
+            .values()
+            .flat_map(|p| &p.servers)
+            .find(|s| &s.object == object && s.index == index)
     }
 
     /// For the admin config dump (no key material).
@@ -139,7 +147,11 @@ pub fn build(resources: &[Resource], rejected: &[String], identity: &GatewayIden
             _ => None,
         })
         .collect();
-    let inputs = Inputs { identity, secrets, rejected };
+    let inputs = Inputs {
+        identity,
+        secrets,
+        rejected,
+    };
     let mut plan = Plan::empty(identity);
     let mut servers = Vec::new();
     for r in resources {
@@ -154,7 +166,11 @@ pub fn build(resources: &[Resource], rejected: &[String], identity: &GatewayIden
                 Ok(s) => servers.push(s),
                 Err(e) => {
                     let kept = prev.and_then(|p| p.server(&object, index));
-                    let suffix = if kept.is_some() { "; its last good version stays in force" } else { "" };
+                    let suffix = if kept.is_some() {
+                        "; its last good version stays in force"
+                    } else {
+                        ""
+                    };
                     plan.errors.push(format!("{object}: {e}{suffix}"));
                     servers.extend(kept.cloned());
                 }
@@ -165,67 +181,141 @@ pub fn build(resources: &[Resource], rejected: &[String], identity: &GatewayIden
     plan
 }
 
-fn compile_server(g: &Gateway, object: &ObjectRef, index: usize, s: &Server, inputs: &Inputs<'_>) -> Result<ServerPlan, FieldError> {
+fn compile_server(
+    g: &Gateway,
+    object: &ObjectRef,
+    index: usize,
+    s: &Server,
+    inputs: &Inputs<'_>,
+) -> Result<ServerPlan, FieldError> {
     let path = format!("spec.servers[{index}]");
     let ns = g.metadata.namespace_or_default();
-    let port = u16::try_from(s.port.number).ok().filter(|p| *p != 0).ok_or_else(|| FieldError::new(format!("{path}.port.number"), format!("port {} is outside 1–65535", s.port.number)))?;
+    let port = u16::try_from(s.port.number).ok().filter(|p| *p != 0).ok_or_else(|| {
+        FieldError::new(
+            format!("{path}.port.number"),
+            format!("port {} is outside 1–65535", s.port.number),
+        )
+    })?;
     let protocol = protocol(&s.port.protocol).map_err(|m| FieldError::new(format!("{path}.port.protocol"), m))?;
     if s.bind.is_some() {
-        return Err(FieldError::new(format!("{path}.bind"), "bind is not supported: the gateway listens on its --bind-ip"));
+        return Err(FieldError::new(
+            format!("{path}.bind"),
+            "bind is not supported: the gateway listens on its --bind-ip",
+        ));
     }
     if s.hosts.is_empty() {
-        return Err(FieldError::new(format!("{path}.hosts"), "at least one host is required (`*` for any)"));
+        return Err(FieldError::new(
+            format!("{path}.hosts"),
+            "at least one host is required (`*` for any)",
+        ));
     }
-    let hosts = s.hosts.iter().enumerate().map(|(j, h)| ServerHost::parse(h, ns).map_err(|m| FieldError::new(format!("{path}.hosts[{j}]"), m))).collect::<Result<_, _>>()?;
+    let hosts = s
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| ServerHost::parse(h, ns).map_err(|m| FieldError::new(format!("{path}.hosts[{j}]"), m)))
+        .collect::<Result<_, _>>()?;
     let https_redirect = s.tls.as_ref().and_then(|t| t.https_redirect).unwrap_or(false);
     let credential = match protocol {
         Protocol::Http => {
             if s.tls.as_ref().is_some_and(|t| t.mode.is_some()) {
-                return Err(FieldError::new(format!("{path}.tls.mode"), "tls.mode applies to HTTPS servers; an HTTP server only takes tls.httpsRedirect"));
+                return Err(FieldError::new(
+                    format!("{path}.tls.mode"),
+                    "tls.mode applies to HTTPS servers; an HTTP server only takes tls.httpsRedirect",
+                ));
             }
             None
         }
         Protocol::Https => Some(credential(s.tls.as_ref(), &path, inputs)?),
     };
     let gateway = format!("{ns}/{}", g.metadata.name);
-    Ok(ServerPlan { object: object.clone(), gateway, index, port, protocol, hosts, https_redirect, credential })
+    Ok(ServerPlan {
+        object: object.clone(),
+        gateway,
+        index,
+        port,
+        protocol,
+        hosts,
+        https_redirect,
+        credential,
+    })
 }
 
 fn protocol(written: &str) -> Result<Protocol, String> {
     match written.to_ascii_uppercase().as_str() {
         "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Ok(Protocol::Http),
         "HTTPS" => Ok(Protocol::Https),
-        "TCP" | "TLS" | "MONGO" => Err(format!("protocol `{written}` is not supported by this ingress gateway (HTTP, HTTP2, GRPC, GRPC-WEB and HTTPS are)")),
-        _ => Err(format!("unknown protocol `{written}` (HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TCP, TLS or MONGO)")),
+        "TCP" | "TLS" | "MONGO" => Err(format!(
+            "protocol `{written}` is not supported by this ingress gateway (HTTP, HTTP2, GRPC, GRPC-WEB and HTTPS are)"
+        )),
+        _ => Err(format!(
+            "unknown protocol `{written}` (HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TCP, TLS or MONGO)"
+        )),
     }
 }
 
 fn credential(tls: Option<&ServerTlsSettings>, path: &str, inputs: &Inputs<'_>) -> Result<Credential, FieldError> {
     let ns = inputs.identity.namespace.as_str();
     let at = |field: &str| format!("{path}.tls{field}");
-    let tls = tls.ok_or_else(|| FieldError::new(at(""), "an HTTPS server needs tls settings: mode SIMPLE and credentialName"))?;
+    let tls = tls.ok_or_else(|| {
+        FieldError::new(
+            at(""),
+            "an HTTPS server needs tls settings: mode SIMPLE and credentialName",
+        )
+    })?;
     let mode = tls.mode.as_deref().unwrap_or("PASSTHROUGH").to_ascii_uppercase();
     if mode != "SIMPLE" {
-        let unset = if tls.mode.is_none() { " (unset means PASSTHROUGH)" } else { "" };
-        return Err(FieldError::new(at(".mode"), format!("tls mode `{mode}`{unset} is not supported by this ingress gateway; use SIMPLE")));
+        let unset = if tls.mode.is_none() {
+            " (unset means PASSTHROUGH)"
+        } else {
+            ""
+        };
+        return Err(FieldError::new(
+            at(".mode"),
+            format!("tls mode `{mode}`{unset} is not supported by this ingress gateway; use SIMPLE"),
+        ));
     }
     if tls.server_certificate.is_some() || tls.private_key.is_some() {
-        return Err(FieldError::new(at(".serverCertificate"), "certificate files are not supported: put the certificate in a Secret and name it in credentialName"));
+        return Err(FieldError::new(
+            at(".serverCertificate"),
+            "certificate files are not supported: put the certificate in a Secret and name it in credentialName",
+        ));
     }
-    let name = tls.credential_name.as_deref().filter(|n| !n.is_empty()).or(tls.credential_names.first().map(String::as_str));
+    let name = tls
+        .credential_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or(tls.credential_names.first().map(String::as_str));
     let Some(name) = name else {
-        return Err(FieldError::new(at(".credentialName"), format!("tls mode SIMPLE needs credentialName: a {} Secret in namespace {ns}", secret::TLS_TYPE)));
+        return Err(FieldError::new(
+            at(".credentialName"),
+            format!(
+                "tls mode SIMPLE needs credentialName: a {} Secret in namespace {ns}",
+                secret::TLS_TYPE
+            ),
+        ));
     };
     let Some(found) = inputs.secrets.get(&(ns, name)) else {
         let prefix = format!("Secret {ns}/{name}: ");
         let message = match inputs.rejected.iter().find(|r| r.starts_with(&prefix)) {
-            Some(r) => format!("secret \"{name}\" in namespace {ns} was rejected: {}", &r[prefix.len()..]),
+            Some(r) => format!(
+                "secret \"{name}\" in namespace {ns} was rejected: {}",
+                &r[prefix.len()..]
+            ),
             None => format!("secret \"{name}\" not found in namespace {ns}"),
         };
         return Err(FieldError::new(at(".credentialName"), message));
     };
-    let key = secret::tls_credential(found).map_err(|e| FieldError::new(at(".credentialName"), format!("secret \"{name}\" in namespace {ns}: {e}")))?;
-    Ok(Credential { secret: format!("{ns}/{name}"), key })
+    let key = secret::tls_credential(found).map_err(|e| {
+        FieldError::new(
+            at(".credentialName"),
+            format!("secret \"{name}\" in namespace {ns}: {e}"),
+        )
+    })?;
+    Ok(Credential {
+        secret: format!("{ns}/{name}"),
+        key,
+    })
 }
 
 /// Servers grouped by port. Plain HTTP and HTTPS cannot share a port: the port
@@ -237,7 +327,10 @@ fn assign_ports(servers: Vec<ServerPlan>, prev: Option<&Plan>, errors: &mut Vec<
     }
     let mut out = BTreeMap::new();
     for (port, candidates) in by_port {
-        let before = prev.and_then(|p| p.ports.get(&port)).map(|p| p.protocol).filter(|was| candidates.iter().any(|c| c.protocol == *was));
+        let before = prev
+            .and_then(|p| p.ports.get(&port))
+            .map(|p| p.protocol)
+            .filter(|was| candidates.iter().any(|c| c.protocol == *was));
         let protocol = before.unwrap_or(candidates[0].protocol);
         let (keep, conflicting): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|c| c.protocol == protocol);
         let Some(first) = keep.first() else { continue };
@@ -252,7 +345,15 @@ fn assign_ports(servers: Vec<ServerPlan>, prev: Option<&Plan>, errors: &mut Vec<
             ));
         }
         let tls = (protocol == Protocol::Https).then(|| tls::server_config(&keep));
-        out.insert(port, PortPlan { port, protocol, servers: keep, tls });
+        out.insert(
+            port,
+            PortPlan {
+                port,
+                protocol,
+                servers: keep,
+                tls,
+            },
+        );
     }
     out
 }
@@ -262,15 +363,23 @@ mod tests {
     use super::*;
 
     fn identity() -> GatewayIdentity {
-        GatewayIdentity { namespace: "istio-system".into(), labels: [("istio".into(), "ingressgateway".into())].into() }
+        GatewayIdentity {
+            namespace: "istio-system".into(),
+            labels: [("istio".into(), "ingressgateway".into())].into(),
+        }
     }
 
     fn resources(yaml: &str) -> Vec<Resource> {
-        mesh_common::model::parse_documents("t.yaml", yaml).into_iter().map(|r| r.expect("valid document")).collect()
+        mesh_common::model::parse_documents("t.yaml", yaml)
+            .into_iter()
+            .map(|r| r.expect("valid document"))
+            .collect()
     }
 
     fn gateway(name: &str, selector: &str, servers: &str) -> String {
-        format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  selector: {{{selector}}}\n  servers:\n{servers}---\n")
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: bookinfo}}\nspec:\n  selector: {{{selector}}}\n  servers:\n{servers}---\n"
+        )
     }
 
     const HTTP_80: &str = "  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}\n";
@@ -278,9 +387,16 @@ mod tests {
 
     #[test]
     fn only_selecting_gateways_count_and_ports_group_servers() {
-        let yaml = gateway("a", "istio: ingressgateway", &format!("{HTTP_80}  - {{port: {{number: 81, name: h, protocol: HTTP2}}, hosts: [x.example.com]}}\n"))
-            + &gateway("b", "istio: ingressgateway", HTTP_80)
-            + &gateway("other", "istio: egressgateway", "  - {port: {number: 99, name: h, protocol: HTTP}, hosts: ['*']}\n");
+        let yaml = gateway(
+            "a",
+            "istio: ingressgateway",
+            &format!("{HTTP_80}  - {{port: {{number: 81, name: h, protocol: HTTP2}}, hosts: [x.example.com]}}\n"),
+        ) + &gateway("b", "istio: ingressgateway", HTTP_80)
+            + &gateway(
+                "other",
+                "istio: egressgateway",
+                "  - {port: {number: 99, name: h, protocol: HTTP}, hosts: ['*']}\n",
+            );
         let plan = build(&resources(&yaml), &[], &identity(), None);
         assert!(plan.errors.is_empty(), "{:?}", plan.errors);
         assert_eq!(plan.gateways.len(), 2);
@@ -301,27 +417,49 @@ mod tests {
 
     #[test]
     fn conflicting_protocol_keeps_what_the_port_had() {
-        let yaml = secret_c() + &gateway("a", "istio: ingressgateway", HTTPS_80) + &gateway("z", "istio: ingressgateway", HTTP_80);
+        let yaml = secret_c()
+            + &gateway("a", "istio: ingressgateway", HTTPS_80)
+            + &gateway("z", "istio: ingressgateway", HTTP_80);
         // Fresh start: the first server (Gateway `a`) sets the port's protocol.
         let fresh = build(&resources(&yaml), &[], &identity(), None);
         assert_eq!(fresh.ports[&80].protocol, Protocol::Https);
         assert!(fresh.ports[&80].tls.is_some());
         assert!(fresh.errors[0].starts_with("Gateway bookinfo/z: spec.servers[0].port.protocol: port 80 is already served as HTTPS by Gateway bookinfo/a spec.servers[0]; HTTP on the same port conflicts"), "{:?}", fresh.errors);
         // A port already serving HTTP keeps it when an HTTPS server arrives.
-        let before = build(&resources(&(secret_c() + &gateway("z", "istio: ingressgateway", HTTP_80))), &[], &identity(), None);
+        let before = build(
+            &resources(&(secret_c() + &gateway("z", "istio: ingressgateway", HTTP_80))),
+            &[],
+            &identity(),
+            None,
+        );
         let plan = build(&resources(&yaml), &[], &identity(), Some(&before));
-        assert_eq!((plan.ports[&80].protocol, plan.ports[&80].servers.len()), (Protocol::Http, 1));
+        assert_eq!(
+            (plan.ports[&80].protocol, plan.ports[&80].servers.len()),
+            (Protocol::Http, 1)
+        );
         assert_eq!(plan.errors.len(), 1);
         assert!(plan.errors[0].starts_with("Gateway bookinfo/a: spec.servers[0].port.protocol: port 80 is already served as HTTP by Gateway bookinfo/z spec.servers[0]; HTTPS on the same port conflicts, so this server is ignored"), "{:?}", plan.errors);
     }
 
     #[test]
     fn a_server_that_stops_compiling_keeps_its_last_good_version() {
-        let good = build(&resources(&gateway("g", "istio: ingressgateway", HTTP_80)), &[], &identity(), None);
-        let bad = gateway("g", "istio: ingressgateway", "  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['a*b']}\n");
+        let good = build(
+            &resources(&gateway("g", "istio: ingressgateway", HTTP_80)),
+            &[],
+            &identity(),
+            None,
+        );
+        let bad = gateway(
+            "g",
+            "istio: ingressgateway",
+            "  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ['a*b']}\n",
+        );
         let plan = build(&resources(&bad), &[], &identity(), Some(&good));
         assert_eq!(plan.errors, vec!["Gateway bookinfo/g: spec.servers[0].hosts[0]: `a*b`: a wildcard is only allowed as the whole first label (`*` or `*.example.com`); its last good version stays in force".to_owned()]);
-        assert_eq!(plan.ports[&80].servers[0].hosts[0].pattern, crate::config::hosts::HostPattern::Any);
+        assert_eq!(
+            plan.ports[&80].servers[0].hosts[0].pattern,
+            crate::config::hosts::HostPattern::Any
+        );
         let fresh = build(&resources(&bad), &[], &identity(), None);
         assert!(fresh.ports.is_empty(), "nothing to keep on a fresh start");
     }

@@ -27,7 +27,10 @@ pub struct Downstream {
 
 pub enum Outcome {
     /// Route with `table`; `gateways` (normalized) are what `match.gateways` sees.
-    Route { table: Arc<RouteTable>, gateways: Vec<String> },
+    Route {
+        table: Arc<RouteTable>,
+        gateways: Vec<String>,
+    },
     /// Answered here: 404 (no server or VirtualService) or 301 (`httpsRedirect`).
     Local(Response<Body>),
 }
@@ -37,9 +40,16 @@ pub fn decide(snap: &Snapshot, plan: &Plan, parts: &Parts, authority: &str, down
     let Some(port) = plan.ports.get(&down.port) else {
         return not_found(format!("no route: no Gateway server is on port {}", down.port));
     };
-    let servers: Vec<&ServerPlan> = port.servers.iter().filter(|s| s.hosts.iter().any(|h| h.pattern.matches(&host))).collect();
+    let servers: Vec<&ServerPlan> = port
+        .servers
+        .iter()
+        .filter(|s| s.hosts.iter().any(|h| h.pattern.matches(&host)))
+        .collect();
     let Some(first) = servers.first() else {
-        return not_found(format!("no route: host `{host}` matches no server host of the Gateways on port {}", down.port));
+        return not_found(format!(
+            "no route: host `{host}` matches no server host of the Gateways on port {}",
+            down.port
+        ));
     };
     if first.https_redirect && !down.tls {
         return Outcome::Local(https_redirect(parts, authority));
@@ -48,17 +58,36 @@ pub fn decide(snap: &Snapshot, plan: &Plan, parts: &Parts, authority: &str, down
     gateways.sort();
     gateways.dedup();
     let admitted = |t: &RouteTable| {
-        servers.iter().any(|s| t.serves_any(std::slice::from_ref(&s.gateway)) && s.hosts.iter().any(|h| h.pattern.matches(&host) && h.admits(&t.namespace)))
+        servers.iter().any(|s| {
+            t.serves_any(std::slice::from_ref(&s.gateway))
+                && s.hosts
+                    .iter()
+                    .any(|h| h.pattern.matches(&host) && h.admits(&t.namespace))
+        })
     };
     let best = snap
         .tables
         .iter()
         .filter(|t| admitted(t))
-        .filter_map(|t| t.hosts.iter().filter(|h| h.matches(&host)).map(|h| h.specificity()).max().map(|s| (s, t)))
+        .filter_map(|t| {
+            t.hosts
+                .iter()
+                .filter(|h| h.matches(&host))
+                .map(|h| h.specificity())
+                .max()
+                .map(|s| (s, t))
+        })
         .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.object.cmp(&a.1.object)));
     match best {
-        Some((_, table)) => Outcome::Route { table: table.clone(), gateways },
-        None => not_found(format!("no route: no VirtualService bound to {} serves host `{host}` on port {}", gateways.join(", "), down.port)),
+        Some((_, table)) => Outcome::Route {
+            table: table.clone(),
+            gateways,
+        },
+        None => not_found(format!(
+            "no route: no VirtualService bound to {} serves host `{host}` on port {}",
+            gateways.join(", "),
+            down.port
+        )),
     }
 }
 

@@ -21,7 +21,11 @@ impl ServerHost {
         let namespace = match ns {
             None | Some("*") => None,
             Some(".") => Some(gateway_namespace.to_owned()),
-            Some("") | Some("~") => return Err(format!("`{raw}`: the namespace part must be `*`, `.` or a namespace name")),
+            Some("") | Some("~") => {
+                return Err(format!(
+                    "`{raw}`: the namespace part must be `*`, `.` or a namespace name"
+                ));
+            }
             Some(ns) => Some(ns.to_owned()),
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -29,8 +33,14 @@ impl ServerHost {
             "" => return Err(format!("`{raw}`: empty host name")),
             "*" => HostPattern::Any,
             n if n.starts_with("*.") && !n[2..].contains('*') && n.len() > 2 => HostPattern::Suffix(n[1..].to_owned()),
-            n if n.contains('*') => return Err(format!("`{raw}`: a wildcard is only allowed as the whole first label (`*` or `*.example.com`)")),
-            n if n.contains('/') || n.contains(':') || n.contains(' ') => return Err(format!("`{raw}`: not a DNS name")),
+            n if n.contains('*') => {
+                return Err(format!(
+                    "`{raw}`: a wildcard is only allowed as the whole first label (`*` or `*.example.com`)"
+                ));
+            }
+            n if n.contains('/') || n.contains(':') || n.contains(' ') => {
+                return Err(format!("`{raw}`: not a DNS name"));
+            }
             n => HostPattern::Exact(n.to_owned()),
         };
         Ok(Self { namespace, pattern })
@@ -44,7 +54,10 @@ impl ServerHost {
 
 /// The host a request names (`Host`/`:authority` without port), normalized.
 pub fn request_host(authority: &str) -> String {
-    crate::config::hosts::split_authority(authority).0.trim_end_matches('.').to_ascii_lowercase()
+    crate::config::hosts::split_authority(authority)
+        .0
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -25,14 +25,29 @@ impl ResolvesServerCert for SniResolver {
         };
         self.entries
             .iter()
-            .filter_map(|(hosts, key)| hosts.iter().filter(|h| h.matches(&sni)).map(HostPattern::specificity).max().map(|s| (s, key)))
+            .filter_map(|(hosts, key)| {
+                hosts
+                    .iter()
+                    .filter(|h| h.matches(&sni))
+                    .map(HostPattern::specificity)
+                    .max()
+                    .map(|s| (s, key))
+            })
             .max_by_key(|(s, _)| *s)
             .map(|(_, key)| key.clone())
     }
 }
 
 pub fn server_config(servers: &[ServerPlan]) -> Arc<ServerConfig> {
-    let entries = servers.iter().filter_map(|s| Some((s.hosts.iter().map(|h| h.pattern.clone()).collect(), s.credential.as_ref()?.key.clone()))).collect();
+    let entries = servers
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.hosts.iter().map(|h| h.pattern.clone()).collect(),
+                s.credential.as_ref()?.key.clone(),
+            ))
+        })
+        .collect();
     let resolver = Arc::new(SniResolver { entries });
     let builder = ServerConfig::builder_with_provider(PROVIDER.clone());
     // The provider's defaults (TLS 1.2 and 1.3) are always consistent; the fallback only
@@ -41,7 +56,9 @@ pub fn server_config(servers: &[ServerPlan]) -> Arc<ServerConfig> {
         Ok(b) => b.with_no_client_auth().with_cert_resolver(resolver),
         Err(e) => {
             tracing::error!("TLS provider has no usable protocol versions: {e}");
-            ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver)
+            ServerConfig::builder()
+                .with_no_client_auth()
+                .with_cert_resolver(resolver)
         }
     };
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

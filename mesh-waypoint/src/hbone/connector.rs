@@ -25,7 +25,12 @@ pub struct HboneConnector {
 
 impl HboneConnector {
     pub fn new(client: Arc<HboneClient>, source: Arc<mesh_hbone::WorkloadCert>, trust_domain: &str) -> Arc<Self> {
-        Arc::new(Self { client, source, trust_domain: trust_domain.to_owned(), config: OnceLock::new() })
+        Arc::new(Self {
+            client,
+            source,
+            trust_domain: trust_domain.to_owned(),
+            config: OnceLock::new(),
+        })
     }
 
     pub fn bind(&self, config: &Arc<Config>) {
@@ -33,10 +38,17 @@ impl HboneConnector {
     }
 
     fn identity_of(&self, addr: SocketAddr) -> io::Result<SpiffeId> {
-        let config = self.config.get().and_then(Weak::upgrade).ok_or_else(|| io::Error::other("waypoint configuration not bound to the HBONE connector"))?;
+        let config = self
+            .config
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| io::Error::other("waypoint configuration not bound to the HBONE connector"))?;
         let snap = config.load();
         let pod = snap.discovery.pods_by_ip.get(&addr.ip()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("no ready pod is known at {}: its identity cannot be checked", addr.ip()))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no ready pod is known at {}: its identity cannot be checked", addr.ip()),
+            )
         })?;
         Ok(SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account))
     }
@@ -46,7 +58,12 @@ impl Connector for HboneConnector {
     fn connect(&self, addr: SocketAddr) -> ConnectFuture<'_> {
         Box::pin(async move {
             let identity = self.identity_of(addr)?;
-            let target = TunnelTarget { hbone_addr: SocketAddr::new(addr.ip(), HBONE_PORT), identity, authority: addr, forwarded_for: None };
+            let target = TunnelTarget {
+                hbone_addr: SocketAddr::new(addr.ip(), HBONE_PORT),
+                identity,
+                authority: addr,
+                forwarded_for: None,
+            };
             let dial: Dial = Box::new(|a| Box::pin(tokio::net::TcpStream::connect(a)));
             let tunnel = self.client.open(&self.source, &target, dial).await.map_err(|e| {
                 let kind = match e.reason() {

@@ -11,10 +11,15 @@ use rustls::RootCertStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("no usable workload certificate in {dir} (the node daemon writes it once this pod is scheduled on its node): {source}")]
+    #[error(
+        "no usable workload certificate in {dir} (the node daemon writes it once this pod is scheduled on its node): {source}"
+    )]
     Files { dir: PathBuf, source: CertFileError },
     #[error("the mesh root in {dir} cannot be used: {source}")]
-    Root { dir: PathBuf, source: mesh_hbone::tls::TlsError },
+    Root {
+        dir: PathBuf,
+        source: mesh_hbone::tls::TlsError,
+    },
 }
 
 pub struct ProxyIdentity {
@@ -25,14 +30,24 @@ pub struct ProxyIdentity {
 
 impl ProxyIdentity {
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {
-        let files = CertFiles::load(dir, 1).map_err(|source| IdentityError::Files { dir: dir.to_owned(), source })?;
-        let roots = mesh_hbone::tls::root_store(&files.root).map_err(|source| IdentityError::Root { dir: dir.to_owned(), source })?;
+        let files = CertFiles::load(dir, 1).map_err(|source| IdentityError::Files {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let roots = mesh_hbone::tls::root_store(&files.root).map_err(|source| IdentityError::Root {
+            dir: dir.to_owned(),
+            source,
+        })?;
         let cert = Arc::new(WorkloadCert {
             workload: dir.display().to_string(),
             identity: files.identity,
             resolver: Arc::new(CertResolver::new(files.current)),
         });
-        Ok(Self { cert, roots, dir: dir.to_owned() })
+        Ok(Self {
+            cert,
+            roots,
+            dir: dir.to_owned(),
+        })
     }
 
     /// Waits until the directory holds a certificate (the node daemon may issue it a

@@ -38,20 +38,37 @@ impl Inbound for WaypointInbound {
         if snap.discovery.by_cluster_ip.contains_key(&ip) || snap.discovery.pods_by_ip.contains_key(&ip) {
             return Ok(());
         }
-        Err(Refused::new(StatusCode::BAD_REQUEST, "unknown_destination", format!("{} is neither a Service nor a pod this waypoint serves", req.target)))
+        Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_destination",
+            format!("{} is neither a Service nor a pod this waypoint serves", req.target),
+        ))
     }
 
     fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>> {
         let proxy = self.proxy.clone();
         let local = req.target;
         // Source labels and namespace match on the original client, not on the node daemon.
-        let client_ip = req.forwarded_for.as_deref().and_then(|f| f.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().ok());
+        let client_ip = req
+            .forwarded_for
+            .as_deref()
+            .and_then(|f| f.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().ok());
         let peer = SocketAddr::new(client_ip.unwrap_or(req.conn.peer_addr.ip()), 0);
-        Box::pin(async move { Ok(Upstream::Serve(Box::new(move |stream| Box::pin(serve_io(stream, proxy, peer, local))))) })
+        Box::pin(async move {
+            Ok(Upstream::Serve(Box::new(move |stream| {
+                Box::pin(serve_io(stream, proxy, peer, local))
+            })))
+        })
     }
 
     fn refused(&self, reason: &'static str) {
-        *self.stats.refused.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+        *self
+            .stats
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     fn opened(&self, _req: &InboundRequest) {

@@ -57,20 +57,48 @@ impl HboneSide {
         let identity = Arc::new(ProxyIdentity::wait_for(&opts.cert_dir, opts.cert_wait).await?);
         tracing::info!(identity = %identity.cert.identity, dir = %opts.cert_dir.display(), "workload certificate loaded");
         tokio::spawn(identity.clone().follow_rotation(Duration::from_secs(1)));
-        let client = Arc::new(HboneClient::new(identity.roots.clone(), opts.handshake_timeout, opts.idle_timeout));
+        let client = Arc::new(HboneClient::new(
+            identity.roots.clone(),
+            opts.handshake_timeout,
+            opts.idle_timeout,
+        ));
         tokio::spawn(client.clone().run_reaper());
         let connector = connector::HboneConnector::new(client, identity.cert.clone(), &opts.trust_domain);
-        Ok(Self { identity, connector, opts })
+        Ok(Self {
+            identity,
+            connector,
+            opts,
+        })
     }
 
     /// Serves HBONE on `addr` into `proxy` until `stop` flips; returns the bound address.
-    pub async fn listen(&self, addr: SocketAddr, proxy: Arc<Proxy>, stop: watch::Receiver<bool>) -> Result<SocketAddr, HboneError> {
+    pub async fn listen(
+        &self,
+        addr: SocketAddr,
+        proxy: Arc<Proxy>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<SocketAddr, HboneError> {
         self.connector.bind(&proxy.config);
-        let tls = mesh_hbone::tls::server_config(self.identity.cert.resolver.clone(), self.identity.roots.clone(), &self.opts.trust_domain)?;
-        let listener = TcpListener::bind(addr).await.map_err(|source| HboneError::Listen { addr, source })?;
-        let bound = listener.local_addr().map_err(|source| HboneError::Listen { addr, source })?;
+        let tls = mesh_hbone::tls::server_config(
+            self.identity.cert.resolver.clone(),
+            self.identity.roots.clone(),
+            &self.opts.trust_domain,
+        )?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HboneError::Listen { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| HboneError::Listen { addr, source })?;
         let stats = Arc::new(inbound::InboundStats::default());
-        tokio::spawn(inbound::serve(listener, tls, proxy, stats, self.opts.handshake_timeout, stop));
+        tokio::spawn(inbound::serve(
+            listener,
+            tls,
+            proxy,
+            stats,
+            self.opts.handshake_timeout,
+            stop,
+        ));
         tracing::info!(%bound, identity = %self.identity.cert.identity, "HBONE listening");
         Ok(bound)
     }

@@ -26,7 +26,13 @@ pub struct AttemptInputs<'a> {
     pub original_dst: Option<SocketAddr>,
 }
 
-pub async fn run(backend: &Arc<Backend>, route: &HttpRoute, req: &Request<Full<Bytes>>, inputs: &AttemptInputs<'_>, log: &mut AccessLog) -> Response<Body> {
+pub async fn run(
+    backend: &Arc<Backend>,
+    route: &HttpRoute,
+    req: &Request<Full<Bytes>>,
+    inputs: &AttemptInputs<'_>,
+    log: &mut AccessLog,
+) -> Response<Body> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut _retry_budget = None;
     let mut attempt = 0u32;
@@ -50,7 +56,14 @@ pub async fn run(backend: &Arc<Backend>, route: &HttpRoute, req: &Request<Full<B
     }
 }
 
-async fn one(backend: &Arc<Backend>, route: &HttpRoute, req: &Request<Full<Bytes>>, inputs: &AttemptInputs<'_>, tried: &mut Vec<SocketAddr>, log: &mut AccessLog) -> (AttemptResult, Response<Body>) {
+async fn one(
+    backend: &Arc<Backend>,
+    route: &HttpRoute,
+    req: &Request<Full<Bytes>>,
+    inputs: &AttemptInputs<'_>,
+    tried: &mut Vec<SocketAddr>,
+    log: &mut AccessLog,
+) -> (AttemptResult, Response<Body>) {
     if let Some(fault) = &route.fault {
         let delay = fault.roll_delay(&mut rand::thread_rng());
         if let Some(d) = delay {
@@ -63,13 +76,24 @@ async fn one(backend: &Arc<Backend>, route: &HttpRoute, req: &Request<Full<Bytes
             return abort_reply(&a);
         }
     }
-    let avoid: &[SocketAddr] = if route.retries.ignore_previous_hosts { tried } else { &[] };
-    let cx = PickContext { hash_key: inputs.hash_key, original_dst: inputs.original_dst, avoid };
+    let avoid: &[SocketAddr] = if route.retries.ignore_previous_hosts {
+        tried
+    } else {
+        &[]
+    };
+    let cx = PickContext {
+        hash_key: inputs.hash_key,
+        original_dst: inputs.original_dst,
+        avoid,
+    };
     let ep = match backend.pick(&cx) {
         Ok(ep) => ep,
         Err(e) => {
             log.flag(Flag::NoHealthy);
-            return (AttemptResult::Local, local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, Flag::NoHealthy, &e.to_string()));
+            return (
+                AttemptResult::Local,
+                local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, Flag::NoHealthy, &e.to_string()),
+            );
         }
     };
     tried.push(ep.addr);
@@ -82,7 +106,10 @@ async fn one(backend: &Arc<Backend>, route: &HttpRoute, req: &Request<Full<Bytes
                 backend.observe(&ep, Observation::LocalFailure);
                 log.flag(Flag::Timeout);
                 let reason = format!("upstream per-try timeout after {t:?} at {}", ep.addr);
-                return (AttemptResult::Timeout, local_reply::reply(StatusCode::GATEWAY_TIMEOUT, Flag::Timeout, &reason));
+                return (
+                    AttemptResult::Timeout,
+                    local_reply::reply(StatusCode::GATEWAY_TIMEOUT, Flag::Timeout, &reason),
+                );
             }
         },
         None => call.await,
@@ -94,7 +121,11 @@ async fn one(backend: &Arc<Backend>, route: &HttpRoute, req: &Request<Full<Bytes
 }
 
 fn result_of(resp: &Response<Body>) -> AttemptResult {
-    let grpc = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let grpc = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     match grpc {
         Some(code) if code != 0 && resp.status() == StatusCode::OK => AttemptResult::Grpc(code),
         _ => AttemptResult::Status(resp.status().as_u16()),
@@ -103,10 +134,16 @@ fn result_of(resp: &Response<Body>) -> AttemptResult {
 
 fn failure_reply(e: CallError, addr: &SocketAddr, log: &mut AccessLog) -> (AttemptResult, Response<Body>) {
     let (result, status, flag) = match &e {
-        CallError::Pool(PoolError::Overflow(_)) => (AttemptResult::Local, StatusCode::SERVICE_UNAVAILABLE, Flag::Overflow),
+        CallError::Pool(PoolError::Overflow(_)) => {
+            (AttemptResult::Local, StatusCode::SERVICE_UNAVAILABLE, Flag::Overflow)
+        }
         CallError::NoHealthy(_) => (AttemptResult::Local, StatusCode::SERVICE_UNAVAILABLE, Flag::NoHealthy),
         CallError::Reset(_) => (AttemptResult::Reset, StatusCode::SERVICE_UNAVAILABLE, Flag::Reset),
-        _ => (AttemptResult::ConnectFailure, StatusCode::SERVICE_UNAVAILABLE, Flag::ConnectFailure),
+        _ => (
+            AttemptResult::ConnectFailure,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flag::ConnectFailure,
+        ),
     };
     log.flag(flag);
     let reason = match &e {
@@ -118,15 +155,21 @@ fn failure_reply(e: CallError, addr: &SocketAddr, log: &mut AccessLog) -> (Attem
 
 fn abort_reply(a: &AbortWith) -> (AttemptResult, Response<Body>) {
     match a {
-        AbortWith::Http(status) => {
-            (AttemptResult::Status(status.as_u16()), local_reply::reply(*status, Flag::FaultInjected, "fault filter abort"))
-        }
+        AbortWith::Http(status) => (
+            AttemptResult::Status(status.as_u16()),
+            local_reply::reply(*status, Flag::FaultInjected, "fault filter abort"),
+        ),
         AbortWith::Grpc(code) => {
             let mut resp = Response::new(body::empty());
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            resp.headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             resp.headers_mut().insert("grpc-status", HeaderValue::from(*code));
-            resp.headers_mut().insert(local_reply::REASON_HEADER, HeaderValue::from_static("fault filter abort"));
-            resp.headers_mut().insert(local_reply::FLAGS_HEADER, HeaderValue::from_static("FI"));
+            resp.headers_mut().insert(
+                local_reply::REASON_HEADER,
+                HeaderValue::from_static("fault filter abort"),
+            );
+            resp.headers_mut()
+                .insert(local_reply::FLAGS_HEADER, HeaderValue::from_static("FI"));
             (AttemptResult::Grpc(*code), resp)
         }
     }

@@ -24,7 +24,9 @@ use crate::endpoint::balancer::{HashOn, LbPolicy};
 use crate::gateway::{self, routing::Downstream};
 use crate::route::cors::CorsDecision;
 use crate::route::matching::query_value;
-use crate::route::{Action, DestinationRef, HttpRoute, RequestInfo, Selected, Source, WeightedDestination, mirror, split};
+use crate::route::{
+    Action, DestinationRef, HttpRoute, RequestInfo, Selected, Source, WeightedDestination, mirror, split,
+};
 
 /// Request bodies are buffered so attempts and mirrors can resend them.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -59,21 +61,41 @@ impl Proxy {
         let ctx = context(&snap, &parts, peer, local);
         let resp = match Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => self.route(&snap, &parts, collected.to_bytes(), &ctx, &mut log).await,
-            Err(e) => local_reply::reply(StatusCode::PAYLOAD_TOO_LARGE, Flag::NoRoute, &format!("cannot buffer request body: {e}")),
+            Err(e) => local_reply::reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Flag::NoRoute,
+                &format!("cannot buffer request body: {e}"),
+            ),
         };
-        log.emit(&parts.method, &ctx.authority, parts.uri.path(), resp.status().as_u16(), started);
+        log.emit(
+            &parts.method,
+            &ctx.authority,
+            parts.uri.path(),
+            resp.status().as_u16(),
+            started,
+        );
         match downstream_upgrade {
             Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => splice_upgrade(down, resp),
             _ => resp,
         }
     }
 
-    async fn route(&self, snap: &Arc<Snapshot>, parts: &Parts, body: Bytes, ctx: &Ctx, log: &mut AccessLog) -> Response<Body> {
+    async fn route(
+        &self,
+        snap: &Arc<Snapshot>,
+        parts: &Parts,
+        body: Bytes,
+        ctx: &Ctx,
+        log: &mut AccessLog,
+    ) -> Response<Body> {
         // Ingress gateway mode: the Gateway's servers decide the VirtualService (404 otherwise).
         let (gateway_table, gateway_names);
         let (table, gateways) = match snap.gateway.as_deref() {
             Some(plan) => {
-                let down = parts.extensions.get::<Downstream>().copied().unwrap_or(Downstream { port: ctx.port, tls: false });
+                let down = parts.extensions.get::<Downstream>().copied().unwrap_or(Downstream {
+                    port: ctx.port,
+                    tls: false,
+                });
                 match gateway::routing::decide(snap, plan, parts, &ctx.authority, down) {
                     gateway::routing::Outcome::Route { table, gateways } => {
                         (gateway_table, gateway_names) = (table, gateways);
@@ -106,16 +128,27 @@ impl Proxy {
                 Some(s) => s,
                 None => {
                     log.flag(Flag::NoRoute);
-                    return local_reply::reply(StatusCode::NOT_FOUND, Flag::NoRoute, &format!("no route: no http route of {} matches the request", table.object));
+                    return local_reply::reply(
+                        StatusCode::NOT_FOUND,
+                        Flag::NoRoute,
+                        &format!("no route: no http route of {} matches the request", table.object),
+                    );
                 }
             },
             None if snap.service(&ctx.host_fqdn).is_some() => {
                 default_route = service_route(&ctx.host_fqdn);
-                Selected { object: &DEFAULT_OBJECT, route: &default_route, matched: None }
+                Selected {
+                    object: &DEFAULT_OBJECT,
+                    route: &default_route,
+                    matched: None,
+                }
             }
             None => {
                 log.flag(Flag::NoRoute);
-                let reason = format!("no route: host `{}` is not a known Service and no VirtualService matches it", ctx.host_fqdn);
+                let reason = format!(
+                    "no route: host `{}` is not a known Service and no VirtualService matches it",
+                    ctx.host_fqdn
+                );
                 return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, Flag::NoRoute, &reason);
             }
         };
@@ -125,7 +158,15 @@ impl Proxy {
         resp
     }
 
-    async fn apply(&self, snap: &Arc<Snapshot>, parts: &Parts, body: Bytes, ctx: &Ctx, sel: &Selected<'_>, log: &mut AccessLog) -> Response<Body> {
+    async fn apply(
+        &self,
+        snap: &Arc<Snapshot>,
+        parts: &Parts,
+        body: Bytes,
+        ctx: &Ctx,
+        sel: &Selected<'_>,
+        log: &mut AccessLog,
+    ) -> Response<Body> {
         let route = sel.route;
         let cors = route.cors.as_ref().map(|c| c.decide(&parts.method, &parts.headers));
         let cors_headers = match cors {
@@ -153,7 +194,11 @@ impl Proxy {
             Action::Forward(dests) => dests,
         };
         let Some(dest) = dests.pick().cloned() else {
-            return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, Flag::NoRoute, "route has no destination");
+            return local_reply::reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flag::NoRoute,
+                "route has no destination",
+            );
         };
         let mut resp = self.forward(snap, parts, body, ctx, sel, &dest, log).await;
         dest.headers.response.apply(resp.headers_mut());
@@ -165,24 +210,52 @@ impl Proxy {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn forward(&self, snap: &Arc<Snapshot>, parts: &Parts, body: Bytes, ctx: &Ctx, sel: &Selected<'_>, dest: &WeightedDestination, log: &mut AccessLog) -> Response<Body> {
+    async fn forward(
+        &self,
+        snap: &Arc<Snapshot>,
+        parts: &Parts,
+        body: Bytes,
+        ctx: &Ctx,
+        sel: &Selected<'_>,
+        dest: &WeightedDestination,
+        log: &mut AccessLog,
+    ) -> Response<Body> {
         let route = sel.route;
         let backend = match snap.backend(&dest.destination, ctx.port) {
             Ok(b) => b,
             Err(e) => {
                 log.flag(Flag::NoHealthy);
-                return local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, Flag::NoHealthy, &format!("no healthy upstream: {e}"));
+                return local_reply::reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Flag::NoHealthy,
+                    &format!("no healthy upstream: {e}"),
+                );
             }
         };
         log.backend = Some(backend.key.to_string());
         let (path, authority) = rewritten(parts, ctx, sel);
-        let req = match upstream_request::build(parts, &path, &authority, body, &[&route.headers.request, &dest.headers.request]) {
+        let req = match upstream_request::build(
+            parts,
+            &path,
+            &authority,
+            body,
+            &[&route.headers.request, &dest.headers.request],
+        ) {
             Ok(r) => r,
-            Err(e) => return local_reply::reply(StatusCode::BAD_REQUEST, Flag::NoRoute, &format!("cannot build upstream request: {e}")),
+            Err(e) => {
+                return local_reply::reply(
+                    StatusCode::BAD_REQUEST,
+                    Flag::NoRoute,
+                    &format!("cannot build upstream request: {e}"),
+                );
+            }
         };
         self.mirror(snap, route, &req, ctx.port);
         let (hash_key, set_cookie) = hash_key(&backend.policy.lb, parts, ctx);
-        let inputs = AttemptInputs { hash_key: hash_key.as_deref(), original_dst: ctx.authority.parse().ok() };
+        let inputs = AttemptInputs {
+            hash_key: hash_key.as_deref(),
+            original_dst: ctx.authority.parse().ok(),
+        };
         let attempts = attempt::run(&backend, route, &req, &inputs, log);
         let mut resp = match route.timeout {
             None => attempts.await,
@@ -190,7 +263,11 @@ impl Proxy {
                 Ok(r) => r,
                 Err(_) => {
                     log.flag(Flag::Timeout);
-                    local_reply::reply(StatusCode::GATEWAY_TIMEOUT, Flag::Timeout, &format!("upstream request timeout: route timeout {t:?} reached"))
+                    local_reply::reply(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Flag::Timeout,
+                        &format!("upstream request timeout: route timeout {t:?} reached"),
+                    )
                 }
             },
         };
@@ -206,18 +283,29 @@ impl Proxy {
             if !m.percentage.roll(&mut rand::thread_rng()) {
                 continue;
             }
-            let Ok(backend) = snap.backend(&m.destination, port) else { continue };
+            let Ok(backend) = snap.backend(&m.destination, port) else {
+                continue;
+            };
             let mut copy = crate::backend::clone_request(req);
-            let shadow = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(mirror::shadow_authority);
+            let shadow = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(mirror::shadow_authority);
             if let Some(v) = shadow.and_then(|s| HeaderValue::from_str(&s).ok()) {
                 copy.headers_mut().insert(header::HOST, v);
             }
             tokio::spawn(async move {
-                let cx = crate::endpoint::balancer::PickContext { hash_key: None, original_dst: None, avoid: &[] };
+                let cx = crate::endpoint::balancer::PickContext {
+                    hash_key: None,
+                    original_dst: None,
+                    avoid: &[],
+                };
                 if let Ok(ep) = backend.pick(&cx)
-                    && let Ok(resp) = backend.call(&ep, copy).await {
-                        let _ = resp.into_body().collect().await;
-                    }
+                    && let Ok(resp) = backend.call(&ep, copy).await
+                {
+                    let _ = resp.into_body().collect().await;
+                }
             });
         }
     }
@@ -252,7 +340,11 @@ fn service_route(fqdn: &str) -> HttpRoute {
         name: format!("default/{fqdn}"),
         matches: Vec::new(),
         action: Action::Forward(split::Split::new(vec![WeightedDestination {
-            destination: DestinationRef { host: fqdn.to_owned(), subset: None, port: None },
+            destination: DestinationRef {
+                host: fqdn.to_owned(),
+                subset: None,
+                port: None,
+            },
             weight: 100,
             headers: Default::default(),
         }])),
@@ -271,17 +363,38 @@ fn context(snap: &Snapshot, parts: &Parts, peer: SocketAddr, local: SocketAddr) 
         .uri
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     let (host, port) = split_authority(&authority);
     let source = match snap.discovery.pods_by_ip.get(&peer.ip()) {
-        Some(p) => Source { ip: Some(peer.ip()), labels: p.labels.clone(), namespace: Some(p.namespace.clone()) },
-        None => Source { ip: Some(peer.ip()), ..Source::default() },
+        Some(p) => Source {
+            ip: Some(peer.ip()),
+            labels: p.labels.clone(),
+            namespace: Some(p.namespace.clone()),
+        },
+        None => Source {
+            ip: Some(peer.ip()),
+            ..Source::default()
+        },
     };
     Ctx {
         host_fqdn: snap.request_host(host),
         port: port.unwrap_or(local.port()),
-        scheme: parts.uri.scheme_str().unwrap_or(if parts.extensions.get::<Downstream>().is_some_and(|d| d.tls) { "https" } else { "http" }).to_owned(),
+        scheme: parts
+            .uri
+            .scheme_str()
+            .unwrap_or(if parts.extensions.get::<Downstream>().is_some_and(|d| d.tls) {
+                "https"
+            } else {
+                "http"
+            })
+            .to_owned(),
         authority,
         source,
         peer,
@@ -295,17 +408,29 @@ fn rewritten(parts: &Parts, ctx: &Ctx, sel: &Selected<'_>) -> (String, String) {
         None => (format!("{path}{query}"), ctx.authority.clone()),
         Some(rw) => {
             let m = sel.matched;
-            let new_path = rw.path(path, m.and_then(|m| m.uri.as_ref()), m.is_some_and(|m| m.ignore_uri_case));
-            (format!("{new_path}{query}"), rw.authority.clone().unwrap_or_else(|| ctx.authority.clone()))
+            let new_path = rw.path(
+                path,
+                m.and_then(|m| m.uri.as_ref()),
+                m.is_some_and(|m| m.ignore_uri_case),
+            );
+            (
+                format!("{new_path}{query}"),
+                rw.authority.clone().unwrap_or_else(|| ctx.authority.clone()),
+            )
         }
     }
 }
 
 /// The consistent-hash key, and a `Set-Cookie` when a cookie with a TTL must be minted.
 fn hash_key(lb: &LbPolicy, parts: &Parts, ctx: &Ctx) -> (Option<String>, Option<String>) {
-    let LbPolicy::ConsistentHash(on) = lb else { return (None, None) };
+    let LbPolicy::ConsistentHash(on) = lb else {
+        return (None, None);
+    };
     match on {
-        HashOn::Header(name) => (parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned), None),
+        HashOn::Header(name) => (
+            parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            None,
+        ),
         HashOn::SourceIp => (Some(ctx.peer.ip().to_string()), None),
         HashOn::QueryParameter(q) => (query_value(parts.uri.query(), q), None),
         HashOn::Cookie { name, path, ttl } => match cookie(&parts.headers, name) {
@@ -324,10 +449,15 @@ fn hash_key(lb: &LbPolicy, parts: &Parts, ctx: &Ctx) -> (Option<String>, Option<
 }
 
 fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then(|| v.to_owned())
-    })
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.to_owned())
+        })
 }
 
 fn with_headers(mut resp: Response<Body>, h: http::HeaderMap) -> Response<Body> {

@@ -60,7 +60,9 @@ pub fn reply(status: StatusCode, flag: Flag, reason: &str) -> Response<Body> {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect()
 }
 
 pub fn add_flags(resp: &mut Response<Body>, flags: &[Flag]) {

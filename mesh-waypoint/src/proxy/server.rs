@@ -42,7 +42,10 @@ where
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, peer, local).await) }
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(io), service).await {
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
         tracing::debug!(%peer, "downstream connection ended: {e}");
     }
 }

@@ -35,15 +35,28 @@ impl Proxy {
         let (host, port) = split_authority(target);
         let port = port.ok_or_else(|| TcpError::NoPort(target.to_owned()))?;
         let fqdn = snap.request_host(host);
-        let routed = snap.table_for(&fqdn, &self.gateways).and_then(|t| t.tcp.iter().find(|r| r.applies_to(port))).and_then(|r| r.split.pick().map(|d| d.destination.clone()));
+        let routed = snap
+            .table_for(&fqdn, &self.gateways)
+            .and_then(|t| t.tcp.iter().find(|r| r.applies_to(port)))
+            .and_then(|r| r.split.pick().map(|d| d.destination.clone()));
         let dest = match routed {
             Some(d) => d,
-            None if snap.service(&fqdn).is_some() => DestinationRef { host: fqdn.clone(), subset: None, port: None },
+            None if snap.service(&fqdn).is_some() => DestinationRef {
+                host: fqdn.clone(),
+                subset: None,
+                port: None,
+            },
             None => return Err(TcpError::NoRoute(fqdn)),
         };
-        let backend = snap.backend(&dest, port).map_err(|e| TcpError::Upstream(e.to_string()))?;
+        let backend = snap
+            .backend(&dest, port)
+            .map_err(|e| TcpError::Upstream(e.to_string()))?;
         let source = peer.ip().to_string();
-        let cx = PickContext { hash_key: Some(&source), original_dst: target.parse().ok(), avoid: &[] };
+        let cx = PickContext {
+            hash_key: Some(&source),
+            original_dst: target.parse().ok(),
+            avoid: &[],
+        };
         let ep = backend.pick(&cx).map_err(|e| TcpError::Upstream(e.to_string()))?;
         let (mut upstream, _permit) = match backend.pool.connect_stream(ep.addr).await {
             Ok(c) => c,

@@ -29,11 +29,21 @@ pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
     connection_upgrade && headers.contains_key(header::UPGRADE)
 }
 
-pub fn build(parts: &Parts, path_and_query: &str, authority: &str, body: Bytes, ops: &[&HeaderOps]) -> Result<Request<Full<Bytes>>, http::Error> {
+pub fn build(
+    parts: &Parts,
+    path_and_query: &str,
+    authority: &str,
+    body: Bytes,
+    ops: &[&HeaderOps],
+) -> Result<Request<Full<Bytes>>, http::Error> {
     let mut headers = parts.headers.clone();
     // `te: trailers` is the one TE value h2 allows, and gRPC needs it end to end.
-    let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let upgrade = is_upgrade(&parts.headers).then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade = is_upgrade(&parts.headers)
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     for name in HOP_BY_HOP.iter() {
         headers.remove(name);
     }
@@ -52,10 +62,19 @@ pub fn build(parts: &Parts, path_and_query: &str, authority: &str, body: Bytes, 
         headers.insert(header::HOST, v);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if body.is_empty() && !matches!(parts.method, http::Method::POST | http::Method::PUT | http::Method::PATCH) {
+    if body.is_empty()
+        && !matches!(
+            parts.method,
+            http::Method::POST | http::Method::PUT | http::Method::PATCH
+        )
+    {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let mut req = Request::builder().method(parts.method.clone()).uri(path_and_query).version(Version::HTTP_11).body(Full::new(body))?;
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(path_and_query)
+        .version(Version::HTTP_11)
+        .body(Full::new(body))?;
     *req.headers_mut() = headers;
     Ok(req)
 }

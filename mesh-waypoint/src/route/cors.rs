@@ -33,7 +33,10 @@ impl Cors {
             return CorsDecision::Forward;
         };
         let preflight = method == Method::OPTIONS && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
-        let allowed = self.allow_origins.iter().any(|m| matches!(m, StrMatch::Exact(e) if e == "*") || m.matches(origin));
+        let allowed = self
+            .allow_origins
+            .iter()
+            .any(|m| matches!(m, StrMatch::Exact(e) if e == "*") || m.matches(origin));
         match (preflight, allowed) {
             (true, true) => CorsDecision::Respond(self.preflight_headers(origin)),
             (true, false) if self.ignore_unmatched_preflights => CorsDecision::Respond(HeaderMap::new()),

@@ -53,18 +53,37 @@ pub struct RequestMatch {
 
 impl RequestMatch {
     pub fn matches(&self, req: &RequestInfo<'_>, vs_gateways: &[String]) -> bool {
-        let gateways = if self.gateways.is_empty() { vs_gateways } else { &self.gateways };
+        let gateways = if self.gateways.is_empty() {
+            vs_gateways
+        } else {
+            &self.gateways
+        };
         gateways.iter().any(|g| req.gateways.contains(g))
             && self.uri_matches(req.path)
             && opt(&self.scheme, req.scheme)
             && opt(&self.method, req.method.as_str())
             && opt(&self.authority, req.authority)
-            && self.headers.iter().all(|(n, m)| header_value(req.headers, n).is_some_and(|v| m.matches(&v)))
-            && !self.without_headers.iter().any(|(n, m)| header_value(req.headers, n).is_some_and(|v| m.matches(&v)))
-            && self.query_params.iter().all(|(k, m)| query_value(req.query, k).is_some_and(|v| m.matches(&v)))
+            && self
+                .headers
+                .iter()
+                .all(|(n, m)| header_value(req.headers, n).is_some_and(|v| m.matches(&v)))
+            && !self
+                .without_headers
+                .iter()
+                .any(|(n, m)| header_value(req.headers, n).is_some_and(|v| m.matches(&v)))
+            && self
+                .query_params
+                .iter()
+                .all(|(k, m)| query_value(req.query, k).is_some_and(|v| m.matches(&v)))
             && self.port.is_none_or(|p| p == req.port)
-            && self.source_labels.iter().all(|(k, v)| req.source.labels.get(k) == Some(v))
-            && self.source_namespace.as_ref().is_none_or(|ns| req.source.namespace.as_ref() == Some(ns))
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| req.source.labels.get(k) == Some(v))
+            && self
+                .source_namespace
+                .as_ref()
+                .is_none_or(|ns| req.source.namespace.as_ref() == Some(ns))
     }
 
     fn uri_matches(&self, path: &str) -> bool {

@@ -49,14 +49,32 @@ mod tests {
     use super::*;
 
     fn r(uri: Option<&str>, authority: Option<&str>, port: Option<RedirectPort>, scheme: Option<&str>) -> Redirect {
-        Redirect { uri: uri.map(Into::into), authority: authority.map(Into::into), port, scheme: scheme.map(Into::into), code: StatusCode::MOVED_PERMANENTLY }
+        Redirect {
+            uri: uri.map(Into::into),
+            authority: authority.map(Into::into),
+            port,
+            scheme: scheme.map(Into::into),
+            code: StatusCode::MOVED_PERMANENTLY,
+        }
     }
 
     #[test]
     fn locations() {
-        assert_eq!(r(Some("/v1/x"), None, None, None).location("http", "a", 9080, "/old?q=1"), "http://a:9080/v1/x");
-        assert_eq!(r(None, Some("b"), None, Some("https")).location("http", "a", 9080, "/p"), "https://b/p");
-        assert_eq!(r(None, Some("b"), Some(RedirectPort::Fixed(8443)), None).location("http", "a", 80, "/p"), "http://b:8443/p");
-        assert_eq!(r(None, Some("b"), Some(RedirectPort::FromRequest), None).location("http", "a", 9080, "/p"), "http://b:9080/p");
+        assert_eq!(
+            r(Some("/v1/x"), None, None, None).location("http", "a", 9080, "/old?q=1"),
+            "http://a:9080/v1/x"
+        );
+        assert_eq!(
+            r(None, Some("b"), None, Some("https")).location("http", "a", 9080, "/p"),
+            "https://b/p"
+        );
+        assert_eq!(
+            r(None, Some("b"), Some(RedirectPort::Fixed(8443)), None).location("http", "a", 80, "/p"),
+            "http://b:8443/p"
+        );
+        assert_eq!(
+            r(None, Some("b"), Some(RedirectPort::FromRequest), None).location("http", "a", 9080, "/p"),
+            "http://b:9080/p"
+        );
     }
 }

@@ -42,7 +42,8 @@ impl RetryOn {
                 "retriable-4xx" => on.retriable_4xx = true,
                 "refused-stream" => on.refused_stream = true,
                 // Status codes listed alongside enable this by themselves.
-                "retriable-status-codes" | "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {}
+                "retriable-status-codes" | "retriable-headers" | "envoy-ratelimited" | "http3-post-connect-failure" => {
+                }
                 "cancelled" => on.grpc_codes.push(1),
                 "deadline-exceeded" => on.grpc_codes.push(4),
                 "resource-exhausted" => on.grpc_codes.push(8),
@@ -50,7 +51,11 @@ impl RetryOn {
                 "unavailable" => on.grpc_codes.push(14),
                 code => match code.parse::<u16>() {
                     Ok(c) if (100..=599).contains(&c) => on.status_codes.push(c),
-                    _ => return Err(format!("unknown retry condition `{code}`; use 5xx, gateway-error, connect-failure, reset, retriable-4xx, refused-stream, a gRPC condition or an HTTP status code")),
+                    _ => {
+                        return Err(format!(
+                            "unknown retry condition `{code}`; use 5xx, gateway-error, connect-failure, reset, retriable-4xx, refused-stream, a gRPC condition or an HTTP status code"
+                        ));
+                    }
                 },
             }
         }
@@ -88,14 +93,27 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// Istio's default when a route has no `retries`: 2 retries on connection failures.
     fn default() -> Self {
-        let retry_on = RetryOn { connect_failure: true, refused_stream: true, ..RetryOn::default() };
-        Self { attempts: 2, per_try_timeout: None, retry_on, backoff: Duration::from_millis(25), ignore_previous_hosts: true }
+        let retry_on = RetryOn {
+            connect_failure: true,
+            refused_stream: true,
+            ..RetryOn::default()
+        };
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on,
+            backoff: Duration::from_millis(25),
+            ignore_previous_hosts: true,
+        }
     }
 }
 
 impl RetryPolicy {
     pub fn none() -> Self {
-        Self { attempts: 0, ..Self::default() }
+        Self {
+            attempts: 0,
+            ..Self::default()
+        }
     }
 
     pub fn should_retry(&self, attempt: u32, result: AttemptResult) -> bool {
@@ -140,7 +158,11 @@ mod tests {
 
     #[test]
     fn attempts_bound_retries() {
-        let p = RetryPolicy { attempts: 3, retry_on: RetryOn::parse("5xx").unwrap(), ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            attempts: 3,
+            retry_on: RetryOn::parse("5xx").unwrap(),
+            ..RetryPolicy::default()
+        };
         assert!(p.should_retry(2, AttemptResult::Status(500)));
         assert!(!p.should_retry(3, AttemptResult::Status(500)));
         assert!(!RetryPolicy::none().should_retry(0, AttemptResult::ConnectFailure));

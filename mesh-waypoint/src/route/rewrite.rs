@@ -20,7 +20,11 @@ impl Rewrite {
         }
         match (&self.uri, matched_uri) {
             (Some(new), Some(StrMatch::Prefix(prefix))) => {
-                let cut = if ignore_case || path.starts_with(prefix.as_str()) { prefix.len().min(path.len()) } else { 0 };
+                let cut = if ignore_case || path.starts_with(prefix.as_str()) {
+                    prefix.len().min(path.len())
+                } else {
+                    0
+                };
                 format!("{new}{}", &path[cut..])
             }
             (Some(new), _) => new.clone(),
@@ -35,10 +39,24 @@ mod tests {
 
     #[test]
     fn prefix_whole_and_regex() {
-        let rw = Rewrite { uri: Some("/v2".into()), authority: None, uri_regex: None };
-        assert_eq!(rw.path("/v1/items", Some(&StrMatch::Prefix("/v1".into())), false), "/v2/items");
-        assert_eq!(rw.path("/v1/items", Some(&StrMatch::Exact("/v1/items".into())), false), "/v2");
-        let re = Rewrite { uri: None, authority: None, uri_regex: Some((Regex::new("^/service/([^/]+)(/.*)$").unwrap(), "$2/instance/$1".into())) };
+        let rw = Rewrite {
+            uri: Some("/v2".into()),
+            authority: None,
+            uri_regex: None,
+        };
+        assert_eq!(
+            rw.path("/v1/items", Some(&StrMatch::Prefix("/v1".into())), false),
+            "/v2/items"
+        );
+        assert_eq!(
+            rw.path("/v1/items", Some(&StrMatch::Exact("/v1/items".into())), false),
+            "/v2"
+        );
+        let re = Rewrite {
+            uri: None,
+            authority: None,
+            uri_regex: Some((Regex::new("^/service/([^/]+)(/.*)$").unwrap(), "$2/instance/$1".into())),
+        };
         assert_eq!(re.path("/service/foo/v1/api", None, false), "/v1/api/instance/foo");
     }
 }

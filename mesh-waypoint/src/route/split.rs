@@ -21,14 +21,19 @@ pub struct Split {
 
 impl Split {
     pub fn new(destinations: Vec<WeightedDestination>) -> Self {
-        Self { destinations, deck: Arc::default() }
+        Self {
+            destinations,
+            deck: Arc::default(),
+        }
     }
 
     pub fn pick(&self) -> Option<&WeightedDestination> {
         if self.destinations.len() <= 1 {
             return self.destinations.first();
         }
-        let Ok(mut deck) = self.deck.lock() else { return pick(&self.destinations, &mut rand::thread_rng()) };
+        let Ok(mut deck) = self.deck.lock() else {
+            return pick(&self.destinations, &mut rand::thread_rng());
+        };
         if deck.is_empty() {
             for (i, d) in self.destinations.iter().enumerate() {
                 deck.extend(std::iter::repeat_n(i, d.weight as usize));
@@ -86,8 +91,16 @@ mod tests {
     use crate::route::DestinationRef;
 
     fn dest(host: &str, weight: u32) -> WeightedDestination {
-        let destination = DestinationRef { host: host.into(), subset: None, port: None };
-        WeightedDestination { destination, weight, headers: Default::default() }
+        let destination = DestinationRef {
+            host: host.into(),
+            subset: None,
+            port: None,
+        };
+        WeightedDestination {
+            destination,
+            weight,
+            headers: Default::default(),
+        }
     }
 
     #[test]
@@ -104,7 +117,9 @@ mod tests {
     fn split_follows_weights() {
         let dests = [dest("a", 95), dest("b", 5)];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let a = (0..10_000).filter(|_| pick(&dests, &mut rng).unwrap().destination.host == "a").count();
+        let a = (0..10_000)
+            .filter(|_| pick(&dests, &mut rng).unwrap().destination.host == "a")
+            .count();
         assert!((9350..=9650).contains(&a), "{a}");
         let zero = [dest("a", 0), dest("b", 100)];
         assert!((0..1000).all(|_| pick(&zero, &mut rng).unwrap().destination.host == "b"));

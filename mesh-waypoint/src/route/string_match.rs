@@ -40,7 +40,9 @@ impl StrMatch {
     pub fn matches_ignore_case(&self, value: &str) -> bool {
         match self {
             Self::Exact(e) => value.eq_ignore_ascii_case(e),
-            Self::Prefix(p) => value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p),
+            Self::Prefix(p) => {
+                value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p)
+            }
             other => other.matches(value),
         }
     }
@@ -55,7 +57,10 @@ pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
 /// last line, which says what is wrong ("unclosed group").
 fn regex_message(e: &regex::Error) -> String {
     let text = e.to_string();
-    text.lines().rev().find(|l| !l.trim().is_empty()).map_or(text.clone(), |l| l.trim().trim_start_matches("error: ").to_owned())
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map_or(text.clone(), |l| l.trim().trim_start_matches("error: ").to_owned())
 }
 
 #[cfg(test)]
@@ -68,12 +73,22 @@ mod tests {
 
     #[test]
     fn kinds() {
-        let cases = [("{exact: /a}", "/a", true), ("{exact: /a}", "/ab", false), ("{prefix: /a}", "/ab", true),
-            ("{regex: '/a.'}", "/ab", true), ("{regex: '/a.'}", "/abc", false), ("{}", "x", true)];
+        let cases = [
+            ("{exact: /a}", "/a", true),
+            ("{exact: /a}", "/ab", false),
+            ("{prefix: /a}", "/ab", true),
+            ("{regex: '/a.'}", "/ab", true),
+            ("{regex: '/a.'}", "/abc", false),
+            ("{}", "x", true),
+        ];
         for (m, v, want) in cases {
             assert_eq!(StrMatch::compile(&sm(m), "p").unwrap().matches(v), want, "{m} {v}");
         }
-        assert!(StrMatch::compile(&sm("{prefix: /API}"), "p").unwrap().matches_ignore_case("/api/x"));
+        assert!(
+            StrMatch::compile(&sm("{prefix: /API}"), "p")
+                .unwrap()
+                .matches_ignore_case("/api/x")
+        );
     }
 
     #[test]

@@ -24,10 +24,18 @@ impl RouteTable {
         self.http.iter().find_map(|route| {
             if route.matches.is_empty() {
                 let on_gateway = self.gateways.iter().any(|g| req.gateways.contains(g));
-                return on_gateway.then_some(Selected { object: &self.object, route, matched: None });
+                return on_gateway.then_some(Selected {
+                    object: &self.object,
+                    route,
+                    matched: None,
+                });
             }
             let m = route.matches.iter().find(|m| m.matches(req, &self.gateways))?;
-            Some(Selected { object: &self.object, route, matched: Some(m) })
+            Some(Selected {
+                object: &self.object,
+                route,
+                matched: Some(m),
+            })
         })
     }
 
@@ -39,6 +47,9 @@ impl RouteTable {
     /// Whether this waypoint (serving `namespace`) may use the object (`exportTo`).
     pub fn visible_from(&self, namespace: &str) -> bool {
         self.export_to.is_empty()
-            || self.export_to.iter().any(|e| e == "*" || e == namespace || (e == "." && self.namespace == namespace))
+            || self
+                .export_to
+                .iter()
+                .any(|e| e == "*" || e == namespace || (e == "." && self.namespace == namespace))
     }
 }

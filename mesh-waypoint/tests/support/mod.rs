@@ -53,7 +53,9 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(addr: SocketAddr, version: &str) -> Backend {
-        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind backend {addr}: {e}"));
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind backend {addr}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let b = Backend {
             addr,
@@ -64,7 +66,13 @@ impl Backend {
             fixed_status: Arc::default(),
             stop: tokio::sync::watch::channel(false).0,
         };
-        let (version, hits, inflight, gate, fixed) = (b.version.clone(), b.hits.clone(), b.inflight.clone(), b.gate.clone(), b.fixed_status.clone());
+        let (version, hits, inflight, gate, fixed) = (
+            b.version.clone(),
+            b.hits.clone(),
+            b.inflight.clone(),
+            b.gate.clone(),
+            b.fixed_status.clone(),
+        );
         let mut stop = b.stop.subscribe();
         tokio::spawn(async move {
             loop {
@@ -72,13 +80,27 @@ impl Backend {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                     _ = stop.changed() => return,
                 };
-                let (version, hits, inflight, gate, fixed) = (version.clone(), hits.clone(), inflight.clone(), gate.clone(), fixed.clone());
+                let (version, hits, inflight, gate, fixed) = (
+                    version.clone(),
+                    hits.clone(),
+                    inflight.clone(),
+                    gate.clone(),
+                    fixed.clone(),
+                );
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (version, hits, inflight, gate, fixed) = (version.clone(), hits.clone(), inflight.clone(), gate.clone(), fixed.clone());
+                        let (version, hits, inflight, gate, fixed) = (
+                            version.clone(),
+                            hits.clone(),
+                            inflight.clone(),
+                            gate.clone(),
+                            fixed.clone(),
+                        );
                         async move { Ok::<_, Infallible>(echo(req, peer, &version, &hits, &inflight, &gate, &fixed).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -96,7 +118,15 @@ impl Drop for Backend {
     }
 }
 
-async fn echo(req: Request<Incoming>, peer: SocketAddr, version: &str, hits: &AtomicUsize, inflight: &Arc<AtomicUsize>, gate: &Semaphore, fixed: &std::sync::atomic::AtomicU16) -> Response<Full<Bytes>> {
+async fn echo(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    version: &str,
+    hits: &AtomicUsize,
+    inflight: &Arc<AtomicUsize>,
+    gate: &Semaphore,
+    fixed: &std::sync::atomic::AtomicU16,
+) -> Response<Full<Bytes>> {
     hits.fetch_add(1, Ordering::Relaxed);
     inflight.fetch_add(1, Ordering::Relaxed);
     struct Dec(Arc<AtomicUsize>);
@@ -106,7 +136,13 @@ async fn echo(req: Request<Incoming>, peer: SocketAddr, version: &str, hits: &At
         }
     }
     let _dec = Dec(inflight.clone());
-    let q = |k: &str| req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_owned));
+    let q = |k: &str| {
+        req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .map(str::to_owned)
+        })
+    };
     if let Some(ms) = q("sleep_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -121,12 +157,25 @@ async fn echo(req: Request<Incoming>, peer: SocketAddr, version: &str, hits: &At
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = v.to_str().unwrap_or("?");
-        headers.entry(k.to_string()).and_modify(|old| *old = format!("{old},{v}")).or_insert_with(|| v.to_owned());
+        headers
+            .entry(k.to_string())
+            .and_modify(|old| *old = format!("{old},{v}"))
+            .or_insert_with(|| v.to_owned());
     }
-    let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let method = req.method().to_string();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let json = serde_json::json!({"version": version, "path": path, "host": host, "method": method, "headers": headers, "peer": peer.to_string(), "body": String::from_utf8_lossy(&body)});
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -195,8 +244,17 @@ impl Lab {
         opts.poll_interval = Duration::from_secs(3600);
         opts.gateways = gateways.iter().map(|g| g.to_string()).collect();
         let waypoint = Waypoint::start(opts).await.expect("waypoint starts");
-        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
-        Lab { block, dir, waypoint, client, reviews, port }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build_http();
+        Lab {
+            block,
+            dir,
+            waypoint,
+            client,
+            reviews,
+            port,
+        }
     }
 
     pub fn ip(&self, last: u8) -> IpAddr {
@@ -208,16 +266,24 @@ impl Lab {
         std::fs::write(self.dir.path().join(name), yaml).expect("write config");
         // Same size and mtime within the timestamp granularity would look unchanged.
         bump_mtime(&self.dir.path().join(name));
-        self.waypoint.config.poll_dir(self.dir.path()).expect("config dir readable");
+        self.waypoint
+            .config
+            .poll_dir(self.dir.path())
+            .expect("config dir readable");
     }
 
     pub fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.dir.path().join(name));
-        self.waypoint.config.poll_dir(self.dir.path()).expect("config dir readable");
+        self.waypoint
+            .config
+            .poll_dir(self.dir.path())
+            .expect("config dir readable");
     }
 
     pub fn request(&self, host: &str, path: &str) -> http::request::Builder {
-        Request::builder().uri(format!("http://{}{path}", self.waypoint.addr)).header("host", host)
+        Request::builder()
+            .uri(format!("http://{}{path}", self.waypoint.addr))
+            .header("host", host)
     }
 
     pub async fn send(&self, req: http::request::Builder) -> Reply {
@@ -226,7 +292,11 @@ impl Lab {
 
     pub async fn send_body(&self, req: http::request::Builder, body: Bytes) -> Reply {
         let started = Instant::now();
-        let resp = self.client.request(req.body(Full::new(body)).expect("request")).await.expect("waypoint answers");
+        let resp = self
+            .client
+            .request(req.body(Full::new(body)).expect("request"))
+            .await
+            .expect("waypoint answers");
         read(resp, started).await
     }
 
@@ -239,11 +309,18 @@ impl Lab {
         let sock = TcpSocket::new_v4().expect("socket");
         sock.bind(SocketAddr::new(source, 0)).expect("bind source");
         let stream = sock.connect(self.waypoint.addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         let mut req = req.body(Full::new(Bytes::new())).expect("request");
         // Origin-form on a raw connection, so the Host header is what routes.
-        *req.uri_mut() = req.uri().path_and_query().map_or("/", |p| p.as_str()).parse().expect("path");
+        *req.uri_mut() = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .expect("path");
         let started = Instant::now();
         let resp = sender.send_request(req).await.expect("response");
         read(resp, started).await
@@ -261,7 +338,12 @@ fn bump_mtime(path: &std::path::Path) {
 async fn read(resp: Response<Incoming>, started: Instant) -> Reply {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned(), elapsed: started.elapsed() }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        elapsed: started.elapsed(),
+    }
 }
 
 pub fn bookinfo_yaml(block: [u8; 3], port: u16) -> String {
@@ -275,7 +357,10 @@ pub fn bookinfo_yaml(block: [u8; 3], port: u16) -> String {
             ipn(2 + i as u8)
         );
     }
-    y += &format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: productpage, namespace: {NS}, labels: {{app: productpage}}}}\nstatus: {{podIP: {}}}\n", ipn(50));
+    y += &format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: productpage, namespace: {NS}, labels: {{app: productpage}}}}\nstatus: {{podIP: {}}}\n",
+        ipn(50)
+    );
     y += &format!(
         "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n"
     );
@@ -284,12 +369,17 @@ pub fn bookinfo_yaml(block: [u8; 3], port: u16) -> String {
 
 /// A VirtualService for `reviews` in the lab namespace with the given `http:` list.
 pub fn reviews_vs(http: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    )
 }
 
 /// Polls `check` every 20 ms until it holds or `deadline` passes: the one place
 /// the tests wait for state that has no notification (counters, reloads, ejections).
-pub async fn eventually<F: std::future::Future<Output = bool>>(deadline: Duration, mut check: impl FnMut() -> F) -> bool {
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    deadline: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
     let polled = tokio::time::timeout(deadline, async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
@@ -303,7 +393,12 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(deadline: Duratio
 }
 
 /// Sends `n` requests built by `make`, at most `concurrency` at once; returns replies in completion order.
-pub async fn burst(lab: &Arc<Lab>, n: usize, concurrency: usize, make: impl Fn(usize) -> http::request::Builder + Send + Sync + 'static) -> Vec<Reply> {
+pub async fn burst(
+    lab: &Arc<Lab>,
+    n: usize,
+    concurrency: usize,
+    make: impl Fn(usize) -> http::request::Builder + Send + Sync + 'static,
+) -> Vec<Reply> {
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();

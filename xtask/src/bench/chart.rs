@@ -28,30 +28,54 @@ pub fn ratios(report: &Report, path: &Path) -> anyhow::Result<()> {
         report.binaries,
         if report.quick { ", quick" } else { "" }
     );
-    root.draw(&Text::new(title, (10, 10), ("sans-serif", 15).into_font())).map_err(err)?;
+    root.draw(&Text::new(title, (10, 10), ("sans-serif", 15).into_font()))
+        .map_err(err)?;
     let top = 40;
     let one = x_of(1.0);
-    root.draw(&PathElement::new(vec![(one, top - 6), (one, height as i32 - 10)], BLACK.stroke_width(1))).map_err(err)?;
-    root.draw(&Text::new("1×", (one - 6, top - 16), font.clone())).map_err(err)?;
+    root.draw(&PathElement::new(
+        vec![(one, top - 6), (one, height as i32 - 10)],
+        BLACK.stroke_width(1),
+    ))
+    .map_err(err)?;
+    root.draw(&Text::new("1×", (one - 6, top - 16), font.clone()))
+        .map_err(err)?;
     for (i, r) in rows.iter().enumerate() {
         let y = top + i as i32 * ROW_H;
         let ratio = r.ratio().unwrap_or(0.0);
         let label = format!("{} · {} · {}", r.bench, r.metric, r.path);
         root.draw(&Text::new(label, (10, y + 3), font.clone())).map_err(err)?;
-        let color = if r.better == Better::Higher { RGBColor(46, 139, 87) } else { RGBColor(230, 126, 34) };
-        root.draw(&Rectangle::new([(LABEL_W, y + 2), (x_of(ratio), y + ROW_H - 4)], color.filled())).map_err(err)?;
+        let color = if r.better == Better::Higher {
+            RGBColor(46, 139, 87)
+        } else {
+            RGBColor(230, 126, 34)
+        };
+        root.draw(&Rectangle::new(
+            [(LABEL_W, y + 2), (x_of(ratio), y + ROW_H - 4)],
+            color.filled(),
+        ))
+        .map_err(err)?;
         if let Some(b) = &r.baseline {
             let (lo, hi) = (r.value.min / b.median, r.value.max / b.median);
             if r.value.n > 1 && lo.is_finite() && hi.is_finite() {
                 let ym = y + ROW_H / 2 - 1;
-                root.draw(&PathElement::new(vec![(x_of(lo), ym), (x_of(hi), ym)], BLACK.stroke_width(1))).map_err(err)?;
+                root.draw(&PathElement::new(
+                    vec![(x_of(lo), ym), (x_of(hi), ym)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(err)?;
             }
         }
         if let Some(Target::RatioAtLeast(t)) = r.target {
             let x = x_of(t);
-            root.draw(&PathElement::new(vec![(x, y), (x, y + ROW_H - 2)], RED.stroke_width(2))).map_err(err)?;
+            root.draw(&PathElement::new(vec![(x, y), (x, y + ROW_H - 2)], RED.stroke_width(2)))
+                .map_err(err)?;
         }
-        root.draw(&Text::new(format!("{ratio:.2}×"), (x_of(ratio) + 6, y + 3), font.clone())).map_err(err)?;
+        root.draw(&Text::new(
+            format!("{ratio:.2}×"),
+            (x_of(ratio) + 6, y + 3),
+            font.clone(),
+        ))
+        .map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())

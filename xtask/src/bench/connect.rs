@@ -29,8 +29,10 @@ pub fn run(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
 }
 
 fn end_to_end(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<Row>> {
-    let paths: [(&str, PodRef, PodRef); 2] =
-        [("direct pod→pod cross-node", ("plain", "client"), ("plain", "remote")), ("mesh cross-node (HBONE)", CLIENT, ("mesh", "remote"))];
+    let paths: [(&str, PodRef, PodRef); 2] = [
+        ("direct pod→pod cross-node", ("plain", "client"), ("plain", "remote")),
+        ("mesh cross-node (HBONE)", CLIENT, ("mesh", "remote")),
+    ];
     let mut rate = [Vec::new(), Vec::new()];
     let mut p99 = [Vec::new(), Vec::new()];
     let mut errors = [0u64; 2];
@@ -39,7 +41,10 @@ fn end_to_end(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<
         for (i, (label, client, server)) in paths.iter().enumerate() {
             progress(&format!("connect rep {}/{}: {label}", rep + 1, opts.reps()));
             let target = format!("{}:{HTTP_PORT}", lab.ip(*server)?);
-            match lab.load(*client, &["connect", "--http", "--target", &target, "--conc", "16", "--secs", secs]) {
+            match lab.load(
+                *client,
+                &["connect", "--http", "--target", &target, "--conc", "16", "--secs", secs],
+            ) {
                 Ok(r) => {
                     rate[i].push(r.per_sec);
                     p99[i].push(r.p99_us);
@@ -51,13 +56,28 @@ fn end_to_end(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<
         }
     }
     let direct = (Stat::of(&rate[0]), Stat::of(&p99[0]));
-    let mut conn = Row::new("connect", "new connections/s (1 request each, 16 at a time)", paths[1].0, "conn/s", Stat::of(&rate[1]), Better::Higher)
-        .vs(paths[0].0, &direct.0)
-        .target(Target::RatioAtLeast(0.50));
+    let mut conn = Row::new(
+        "connect",
+        "new connections/s (1 request each, 16 at a time)",
+        paths[1].0,
+        "conn/s",
+        Stat::of(&rate[1]),
+        Better::Higher,
+    )
+    .vs(paths[0].0, &direct.0)
+    .target(Target::RatioAtLeast(0.50));
     if errors[1] > 0 {
         conn = conn.note(format!("{} failed: {}", errors[1], first[1].as_deref().unwrap_or("?")));
     }
-    let lat = Row::new("connect", "connection + request p99", paths[1].0, "µs", Stat::of(&p99[1]), Better::Lower).vs(paths[0].0, &direct.1);
+    let lat = Row::new(
+        "connect",
+        "connection + request p99",
+        paths[1].0,
+        "µs",
+        Stat::of(&p99[1]),
+        Better::Lower,
+    )
+    .vs(paths[0].0, &direct.1);
     Ok(vec![conn, lat])
 }
 
@@ -68,7 +88,10 @@ fn capture(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<Row
         for rep in 0..opts.reps() {
             progress(&format!("connect rep {}/{}: capture by {what}", rep + 1, opts.reps()));
             let target = format!("{gw}:{port}");
-            let r = lab.load(CLIENT, &["connect", "--target", &target, "--conc", "16", "--secs", secs])?;
+            let r = lab.load(
+                CLIENT,
+                &["connect", "--target", &target, "--conc", "16", "--secs", secs],
+            )?;
             rate.push(r.per_sec);
             p50.push(r.p50_us);
             errors += r.errors;
@@ -81,22 +104,64 @@ fn capture(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<Row
     let ipt = measure(IPTABLES_PORT, "iptables")?;
     let base = "iptables nat OUTPUT REDIRECT → same listener (Istio's capture)";
     let path = "eBPF connect4 → mesh-node 15001 in the pod";
-    let mut rate = Row::new("connect", "capture only: connect()+reset/s, 16 at a time", path, "conn/s", Stat::of(&ebpf.0), Better::Higher).vs(base, &Stat::of(&ipt.0));
+    let mut rate = Row::new(
+        "connect",
+        "capture only: connect()+reset/s, 16 at a time",
+        path,
+        "conn/s",
+        Stat::of(&ebpf.0),
+        Better::Higher,
+    )
+    .vs(base, &Stat::of(&ipt.0));
     if ebpf.2 + ipt.2 > 0 {
         let why = |e: &Option<String>| e.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
-        rate = rate.note(format!("failed connects: eBPF {}{}, iptables {}{}", ebpf.2, why(&ebpf.3), ipt.2, why(&ipt.3)));
+        rate = rate.note(format!(
+            "failed connects: eBPF {}{}, iptables {}{}",
+            ebpf.2,
+            why(&ebpf.3),
+            ipt.2,
+            why(&ipt.3)
+        ));
     }
-    let lat = Row::new("connect", "capture only: connect() p50", path, "µs", Stat::of(&ebpf.1), Better::Lower).vs(base, &Stat::of(&ipt.1));
+    let lat = Row::new(
+        "connect",
+        "capture only: connect() p50",
+        path,
+        "µs",
+        Stat::of(&ebpf.1),
+        Better::Lower,
+    )
+    .vs(base, &Stat::of(&ipt.1));
     Ok(vec![rate, lat])
 }
 
 /// Istio-style rule in the client pod's own netns (created by the bench, gone with it).
 fn iptables_redirect(lab: &Lab, gw: std::net::Ipv4Addr) -> anyhow::Result<()> {
     let mut cmd = Command::new("iptables");
-    cmd.args(["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", &gw.to_string(), "--dport", &IPTABLES_PORT.to_string(), "-j", "REDIRECT", "--to-ports", "15001"]);
+    cmd.args([
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &gw.to_string(),
+        "--dport",
+        &IPTABLES_PORT.to_string(),
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ]);
     let out = lab.cluster.run_in_pod(CLIENT.0, CLIENT.1, cmd)?;
     if !out.status.success() {
-        bail!("iptables in {}/{} failed (apt install iptables): {}", CLIENT.0, CLIENT.1, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "iptables in {}/{} failed (apt install iptables): {}",
+            CLIENT.0,
+            CLIENT.1,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

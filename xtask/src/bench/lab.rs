@@ -139,14 +139,26 @@ impl Lab {
         let tool = bin_path("xtask").context("finding the xtask binary")?;
         let cluster = Cluster::from_yaml(TOPOLOGY).context("creating the bench cluster")?;
         let options = MeshOptions {
-            node_args: vec!["--capture-exclude-ports".into(), IPTABLES_PORT.to_string(), "--config-poll-ms".into(), "50".into()],
+            node_args: vec![
+                "--capture-exclude-ports".into(),
+                IPTABLES_PORT.to_string(),
+                "--config-poll-ms".into(),
+                "50".into(),
+            ],
             // Per-connection warnings (e.g. resets in the capture bench) would cost CPU in one path only.
             log: Some("error".into()),
             log_dir: None,
         };
         let mut mesh = LocalMesh::start(&cluster, options).context("starting mesh-node")?;
-        mesh.wait_ready(&cluster, Duration::from_secs(60)).context("mesh-node readiness")?;
-        let mut lab = Lab { cluster, mesh, waypoint: None, guards: Vec::new(), tool };
+        mesh.wait_ready(&cluster, Duration::from_secs(60))
+            .context("mesh-node readiness")?;
+        let mut lab = Lab {
+            cluster,
+            mesh,
+            waypoint: None,
+            guards: Vec::new(),
+            tool,
+        };
         lab.start_servers()?;
         lab.start_stunnel()?;
         if let Err(e) = lab.start_waypoint() {
@@ -176,25 +188,44 @@ impl Lab {
         let text = String::from_utf8_lossy(&out.stdout);
         match text.lines().last().map(serde_json::from_str::<LoadResult>) {
             Some(Ok(r)) if out.status.success() => Ok(r),
-            _ => bail!("bench-tool {} in {ns}/{pod} failed ({}): {}{}", args.join(" "), out.status, text, String::from_utf8_lossy(&out.stderr)),
+            _ => bail!(
+                "bench-tool {} in {ns}/{pod} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
 
     pub fn spawn(&mut self, (ns, pod): PodRef, cmd: Command) -> anyhow::Result<()> {
-        let guard = self.cluster.spawn_in_pod(ns, pod, cmd).with_context(|| format!("starting a process in {ns}/{pod}"))?;
+        let guard = self
+            .cluster
+            .spawn_in_pod(ns, pod, cmd)
+            .with_context(|| format!("starting a process in {ns}/{pod}"))?;
         self.guards.push(guard);
         Ok(())
     }
 
     pub fn wait_tcp(&self, (ns, pod): PodRef, addr: SocketAddr) -> anyhow::Result<()> {
-        self.cluster.wait_tcp_in_pod(ns, pod, addr, Duration::from_secs(20)).with_context(|| format!("{addr} in {ns}/{pod}"))?;
+        self.cluster
+            .wait_tcp_in_pod(ns, pod, addr, Duration::from_secs(20))
+            .with_context(|| format!("{addr} in {ns}/{pod}"))?;
         Ok(())
     }
 
     fn start_servers(&mut self) -> anyhow::Result<()> {
-        for pod in [("plain", "remote"), ("mesh", "remote"), ("mesh", "local"), ("wpmesh", "server")] {
+        for pod in [
+            ("plain", "remote"),
+            ("mesh", "remote"),
+            ("mesh", "local"),
+            ("wpmesh", "server"),
+        ] {
             let mut iperf = Command::new("iperf3");
-            iperf.args(["-s", "-p", &IPERF_PORT.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+            iperf
+                .args(["-s", "-p", &IPERF_PORT.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             self.spawn(pod, iperf).context("iperf3 -s (apt install iperf3)")?;
             let serve = self.tool(&["serve", "--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", pod.1]);
             self.spawn(pod, serve)?;
@@ -210,7 +241,19 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=bench"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=bench",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -230,8 +273,13 @@ impl Lab {
             cert.display()
         );
         let server = format!("{common}[srv]\naccept = 0.0.0.0:{STUNNEL_TLS_PORT}\nconnect = 127.0.0.1:{IPERF_PORT}\n");
-        let client = format!("{common}[cli]\nclient = yes\naccept = 127.0.0.1:{STUNNEL_LOCAL_PORT}\nconnect = {remote}:{STUNNEL_TLS_PORT}\n");
-        for (name, text, pod, port) in [("server", server, ("plain", "remote"), STUNNEL_TLS_PORT), ("client", client, ("plain", "client"), STUNNEL_LOCAL_PORT)] {
+        let client = format!(
+            "{common}[cli]\nclient = yes\naccept = 127.0.0.1:{STUNNEL_LOCAL_PORT}\nconnect = {remote}:{STUNNEL_TLS_PORT}\n"
+        );
+        for (name, text, pod, port) in [
+            ("server", server, ("plain", "remote"), STUNNEL_TLS_PORT),
+            ("client", client, ("plain", "client"), STUNNEL_LOCAL_PORT),
+        ] {
             let path = dir.join(format!("{name}.conf"));
             std::fs::write(&path, text)?;
             let mut cmd = Command::new("stunnel4");
@@ -247,12 +295,27 @@ impl Lab {
     fn start_waypoint(&mut self) -> anyhow::Result<()> {
         self.mesh.apply("bench-waypoint", WAYPOINT_CONFIG)?;
         let pod = self.cluster.pod(WAYPOINT_POD.0, WAYPOINT_POD.1)?;
-        let cert_dir = self.cluster.node(&pod.node)?.state_dir.join("proxy-certs").join(WAYPOINT_POD.0).join(WAYPOINT_POD.1);
+        let cert_dir = self
+            .cluster
+            .node(&pod.node)?
+            .state_dir
+            .join("proxy-certs")
+            .join(WAYPOINT_POD.0)
+            .join(WAYPOINT_POD.1);
         let mut cmd = Command::new(bin_path("mesh-waypoint")?);
         cmd.arg("run")
             .arg("--config-dir")
             .arg(self.mesh.config_dir())
-            .args(["--namespace", WAYPOINT_POD.0, "--listen", "127.0.0.1:15080", "--admin", "127.0.0.1:15000", "--config-poll-ms", "50"])
+            .args([
+                "--namespace",
+                WAYPOINT_POD.0,
+                "--listen",
+                "127.0.0.1:15080",
+                "--admin",
+                "127.0.0.1:15000",
+                "--config-poll-ms",
+                "50",
+            ])
             .arg("--cert-dir")
             .arg(&cert_dir)
             .env("RUST_LOG", "error")
@@ -260,11 +323,22 @@ impl Lab {
             .stderr(Stdio::null());
         let guard = self.cluster.spawn_in_pod(WAYPOINT_POD.0, WAYPOINT_POD.1, cmd)?;
         self.waypoint = Some(guard);
-        self.cluster.wait_tcp_in_pod(WAYPOINT_POD.0, WAYPOINT_POD.1, SocketAddr::from((pod.ip, 15008)), Duration::from_secs(60)).context("the waypoint's HBONE port 15008")?;
+        self.cluster
+            .wait_tcp_in_pod(
+                WAYPOINT_POD.0,
+                WAYPOINT_POD.1,
+                SocketAddr::from((pod.ip, 15008)),
+                Duration::from_secs(60),
+            )
+            .context("the waypoint's HBONE port 15008")?;
         Ok(())
     }
 
     pub fn node_pids(&self) -> Vec<(String, u32)> {
-        self.cluster.nodes().iter().filter_map(|n| Some((n.name.clone(), self.mesh.pid(&n.name)?))).collect()
+        self.cluster
+            .nodes()
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), self.mesh.pid(&n.name)?)))
+            .collect()
     }
 }

@@ -24,9 +24,24 @@ struct Path {
 }
 
 const PATHS: [Path; 3] = [
-    Path { label: DIRECT, client: ("plain", "client"), server: Some(("plain", "remote")), host: "bench" },
-    Path { label: "mesh L4 cross-node (HBONE)", client: ("mesh", "client"), server: Some(("mesh", "remote")), host: "bench" },
-    Path { label: "mesh via waypoint (Service VIP → HBONE → waypoint → HBONE)", client: ("mesh", "client"), server: None, host: "bench:8080" },
+    Path {
+        label: DIRECT,
+        client: ("plain", "client"),
+        server: Some(("plain", "remote")),
+        host: "bench",
+    },
+    Path {
+        label: "mesh L4 cross-node (HBONE)",
+        client: ("mesh", "client"),
+        server: Some(("mesh", "remote")),
+        host: "bench",
+    },
+    Path {
+        label: "mesh via waypoint (Service VIP → HBONE → waypoint → HBONE)",
+        client: ("mesh", "client"),
+        server: None,
+        host: "bench:8080",
+    },
 ];
 
 const RATES: [u32; 2] = [1000, 5000];
@@ -44,16 +59,36 @@ pub fn run(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                 if p.server.is_none() && lab.waypoint.is_none() {
                     continue;
                 }
-                progress(&format!("latency rep {}/{}: {} @{rate}/s", rep + 1, opts.reps(), p.label));
+                progress(&format!(
+                    "latency rep {}/{}: {} @{rate}/s",
+                    rep + 1,
+                    opts.reps(),
+                    p.label
+                ));
                 let ip: Ipv4Addr = match p.server {
                     Some(pod) => lab.ip(pod)?,
                     None => WAYPOINT_VIP,
                 };
                 let target = format!("{ip}:{HTTP_PORT}");
-                let args = ["rate", "--target", &target, "--host", p.host, "--rate", &rate.to_string(), "--conns", "16", "--secs", secs];
+                let args = [
+                    "rate",
+                    "--target",
+                    &target,
+                    "--host",
+                    p.host,
+                    "--rate",
+                    &rate.to_string(),
+                    "--conns",
+                    "16",
+                    "--secs",
+                    secs,
+                ];
                 match lab.load(p.client, &args) {
                     Ok(res) => {
-                        for (q, v) in [res.p50_us, res.p90_us, res.p99_us, res.p999_us].into_iter().enumerate() {
+                        for (q, v) in [res.p50_us, res.p90_us, res.p99_us, res.p999_us]
+                            .into_iter()
+                            .enumerate()
+                        {
                             lat[r][i][q].push(v);
                         }
                         errors[r][i] += res.errors;
@@ -69,7 +104,15 @@ pub fn run(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         for (q, quantile) in QUANTILES.iter().enumerate() {
             let direct = Stat::of(&lat[r][0][q]);
             for (i, p) in PATHS.iter().enumerate().skip(1) {
-                let mut row = Row::new("latency", &format!("1 kB HTTP {quantile} @{rate}/s"), p.label, "µs", Stat::of(&lat[r][i][q]), Better::Lower).vs(DIRECT, &direct);
+                let mut row = Row::new(
+                    "latency",
+                    &format!("1 kB HTTP {quantile} @{rate}/s"),
+                    p.label,
+                    "µs",
+                    Stat::of(&lat[r][i][q]),
+                    Better::Lower,
+                )
+                .vs(DIRECT, &direct);
                 if i == 1 && *rate == 1000 {
                     match *quantile {
                         "p50" => row = row.target(Target::DeltaAtMost(90.0)),
@@ -78,7 +121,11 @@ pub fn run(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                     }
                 }
                 if errors[r][i] > 0 {
-                    row = row.note(format!("{} failed requests: {}", errors[r][i], first_error[i].as_deref().unwrap_or("?")));
+                    row = row.note(format!(
+                        "{} failed requests: {}",
+                        errors[r][i],
+                        first_error[i].as_deref().unwrap_or("?")
+                    ));
                 }
                 rows.push(row);
             }

@@ -52,7 +52,11 @@ pub fn progress(what: &str) {
 /// Runs `names` (all when empty), prints the table and writes the files under `out_dir`.
 pub fn run(names: &[String], opts: &BenchOptions, out_dir: &Path) -> anyhow::Result<Report> {
     let started = *STARTED.get_or_init(Instant::now);
-    let selected: Vec<&str> = if names.is_empty() { ALL.to_vec() } else { names.iter().map(String::as_str).collect() };
+    let selected: Vec<&str> = if names.is_empty() {
+        ALL.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
     if let Some(bad) = selected.iter().find(|n| !ALL.contains(n)) {
         anyhow::bail!("unknown benchmark {bad:?}; available: {}", ALL.join(", "));
     }

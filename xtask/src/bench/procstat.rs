@@ -10,9 +10,17 @@ pub struct ProcSample {
 pub fn sample(pid: u32) -> Option<ProcSample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |key: &str| -> f64 {
-        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::NAN)
     };
-    Some(ProcSample { rss_mib: kib("VmRSS:") / 1024.0, peak_mib: kib("VmHWM:") / 1024.0, cpu_secs: cpu_secs(pid).unwrap_or(f64::NAN) })
+    Some(ProcSample {
+        rss_mib: kib("VmRSS:") / 1024.0,
+        peak_mib: kib("VmHWM:") / 1024.0,
+        cpu_secs: cpu_secs(pid).unwrap_or(f64::NAN),
+    })
 }
 
 /// utime + stime of all threads, in seconds.

@@ -19,12 +19,26 @@ impl Stat {
     pub fn of(values: &[f64]) -> Stat {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
-            return Stat { median: f64::NAN, min: f64::NAN, max: f64::NAN, n: 0 };
+            return Stat {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                n: 0,
+            };
         }
         v.sort_by(f64::total_cmp);
         let mid = v.len() / 2;
-        let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
-        Stat { median, min: v[0], max: v[v.len() - 1], n: v.len() }
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Stat {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+            n: v.len(),
+        }
     }
 
     /// Spread as ± percent of the median (half the range).
@@ -142,10 +156,21 @@ impl Machine {
     pub fn detect() -> Machine {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+                })
+            })
             .unwrap_or_else(|| "unknown".into());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default();
-        Machine { nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu, kernel }
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        Machine {
+            nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            cpu,
+            kernel,
+        }
     }
 }
 
@@ -192,7 +217,11 @@ impl Report {
             m.cpu,
             m.kernel,
             self.binaries,
-            if self.quick { "quick (1 repetition, short runs)" } else { "full" },
+            if self.quick {
+                "quick (1 repetition, short runs)"
+            } else {
+                "full"
+            },
             self.duration_secs
         );
         out += "| bench | metric | path | value (median ±half-range, n) | baseline | baseline value | ratio (Δ) | target | met |\n";
@@ -219,7 +248,10 @@ impl Report {
                 path,
                 fmt_stat(&r.value, &r.unit),
                 r.baseline_name.as_deref().unwrap_or("–"),
-                r.baseline.as_ref().map(|b| fmt_stat(b, &r.unit)).unwrap_or_else(|| "–".into()),
+                r.baseline
+                    .as_ref()
+                    .map(|b| fmt_stat(b, &r.unit))
+                    .unwrap_or_else(|| "–".into()),
                 ratio,
                 r.target.as_ref().map(|t| t.text(&r.unit)).unwrap_or_default(),
                 met
@@ -235,7 +267,8 @@ impl Report {
     pub fn write(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let json = dir.join("bench.json");
-        std::fs::write(&json, serde_json::to_string_pretty(self)?).with_context(|| format!("write {}", json.display()))?;
+        std::fs::write(&json, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("write {}", json.display()))?;
         let svg = dir.join("bench.svg");
         super::chart::ratios(self, &svg)?;
         std::fs::write(dir.join("bench.md"), self.markdown())?;
@@ -259,9 +292,13 @@ mod tests {
     #[test]
     fn targets_compare_against_the_baseline() {
         let base = Stat::of(&[100.0]);
-        let fast = Row::new("t", "m", "p", "µs", Stat::of(&[180.0]), Better::Lower).vs("direct", &base).target(Target::DeltaAtMost(90.0));
+        let fast = Row::new("t", "m", "p", "µs", Stat::of(&[180.0]), Better::Lower)
+            .vs("direct", &base)
+            .target(Target::DeltaAtMost(90.0));
         assert_eq!(fast.met(), Some(true));
-        let slow = Row::new("t", "m", "p", "Gbit/s", Stat::of(&[4.0]), Better::Higher).vs("direct", &Stat::of(&[10.0])).target(Target::RatioAtLeast(0.55));
+        let slow = Row::new("t", "m", "p", "Gbit/s", Stat::of(&[4.0]), Better::Higher)
+            .vs("direct", &Stat::of(&[10.0]))
+            .target(Target::RatioAtLeast(0.55));
         assert_eq!(slow.met(), Some(false));
         assert!((slow.ratio().unwrap() - 0.4).abs() < 1e-9);
         let none = Row::new("t", "m", "p", "MiB", Stat::of(&[]), Better::Lower).target(Target::ValueAtMost(8.0));

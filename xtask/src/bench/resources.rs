@@ -65,16 +65,44 @@ fn idle_rows(idle: &Idle) -> Vec<Row> {
     let mut rows = Vec::new();
     for (node, s, _) in &idle.nodes {
         rows.push(
-            Row::new("resources", "RSS idle", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.rss_mib]), Better::Lower)
-                .vs(ZTUNNEL, &Stat::of(&[17.0]))
-                .target(Target::ValueAtMost(8.0)),
+            Row::new(
+                "resources",
+                "RSS idle",
+                &format!("mesh-node {node}"),
+                "MiB",
+                Stat::of(&[s.rss_mib]),
+                Better::Lower,
+            )
+            .vs(ZTUNNEL, &Stat::of(&[17.0]))
+            .target(Target::ValueAtMost(8.0)),
         );
     }
     let cpu: Vec<f64> = idle.nodes.iter().map(|(_, _, c)| c * 1000.0).collect();
-    rows.push(Row::new("resources", "CPU idle (per daemon)", "mesh-node", "mvCPU", Stat::of(&cpu), Better::Lower));
+    rows.push(Row::new(
+        "resources",
+        "CPU idle (per daemon)",
+        "mesh-node",
+        "mvCPU",
+        Stat::of(&cpu),
+        Better::Lower,
+    ));
     if let Some((s, c)) = idle.waypoint {
-        rows.push(Row::new("resources", "RSS idle", "mesh-waypoint (pod)", "MiB", Stat::of(&[s.rss_mib]), Better::Lower));
-        rows.push(Row::new("resources", "CPU idle", "mesh-waypoint (pod)", "mvCPU", Stat::of(&[c * 1000.0]), Better::Lower));
+        rows.push(Row::new(
+            "resources",
+            "RSS idle",
+            "mesh-waypoint (pod)",
+            "MiB",
+            Stat::of(&[s.rss_mib]),
+            Better::Lower,
+        ));
+        rows.push(Row::new(
+            "resources",
+            "CPU idle",
+            "mesh-waypoint (pod)",
+            "mvCPU",
+            Stat::of(&[c * 1000.0]),
+            Better::Lower,
+        ));
     }
     rows
 }
@@ -88,7 +116,12 @@ fn per_request(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     for rep in 0..opts.reps() {
         progress(&format!("resources rep {}/{}: CPU at 1000 req/s", rep + 1, opts.reps()));
         let before: Vec<_> = pids.iter().map(|(_, p)| procstat::cpu_secs(*p)).collect();
-        let r = lab.load(CLIENT, &["rate", "--target", &target, "--rate", "1000", "--conns", "16", "--secs", secs])?;
+        let r = lab.load(
+            CLIENT,
+            &[
+                "rate", "--target", &target, "--rate", "1000", "--conns", "16", "--secs", secs,
+            ],
+        )?;
         for (i, ((_, pid), c0)) in pids.iter().zip(&before).enumerate() {
             if let (Some(c0), Some(c1)) = (c0, procstat::cpu_secs(*pid)) {
                 per_side[i].push((c1 - c0) * 1e6 / r.ok.max(1) as f64);
@@ -99,8 +132,15 @@ fn per_request(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     for ((node, _), v) in pids.iter().zip(per_side) {
         let side = if node == "n1" { "client side" } else { "server side" };
         rows.push(
-            Row::new("resources", "CPU per request @1000/s (= mvCPU per 1000 req/s)", &format!("mesh-node {node} ({side})"), "µs", Stat::of(&v), Better::Lower)
-                .vs(ZTUNNEL, &Stat::of(&[70.0])),
+            Row::new(
+                "resources",
+                "CPU per request @1000/s (= mvCPU per 1000 req/s)",
+                &format!("mesh-node {node} ({side})"),
+                "µs",
+                Stat::of(&v),
+                Better::Lower,
+            )
+            .vs(ZTUNNEL, &Stat::of(&[70.0])),
         );
     }
     Ok(rows)
@@ -113,24 +153,50 @@ fn held_connections(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> 
     let hold_secs = if opts.quick { "20" } else { "30" };
     let mut cmd = lab.tool(&["hold", "--target", &target, "--conns", "1000", "--secs", hold_secs]);
     cmd.stdout(std::process::Stdio::piped());
-    let before: Vec<(String, f64)> = lab.node_pids().into_iter().filter_map(|(n, pid)| Some((n, procstat::sample(pid)?.rss_mib))).collect();
+    let before: Vec<(String, f64)> = lab
+        .node_pids()
+        .into_iter()
+        .filter_map(|(n, pid)| Some((n, procstat::sample(pid)?.rss_mib)))
+        .collect();
     let mut guard = lab.cluster.spawn_in_pod(CLIENT.0, CLIENT.1, cmd)?;
     let opened = read_line(guard.child_mut()).context("bench-tool hold")?;
-    let samples: Vec<(String, ProcSample)> = lab.node_pids().into_iter().filter_map(|(n, pid)| Some((n, procstat::sample(pid)?))).collect();
+    let samples: Vec<(String, ProcSample)> = lab
+        .node_pids()
+        .into_iter()
+        .filter_map(|(n, pid)| Some((n, procstat::sample(pid)?)))
+        .collect();
     drop(guard);
     let mut rows = Vec::new();
     for (node, s) in samples {
-        let base = before.iter().find(|(n, _)| *n == node).map(|(_, b)| *b).unwrap_or(f64::NAN);
+        let base = before
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, b)| *b)
+            .unwrap_or(f64::NAN);
         let per_conn_kib = (s.rss_mib - base) * 1024.0 / 1000.0;
         rows.push(
-            Row::new("resources", "RSS with 1,000 connections held", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.rss_mib]), Better::Lower)
-                .vs("same daemon just before", &Stat::of(&[base]))
-                .note(format!("{}; {per_conn_kib:.0} KiB per connection", opened.trim())),
+            Row::new(
+                "resources",
+                "RSS with 1,000 connections held",
+                &format!("mesh-node {node}"),
+                "MiB",
+                Stat::of(&[s.rss_mib]),
+                Better::Lower,
+            )
+            .vs("same daemon just before", &Stat::of(&[base]))
+            .note(format!("{}; {per_conn_kib:.0} KiB per connection", opened.trim())),
         );
         rows.push(
-            Row::new("resources", "peak RSS so far (VmHWM)", &format!("mesh-node {node}"), "MiB", Stat::of(&[s.peak_mib]), Better::Lower)
-                .vs(ZTUNNEL, &Stat::of(&[69.0]))
-                .target(Target::ValueAtMost(32.0)),
+            Row::new(
+                "resources",
+                "peak RSS so far (VmHWM)",
+                &format!("mesh-node {node}"),
+                "MiB",
+                Stat::of(&[s.peak_mib]),
+                Better::Lower,
+            )
+            .vs(ZTUNNEL, &Stat::of(&[69.0]))
+            .target(Target::ValueAtMost(32.0)),
         );
     }
     Ok(rows)
@@ -164,7 +230,11 @@ fn growth_yaml(n: usize) -> String {
 }
 
 fn growth(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
-    let sizes: &[usize] = if opts.quick { &[10, 100, 1000] } else { &[10, 100, 1000, 10_000] };
+    let sizes: &[usize] = if opts.quick {
+        &[10, 100, 1000]
+    } else {
+        &[10, 100, 1000, 10_000]
+    };
     let n1 = lab.mesh.pid("n1").context("no daemon on n1")?;
     let base = procstat::sample(n1).map(|s| s.rss_mib).unwrap_or(f64::NAN);
     let wp = lab.waypoint.as_ref().map(|g| g.pid());
@@ -176,23 +246,54 @@ fn growth(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         progress(&format!("resources: configuration with {n} workloads + {n} services"));
         let t = Instant::now();
         lab.mesh.apply("bench-growth", &growth_yaml(n))?;
-        wait_for("config applied", Duration::from_secs(120), || (workload_count(lab).ok()? >= base_workloads + n).then_some(()))?;
+        wait_for("config applied", Duration::from_secs(120), || {
+            (workload_count(lab).ok()? >= base_workloads + n).then_some(())
+        })?;
         let apply_ms = t.elapsed().as_secs_f64() * 1000.0;
         let first = *first_apply.get_or_insert(apply_ms);
         std::thread::sleep(Duration::from_millis(300)); // let the waypoint's poll see it too
         let rss = procstat::sample(n1).map(|s| s.rss_mib).unwrap_or(f64::NAN);
         let label = format!("{n} workloads + {n} services");
-        rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-node n1", "MiB", Stat::of(&[rss]), Better::Lower).vs("same daemon just before (bench topology only)", &Stat::of(&[base])));
         rows.push(
-            Row::new("resources", &format!("config apply, {label}"), "mesh-node n1 (write → /workloads shows it)", "ms", Stat::of(&[apply_ms]), Better::Lower)
-                .vs(&format!("apply of {} objects", sizes[0]), &Stat::of(&[first])),
+            Row::new(
+                "resources",
+                &format!("RSS, {label}"),
+                "mesh-node n1",
+                "MiB",
+                Stat::of(&[rss]),
+                Better::Lower,
+            )
+            .vs("same daemon just before (bench topology only)", &Stat::of(&[base])),
+        );
+        rows.push(
+            Row::new(
+                "resources",
+                &format!("config apply, {label}"),
+                "mesh-node n1 (write → /workloads shows it)",
+                "ms",
+                Stat::of(&[apply_ms]),
+                Better::Lower,
+            )
+            .vs(&format!("apply of {} objects", sizes[0]), &Stat::of(&[first])),
         );
         if let Some(s) = wp.and_then(procstat::sample) {
-            rows.push(Row::new("resources", &format!("RSS, {label}"), "mesh-waypoint (pod)", "MiB", Stat::of(&[s.rss_mib]), Better::Lower).vs("same waypoint just before", &Stat::of(&[wp_base])));
+            rows.push(
+                Row::new(
+                    "resources",
+                    &format!("RSS, {label}"),
+                    "mesh-waypoint (pod)",
+                    "MiB",
+                    Stat::of(&[s.rss_mib]),
+                    Better::Lower,
+                )
+                .vs("same waypoint just before", &Stat::of(&[wp_base])),
+            );
         }
     }
     lab.mesh.delete("bench-growth")?;
-    wait_for("growth config removed", Duration::from_secs(60), || (workload_count(lab).ok()? <= base_workloads).then_some(()))?;
+    wait_for("growth config removed", Duration::from_secs(60), || {
+        (workload_count(lab).ok()? <= base_workloads).then_some(())
+    })?;
     Ok(rows)
 }
 

@@ -123,7 +123,10 @@ pub fn run(cmd: ToolCmd) -> anyhow::Result<()> {
 
 /// 1,000 held connections (and their server side) need more than the default 1,024 fds.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a valid, owned struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -134,10 +137,14 @@ fn raise_fd_limit() {
 }
 
 async fn serve(listen: SocketAddr, size: usize, name: String) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("bind {listen}"))?;
     let body = Bytes::from(vec![b'x'; size]);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (body, name) = (body.clone(), name.clone());
         tokio::spawn(async move {
@@ -148,7 +155,9 @@ async fn serve(listen: SocketAddr, size: usize, name: String) -> anyhow::Result<
                 }
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -156,7 +165,9 @@ async fn serve(listen: SocketAddr, size: usize, name: String) -> anyhow::Result<
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 async fn connect_http(target: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+    let stream = TcpStream::connect(target)
+        .await
+        .with_context(|| format!("connect {target}"))?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -197,7 +208,12 @@ struct Tally {
 
 impl Tally {
     fn new() -> Self {
-        Self { hist: histogram(), ok: 0, errors: 0, first_error: None }
+        Self {
+            hist: histogram(),
+            ok: 0,
+            errors: 0,
+            first_error: None,
+        }
     }
 
     fn record(&mut self, d: Duration) {
@@ -329,7 +345,15 @@ async fn one_connection(target: SocketAddr, http: bool) -> anyhow::Result<()> {
         Ok(s) => s,
         // The handshake completed and the listener already reset the connection before this
         // task looked at it (the capture bench's listener resets at once): set up all the same.
-        Err(e) if !http && matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => return Ok(()),
+        Err(e)
+            if !http
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+        {
+            return Ok(());
+        }
         Err(e) => return Err(e.into()),
     };
     if !http {
@@ -338,7 +362,9 @@ async fn one_connection(target: SocketAddr, http: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     stream.set_nodelay(true)?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut buf = Vec::with_capacity(2048);
     stream.read_to_end(&mut buf).await?;
     if !buf.starts_with(b"HTTP/1.1 200") {

@@ -117,16 +117,41 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let waypoint = start_waypoint(lab)?;
     let haproxy = start_haproxy(lab)?;
     let targets = [
-        Target { label: "direct to one backend", addr: DIRECT, pid: None },
-        Target { label: "mesh-waypoint", addr: WAYPOINT, pid: Some(waypoint.pid()) },
-        Target { label: "HAProxy 2.6 (same rules)", addr: HAPROXY, pid: Some(haproxy.pid()) },
+        Target {
+            label: "direct to one backend",
+            addr: DIRECT,
+            pid: None,
+        },
+        Target {
+            label: "mesh-waypoint",
+            addr: WAYPOINT,
+            pid: Some(waypoint.pid()),
+        },
+        Target {
+            label: "HAProxy 2.6 (same rules)",
+            addr: HAPROXY,
+            pid: Some(haproxy.pid()),
+        },
     ];
     let secs = if opts.quick { "2" } else { "5" };
     let mut figs: Vec<Figures> = targets.iter().map(|_| Figures::default()).collect();
     for rep in 0..opts.reps() {
         for (t, f) in targets.iter().zip(figs.iter_mut()) {
             progress(&format!("waypoint rep {}/{}: {}", rep + 1, opts.reps(), t.label));
-            let common = ["--target", t.addr, "--host", "reviews:9080", "--header", "end-user:jason", "--every", "10", "--conns", "16", "--secs", secs];
+            let common = [
+                "--target",
+                t.addr,
+                "--host",
+                "reviews:9080",
+                "--header",
+                "end-user:jason",
+                "--every",
+                "10",
+                "--conns",
+                "16",
+                "--secs",
+                secs,
+            ];
             let max = lab.load(POD, &[&["max"], &common[..]].concat())?;
             f.rps.push(max.per_sec);
             let cpu0 = t.pid.and_then(procstat::cpu_secs);
@@ -145,18 +170,49 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let stat = |i: usize, pick: fn(&Figures) -> &Vec<f64>| Stat::of(pick(&figs[i]));
     let mut rows = Vec::new();
     let metrics: [(&str, &str, Better, fn(&Figures) -> &Vec<f64>); 3] = [
-        ("requests/s, 16 connections, closed loop", "req/s", Better::Higher, |f| &f.rps),
+        (
+            "requests/s, 16 connections, closed loop",
+            "req/s",
+            Better::Higher,
+            |f| &f.rps,
+        ),
         ("p50 @1000/s", "µs", Better::Lower, |f| &f.p50),
         ("p99 @1000/s", "µs", Better::Lower, |f| &f.p99),
     ];
     for (metric, unit, better, pick) in metrics {
         for i in [1, 2] {
-            rows.push(Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better).vs(targets[0].label, &stat(0, pick)));
+            rows.push(
+                Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better)
+                    .vs(targets[0].label, &stat(0, pick)),
+            );
         }
-        rows.push(Row::new("waypoint", metric, targets[1].label, unit, stat(1, pick), better).vs(targets[2].label, &stat(2, pick)));
+        rows.push(
+            Row::new("waypoint", metric, targets[1].label, unit, stat(1, pick), better)
+                .vs(targets[2].label, &stat(2, pick)),
+        );
     }
-    rows.push(Row::new("waypoint", "CPU per request @1000/s", targets[1].label, "µs", stat(1, |f| &f.cpu_us_per_req), Better::Lower).vs(targets[2].label, &stat(2, |f| &f.cpu_us_per_req)));
-    rows.push(Row::new("waypoint", "RSS after load", targets[1].label, "MiB", stat(1, |f| &f.rss), Better::Lower).vs(targets[2].label, &stat(2, |f| &f.rss)));
+    rows.push(
+        Row::new(
+            "waypoint",
+            "CPU per request @1000/s",
+            targets[1].label,
+            "µs",
+            stat(1, |f| &f.cpu_us_per_req),
+            Better::Lower,
+        )
+        .vs(targets[2].label, &stat(2, |f| &f.cpu_us_per_req)),
+    );
+    rows.push(
+        Row::new(
+            "waypoint",
+            "RSS after load",
+            targets[1].label,
+            "MiB",
+            stat(1, |f| &f.rss),
+            Better::Lower,
+        )
+        .vs(targets[2].label, &stat(2, |f| &f.rss)),
+    );
     Ok(rows)
 }
 
@@ -172,7 +228,10 @@ fn start_waypoint(lab: &Lab) -> anyhow::Result<ProcessGuard> {
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let guard = lab.cluster.spawn_in_pod(POD.0, POD.1, cmd).context("starting mesh-waypoint")?;
+    let guard = lab
+        .cluster
+        .spawn_in_pod(POD.0, POD.1, cmd)
+        .context("starting mesh-waypoint")?;
     lab.wait_tcp(POD, WAYPOINT.parse::<SocketAddr>()?)?;
     wait_routes(lab)?;
     Ok(guard)
@@ -181,8 +240,23 @@ fn start_waypoint(lab: &Lab) -> anyhow::Result<ProcessGuard> {
 /// The waypoint listens before its first config load completes; wait until requests route.
 fn wait_routes(lab: &Lab) -> anyhow::Result<()> {
     let mut last = String::new();
-    let routed = crate::harness::wait_for("the waypoint routes reviews:9080", Duration::from_secs(20), || {
-        match lab.load(POD, &["max", "--target", WAYPOINT, "--host", "reviews:9080", "--conns", "1", "--secs", "0.2"]) {
+    let routed = crate::harness::wait_for(
+        "the waypoint routes reviews:9080",
+        Duration::from_secs(20),
+        || match lab.load(
+            POD,
+            &[
+                "max",
+                "--target",
+                WAYPOINT,
+                "--host",
+                "reviews:9080",
+                "--conns",
+                "1",
+                "--secs",
+                "0.2",
+            ],
+        ) {
             Ok(r) if r.ok > 0 && r.errors == 0 => Some(()),
             Ok(r) => {
                 last = r.first_error.unwrap_or_default();
@@ -192,8 +266,8 @@ fn wait_routes(lab: &Lab) -> anyhow::Result<()> {
                 last = format!("{e:#}");
                 None
             }
-        }
-    });
+        },
+    );
     routed.with_context(|| format!("last attempt: {last}"))
 }
 
@@ -201,8 +275,15 @@ fn start_haproxy(lab: &Lab) -> anyhow::Result<ProcessGuard> {
     let path = lab.cluster.state_dir().join("bench-haproxy.cfg");
     std::fs::write(&path, HAPROXY_CFG)?;
     let mut cmd = Command::new("haproxy");
-    cmd.arg("-db").arg("-f").arg(&path).stdout(Stdio::null()).stderr(Stdio::null());
-    let guard = lab.cluster.spawn_in_pod(POD.0, POD.1, cmd).context("starting haproxy (apt install haproxy)")?;
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let guard = lab
+        .cluster
+        .spawn_in_pod(POD.0, POD.1, cmd)
+        .context("starting haproxy (apt install haproxy)")?;
     lab.wait_tcp(POD, HAPROXY.parse::<SocketAddr>()?)?;
     Ok(guard)
 }

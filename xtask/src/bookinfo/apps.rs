@@ -30,7 +30,13 @@ pub fn start(cluster: &Cluster, log_dir: Option<&Path>) -> Result<Vec<ProcessGua
 
 /// Appends the process's stdout and stderr to `<log_dir>/<name>.log`, or discards them.
 pub fn log_to(cmd: &mut Command, log_dir: Option<&Path>, name: &str) {
-    let file = log_dir.and_then(|d| std::fs::OpenOptions::new().create(true).append(true).open(d.join(format!("{name}.log"))).ok());
+    let file = log_dir.and_then(|d| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join(format!("{name}.log")))
+            .ok()
+    });
     match file.and_then(|f| f.try_clone().ok().map(|g| (f, g))) {
         Some((out, err)) => cmd.stdout(out).stderr(err),
         None => cmd.stdout(Stdio::null()).stderr(Stdio::null()),

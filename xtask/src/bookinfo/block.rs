@@ -13,12 +13,27 @@ use crate::mesh::objects::{ApplyError, apply_objects, file_name, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("DestinationRule {namespace}/{service} not found in {dir}: blocking needs its subsets (apply destination-rule-all.yaml)")]
-    NoSubsets { namespace: String, service: String, dir: PathBuf },
+    #[error(
+        "DestinationRule {namespace}/{service} not found in {dir}: blocking needs its subsets (apply destination-rule-all.yaml)"
+    )]
+    NoSubsets {
+        namespace: String,
+        service: String,
+        dir: PathBuf,
+    },
     #[error("DestinationRule {namespace}/{service} has no subset `{version}` (it has: {known})")]
-    UnknownVersion { namespace: String, service: String, version: String, known: String },
+    UnknownVersion {
+        namespace: String,
+        service: String,
+        version: String,
+        known: String,
+    },
     #[error("blocking {version} would leave {namespace}/{service} with no subset to route to")]
-    LastVersion { namespace: String, service: String, version: String },
+    LastVersion {
+        namespace: String,
+        service: String,
+        version: String,
+    },
     #[error("nothing to restore for {namespace}/{service}: it is not blocked")]
     NotBlocked { namespace: String, service: String },
     #[error(transparent)]
@@ -35,13 +50,25 @@ fn saved_path(dir: &Path, namespace: &str, service: &str) -> PathBuf {
 }
 
 fn vs_ref(namespace: &str, service: &str) -> ObjectRef {
-    ObjectRef { kind: "VirtualService".into(), namespace: Some(namespace.into()), name: service.into() }
+    ObjectRef {
+        kind: "VirtualService".into(),
+        namespace: Some(namespace.into()),
+        name: service.into(),
+    }
 }
 
 fn subsets(dir: &Path, namespace: &str, service: &str) -> Result<Vec<String>, BlockError> {
-    let dr = ObjectRef { kind: "DestinationRule".into(), namespace: Some(namespace.into()), name: service.into() };
+    let dr = ObjectRef {
+        kind: "DestinationRule".into(),
+        namespace: Some(namespace.into()),
+        name: service.into(),
+    };
     let path = dir.join(file_name(&dr));
-    let missing = || BlockError::NoSubsets { namespace: namespace.into(), service: service.into(), dir: dir.into() };
+    let missing = || BlockError::NoSubsets {
+        namespace: namespace.into(),
+        service: service.into(),
+        dir: dir.into(),
+    };
     let text = std::fs::read_to_string(&path).map_err(|_| missing())?;
     parse_documents(&path.display().to_string(), &text)
         .into_iter()
@@ -58,27 +85,47 @@ fn routed(yaml: &str) -> Vec<(String, i64)> {
         Ok(Resource::VirtualService(v)) => Some(v),
         _ => None,
     });
-    let Some(route) = vs.and_then(|v| v.spec.http.into_iter().next()) else { return Vec::new() };
+    let Some(route) = vs.and_then(|v| v.spec.http.into_iter().next()) else {
+        return Vec::new();
+    };
     let n = route.route.len() as i64;
-    route.route.into_iter().filter_map(|d| Some((d.destination.subset?, d.weight.unwrap_or(if n == 1 { 100 } else { 0 })))).collect()
+    route
+        .route
+        .into_iter()
+        .filter_map(|d| Some((d.destination.subset?, d.weight.unwrap_or(if n == 1 { 100 } else { 0 }))))
+        .collect()
 }
 
 /// Routes `service` away from `version`; returns the remaining (subset, weight).
 pub fn block(dir: &Path, namespace: &str, service: &str, version: &str) -> Result<Vec<(String, u32)>, BlockError> {
     let all = subsets(dir, namespace, service)?;
     if !all.iter().any(|s| s == version) {
-        return Err(BlockError::UnknownVersion { namespace: namespace.into(), service: service.into(), version: version.into(), known: all.join(", ") });
+        return Err(BlockError::UnknownVersion {
+            namespace: namespace.into(),
+            service: service.into(),
+            version: version.into(),
+            known: all.join(", "),
+        });
     }
     let current = dir.join(file_name(&vs_ref(namespace, service)));
     let saved = saved_path(dir, namespace, service);
     // While blocked, the saved original (not our own rewrite) says what was routed.
-    let original = std::fs::read_to_string(&saved).or_else(|_| std::fs::read_to_string(&current)).unwrap_or_default();
-    let mut keep: Vec<(String, i64)> = routed(&original).into_iter().filter(|(s, w)| s != version && *w > 0).collect();
+    let original = std::fs::read_to_string(&saved)
+        .or_else(|_| std::fs::read_to_string(&current))
+        .unwrap_or_default();
+    let mut keep: Vec<(String, i64)> = routed(&original)
+        .into_iter()
+        .filter(|(s, w)| s != version && *w > 0)
+        .collect();
     if keep.is_empty() && routed(&original).is_empty() {
         keep = all.iter().filter(|s| *s != version).map(|s| (s.clone(), 1)).collect();
     }
     if keep.is_empty() {
-        return Err(BlockError::LastVersion { namespace: namespace.into(), service: service.into(), version: version.into() });
+        return Err(BlockError::LastVersion {
+            namespace: namespace.into(),
+            service: service.into(),
+            version: version.into(),
+        });
     }
     let keep = normalize(&keep);
     let saved = saved_path(dir, namespace, service);
@@ -90,7 +137,11 @@ pub fn block(dir: &Path, namespace: &str, service: &str, version: &str) -> Resul
         }
         write_atomic(&saved, &before)?;
     }
-    apply_objects(dir, &format!("block {service} {version}"), &routes_yaml(namespace, service, &keep))?;
+    apply_objects(
+        dir,
+        &format!("block {service} {version}"),
+        &routes_yaml(namespace, service, &keep),
+    )?;
     Ok(keep)
 }
 
@@ -112,7 +163,10 @@ fn normalize(w: &[(String, i64)]) -> Vec<(String, u32)> {
 /// Puts back the VirtualService that [`block`] replaced.
 pub fn restore(dir: &Path, namespace: &str, service: &str) -> Result<(), BlockError> {
     let saved = saved_path(dir, namespace, service);
-    let before = std::fs::read_to_string(&saved).map_err(|_| BlockError::NotBlocked { namespace: namespace.into(), service: service.into() })?;
+    let before = std::fs::read_to_string(&saved).map_err(|_| BlockError::NotBlocked {
+        namespace: namespace.into(),
+        service: service.into(),
+    })?;
     let current = dir.join(file_name(&vs_ref(namespace, service)));
     if before.trim().is_empty() {
         let _ = std::fs::remove_file(&current);
@@ -126,7 +180,9 @@ pub fn restore(dir: &Path, namespace: &str, service: &str) -> Result<(), BlockEr
 fn routes_yaml(namespace: &str, service: &str, subsets: &[(String, u32)]) -> String {
     let mut routes = String::new();
     for (s, weight) in subsets {
-        routes.push_str(&format!("    - destination: {{host: {service}, subset: {s}}}\n      weight: {weight}\n"));
+        routes.push_str(&format!(
+            "    - destination: {{host: {service}, subset: {s}}}\n      weight: {weight}\n"
+        ));
     }
     format!(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {service}\n  namespace: {namespace}\nspec:\n  hosts: [{service}]\n  http:\n  - route:\n{routes}"
@@ -150,10 +206,16 @@ mod tests {
         apply_objects(&dir, "vs", original).unwrap();
         let vs = dir.join(file_name(&vs_ref("bookinfo", "reviews")));
         // Only v3 was routed: nothing would be left.
-        assert!(matches!(block(&dir, "bookinfo", "reviews", "v3"), Err(BlockError::LastVersion { .. })));
+        assert!(matches!(
+            block(&dir, "bookinfo", "reviews", "v3"),
+            Err(BlockError::LastVersion { .. })
+        ));
         std::fs::remove_file(&vs).unwrap();
         // No VirtualService: every other subset, equally.
-        assert_eq!(block(&dir, "bookinfo", "reviews", "v3").unwrap(), vec![("v1".into(), 50), ("v2".into(), 50)]);
+        assert_eq!(
+            block(&dir, "bookinfo", "reviews", "v3").unwrap(),
+            vec![("v1".into(), 50), ("v2".into(), 50)]
+        );
         let blocked = std::fs::read_to_string(&vs).unwrap();
         assert!(!blocked.contains("v3") && blocked.contains("weight: 50"), "{blocked}");
         restore(&dir, "bookinfo", "reviews").unwrap();
@@ -161,13 +223,29 @@ mod tests {
         let split = original.replace("- destination: {host: reviews, subset: v3}", "- destination: {host: reviews, subset: v1}\n      weight: 20\n    - destination: {host: reviews, subset: v2}\n      weight: 60\n    - destination: {host: reviews, subset: v3}\n      weight: 20");
         apply_objects(&dir, "vs", &split).unwrap();
         let before = std::fs::read_to_string(&vs).unwrap();
-        assert_eq!(block(&dir, "bookinfo", "reviews", "v3").unwrap(), vec![("v1".into(), 25), ("v2".into(), 75)], "ratios kept");
+        assert_eq!(
+            block(&dir, "bookinfo", "reviews", "v3").unwrap(),
+            vec![("v1".into(), 25), ("v2".into(), 75)],
+            "ratios kept"
+        );
         let parsed = parse_documents("b", &blocked);
-        assert!(matches!(parsed.first(), Some(Ok(Resource::VirtualService(_)))), "valid Istio YAML: {parsed:?}");
+        assert!(
+            matches!(parsed.first(), Some(Ok(Resource::VirtualService(_)))),
+            "valid Istio YAML: {parsed:?}"
+        );
         restore(&dir, "bookinfo", "reviews").unwrap();
         assert_eq!(std::fs::read_to_string(&vs).unwrap(), before);
-        assert!(matches!(restore(&dir, "bookinfo", "reviews"), Err(BlockError::NotBlocked { .. })));
-        assert!(matches!(block(&dir, "bookinfo", "reviews", "v9"), Err(BlockError::UnknownVersion { .. })));
-        assert_eq!(normalize(&[("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]), vec![("a".into(), 34), ("b".into(), 33), ("c".into(), 33)]);
+        assert!(matches!(
+            restore(&dir, "bookinfo", "reviews"),
+            Err(BlockError::NotBlocked { .. })
+        ));
+        assert!(matches!(
+            block(&dir, "bookinfo", "reviews", "v9"),
+            Err(BlockError::UnknownVersion { .. })
+        ));
+        assert_eq!(
+            normalize(&[("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]),
+            vec![("a".into(), 34), ("b".into(), 33), ("c".into(), 33)]
+        );
     }
 }

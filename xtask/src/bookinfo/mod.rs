@@ -57,7 +57,11 @@ pub struct Lab {
 
 /// `samples/bookinfo/` of this workspace.
 pub fn samples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default().join("samples/bookinfo")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+        .join("samples/bookinfo")
 }
 
 /// The demo's cluster (namespaces, veths, cgroups) from the sample topology.
@@ -71,18 +75,37 @@ impl Lab {
     /// Starts the daemons, the Services, the apps and the waypoint, and waits for all of them.
     pub fn start(cluster: &Cluster, opts: LabOptions) -> Result<Self, LabError> {
         let samples = samples_dir();
-        let mut mesh = LocalMesh::start(cluster, MeshOptions { log_dir: opts.log_dir.clone(), ..opts.mesh })?;
+        let mut mesh = LocalMesh::start(
+            cluster,
+            MeshOptions {
+                log_dir: opts.log_dir.clone(),
+                ..opts.mesh
+            },
+        )?;
         let services_path = samples.join("platform/services.yaml");
-        let services = std::fs::read_to_string(&services_path).map_err(|source| LabError::Samples { path: services_path, source })?;
+        let services = std::fs::read_to_string(&services_path).map_err(|source| LabError::Samples {
+            path: services_path,
+            source,
+        })?;
         mesh.apply("services", &services)?;
         mesh.wait_ready(cluster, Duration::from_secs(60))?;
         let apps = apps::start(cluster, opts.log_dir.as_deref())?;
         let waypoint = start_waypoint(cluster, &mesh, opts.log_dir.as_deref())?;
         let gateway_yaml = samples.join("bookinfo-gateway.yaml");
-        let text = std::fs::read_to_string(&gateway_yaml).map_err(|source| LabError::Samples { path: gateway_yaml.clone(), source })?;
-        mesh.apply_objects(&gateway_yaml.display().to_string(), &text).map_err(MeshError::from)?;
+        let text = std::fs::read_to_string(&gateway_yaml).map_err(|source| LabError::Samples {
+            path: gateway_yaml.clone(),
+            source,
+        })?;
+        mesh.apply_objects(&gateway_yaml.display().to_string(), &text)
+            .map_err(MeshError::from)?;
         let gateway = start_gateway(cluster, &mesh, opts.log_dir.as_deref())?;
-        let lab = Self { mesh, samples, _apps: apps, _waypoint: waypoint, _gateway: gateway };
+        let lab = Self {
+            mesh,
+            samples,
+            _apps: apps,
+            _waypoint: waypoint,
+            _gateway: gateway,
+        };
         lab.wait_serving(cluster)?;
         Ok(lab)
     }
@@ -92,20 +115,39 @@ impl Lab {
     /// until the waypoint has loaded a configuration holding every object of it.
     pub fn apply_sample(&self, cluster: &Cluster, file: &str) -> Result<(), LabError> {
         let path = self.samples.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|source| LabError::Samples { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| LabError::Samples {
+            path: path.clone(),
+            source,
+        })?;
         let before = waypoint_dump(cluster)?["generation"].as_u64().unwrap_or(0);
-        let refs = self.mesh.apply_objects(&path.display().to_string(), &text).map_err(MeshError::from)?;
+        let refs = self
+            .mesh
+            .apply_objects(&path.display().to_string(), &text)
+            .map_err(MeshError::from)?;
         let names: Vec<String> = refs.iter().map(ToString::to_string).collect();
         self.wait_waypoint_config(cluster, &format!("the waypoint to load {file}"), |d| {
             let listed = |k: &str, n: &str| d[k].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(n)));
-            d["generation"].as_u64().unwrap_or(0) > before && names.iter().all(|n| listed("virtualServices", n) || listed("destinationRules", n))
+            d["generation"].as_u64().unwrap_or(0) > before
+                && names
+                    .iter()
+                    .all(|n| listed("virtualServices", n) || listed("destinationRules", n))
         })
     }
 
     /// Waits until the waypoint's config reflects the watched directory (it polls it).
-    pub fn wait_waypoint_config(&self, cluster: &Cluster, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> Result<(), LabError> {
+    pub fn wait_waypoint_config(
+        &self,
+        cluster: &Cluster,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<(), LabError> {
         let waited = Duration::from_secs(20);
-        wait_for(what, waited, || waypoint_dump(cluster).ok().filter(|d| check(d))).map(drop).map_err(|_| LabError::NotUp { what: what.into(), waited })
+        wait_for(what, waited, || waypoint_dump(cluster).ok().filter(|d| check(d)))
+            .map(drop)
+            .map_err(|_| LabError::NotUp {
+                what: what.into(),
+                waited,
+            })
     }
 
     /// The entry point users' requests go to.
@@ -115,26 +157,44 @@ impl Lab {
 
     /// Blocks `version` of `service` (see [`block`]) and waits for the waypoint to load it.
     pub fn block(&self, cluster: &Cluster, service: &str, version: &str) -> Result<(), LabError> {
-        self.reloaded(cluster, &format!("block {service} {version}"), || block::block(self.mesh.config_dir(), NAMESPACE, service, version).map(drop))
+        self.reloaded(cluster, &format!("block {service} {version}"), || {
+            block::block(self.mesh.config_dir(), NAMESPACE, service, version).map(drop)
+        })
     }
 
     /// Undoes [`Lab::block`] and waits for the waypoint to load it.
     pub fn restore(&self, cluster: &Cluster, service: &str) -> Result<(), LabError> {
-        self.reloaded(cluster, &format!("restore {service}"), || block::restore(self.mesh.config_dir(), NAMESPACE, service))
+        self.reloaded(cluster, &format!("restore {service}"), || {
+            block::restore(self.mesh.config_dir(), NAMESPACE, service)
+        })
     }
 
-    fn reloaded(&self, cluster: &Cluster, what: &str, change: impl FnOnce() -> Result<(), block::BlockError>) -> Result<(), LabError> {
+    fn reloaded(
+        &self,
+        cluster: &Cluster,
+        what: &str,
+        change: impl FnOnce() -> Result<(), block::BlockError>,
+    ) -> Result<(), LabError> {
         let before = waypoint_dump(cluster)?["generation"].as_u64().unwrap_or(0);
         change()?;
-        self.wait_waypoint_config(cluster, &format!("the waypoint to load `{what}`"), |d| d["generation"].as_u64().unwrap_or(0) > before)
+        self.wait_waypoint_config(cluster, &format!("the waypoint to load `{what}`"), |d| {
+            d["generation"].as_u64().unwrap_or(0) > before
+        })
     }
 
     fn wait_serving(&self, cluster: &Cluster) -> Result<(), LabError> {
         let waited = Duration::from_secs(60);
-        let page = || productpage(cluster, &[]).ok().filter(|r| r.status == 200 && r.body.contains("Reviews served by"));
+        let page = || {
+            productpage(cluster, &[])
+                .ok()
+                .filter(|r| r.status == 200 && r.body.contains("Reviews served by"))
+        };
         wait_for("productpage to answer through the mesh", waited, page)
             .map(drop)
-            .map_err(|_| LabError::NotUp { what: "productpage through the mesh".into(), waited })
+            .map_err(|_| LabError::NotUp {
+                what: "productpage through the mesh".into(),
+                waited,
+            })
     }
 }
 
@@ -147,7 +207,14 @@ pub fn entry(cluster: &Cluster) -> Result<SocketAddr, LabError> {
 
 /// GET /productpage as a user outside the mesh would (from the `outside` pod).
 pub fn productpage(cluster: &Cluster, headers: &[(&str, &str)]) -> Result<HttpReply, LabError> {
-    Ok(http_get_from_pod(cluster, CLIENT, entry(cluster)?, "/productpage", headers, Duration::from_secs(30))?)
+    Ok(http_get_from_pod(
+        cluster,
+        CLIENT,
+        entry(cluster)?,
+        "/productpage",
+        headers,
+        Duration::from_secs(30),
+    )?)
 }
 
 /// One product page request's outcome, as a user sees it.
@@ -177,8 +244,18 @@ pub fn pages(cluster: &Cluster, n: usize, workers: usize, headers: &[(&str, &str
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
                     let started = std::time::Instant::now();
                     let page = match productpage(cluster, headers) {
-                        Ok(r) => Page { status: r.status, reviews: reviews_version(&r.body), body: r.body, took: started.elapsed() },
-                        Err(e) => Page { status: 0, reviews: None, body: e.to_string(), took: started.elapsed() },
+                        Ok(r) => Page {
+                            status: r.status,
+                            reviews: reviews_version(&r.body),
+                            body: r.body,
+                            took: started.elapsed(),
+                        },
+                        Err(e) => Page {
+                            status: 0,
+                            reviews: None,
+                            body: e.to_string(),
+                            took: started.elapsed(),
+                        },
                     };
                     out.lock().unwrap_or_else(|p| p.into_inner()).push(page);
                 }
@@ -192,7 +269,8 @@ pub fn pages(cluster: &Cluster, n: usize, workers: usize, headers: &[(&str, &str
 pub fn tally(pages: &[Page]) -> std::collections::BTreeMap<String, usize> {
     let mut t = std::collections::BTreeMap::new();
     for p in pages {
-        *t.entry(p.reviews.clone().unwrap_or_else(|| "error".into())).or_default() += 1;
+        *t.entry(p.reviews.clone().unwrap_or_else(|| "error".into()))
+            .or_default() += 1;
     }
     t
 }
@@ -206,8 +284,20 @@ pub fn reviews_version(page: &str) -> Option<String> {
 /// The waypoint's `/config_dump`, read inside its pod.
 pub fn waypoint_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], WAYPOINT_ADMIN));
-    let r = http_get_from_pod(cluster, (NAMESPACE, "waypoint"), addr, "/config_dump", &[], Duration::from_secs(5))?;
-    serde_json::from_str(&r.body).map_err(|e| LabError::Harness(HarnessError::sys("parsing the waypoint's config_dump", std::io::Error::other(e))))
+    let r = http_get_from_pod(
+        cluster,
+        (NAMESPACE, "waypoint"),
+        addr,
+        "/config_dump",
+        &[],
+        Duration::from_secs(5),
+    )?;
+    serde_json::from_str(&r.body).map_err(|e| {
+        LabError::Harness(HarnessError::sys(
+            "parsing the waypoint's config_dump",
+            std::io::Error::other(e),
+        ))
+    })
 }
 
 /// The certificate directory the pod's node daemon writes for a waypoint/gateway pod.
@@ -223,7 +313,14 @@ fn start_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) ->
     let pod = cluster.pod(ns, name)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
-        .args(["--mode", "gateway", "--pod-labels", "istio=ingressgateway", "--namespace", ns])
+        .args([
+            "--mode",
+            "gateway",
+            "--pod-labels",
+            "istio=ingressgateway",
+            "--namespace",
+            ns,
+        ])
         .arg("--config-dir")
         .arg(mesh.config_dir())
         .args(["--admin", "127.0.0.1:15000", "--config-poll-ms", "200"])
@@ -235,7 +332,10 @@ fn start_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) ->
     let waited = Duration::from_secs(60);
     cluster
         .wait_tcp_in_pod(ns, name, SocketAddr::from((pod.ip, GATEWAY_PORT)), waited)
-        .map_err(|_| LabError::NotUp { what: format!("the ingress gateway (port {GATEWAY_PORT})"), waited })?;
+        .map_err(|_| LabError::NotUp {
+            what: format!("the ingress gateway (port {GATEWAY_PORT})"),
+            waited,
+        })?;
     Ok(guard)
 }
 
@@ -258,6 +358,9 @@ fn start_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -
     let waited = Duration::from_secs(60);
     cluster
         .wait_tcp_in_pod(NAMESPACE, "waypoint", SocketAddr::from((pod.ip, 15008)), waited)
-        .map_err(|_| LabError::NotUp { what: "the waypoint (HBONE on 15008)".into(), waited })?;
+        .map_err(|_| LabError::NotUp {
+            what: "the waypoint (HBONE on 15008)".into(),
+            waited,
+        })?;
     Ok(guard)
 }

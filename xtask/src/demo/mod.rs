@@ -11,8 +11,8 @@ use xtask::bookinfo::{Lab, LabOptions};
 use xtask::harness::{Cluster, install_shutdown_handler};
 use xtask::mesh::LocalMesh;
 
-use crate::test::cargo;
 use crate::bootstrap::sh;
+use crate::test::cargo;
 
 /// Where a running demo says where its watched directory is (for `demo apply`).
 const CURRENT: &str = "/run/mesh-demo/config-dir";
@@ -30,14 +30,27 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&log_dir)?;
     print_cluster(&cluster);
     eprintln!("[demo] starting the node daemons, Bookinfo and its waypoint");
-    let lab = Lab::start(&cluster, LabOptions { log_dir: Some(log_dir.clone()), ..LabOptions::default() })?;
+    let lab = Lab::start(
+        &cluster,
+        LabOptions {
+            log_dir: Some(log_dir.clone()),
+            ..LabOptions::default()
+        },
+    )?;
     print_readiness(&lab.mesh, &cluster)?;
     publish_current(lab.mesh.config_dir())?;
     let cluster = std::sync::Arc::new(cluster);
     let entry = entry_point(&cluster)?;
     traffic::publish(std::sync::Arc::downgrade(&cluster), entry.clone())?;
-    println!("\nlogs: {}\nwatched config: {}", log_dir.display(), lab.mesh.config_dir().display());
-    println!("Open http://{}/productpage in a browser on this machine.", traffic::PUBLISHED);
+    println!(
+        "\nlogs: {}\nwatched config: {}",
+        log_dir.display(),
+        lab.mesh.config_dir().display()
+    );
+    println!(
+        "Open http://{}/productpage in a browser on this machine.",
+        traffic::PUBLISHED
+    );
     println!("Press Ctrl-C to stop and clean up.\n");
     traffic::live(&cluster, &entry, &shutdown, MAX_RUN);
     let Ok(cluster) = std::sync::Arc::try_unwrap(cluster) else {
@@ -62,7 +75,11 @@ fn entry_point(cluster: &Cluster) -> Result<traffic::Entry> {
 fn print_readiness(mesh: &LocalMesh, cluster: &Cluster) -> Result<()> {
     for node in cluster.nodes() {
         let r = mesh.readiness(cluster, &node.name)?;
-        println!("mesh-node {:<8} ready: {}", node.name, r.body.trim().replace('\n', "; "));
+        println!(
+            "mesh-node {:<8} ready: {}",
+            node.name,
+            r.body.trim().replace('\n', "; ")
+        );
     }
     Ok(())
 }
@@ -94,7 +111,10 @@ fn running_config_dir() -> Result<PathBuf> {
 pub fn block(service: &str, version: &str) -> Result<()> {
     let keep = xtask::bookinfo::block::block(&running_config_dir()?, xtask::bookinfo::NAMESPACE, service, version)?;
     let routes: Vec<String> = keep.iter().map(|(s, w)| format!("{s} {w}%")).collect();
-    println!("VirtualService bookinfo/{service}: {version} blocked, now {}", routes.join(", "));
+    println!(
+        "VirtualService bookinfo/{service}: {version} blocked, now {}",
+        routes.join(", ")
+    );
     println!("undo with: cargo xtask demo restore {service}");
     Ok(())
 }

@@ -48,7 +48,9 @@ fn connect(cluster: &Cluster, entry: &Entry) -> Result<TcpStream> {
 }
 
 fn splice(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else { return };
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
     let t = thread::spawn(move || copy(a2, b2));
     copy(b, a);
     let _ = t.join();

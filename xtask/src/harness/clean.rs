@@ -34,10 +34,7 @@ impl std::fmt::Display for CleanReport {
             writeln!(f, "removed cluster {prefix}")?;
         }
         for prefix in &self.skipped_live {
-            writeln!(
-                f,
-                "kept cluster {prefix}: its owner process is still running"
-            )?;
+            writeln!(f, "kept cluster {prefix}: its owner process is still running")?;
         }
         for failure in &self.failures {
             writeln!(f, "could not remove: {failure}")?;
@@ -75,10 +72,7 @@ pub fn clean_leftovers_with(options: CleanOptions) -> Result<CleanReport, Harnes
 /// [`leftovers`](super::leftovers)); empty when no cluster exists. `cargo xtask test`
 /// can assert this after the suite.
 pub fn all_leftovers() -> Result<Vec<String>, HarnessError> {
-    Ok(find_prefixes()?
-        .iter()
-        .flat_map(|p| teardown::leftovers(p))
-        .collect())
+    Ok(find_prefixes()?.iter().flat_map(|p| teardown::leftovers(p)).collect())
 }
 
 /// Every cluster prefix that has any object on this machine.
@@ -90,25 +84,17 @@ fn find_prefixes() -> Result<BTreeSet<String>, HarnessError> {
         }
     };
     ip::netns_list().iter().for_each(|n| add(n));
-    ip::host_links()
-        .unwrap_or_default()
-        .iter()
-        .for_each(|n| add(n));
+    ip::host_links().unwrap_or_default().iter().for_each(|n| add(n));
     if let Ok(root) = hostfs::harness_cgroup_root() {
         dir_names(&root).iter().for_each(|n| add(n));
     }
-    dir_names(Path::new(hostfs::BPFFS_MOUNT))
-        .iter()
-        .for_each(|n| add(n));
+    dir_names(Path::new(hostfs::BPFFS_MOUNT)).iter().for_each(|n| add(n));
     dir_names(&hostfs::state_root()).iter().for_each(|n| add(n));
     Ok(found)
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
         .unwrap_or_default()
 }

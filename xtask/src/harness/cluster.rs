@@ -189,9 +189,7 @@ impl Cluster {
             gateway_ip: Ipv4Addr::new(a, b, c, 1),
             netns_path: Path::new(hostfs::NETNS_DIR).join(&netns),
             netns,
-            cgroup: self
-                .cgroup_dir
-                .join(self.names.pod_cgroup(&pod.namespace, &pod.name)),
+            cgroup: self.cgroup_dir.join(self.names.pod_cgroup(&pod.namespace, &pod.name)),
             iface: self.names.pod_veth(index),
             host_iface: self.names.pod_host_veth(index),
         }
@@ -231,31 +229,21 @@ impl Cluster {
 
     /// All nodes, in topology order.
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.topology
-            .nodes()
-            .iter()
-            .map(|n| self.node_info(n))
-            .collect()
+        self.topology.nodes().iter().map(|n| self.node_info(n)).collect()
     }
 
     /// One node by name.
     pub fn node(&self, name: &str) -> Result<NodeInfo, HarnessError> {
-        let spec = self
-            .topology
-            .node(name)
-            .ok_or_else(|| HarnessError::UnknownNode {
-                prefix: self.names.prefix.clone(),
-                name: name.into(),
-            })?;
+        let spec = self.topology.node(name).ok_or_else(|| HarnessError::UnknownNode {
+            prefix: self.names.prefix.clone(),
+            name: name.into(),
+        })?;
         Ok(self.node_info(spec))
     }
 
     /// All pods, sorted by namespace then name.
     pub fn pods(&self) -> Vec<PodInfo> {
-        self.topology
-            .pods()
-            .filter_map(|p| self.pod_info_of(p))
-            .collect()
+        self.topology.pods().filter_map(|p| self.pod_info_of(p)).collect()
     }
 
     /// One pod.
@@ -271,9 +259,7 @@ impl Cluster {
     }
 
     fn pod_info_of(&self, pod: &PodSpec) -> Option<PodInfo> {
-        let index = *self
-            .pod_index
-            .get(&(pod.namespace.clone(), pod.name.clone()))?;
+        let index = *self.pod_index.get(&(pod.namespace.clone(), pod.name.clone()))?;
         Some(self.pod_info(pod, index))
     }
 
@@ -292,11 +278,7 @@ impl Cluster {
             Ok(info) => Ok(info),
             Err(e) => {
                 if let Err(cleanup) = self.destroy_pod(&spec.namespace, &spec.name) {
-                    tracing::warn!(
-                        "rolling back pod {}/{}: {cleanup}",
-                        spec.namespace,
-                        spec.name
-                    );
+                    tracing::warn!("rolling back pod {}/{}: {cleanup}", spec.namespace, spec.name);
                 }
                 Err(e)
             }
@@ -334,16 +316,12 @@ impl Cluster {
         let Some(spec) = self.topology.remove_pod(namespace, name) else {
             return Ok(());
         };
-        let Some(index) = self
-            .pod_index
-            .remove(&(namespace.to_owned(), name.to_owned()))
-        else {
+        let Some(index) = self.pod_index.remove(&(namespace.to_owned(), name.to_owned())) else {
             return Ok(());
         };
         let info = self.pod_info(&spec, index);
         tracing::info!(pod = %format!("{namespace}/{name}"), "removing pod");
-        let left =
-            super::cgroup::stop_all(&info.cgroup, Duration::from_secs(2), Duration::from_secs(5));
+        let left = super::cgroup::stop_all(&info.cgroup, Duration::from_secs(2), Duration::from_secs(5));
         if !left.is_empty() {
             return Err(HarnessError::Teardown {
                 prefix: self.names.prefix.clone(),
@@ -386,10 +364,7 @@ impl Cluster {
             };
             self.topology.add_namespace(Namespace { metadata: meta })?;
         }
-        Ok(self
-            .topology
-            .namespace_mut(namespace)
-            .expect("inserted above"))
+        Ok(self.topology.namespace_mut(namespace).expect("inserted above"))
     }
 
     /// Marks a pod ready or not ready (its `Ready` condition), as a failing readiness
@@ -438,12 +413,7 @@ impl Cluster {
 /// Nodes and pods with their addresses, one per line (what the demo prints).
 impl std::fmt::Display for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "cluster {} (fabric netns {})",
-            self.prefix(),
-            self.fabric_netns()
-        )?;
+        writeln!(f, "cluster {} (fabric netns {})", self.prefix(), self.fabric_netns())?;
         let pods: Vec<_> = self
             .pods()
             .into_iter()
@@ -466,10 +436,7 @@ impl std::fmt::Display for Cluster {
         }
         for (name, pod) in &pods {
             let (ip, node, sa) = (pod.ip, &pod.node, &pod.service_account);
-            writeln!(
-                f,
-                "  pod  {name:<width$}  {ip:<15} on {node}, service account {sa}"
-            )?;
+            writeln!(f, "  pod  {name:<width$}  {ip:<15} on {node}, service account {sa}")?;
         }
         Ok(())
     }

@@ -47,9 +47,8 @@ pub fn render(cluster: &Cluster) -> Result<String, HarnessError> {
 }
 
 fn document(kind: &str, object: &impl Serialize) -> Result<String, HarnessError> {
-    let mut value = serde_yaml::to_value(object).map_err(|e| {
-        HarnessError::sys(format!("serializing a {kind}"), std::io::Error::other(e))
-    })?;
+    let mut value = serde_yaml::to_value(object)
+        .map_err(|e| HarnessError::sys(format!("serializing a {kind}"), std::io::Error::other(e)))?;
     if let serde_yaml::Value::Mapping(map) = &mut value {
         let mut head = serde_yaml::Mapping::new();
         head.insert("apiVersion".into(), "v1".into());
@@ -68,14 +67,8 @@ fn node_object(node: &NodeInfo) -> Node {
         ..ObjectMeta::default()
     };
     let a = &mut metadata.annotations;
-    a.insert(
-        LOCAL_NETNS_ANNOTATION.into(),
-        node.netns_path.display().to_string(),
-    );
-    a.insert(
-        LOCAL_CGROUP_ANNOTATION.into(),
-        node.cgroup.display().to_string(),
-    );
+    a.insert(LOCAL_NETNS_ANNOTATION.into(), node.netns_path.display().to_string());
+    a.insert(LOCAL_CGROUP_ANNOTATION.into(), node.cgroup.display().to_string());
     a.insert(LOCAL_IP_ANNOTATION.into(), node.ip.to_string());
     Node { metadata }
 }
@@ -88,14 +81,12 @@ fn pod_object(pod: &PodInfo) -> Pod {
         annotations: pod.annotations.clone(),
         ..ObjectMeta::default()
     };
-    metadata.annotations.insert(
-        LOCAL_NETNS_ANNOTATION.into(),
-        pod.netns_path.display().to_string(),
-    );
-    metadata.annotations.insert(
-        LOCAL_CGROUP_ANNOTATION.into(),
-        pod.cgroup.display().to_string(),
-    );
+    metadata
+        .annotations
+        .insert(LOCAL_NETNS_ANNOTATION.into(), pod.netns_path.display().to_string());
+    metadata
+        .annotations
+        .insert(LOCAL_CGROUP_ANNOTATION.into(), pod.cgroup.display().to_string());
     Pod {
         metadata,
         spec: PodSpec {

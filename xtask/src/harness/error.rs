@@ -11,9 +11,7 @@ pub enum HarnessError {
     #[error("invalid topology: {}", join_errors(.0))]
     Topology(Vec<ConfigError>),
     /// A network/cgroup operation needs privileges the current process lacks.
-    #[error(
-        "the local cluster harness needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); run this as root"
-    )]
+    #[error("the local cluster harness needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); run this as root")]
     NotRoot,
     /// No cgroup2 hierarchy is mounted.
     #[error(
@@ -36,10 +34,7 @@ pub enum HarnessError {
     },
     /// A system call (setns, kill, mount...) failed.
     #[error("{action} failed: {source}")]
-    Sys {
-        action: String,
-        source: std::io::Error,
-    },
+    Sys { action: String, source: std::io::Error },
     /// A pod name given to the harness does not exist in the cluster.
     #[error("no pod {namespace}/{name} in cluster {prefix}")]
     UnknownPod {
@@ -62,38 +57,24 @@ pub enum HarnessError {
     },
     /// A bounded wait ran out.
     #[error("{what} did not finish within {timeout:?}")]
-    Timeout {
-        what: String,
-        timeout: std::time::Duration,
-    },
+    Timeout { what: String, timeout: std::time::Duration },
     /// A workspace binary the caller asked for is not built.
     #[error("binary {name} not found at {}; run `cargo build --workspace` first", .path.display())]
     BinaryMissing { name: String, path: PathBuf },
     /// Teardown left something behind (listed).
     #[error("teardown of cluster {prefix} left: {}", .leftovers.join(", "))]
-    Teardown {
-        prefix: String,
-        leftovers: Vec<String>,
-    },
+    Teardown { prefix: String, leftovers: Vec<String> },
     /// A closure run inside a network namespace panicked.
     #[error("the closure run inside netns {netns} panicked")]
     ThreadPanicked { netns: String },
 }
 
 fn join_errors(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 impl HarnessError {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             action,
             path: path.into(),

@@ -17,7 +17,19 @@ impl FabricCapture {
     pub fn start(c: &Cluster) -> Result<Self, HarnessError> {
         let file = c.state_dir().join(format!("fabric-{}.pcap", std::process::id()));
         let child = Command::new("ip")
-            .args(["netns", "exec", &c.fabric_netns(), "tcpdump", "-i", "any", "-nn", "-U", "-s", "256", "-w"])
+            .args([
+                "netns",
+                "exec",
+                &c.fabric_netns(),
+                "tcpdump",
+                "-i",
+                "any",
+                "-nn",
+                "-U",
+                "-s",
+                "256",
+                "-w",
+            ])
             .arg(&file)
             .arg("tcp")
             .stdout(Stdio::null())
@@ -26,16 +38,29 @@ impl FabricCapture {
             .map_err(|e| HarnessError::sys("starting tcpdump on the fabric (apt install tcpdump)", e))?;
         let capture = Self { child, file };
         // tcpdump creates the file once it listens.
-        wait_for("tcpdump to start", Duration::from_secs(10), || capture.file.exists().then_some(()))?;
+        wait_for("tcpdump to start", Duration::from_secs(10), || {
+            capture.file.exists().then_some(())
+        })?;
         Ok(capture)
     }
 
     /// Stops the capture; returns one summary line per packet (`tcpdump -nn -q`) and the raw pcap.
     pub fn finish(mut self) -> Result<(Vec<String>, Vec<u8>), HarnessError> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
         let _ = self.child.wait();
-        let text = Command::new("tcpdump").args(["-r"]).arg(&self.file).args(["-nn", "-q"]).output().map_err(|e| HarnessError::sys("reading the capture", e))?;
-        let lines = String::from_utf8_lossy(&text.stdout).lines().map(str::to_owned).collect();
+        let text = Command::new("tcpdump")
+            .args(["-r"])
+            .arg(&self.file)
+            .args(["-nn", "-q"])
+            .output()
+            .map_err(|e| HarnessError::sys("reading the capture", e))?;
+        let lines = String::from_utf8_lossy(&text.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
         Ok((lines, std::fs::read(&self.file).unwrap_or_default()))
     }
 }

@@ -28,9 +28,7 @@ fn unescape_mount_path(s: &str) -> String {
     let mut rest = s;
     while let Some(pos) = rest.find('\\') {
         out.push_str(&rest[..pos]);
-        let code = rest
-            .get(pos + 1..pos + 4)
-            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest.get(pos + 1..pos + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(byte as char);
@@ -86,8 +84,7 @@ pub fn ensure_bpffs() -> Result<PathBuf, HarnessError> {
         .map_err(|(_, e)| HarnessError::sys(format!("flock {}", lock_path.display()), e))?;
     if !bpffs_mounted()? {
         tracing::info!("mounting bpffs at {BPFFS_MOUNT}");
-        std::fs::create_dir_all(BPFFS_MOUNT)
-            .map_err(|e| HarnessError::io("create", BPFFS_MOUNT, e))?;
+        std::fs::create_dir_all(BPFFS_MOUNT).map_err(|e| HarnessError::io("create", BPFFS_MOUNT, e))?;
         nix::mount::mount(
             Some("bpf"),
             BPFFS_MOUNT,

@@ -72,8 +72,7 @@ pub fn netns_list() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(super::hostfs::NETNS_DIR) else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect()
+    dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()
 }
 
 /// Interface names in the host's netns (read-only: `ip -o link show`).

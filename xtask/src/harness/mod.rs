@@ -68,9 +68,9 @@ mod ip;
 mod names;
 mod netns;
 mod owner;
+mod poll;
 mod process;
 mod shutdown;
-mod poll;
 mod teardown;
 mod topology;
 
@@ -88,11 +88,9 @@ pub use hostfs::{BPFFS_MOUNT, NETNS_DIR, cgroup2_root, ensure_bpffs};
 pub use mesh_common::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION};
 pub use names::{TAG, is_prefix, new_prefix};
 pub use netns::in_netns;
-pub use process::{
-    DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid,
-};
-pub use shutdown::{Shutdown, install_shutdown_handler};
 pub use poll::{POLL_INTERVAL, Ticker, wait_for, wait_until};
+pub use process::{DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid};
+pub use shutdown::{Shutdown, install_shutdown_handler};
 pub use teardown::leftovers;
 pub use topology::{LOCAL_IP_ANNOTATION, NodeSpec, PodSpec, Topology};
 
@@ -114,8 +112,7 @@ pub fn pod(namespace: &str, name: &str, node: &str) -> Pod {
 /// Path of a workspace binary (e.g. `mesh-node`) next to the running executable:
 /// `target/<profile>/NAME`, also when called from a test in `target/<profile>/deps/`.
 pub fn bin_path(name: &str) -> Result<PathBuf, HarnessError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| HarnessError::sys("finding the current executable", e))?;
+    let exe = std::env::current_exe().map_err(|e| HarnessError::sys("finding the current executable", e))?;
     let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();

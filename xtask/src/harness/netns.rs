@@ -11,16 +11,12 @@ use super::HarnessError;
 
 /// Runs `f` on a fresh thread that has joined the netns at `netns_path`
 /// (e.g. `/run/netns/<name>`), and returns its result.
-pub fn in_netns<T: Send>(
-    netns_path: &Path,
-    f: impl FnOnce() -> T + Send,
-) -> Result<T, HarnessError> {
+pub fn in_netns<T: Send>(netns_path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, HarnessError> {
     let file = File::open(netns_path).map_err(|e| HarnessError::io("open netns", netns_path, e))?;
     let joined = std::thread::scope(|s| {
         s.spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                HarnessError::sys(format!("setns into {}", netns_path.display()), e)
-            })?;
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| HarnessError::sys(format!("setns into {}", netns_path.display()), e))?;
             Ok(f())
         })
         .join()

@@ -68,11 +68,7 @@ fn claim(root: &Path, tmp: &Path, wanted: Option<&str>) -> Result<String, Harnes
         let prefix = wanted.map_or_else(names::new_prefix, str::to_owned);
         let dir = root.join(&prefix);
         if dir.exists() {
-            last_err = Some(HarnessError::io(
-                "claim",
-                dir,
-                std::io::ErrorKind::AlreadyExists.into(),
-            ));
+            last_err = Some(HarnessError::io("claim", dir, std::io::ErrorKind::AlreadyExists.into()));
             continue;
         }
         // rename(2) fails if `dir` appeared meanwhile with content (the owner record).
@@ -95,10 +91,7 @@ mod tests {
         record(&dir).unwrap();
         assert!(is_alive(&dir));
         std::fs::write(dir.join(FILE), "1 12345678901\n").unwrap();
-        assert!(
-            !is_alive(&dir),
-            "pid 1 with another start time is not the owner"
-        );
+        assert!(!is_alive(&dir), "pid 1 with another start time is not the owner");
         std::fs::write(dir.join(FILE), "garbage").unwrap();
         assert!(!is_alive(&dir));
         std::fs::remove_dir_all(&dir).unwrap();

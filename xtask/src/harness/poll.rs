@@ -20,7 +20,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(HarnessError::Timeout { what: what.to_owned(), timeout });
+            return Err(HarnessError::Timeout {
+                what: what.to_owned(),
+                timeout,
+            });
         }
         std::thread::sleep(POLL_INTERVAL.min(left));
     }
@@ -41,7 +44,10 @@ pub struct Ticker {
 
 impl Ticker {
     pub fn every(period: Duration) -> Self {
-        Self { period, next: Instant::now() + period }
+        Self {
+            period,
+            next: Instant::now() + period,
+        }
     }
 
     /// Blocks until the next tick; a late caller gets it at once.
@@ -61,8 +67,17 @@ mod tests {
     #[test]
     fn wait_for_returns_the_value_or_names_what_timed_out() {
         let mut n = 0;
-        assert_eq!(wait_for("three calls", Duration::from_secs(5), || { n += 1; (n == 3).then_some(n) }).unwrap(), 3);
-        let err = wait_until("never", Duration::from_millis(30), || false).unwrap_err().to_string();
+        assert_eq!(
+            wait_for("three calls", Duration::from_secs(5), || {
+                n += 1;
+                (n == 3).then_some(n)
+            })
+            .unwrap(),
+            3
+        );
+        let err = wait_until("never", Duration::from_millis(30), || false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("never"), "{err}");
     }
 }

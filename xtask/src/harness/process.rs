@@ -30,14 +30,10 @@ pub(crate) struct Placement {
 /// Starts `cmd` joined to `place`: the child writes itself into the cgroup's
 /// `cgroup.procs` and `setns`es into the netns between fork and exec, so
 /// everything it runs (and forks) lives there from its first instruction.
-pub(crate) fn spawn(
-    place: &Placement,
-    mut cmd: impl BorrowMut<Command>,
-) -> Result<ProcessGuard, HarnessError> {
+pub(crate) fn spawn(place: &Placement, mut cmd: impl BorrowMut<Command>) -> Result<ProcessGuard, HarnessError> {
     let cmd = cmd.borrow_mut();
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let netns = File::open(&place.netns_path)
-        .map_err(|e| HarnessError::io("open netns", &place.netns_path, e))?;
+    let netns = File::open(&place.netns_path).map_err(|e| HarnessError::io("open netns", &place.netns_path, e))?;
     let procs_path = place.cgroup_dir.join("cgroup.procs");
     let procs = OpenOptions::new()
         .write(true)
@@ -79,9 +75,7 @@ pub(crate) fn run(
     timeout: Duration,
 ) -> Result<Output, HarnessError> {
     let cmd = cmd.borrow_mut();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut guard = spawn(place, cmd)?;
     let out = guard.child.stdout.take().map(reader_thread);
     let err = guard.child.stderr.take().map(reader_thread);
@@ -93,9 +87,7 @@ pub(crate) fn run(
             timeout,
         });
     };
-    let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
-        h.and_then(|h| h.join().ok()).unwrap_or_default()
-    };
+    let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
     Ok(Output {
         status,
         stdout: collect(out),

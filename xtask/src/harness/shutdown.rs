@@ -26,9 +26,7 @@ impl Shutdown {
     pub fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while !self.requested() && Instant::now() < deadline {
-            std::thread::sleep(
-                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
-            );
+            std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
         }
         self.requested()
     }
@@ -41,9 +39,7 @@ pub fn install_shutdown_handler() -> Result<Shutdown, HarnessError> {
         // Order matters: the conditional exit checks the flag before the second handler sets it.
         signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
             .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&flag)))
-            .map_err(|e| {
-                HarnessError::sys(format!("installing the handler for signal {signal}"), e)
-            })?;
+            .map_err(|e| HarnessError::sys(format!("installing the handler for signal {signal}"), e))?;
     }
     Ok(Shutdown { flag })
 }

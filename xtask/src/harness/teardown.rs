@@ -61,9 +61,7 @@ pub fn remove_prefix(prefix: &str) -> Vec<String> {
 
 fn remove_dir_all_if_present(dir: &Path) -> Result<(), HarnessError> {
     match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(HarnessError::io("remove", dir, e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HarnessError::io("remove", dir, e)),
         _ => Ok(()),
     }
 }
@@ -78,11 +76,7 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
         .collect();
     if let Ok(root) = hostfs::harness_cgroup_root() {
         let dir = root.join(prefix);
-        found.extend(
-            cgroup::subtree_procs(&dir)
-                .into_iter()
-                .map(|p| format!("process {p}")),
-        );
+        found.extend(cgroup::subtree_procs(&dir).into_iter().map(|p| format!("process {p}")));
         if dir.exists() {
             found.push(format!("cgroup {}", dir.display()));
         }

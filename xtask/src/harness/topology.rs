@@ -96,9 +96,7 @@ impl Topology {
         }
         let mut topology = Topology::default();
         for ns in namespaces {
-            topology
-                .add_namespace(ns)
-                .unwrap_or_else(|e| errors.push(e));
+            topology.add_namespace(ns).unwrap_or_else(|e| errors.push(e));
         }
         for node in nodes {
             topology.add_node(node).unwrap_or_else(|e| errors.push(e));
@@ -152,11 +150,7 @@ impl Topology {
         let object = ObjectRef::new("Namespace", None, &ns.metadata.name);
         check_name(&object, &ns.metadata.name, false)?;
         if self.namespaces.contains_key(&ns.metadata.name) {
-            return Err(ConfigError::invalid(
-                &object,
-                "metadata.name",
-                "duplicate Namespace",
-            ));
+            return Err(ConfigError::invalid(&object, "metadata.name", "duplicate Namespace"));
         }
         self.namespaces.insert(ns.metadata.name.clone(), ns);
         Ok(())
@@ -167,11 +161,7 @@ impl Topology {
         let object = ObjectRef::new("Node", None, &name);
         check_name(&object, &name, true)?;
         if self.node(&name).is_some() {
-            return Err(ConfigError::invalid(
-                &object,
-                "metadata.name",
-                "duplicate Node",
-            ));
+            return Err(ConfigError::invalid(&object, "metadata.name", "duplicate Node"));
         }
         if self.nodes.len() >= MAX_NODES {
             return Err(ConfigError::invalid(
@@ -237,13 +227,9 @@ impl Topology {
                 "required: the harness places every pod on a Node",
             )
         })?;
-        let node = self.node(&node_name).ok_or_else(|| {
-            ConfigError::invalid(
-                &object,
-                "spec.nodeName",
-                format!("unknown node \"{node_name}\""),
-            )
-        })?;
+        let node = self
+            .node(&node_name)
+            .ok_or_else(|| ConfigError::invalid(&object, "spec.nodeName", format!("unknown node \"{node_name}\"")))?;
         let ip = match meta.annotations.get(LOCAL_IP_ANNOTATION) {
             Some(text) => self.check_pinned_ip(&object, node, text)?,
             None => self.free_ip(node).ok_or_else(|| {
@@ -254,10 +240,7 @@ impl Topology {
                 )
             })?,
         };
-        let service_account = pod
-            .spec
-            .service_account_name
-            .unwrap_or_else(|| "default".into());
+        let service_account = pod.spec.service_account_name.unwrap_or_else(|| "default".into());
         Ok(PodSpec {
             namespace,
             name: meta.name,
@@ -276,19 +259,11 @@ impl Topology {
         self.pods.get_mut(&key).map(|p| p.ready = ready).is_some()
     }
 
-    fn check_pinned_ip(
-        &self,
-        object: &ObjectRef,
-        node: &NodeSpec,
-        text: &str,
-    ) -> Result<Ipv4Addr, ConfigError> {
-        let ip: Ipv4Addr = text.trim().parse().map_err(|_| {
-            ConfigError::invalid(
-                object,
-                LOCAL_IP_FIELD,
-                format!("\"{text}\" is not an IPv4 address"),
-            )
-        })?;
+    fn check_pinned_ip(&self, object: &ObjectRef, node: &NodeSpec, text: &str) -> Result<Ipv4Addr, ConfigError> {
+        let ip: Ipv4Addr = text
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::invalid(object, LOCAL_IP_FIELD, format!("\"{text}\" is not an IPv4 address")))?;
         let [a, b, c, d] = ip.octets();
         if (a, b, c) != (198, 18, node.index) || !(2..=254).contains(&d) {
             let (net, _) = node.pod_cidr();
@@ -305,10 +280,7 @@ impl Topology {
             return Err(ConfigError::invalid(
                 object,
                 LOCAL_IP_FIELD,
-                format!(
-                    "{ip} is already the address of Pod {}/{}",
-                    owner.namespace, owner.name
-                ),
+                format!("{ip} is already the address of Pod {}/{}", owner.namespace, owner.name),
             ));
         }
         Ok(ip)
@@ -331,10 +303,9 @@ impl Topology {
 /// Names become netns and cgroup names: restrict them to what Kubernetes allows
 /// (DNS subdomain for nodes and pods, DNS label for namespaces), at most 63 bytes.
 fn check_name(object: &ObjectRef, name: &str, dots: bool) -> Result<(), ConfigError> {
-    let ok_char =
-        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
-    let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let edges_ok =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if name.len() <= 63 && edges_ok && name.chars().all(ok_char) {
         return Ok(());
     }
@@ -342,9 +313,7 @@ fn check_name(object: &ObjectRef, name: &str, dots: bool) -> Result<(), ConfigEr
     Err(ConfigError::invalid(
         object,
         "metadata.name",
-        format!(
-            "\"{name}\" is not a valid name: use {allowed}, start and end alphanumeric, at most 63 characters"
-        ),
+        format!("\"{name}\" is not a valid name: use {allowed}, start and end alphanumeric, at most 63 characters"),
     ))
 }
 
@@ -352,7 +321,8 @@ fn check_name(object: &ObjectRef, name: &str, dots: bool) -> Result<(), ConfigEr
 mod tests {
     use super::*;
 
-    const NODES: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n2}\n";
+    const NODES: &str =
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n2}\n";
 
     fn pod(ns: &str, name: &str, node: &str, extra_meta: &str) -> String {
         format!(
@@ -373,22 +343,14 @@ mod tests {
     #[test]
     fn valid_topology_gets_addresses_and_implicit_namespaces() {
         let ns = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a, annotations: {mesh.io/dataplane-mode: ambient}}\n";
-        let pinned = pod(
-            "b",
-            "y",
-            "n2",
-            ", annotations: {mesh.io/local-ip: 198.18.2.2}",
-        );
+        let pinned = pod("b", "y", "n2", ", annotations: {mesh.io/local-ip: 198.18.2.2}");
         let yaml = format!(
             "{NODES}{ns}{}{pinned}{}",
             pod("a", "x", "n1", ""),
             pod("b", "z", "n2", "")
         );
         let t = Topology::parse(&yaml).unwrap();
-        assert_eq!(
-            t.node("n2").unwrap().fabric_ip(),
-            Ipv4Addr::new(198, 18, 0, 2)
-        );
+        assert_eq!(t.node("n2").unwrap().fabric_ip(), Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(t.pod("a", "x").unwrap().ip, Ipv4Addr::new(198, 18, 1, 2));
         assert_eq!(t.pod("b", "y").unwrap().ip, Ipv4Addr::new(198, 18, 2, 2));
         assert_eq!(
@@ -398,10 +360,7 @@ mod tests {
         );
         assert_eq!(t.pod("b", "z").unwrap().service_account, "default");
         assert!(t.namespace("a").unwrap().is_enrolled());
-        assert!(
-            t.namespace("b").is_some(),
-            "namespace b is created implicitly"
-        );
+        assert!(t.namespace("b").is_some(), "namespace b is created implicitly");
     }
 
     #[test]
@@ -409,7 +368,10 @@ mod tests {
         let not_ready = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: y, namespace: a}\nspec: {nodeName: n1}\n\
                          status: {conditions: [{type: Ready, status: 'False'}]}\n";
         let mut t = Topology::parse(&format!("{NODES}{}{not_ready}", pod("a", "x", "n1", ""))).unwrap();
-        assert!(t.pod("a", "x").unwrap().ready, "ready unless a condition says otherwise");
+        assert!(
+            t.pod("a", "x").unwrap().ready,
+            "ready unless a condition says otherwise"
+        );
         assert!(!t.pod("a", "y").unwrap().ready);
         assert!(t.set_pod_ready("a", "y", true));
         assert!(t.pod("a", "y").unwrap().ready);
@@ -423,34 +385,17 @@ mod tests {
             &["Pod a/x: spec.nodeName: unknown node \"n9\""],
         );
         let no_node = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: x, namespace: a}\n";
-        assert_rejected(
-            &format!("{NODES}{no_node}"),
-            &["Pod a/x: spec.nodeName: required"],
-        );
-        let two_bad = format!(
-            "{NODES}{}{}",
-            pod("a", "x", "n8", ""),
-            pod("a", "y", "n9", "")
-        );
-        assert_rejected(
-            &two_bad,
-            &["Pod a/x: spec.nodeName", "Pod a/y: spec.nodeName"],
-        );
+        assert_rejected(&format!("{NODES}{no_node}"), &["Pod a/x: spec.nodeName: required"]);
+        let two_bad = format!("{NODES}{}{}", pod("a", "x", "n8", ""), pod("a", "y", "n9", ""));
+        assert_rejected(&two_bad, &["Pod a/x: spec.nodeName", "Pod a/y: spec.nodeName"]);
     }
 
     #[test]
     fn duplicates_name_the_object() {
-        let dup_pod = format!(
-            "{NODES}{}{}",
-            pod("a", "x", "n1", ""),
-            pod("a", "x", "n2", "")
-        );
+        let dup_pod = format!("{NODES}{}{}", pod("a", "x", "n1", ""), pod("a", "x", "n2", ""));
         assert_rejected(&dup_pod, &["Pod a/x: metadata.name: duplicate Pod"]);
         let node = "---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
-        assert_rejected(
-            &format!("{NODES}{node}"),
-            &["Node n1: metadata.name: duplicate Node"],
-        );
+        assert_rejected(&format!("{NODES}{node}"), &["Node n1: metadata.name: duplicate Node"]);
         let ns = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
         assert_rejected(
             &format!("{NODES}{ns}{ns}"),
@@ -469,11 +414,7 @@ mod tests {
             )
         };
         let field = "metadata.annotations[\"mesh.io/local-ip\"]";
-        let clash = format!(
-            "{NODES}{}{}",
-            pinned("x", "198.18.1.7"),
-            pinned("y", "198.18.1.7")
-        );
+        let clash = format!("{NODES}{}{}", pinned("x", "198.18.1.7"), pinned("y", "198.18.1.7"));
         assert_rejected(
             &clash,
             &[&format!(
@@ -483,14 +424,9 @@ mod tests {
         let other_node = format!("{NODES}{}", pinned("x", "198.18.2.7"));
         assert_rejected(
             &other_node,
-            &[&format!(
-                "Pod a/x: {field}: 198.18.2.7 is outside node \"n1\""
-            )],
+            &[&format!("Pod a/x: {field}: 198.18.2.7 is outside node \"n1\"")],
         );
-        assert_rejected(
-            &format!("{NODES}{}", pinned("x", "198.18.1.1")),
-            &["is outside"],
-        );
+        assert_rejected(&format!("{NODES}{}", pinned("x", "198.18.1.1")), &["is outside"]);
         assert_rejected(
             &format!("{NODES}{}", pinned("x", "nope")),
             &[&format!("{field}: \"nope\" is not an IPv4 address")],
@@ -504,10 +440,7 @@ mod tests {
             &["topology: document 2: malformed YAML"],
         );
         let bad_node = "apiVersion: v1\nkind: Node\nmetadata: {name: N_1}\n";
-        assert_rejected(
-            bad_node,
-            &["Node N_1: metadata.name: \"N_1\" is not a valid name"],
-        );
+        assert_rejected(bad_node, &["Node N_1: metadata.name: \"N_1\" is not a valid name"]);
         assert_rejected(
             &format!("{NODES}{}", pod("a.b", "x", "n1", "")),
             &["Pod a.b/x: metadata.namespace: must be a DNS label"],
@@ -535,9 +468,7 @@ mod tests {
             .unwrap();
             t.add_pod(p).unwrap();
         }
-        let extra: Pod =
-            serde_yaml::from_str("metadata: {name: extra, namespace: a}\nspec: {nodeName: n1}")
-                .unwrap();
+        let extra: Pod = serde_yaml::from_str("metadata: {name: extra, namespace: a}\nspec: {nodeName: n1}").unwrap();
         let err = t.add_pod(extra.clone()).unwrap_err().to_string();
         assert!(
             err.contains("Pod a/extra: spec.nodeName: node \"n1\" has no free pod address left"),

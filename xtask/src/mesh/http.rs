@@ -17,10 +17,13 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// GET `path` from `addr` with a socket created in `node`'s netns.
 pub fn http_get(cluster: &Cluster, node: &str, addr: &str, path: &str) -> Result<HttpReply, HarnessError> {
-    let addr: SocketAddr = addr.parse().map_err(|e| HarnessError::sys("parsing address", std::io::Error::other(format!("{addr}: {e}"))))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| HarnessError::sys("parsing address", std::io::Error::other(format!("{addr}: {e}"))))?;
     let stream = cluster.in_node(node, || TcpStream::connect_timeout(&addr, TIMEOUT))?;
     let stream = stream.map_err(|e| HarnessError::sys(&format!("connecting to {addr} in node {node}"), e))?;
-    exchange(stream, addr, path, &[], TIMEOUT).map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} in node {node}"), e))
+    exchange(stream, addr, path, &[], TIMEOUT)
+        .map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} in node {node}"), e))
 }
 
 /// GET `path` from `addr` with a socket created in pod `ns/pod`'s netns (a thread in
@@ -35,10 +38,17 @@ pub fn http_get_from_pod(
     timeout: Duration,
 ) -> Result<HttpReply, HarnessError> {
     let stream = cluster.connect_from_pod(ns, pod, addr, timeout)?;
-    exchange(stream, addr, path, headers, timeout).map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} from pod {ns}/{pod}"), e))
+    exchange(stream, addr, path, headers, timeout)
+        .map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} from pod {ns}/{pod}"), e))
 }
 
-fn exchange(mut stream: TcpStream, addr: SocketAddr, path: &str, headers: &[(&str, &str)], timeout: Duration) -> std::io::Result<HttpReply> {
+fn exchange(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<HttpReply> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut head = format!("GET {path} HTTP/1.0\r\n");
@@ -59,5 +69,8 @@ fn exchange(mut stream: TcpStream, addr: SocketAddr, path: &str, headers: &[(&st
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {:?}", head.lines().next())))?;
-    Ok(HttpReply { status, body: body.to_owned() })
+    Ok(HttpReply {
+        status,
+        body: body.to_owned(),
+    })
 }

@@ -33,7 +33,11 @@ pub enum MeshError {
     #[error("cannot write configuration {path}: {source}")]
     Config { path: PathBuf, source: std::io::Error },
     #[error("mesh-node on {node} is not ready after {waited:?}; last answer: {last}")]
-    NotReady { node: String, waited: Duration, last: String },
+    NotReady {
+        node: String,
+        waited: Duration,
+        last: String,
+    },
     #[error("mesh-node on {node} exited: {status}")]
     Exited { node: String, status: String },
     #[error(transparent)]
@@ -54,9 +58,16 @@ impl LocalMesh {
     /// state dir and starts `mesh-node` on every node (without waiting for readiness).
     pub fn start(cluster: &Cluster, options: MeshOptions) -> Result<Self, MeshError> {
         let config_dir = cluster.state_dir().join("config");
-        std::fs::create_dir_all(&config_dir).map_err(|source| MeshError::Config { path: config_dir.clone(), source })?;
+        std::fs::create_dir_all(&config_dir).map_err(|source| MeshError::Config {
+            path: config_dir.clone(),
+            source,
+        })?;
         cluster.write_config(&config_dir)?;
-        let mut mesh = Self { config_dir, options, daemons: BTreeMap::new() };
+        let mut mesh = Self {
+            config_dir,
+            options,
+            daemons: BTreeMap::new(),
+        };
         for node in cluster.nodes() {
             mesh.start_node(cluster, &node.name)?;
         }
@@ -83,7 +94,11 @@ impl LocalMesh {
 
     /// `kubectl apply` for the watched directory: each object of `yaml` replaces the
     /// object with the same kind/namespace/name.
-    pub fn apply_objects(&self, source_name: &str, yaml: &str) -> Result<Vec<mesh_common::model::ObjectRef>, objects::ApplyError> {
+    pub fn apply_objects(
+        &self,
+        source_name: &str,
+        yaml: &str,
+    ) -> Result<Vec<mesh_common::model::ObjectRef>, objects::ApplyError> {
         objects::apply_objects(&self.config_dir, source_name, yaml)
     }
 
@@ -118,7 +133,10 @@ impl LocalMesh {
                     .append(true)
                     .open(&path)
                     .map_err(|source| MeshError::Config { path, source })?;
-                let err = file.try_clone().map_err(|source| MeshError::Config { path: dir.clone(), source })?;
+                let err = file.try_clone().map_err(|source| MeshError::Config {
+                    path: dir.clone(),
+                    source,
+                })?;
                 cmd.stdout(file).stderr(err);
             }
             None => {
@@ -132,7 +150,10 @@ impl LocalMesh {
 
     /// SIGKILL, like a crash: pinned programs and maps stay behind.
     pub fn kill_node(&mut self, node: &str) -> Result<(), MeshError> {
-        let mut guard = self.daemons.remove(node).ok_or_else(|| MeshError::NoDaemon(node.into()))?;
+        let mut guard = self
+            .daemons
+            .remove(node)
+            .ok_or_else(|| MeshError::NoDaemon(node.into()))?;
         guard.signal(Signal::SIGKILL)?;
         guard.wait_timeout(Duration::from_secs(10))?;
         Ok(())
@@ -170,9 +191,16 @@ impl LocalMesh {
             false
         });
         match (exited, ready) {
-            (Some(status), _) => Err(MeshError::Exited { node: node.into(), status }),
+            (Some(status), _) => Err(MeshError::Exited {
+                node: node.into(),
+                status,
+            }),
             (None, Ok(())) => Ok(()),
-            (None, Err(_)) => Err(MeshError::NotReady { node: node.into(), waited: timeout, last }),
+            (None, Err(_)) => Err(MeshError::NotReady {
+                node: node.into(),
+                waited: timeout,
+                last,
+            }),
         }
     }
 

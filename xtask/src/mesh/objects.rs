@@ -44,8 +44,14 @@ pub fn apply_objects(dir: &Path, source_name: &str, yaml: &str) -> Result<Vec<Ob
 }
 
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), ApplyError> {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
-    let io = |source| ApplyError::Write { path: path.to_owned(), source };
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    let io = |source| ApplyError::Write {
+        path: path.to_owned(),
+        source,
+    };
     std::fs::write(&tmp, text).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

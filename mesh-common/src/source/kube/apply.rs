@@ -34,7 +34,13 @@ pub(crate) struct KindSync {
 
 impl KindSync {
     pub fn new(resource: ApiResource) -> Self {
-        Self { resource, known: BTreeSet::new(), relist: None, reported: BTreeMap::new(), synced: false }
+        Self {
+            resource,
+            known: BTreeSet::new(),
+            relist: None,
+            reported: BTreeMap::new(),
+            synced: false,
+        }
     }
 
     pub fn kind(&self) -> &str {
@@ -88,7 +94,10 @@ impl KindSync {
             return None;
         }
         self.reported.insert(name, version);
-        Some(Rejection { object: self.reference(&obj), message: report.rejected.join("; ") })
+        Some(Rejection {
+            object: self.reference(&obj),
+            message: report.rejected.join("; "),
+        })
     }
 
     pub fn delete(&mut self, store: &mut ConfigStore, obj: &DynamicObject) {
@@ -193,8 +202,13 @@ mod tests {
         let r = sync.apply(&mut store, bad.clone(), &ok).expect("rejected");
         assert!(r.message.starts_with("Pod a/p1: spec.nodeName:"), "{}", r.message);
         assert_eq!(r.object.resource_version.as_deref(), Some("2"));
-        assert!(sync.apply(&mut store, bad, &ok).is_none(), "same version reported twice");
-        let Some(Resource::Pod(p)) = store.iter().next() else { panic!("last good pod gone") };
+        assert!(
+            sync.apply(&mut store, bad, &ok).is_none(),
+            "same version reported twice"
+        );
+        let Some(Resource::Pod(p)) = store.iter().next() else {
+            panic!("last good pod gone")
+        };
         assert_eq!(p.spec.node_name.as_deref(), Some("n1"));
     }
 }

@@ -17,14 +17,31 @@ pub struct WatchedKind {
 }
 
 const fn core(kind: &'static str, plural: &'static str, node_scoped: bool) -> WatchedKind {
-    WatchedKind { group: "", kind, plural, versions: &["v1"], node_scoped }
+    WatchedKind {
+        group: "",
+        kind,
+        plural,
+        versions: &["v1"],
+        node_scoped,
+    }
 }
 
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
 
-const fn istio(group: &'static str, kind: &'static str, plural: &'static str, versions: &'static [&'static str]) -> WatchedKind {
-    WatchedKind { group, kind, plural, versions, node_scoped: false }
+const fn istio(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    versions: &'static [&'static str],
+) -> WatchedKind {
+    WatchedKind {
+        group,
+        kind,
+        plural,
+        versions,
+        node_scoped: false,
+    }
 }
 
 /// Everything the mesh reads from the API server (the RBAC in `deploy/` grants
@@ -34,13 +51,34 @@ pub const WATCHED: &[WatchedKind] = &[
     core("Pod", "pods", true),
     core("Service", "services", false),
     core("ServiceAccount", "serviceaccounts", false),
-    WatchedKind { group: "discovery.k8s.io", kind: "EndpointSlice", plural: "endpointslices", versions: &["v1"], node_scoped: false },
+    WatchedKind {
+        group: "discovery.k8s.io",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        versions: &["v1"],
+        node_scoped: false,
+    },
     istio("networking.istio.io", "VirtualService", "virtualservices", NETWORKING),
     istio("networking.istio.io", "DestinationRule", "destinationrules", NETWORKING),
     istio("networking.istio.io", "Gateway", "gateways", NETWORKING),
-    istio("security.istio.io", "PeerAuthentication", "peerauthentications", SECURITY),
-    istio("security.istio.io", "AuthorizationPolicy", "authorizationpolicies", SECURITY),
-    istio("security.istio.io", "RequestAuthentication", "requestauthentications", SECURITY),
+    istio(
+        "security.istio.io",
+        "PeerAuthentication",
+        "peerauthentications",
+        SECURITY,
+    ),
+    istio(
+        "security.istio.io",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        SECURITY,
+    ),
+    istio(
+        "security.istio.io",
+        "RequestAuthentication",
+        "requestauthentications",
+        SECURITY,
+    ),
 ];
 
 impl WatchedKind {
@@ -55,7 +93,11 @@ impl WatchedKind {
     }
 
     pub fn api_resource(&self, version: &str) -> ApiResource {
-        let api_version = if self.group.is_empty() { version.to_owned() } else { format!("{}/{version}", self.group) };
+        let api_version = if self.group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{}/{version}", self.group)
+        };
         ApiResource {
             group: self.group.to_owned(),
             version: version.to_owned(),

@@ -28,14 +28,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup;
+use kube::Client;
 use kube::api::{Api, DynamicObject};
+use kube::client::{Body, ClientBuilder};
 use kube::core::ApiResource;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, DefaultBackoff};
-use kube::runtime::WatchStreamExt;
-use kube::client::{Body, ClientBuilder};
-use kube::Client;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -159,7 +159,12 @@ impl KubeSource {
     }
 
     /// Over any HTTP stack (tests replay recorded API responses through this).
-    pub fn new<S, B>(http: ClientBuilder<S>, config: KubeSourceConfig, store: SharedStore, validator: SharedValidator) -> Self
+    pub fn new<S, B>(
+        http: ClientBuilder<S>,
+        config: KubeSourceConfig,
+        store: SharedStore,
+        validator: SharedValidator,
+    ) -> Self
     where
         S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Send + 'static,
         S::Future: Send + 'static,
@@ -171,7 +176,16 @@ impl KubeSource {
         let client = http.with_layer(&observer).build();
         let (status, status_rx) = StatusTracker::new(WATCHED.iter().map(|k| k.kind.to_owned()));
         let (generation, _) = watch::channel(0);
-        Self { client, config, store, validator, status, status_rx, generation, opened }
+        Self {
+            client,
+            config,
+            store,
+            validator,
+            status,
+            status_rx,
+            generation,
+            opened,
+        }
     }
 
     /// Connected / synced / last error / since: for readiness detail and metrics.
@@ -190,13 +204,22 @@ impl KubeSource {
         let (tx, mut rx) = mpsc::channel(256);
         let mut tasks = tokio::task::JoinSet::new();
         for (index, kind) in WATCHED.iter().enumerate() {
-            tasks.spawn(watch_kind(self.client.clone(), index, *kind, self.config.clone(), tx.clone()));
+            tasks.spawn(watch_kind(
+                self.client.clone(),
+                index,
+                *kind,
+                self.config.clone(),
+                tx.clone(),
+            ));
         }
         drop(tx);
         let mut syncs: Vec<Option<KindSync>> = WATCHED.iter().map(|_| None).collect();
         let recorder = Recorder::new(
             self.client.clone(),
-            Reporter { controller: self.config.controller.clone(), instance: self.config.instance.clone() },
+            Reporter {
+                controller: self.config.controller.clone(),
+                instance: self.config.instance.clone(),
+            },
         );
         loop {
             let update = tokio::select! {
@@ -262,7 +285,8 @@ impl KubeSource {
                 Vec::new()
             }
         };
-        self.generation.send_if_modified(|g| std::mem::replace(g, store.generation()) != store.generation());
+        self.generation
+            .send_if_modified(|g| std::mem::replace(g, store.generation()) != store.generation());
         rejected
     }
 
@@ -295,7 +319,13 @@ impl KubeSource {
 }
 
 /// One kind: pick its API version, then watch it forever, forwarding events.
-async fn watch_kind(client: Client, index: usize, kind: WatchedKind, config: KubeSourceConfig, tx: mpsc::Sender<Update>) {
+async fn watch_kind(
+    client: Client,
+    index: usize,
+    kind: WatchedKind,
+    config: KubeSourceConfig,
+    tx: mpsc::Sender<Update>,
+) {
     let mut backoff = config.retry.backoff();
     let resource = loop {
         match resolve(&client, &kind).await {
@@ -338,11 +368,18 @@ async fn resolve(client: &Client, kind: &WatchedKind) -> Result<ApiResource, Str
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
     let group: APIGroup = client.request(request).await.map_err(|e| {
-        format!("cannot discover API group {} (are the CRDs from deploy/crds installed?): {}", kind.group, error_chain(&e))
+        format!(
+            "cannot discover API group {} (are the CRDs from deploy/crds installed?): {}",
+            kind.group,
+            error_chain(&e)
+        )
     })?;
     let served: Vec<String> = group.versions.iter().map(|v| v.version.clone()).collect();
     let version = kind.pick_version(&served).ok_or_else(|| {
-        format!("API group {} serves {:?}, none of the supported versions {:?}", kind.group, served, kind.versions)
+        format!(
+            "API group {} serves {:?}, none of the supported versions {:?}",
+            kind.group, served, kind.versions
+        )
     })?;
     Ok(kind.api_resource(version))
 }

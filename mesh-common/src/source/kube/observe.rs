@@ -25,7 +25,10 @@ impl WatchOpened {
 impl<S> tower::Layer<S> for WatchOpened {
     type Service = Observed<S>;
     fn layer(&self, inner: S) -> Observed<S> {
-        Observed { inner, tx: self.tx.clone() }
+        Observed {
+            inner,
+            tx: self.tx.clone(),
+        }
     }
 }
 
@@ -49,7 +52,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let watching = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
+        let watching = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
         let path = watching.then(|| req.uri().path().to_owned());
         let tx = self.tx.clone();
         let response = self.inner.call(req);
@@ -66,7 +72,11 @@ where
 /// Whether `path` (`/api/v1/pods`, `/apis/<group>/<version>/<plural>`, possibly with
 /// `namespaces/<ns>/`) addresses `plural` of `group`.
 pub fn addresses(path: &str, group: &str, plural: &str) -> bool {
-    let in_group = if group.is_empty() { path.starts_with("/api/") } else { path.starts_with(&format!("/apis/{group}/")) };
+    let in_group = if group.is_empty() {
+        path.starts_with("/api/")
+    } else {
+        path.starts_with(&format!("/apis/{group}/"))
+    };
     in_group && path.rsplit('/').next() == Some(plural)
 }
 
@@ -77,9 +87,21 @@ mod tests {
     #[test]
     fn matches_watch_paths_to_kinds() {
         assert!(addresses("/api/v1/pods", "", "pods"));
-        assert!(addresses("/apis/networking.istio.io/v1/virtualservices", "networking.istio.io", "virtualservices"));
-        assert!(addresses("/apis/networking.istio.io/v1/namespaces/a/gateways", "networking.istio.io", "gateways"));
-        assert!(!addresses("/apis/gateway.networking.k8s.io/v1/gateways", "networking.istio.io", "gateways"));
+        assert!(addresses(
+            "/apis/networking.istio.io/v1/virtualservices",
+            "networking.istio.io",
+            "virtualservices"
+        ));
+        assert!(addresses(
+            "/apis/networking.istio.io/v1/namespaces/a/gateways",
+            "networking.istio.io",
+            "gateways"
+        ));
+        assert!(!addresses(
+            "/apis/gateway.networking.k8s.io/v1/gateways",
+            "networking.istio.io",
+            "gateways"
+        ));
         assert!(!addresses("/api/v1/namespaces", "", "pods"));
     }
 }

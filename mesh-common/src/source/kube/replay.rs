@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use http::{Request, Response, StatusCode};
-use http_body_util::StreamBody;
 use http_body::Frame;
+use http_body_util::StreamBody;
 use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -36,8 +36,14 @@ pub enum End {
 }
 
 pub enum Reply {
-    List { resource_version: String, items: Vec<Value> },
-    Watch { events: Vec<Value>, end: End },
+    List {
+        resource_version: String,
+        items: Vec<Value>,
+    },
+    Watch {
+        events: Vec<Value>,
+        end: End,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -61,7 +67,13 @@ pub struct Replay {
 
 impl Replay {
     pub fn list(&self, path: &str, resource_version: &str, items: Vec<Value>) -> &Self {
-        self.push(format!("{path} list"), Reply::List { resource_version: resource_version.into(), items })
+        self.push(
+            format!("{path} list"),
+            Reply::List {
+                resource_version: resource_version.into(),
+                items,
+            },
+        )
     }
 
     pub fn watch(&self, path: &str, events: Vec<Value>, end: End) -> &Self {
@@ -79,7 +91,11 @@ impl Replay {
     /// `except`; their watches then stay idle.
     pub fn list_all(&self, objs: &[Value], except: &[&str]) -> &Self {
         for kind in WATCHED.iter().filter(|k| !except.contains(&k.kind)) {
-            let items = objs.iter().filter(|o| o["kind"] == kind.kind).map(|o| item(o, "5")).collect();
+            let items = objs
+                .iter()
+                .filter(|o| o["kind"] == kind.kind)
+                .map(|o| item(o, "5"))
+                .collect();
             self.list(&path(kind), "5", items);
         }
         self
@@ -93,11 +109,20 @@ impl Replay {
     /// Answers discovery of Istio's API groups with every version we accept.
     pub fn istio_groups(&self) -> &Self {
         let group = |name: &str, versions: &[&str]| {
-            let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+                .collect();
             json!({"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": vs, "preferredVersion": vs[0]})
         };
-        self.fixed("/apis/networking.istio.io", group("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]));
-        self.fixed("/apis/security.istio.io", group("security.istio.io", &["v1", "v1beta1"]))
+        self.fixed(
+            "/apis/networking.istio.io",
+            group("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+        );
+        self.fixed(
+            "/apis/security.istio.io",
+            group("security.istio.io", &["v1", "v1beta1"]),
+        )
     }
 
     pub fn fixed(&self, path: &str, body: Value) -> &Self {
@@ -111,7 +136,13 @@ impl Replay {
     }
 
     pub fn requests(&self, method: &str, path: &str) -> Vec<Seen> {
-        self.seen.lock().unwrap().iter().filter(|s| s.method == method && s.path == path).cloned().collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.method == method && s.path == path)
+            .cloned()
+            .collect()
     }
 
     fn next(&self, key: &str) -> Option<Reply> {
@@ -128,7 +159,10 @@ impl Replay {
             body: body.clone(),
         });
         if self.outage.load(std::sync::atomic::Ordering::SeqCst) {
-            return json_response(StatusCode::SERVICE_UNAVAILABLE, status(503, "ServiceUnavailable", "replay: outage"));
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                status(503, "ServiceUnavailable", "replay: outage"),
+            );
         }
         if req.method != http::Method::GET {
             return json_response(StatusCode::CREATED, serde_json::from_str(&body).unwrap_or(Value::Null));
@@ -139,14 +173,20 @@ impl Replay {
         let watching = query.split('&').any(|p| p == "watch=true");
         let key = format!("{path} {}", if watching { "watch" } else { "list" });
         match self.next(&key) {
-            Some(Reply::List { resource_version, items }) => json_response(
+            Some(Reply::List {
+                resource_version,
+                items,
+            }) => json_response(
                 StatusCode::OK,
                 json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": resource_version}, "items": items}),
             ),
             Some(Reply::Watch { events, end }) => watch_response(events, end),
             // A script that ran out: watches idle (a quiet cluster), lists fail loudly.
             None if watching => watch_response(Vec::new(), End::Idle),
-            None => json_response(StatusCode::SERVICE_UNAVAILABLE, status(503, "ServiceUnavailable", &format!("script exhausted: {key}"))),
+            None => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                status(503, "ServiceUnavailable", &format!("script exhausted: {key}")),
+            ),
         }
     }
 }
@@ -161,7 +201,10 @@ fn json_response(code: StatusCode, v: Value) -> Response<ReplayBody> {
     let body = StreamBody::new(stream::once(async move { Ok(Frame::data(bytes)) }).boxed());
     let mut resp = Response::new(body);
     *resp.status_mut() = code;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -175,11 +218,18 @@ fn watch_response(events: Vec<Value>, end: End) -> Response<ReplayBody> {
         End::Close => head.boxed(),
         End::Drop => head
             .chain(stream::once(async {
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "replay: connection dropped"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "replay: connection dropped",
+                ))
             }))
             .boxed(),
         End::Idle => head.chain(stream::pending()).boxed(),
-        End::Live(rx) => head.chain(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (line(v), rx)) })).boxed(),
+        End::Live(rx) => head
+            .chain(stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|v| (line(v), rx))
+            }))
+            .boxed(),
     };
     Response::new(StreamBody::new(body))
 }
@@ -219,12 +269,21 @@ pub fn gone() -> Value {
 /// The collection path of a watched kind at its preferred version (`/api/v1/pods`).
 pub fn path(kind: &WatchedKind) -> String {
     let ar = kind.api_resource(kind.versions[0]);
-    if ar.group.is_empty() { format!("/api/v1/{}", ar.plural) } else { format!("/apis/{}/{}", ar.api_version, ar.plural) }
+    if ar.group.is_empty() {
+        format!("/api/v1/{}", ar.plural)
+    } else {
+        format!("/apis/{}/{}", ar.api_version, ar.plural)
+    }
 }
 
 /// [`path`] by kind name; panics on a kind we do not watch (a bug in the test).
 pub fn path_of(kind: &str) -> String {
-    path(WATCHED.iter().find(|k| k.kind == kind).unwrap_or_else(|| panic!("{kind} is not watched")))
+    path(
+        WATCHED
+            .iter()
+            .find(|k| k.kind == kind)
+            .unwrap_or_else(|| panic!("{kind} is not watched")),
+    )
 }
 
 /// A list item as the API server returns it: no apiVersion/kind, a resourceVersion.
@@ -255,5 +314,8 @@ pub fn objects(yaml: &str) -> Vec<Value> {
 }
 
 pub fn bookmark(api_version: &str, kind: &str, resource_version: &str) -> Value {
-    event("BOOKMARK", json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": resource_version}}))
+    event(
+        "BOOKMARK",
+        json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": resource_version}}),
+    )
 }

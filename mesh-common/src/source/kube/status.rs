@@ -24,7 +24,13 @@ pub struct KubeStatus {
 
 impl Default for KubeStatus {
     fn default() -> Self {
-        Self { connected: false, synced: false, last_error: None, since: SystemTime::now(), failing: Vec::new() }
+        Self {
+            connected: false,
+            synced: false,
+            last_error: None,
+            since: SystemTime::now(),
+            failing: Vec::new(),
+        }
     }
 }
 
@@ -65,7 +71,12 @@ impl StatusTracker {
     fn publish(&self, error: Option<String>) {
         let connected = self.kinds.values().all(|h| h.ok);
         let synced = self.kinds.values().all(|h| h.synced);
-        let failing = self.kinds.iter().filter(|(_, h)| !h.ok).map(|(k, _)| k.clone()).collect();
+        let failing = self
+            .kinds
+            .iter()
+            .filter(|(_, h)| !h.ok)
+            .map(|(k, _)| k.clone())
+            .collect();
         self.tx.send_modify(|s| {
             if s.connected != connected {
                 s.since = SystemTime::now();
@@ -98,6 +109,9 @@ mod tests {
         assert_eq!(s.last_error.as_deref(), Some("Pod: connection refused"));
         t.ok("Pod", false);
         assert!(rx.borrow().connected);
-        assert!(rx.borrow().last_error.is_some(), "last error stays visible after recovery");
+        assert!(
+            rx.borrow().last_error.is_some(),
+            "last error stays visible after recovery"
+        );
     }
 }

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use super::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};
 use super::*;
-use crate::model::enrollment::enrolled_pods;
 use crate::model::FieldError;
+use crate::model::enrollment::enrolled_pods;
 use crate::source::dir::DirSource;
 
 const BOOKINFO: &str = include_str!("testdata/bookinfo.yaml");
@@ -50,7 +50,11 @@ fn start(r: &Replay, node: Option<&str>, validator: SharedValidator) -> Running 
     let store = SharedStore::default();
     let source = KubeSource::new(r.client_builder(), config(node), store.clone(), validator);
     let status = source.status();
-    Running { store, status, task: tokio::spawn(source.run()) }
+    Running {
+        store,
+        status,
+        task: tokio::spawn(source.run()),
+    }
 }
 
 async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -66,11 +70,19 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 fn enrolled(run: &Running, node: &str) -> Vec<String> {
     let store = run.store.lock().unwrap();
-    enrolled_pods(&store, node).into_iter().map(|p| format!("{}/{}", p.metadata.namespace_or_default(), p.metadata.name)).collect()
+    enrolled_pods(&store, node)
+        .into_iter()
+        .map(|p| format!("{}/{}", p.metadata.namespace_or_default(), p.metadata.name))
+        .collect()
 }
 
 fn refs(run: &Running) -> Vec<String> {
-    run.store.lock().unwrap().iter().map(|r| r.object_ref().to_string()).collect()
+    run.store
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.object_ref().to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -98,13 +110,24 @@ async fn directory_and_api_server_produce_the_same_model() {
 #[tokio::test]
 async fn converges_through_gone_and_dropped_streams_and_follows_enrollment() {
     let all = objects(BOOKINFO);
-    let find = |kind: &str, name: &str| all.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).unwrap().clone();
+    let find = |kind: &str, name: &str| {
+        all.iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap()
+            .clone()
+    };
     let mut bookinfo_plain = find("Namespace", "bookinfo");
-    bookinfo_plain["metadata"].as_object_mut().unwrap().remove("annotations");
+    bookinfo_plain["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
     let bookinfo_ambient = find("Namespace", "bookinfo");
     let other = find("Namespace", "other");
-    let (productpage, reviews_v1, tools) =
-        (find("Pod", "productpage-v1-7d8b9c"), find("Pod", "reviews-v1-5f6c7d"), find("Pod", "tools-0"));
+    let (productpage, reviews_v1, tools) = (
+        find("Pod", "productpage-v1-7d8b9c"),
+        find("Pod", "reviews-v1-5f6c7d"),
+        find("Pod", "tools-0"),
+    );
     let mut ratings = productpage.clone();
     ratings["metadata"]["name"] = json!("ratings-v1-1a2b3c");
     let scratch = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "scratch"}});
@@ -113,14 +136,29 @@ async fn converges_through_gone_and_dropped_streams_and_follows_enrollment() {
     let (ns, pods) = (path_of("Namespace"), path_of("Pod"));
     // Namespaces: list, a watch that ends in 410 Gone (scratch was deleted while we
     // could not see it), relist, a watch that drops, then a live watch.
-    r.list(&ns, "10", vec![item(&bookinfo_plain, "3"), item(&other, "4"), item(&scratch, "5")]);
+    r.list(
+        &ns,
+        "10",
+        vec![item(&bookinfo_plain, "3"), item(&other, "4"), item(&scratch, "5")],
+    );
     r.watch(&ns, vec![bookmark("v1", "Namespace", "12"), gone()], End::Close);
     r.list(&ns, "20", vec![item(&bookinfo_plain, "3"), item(&other, "4")]);
     r.watch(&ns, vec![event("ADDED", with_rv(&scratch, "21"))], End::Drop);
     let live = r.live_watch(&ns, vec![event("DELETED", with_rv(&scratch, "22"))]);
     // Pods of node-a: list, a watch adding one pod and deleting another, then closed.
-    r.list(&pods, "10", vec![item(&productpage, "6"), item(&reviews_v1, "7"), item(&tools, "8")]);
-    r.watch(&pods, vec![event("ADDED", with_rv(&ratings, "11")), event("DELETED", with_rv(&reviews_v1, "12"))], End::Close);
+    r.list(
+        &pods,
+        "10",
+        vec![item(&productpage, "6"), item(&reviews_v1, "7"), item(&tools, "8")],
+    );
+    r.watch(
+        &pods,
+        vec![
+            event("ADDED", with_rv(&ratings, "11")),
+            event("DELETED", with_rv(&reviews_v1, "12")),
+        ],
+        End::Close,
+    );
     r.list_all(&all, &["Namespace", "Pod"]);
 
     let run = start(&r, Some("node-a"), accept_all());
@@ -133,21 +171,49 @@ async fn converges_through_gone_and_dropped_streams_and_follows_enrollment() {
     ];
     until("the API's final state", || {
         let have = refs(&run);
-        let core: Vec<&str> = have.iter().map(String::as_str).filter(|s| s.starts_with("Namespace") || s.starts_with("Pod")).collect();
+        let core: Vec<&str> = have
+            .iter()
+            .map(String::as_str)
+            .filter(|s| s.starts_with("Namespace") || s.starts_with("Pod"))
+            .collect();
         (core == expected_refs).then_some(())
     })
     .await;
-    assert_eq!(r.requests("GET", &ns).iter().filter(|s| !s.query.contains("watch=true")).count(), 2, "410 Gone relists");
+    assert_eq!(
+        r.requests("GET", &ns)
+            .iter()
+            .filter(|s| !s.query.contains("watch=true"))
+            .count(),
+        2,
+        "410 Gone relists"
+    );
     let pod_requests = r.requests("GET", &pods);
-    assert!(pod_requests.iter().all(|s| s.query.contains("fieldSelector=spec.nodeName%3Dnode-a")), "{pod_requests:?}");
-    assert!(enrolled(&run, "node-a").is_empty(), "nothing enrolled before the annotation");
+    assert!(
+        pod_requests
+            .iter()
+            .all(|s| s.query.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "{pod_requests:?}"
+    );
+    assert!(
+        enrolled(&run, "node-a").is_empty(),
+        "nothing enrolled before the annotation"
+    );
 
     live.send(event("MODIFIED", with_rv(&bookinfo_ambient, "30"))).unwrap();
-    let want = vec!["bookinfo/productpage-v1-7d8b9c".to_string(), "bookinfo/ratings-v1-1a2b3c".to_string()];
-    until("annotation enrolls bookinfo's node-a pods", || (enrolled(&run, "node-a") == want).then_some(())).await;
+    let want = vec![
+        "bookinfo/productpage-v1-7d8b9c".to_string(),
+        "bookinfo/ratings-v1-1a2b3c".to_string(),
+    ];
+    until("annotation enrolls bookinfo's node-a pods", || {
+        (enrolled(&run, "node-a") == want).then_some(())
+    })
+    .await;
 
     live.send(event("MODIFIED", with_rv(&bookinfo_plain, "31"))).unwrap();
-    until("removing it un-enrolls them", || enrolled(&run, "node-a").is_empty().then_some(())).await;
+    until("removing it un-enrolls them", || {
+        enrolled(&run, "node-a").is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -168,7 +234,10 @@ async fn keeps_last_known_state_while_the_api_server_is_unreachable() {
         (!s.connected).then_some(s)
     })
     .await;
-    assert!(status.last_error.as_deref().unwrap_or_default().contains("Namespace"), "{status:?}");
+    assert!(
+        status.last_error.as_deref().unwrap_or_default().contains("Namespace"),
+        "{status:?}"
+    );
     assert_eq!(status.failing, vec!["Namespace".to_string()]);
     assert_eq!(refs(&run), before, "the model survives the outage");
 
@@ -183,7 +252,10 @@ fn veto_policy_named_vetoed() -> SharedValidator {
     Arc::new(|r: &Resource| {
         let object = r.object_ref();
         if object.kind == "AuthorizationPolicy" && object.name == "vetoed" {
-            Err(ConfigError::Invalid { object, error: FieldError::new("spec.rules[0].from", "vetoed by the consumer") })
+            Err(ConfigError::Invalid {
+                object,
+                error: FieldError::new("spec.rules[0].from", "vetoed by the consumer"),
+            })
         } else {
             Ok(())
         }
@@ -214,8 +286,14 @@ async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
     until("initial sync", || run.status.borrow().synced.then_some(())).await;
 
     let have = refs(&run);
-    assert!(have.contains(&"VirtualService bookinfo/reviews".to_string()), "{have:?}");
-    assert!(have.contains(&"PeerAuthentication bookinfo/default".to_string()), "{have:?}");
+    assert!(
+        have.contains(&"VirtualService bookinfo/reviews".to_string()),
+        "{have:?}"
+    );
+    assert!(
+        have.contains(&"PeerAuthentication bookinfo/default".to_string()),
+        "{have:?}"
+    );
     for rejected in [
         "VirtualService bookinfo/broken",
         "Service bookinfo/bad-port",
@@ -224,14 +302,23 @@ async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
     ] {
         assert!(!have.contains(&rejected.to_string()), "{rejected} was accepted");
     }
-    let errors: Vec<String> = run.store.lock().unwrap().errors().flat_map(|(_, e)| e.to_vec()).collect();
+    let errors: Vec<String> = run
+        .store
+        .lock()
+        .unwrap()
+        .errors()
+        .flat_map(|(_, e)| e.to_vec())
+        .collect();
     for prefix in [
         "VirtualService bookinfo/broken: spec.hosts:",
         "Service bookinfo/bad-port: spec.ports[0].port:",
         "PeerAuthentication bookinfo/bad-mode: spec.mtls.mode:",
         "AuthorizationPolicy bookinfo/vetoed: spec.rules[0].from: vetoed by the consumer",
     ] {
-        assert!(errors.iter().any(|e| e.starts_with(prefix)), "no error starting {prefix:?} in {errors:?}");
+        assert!(
+            errors.iter().any(|e| e.starts_with(prefix)),
+            "no error starting {prefix:?} in {errors:?}"
+        );
     }
 
     let events_path = "/apis/events.k8s.io/v1/namespaces/bookinfo/events";
@@ -241,15 +328,23 @@ async fn invalid_objects_are_skipped_logged_and_reported_as_events() {
     })
     .await;
     let bodies: Vec<Value> = events.iter().map(|e| serde_json::from_str(&e.body).unwrap()).collect();
-    let vs_event = bodies.iter().find(|e| e["regarding"]["kind"] == "VirtualService").unwrap();
+    let vs_event = bodies
+        .iter()
+        .find(|e| e["regarding"]["kind"] == "VirtualService")
+        .unwrap();
     assert_eq!(vs_event["type"], "Warning");
     assert_eq!(vs_event["reason"], "InvalidConfiguration");
     assert_eq!(vs_event["regarding"]["name"], "broken");
     assert_eq!(vs_event["regarding"]["apiVersion"], "networking.istio.io/v1");
     assert_eq!(vs_event["regarding"]["uid"], "0b5e7c1e-0000-4000-8000-000000000001");
     assert!(vs_event["note"].as_str().unwrap().contains("spec.hosts"), "{vs_event}");
-    for (kind, field) in [("PeerAuthentication", "spec.mtls.mode"), ("AuthorizationPolicy", "spec.rules[0].from")] {
-        let noted = bodies.iter().any(|e| e["regarding"]["kind"] == kind && e["note"].as_str().unwrap().contains(field));
+    for (kind, field) in [
+        ("PeerAuthentication", "spec.mtls.mode"),
+        ("AuthorizationPolicy", "spec.rules[0].from"),
+    ] {
+        let noted = bodies
+            .iter()
+            .any(|e| e["regarding"]["kind"] == kind && e["note"].as_str().unwrap().contains(field));
         assert!(noted, "no Event on the {kind} naming {field}: {bodies:?}");
     }
 }

@@ -22,11 +22,7 @@ impl Cluster {
         )
     }
 
-    pub(super) fn create_node(
-        &mut self,
-        node: &NodeSpec,
-        all: &[NodeSpec],
-    ) -> Result<(), HarnessError> {
+    pub(super) fn create_node(&mut self, node: &NodeSpec, all: &[NodeSpec]) -> Result<(), HarnessError> {
         let info = self.node_info(node);
         tracing::info!(node = %node.name, ip = %info.ip, netns = %info.netns, "creating node");
         ip::netns_add(&info.netns)?;
@@ -38,10 +34,7 @@ impl Cluster {
         ip::batch(
             &self.names.fabric_netns(),
             &[
-                format!(
-                    "link add {port} type veth peer name {uplink} netns {}",
-                    info.netns
-                ),
+                format!("link add {port} type veth peer name {uplink} netns {}", info.netns),
                 format!("link set {port} master {}", self.names.bridge()),
                 format!("link set {port} up"),
             ],
@@ -53,10 +46,7 @@ impl Cluster {
         ];
         for other in all.iter().filter(|o| o.index != node.index) {
             let (net, len) = other.pod_cidr();
-            lines.push(format!(
-                "route add {net}/{len} via {} dev {uplink}",
-                other.fabric_ip()
-            ));
+            lines.push(format!("route add {net}/{len} via {} dev {uplink}", other.fabric_ip()));
         }
         ip::batch(&info.netns, &lines)?;
         netns::write_sysctl(&info.netns_path, "net/ipv4/ip_forward", "1")
@@ -71,8 +61,7 @@ impl Cluster {
         }
         let index = self.next_pod_index;
         self.next_pod_index += 1;
-        self.pod_index
-            .insert((pod.namespace.clone(), pod.name.clone()), index);
+        self.pod_index.insert((pod.namespace.clone(), pod.name.clone()), index);
         let info = self.pod_info(pod, index);
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), node = %pod.node, ip = %pod.ip, "creating pod");
         ip::netns_add(&info.netns)?;
@@ -83,10 +72,7 @@ impl Cluster {
         ip::batch(
             &node_netns,
             &[
-                format!(
-                    "link add {host} type veth peer name {iface} netns {}",
-                    info.netns
-                ),
+                format!("link add {host} type veth peer name {iface} netns {}", info.netns),
                 format!("addr add {gw}/32 dev {host}"),
                 format!("link set {host} up"),
                 // `replace`: a removed pod whose netns a socket still holds keeps its old route.

@@ -43,11 +43,7 @@ impl Cluster {
     }
 
     /// Starts `cmd` on the node (its netns and cgroup): how daemons are run.
-    pub fn spawn_on_node(
-        &self,
-        node: &str,
-        cmd: impl BorrowMut<Command>,
-    ) -> Result<ProcessGuard, HarnessError> {
+    pub fn spawn_on_node(&self, node: &str, cmd: impl BorrowMut<Command>) -> Result<ProcessGuard, HarnessError> {
         process::spawn(&self.node_place(node)?, cmd)
     }
 
@@ -63,11 +59,7 @@ impl Cluster {
     }
 
     /// Runs `cmd` on the node to completion (at most [`RUN_TIMEOUT`]).
-    pub fn run_on_node(
-        &self,
-        node: &str,
-        cmd: impl BorrowMut<Command>,
-    ) -> Result<Output, HarnessError> {
+    pub fn run_on_node(&self, node: &str, cmd: impl BorrowMut<Command>) -> Result<Output, HarnessError> {
         process::run(&self.node_place(node)?, cmd, RUN_TIMEOUT)
     }
 
@@ -84,21 +76,12 @@ impl Cluster {
     }
 
     /// Runs `f` on a thread inside the node's netns.
-    pub fn in_node<T: Send>(
-        &self,
-        node: &str,
-        f: impl FnOnce() -> T + Send,
-    ) -> Result<T, HarnessError> {
+    pub fn in_node<T: Send>(&self, node: &str, f: impl FnOnce() -> T + Send) -> Result<T, HarnessError> {
         netns::in_netns(&self.node(node)?.netns_path, f)
     }
 
     /// A TCP listener on `0.0.0.0:port` inside the pod's netns (port 0: any).
-    pub fn listen_in_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        port: u16,
-    ) -> Result<TcpListener, HarnessError> {
+    pub fn listen_in_pod(&self, namespace: &str, name: &str, port: u16) -> Result<TcpListener, HarnessError> {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
         self.in_pod(namespace, name, || TcpListener::bind(addr))?
             .map_err(|e| HarnessError::sys(format!("bind {addr} in pod {namespace}/{name}"), e))
@@ -112,10 +95,8 @@ impl Cluster {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<TcpStream, HarnessError> {
-        self.in_pod(namespace, name, || {
-            TcpStream::connect_timeout(&addr, timeout)
-        })?
-        .map_err(|e| HarnessError::sys(format!("connect to {addr} from pod {namespace}/{name}"), e))
+        self.in_pod(namespace, name, || TcpStream::connect_timeout(&addr, timeout))?
+            .map_err(|e| HarnessError::sys(format!("connect to {addr} from pod {namespace}/{name}"), e))
     }
 
     /// Polls until a TCP connect to `addr` from inside the netns at `netns_path`
@@ -136,18 +117,8 @@ impl Cluster {
 
     /// Waits until `addr` accepts TCP connections from the node's netns (e.g. the
     /// node daemon's readiness port `127.0.0.1:15021`).
-    pub fn wait_tcp_on_node(
-        &self,
-        node: &str,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<(), HarnessError> {
-        self.wait_tcp(
-            &self.node(node)?.netns_path,
-            &format!("node {node}"),
-            addr,
-            timeout,
-        )
+    pub fn wait_tcp_on_node(&self, node: &str, addr: SocketAddr, timeout: Duration) -> Result<(), HarnessError> {
+        self.wait_tcp(&self.node(node)?.netns_path, &format!("node {node}"), addr, timeout)
     }
 
     /// Waits until `addr` accepts TCP connections from the pod's netns.

@@ -70,7 +70,10 @@ pub enum MtlsMode {
 pub enum PeerAuthnScope {
     Mesh,
     Namespace(String),
-    Workload { namespace: String, match_labels: BTreeMap<String, String> },
+    Workload {
+        namespace: String,
+        match_labels: BTreeMap<String, String>,
+    },
 }
 
 /// A validated PeerAuthentication.
@@ -84,14 +87,23 @@ pub struct PeerAuthnPolicy {
 
 impl PeerAuthentication {
     pub fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new("PeerAuthentication", Some(self.metadata.namespace_or_default()), &self.metadata.name)
+        ObjectRef::new(
+            "PeerAuthentication",
+            Some(self.metadata.namespace_or_default()),
+            &self.metadata.name,
+        )
     }
 
     /// Checks what the schema cannot (port numbers, portLevelMtls needing a selector).
     pub fn validate(&self) -> Result<PeerAuthnPolicy, ConfigError> {
         let object = self.object_ref();
         let namespace = self.metadata.namespace_or_default().to_owned();
-        let labels = self.spec.selector.as_ref().map(|s| s.match_labels.clone()).filter(|l| !l.is_empty());
+        let labels = self
+            .spec
+            .selector
+            .as_ref()
+            .map(|s| s.match_labels.clone())
+            .filter(|l| !l.is_empty());
         let mut ports = BTreeMap::new();
         for (key, mtls) in &self.spec.port_level_mtls {
             let path = format!("spec.portLevelMtls.{key}");
@@ -104,15 +116,27 @@ impl PeerAuthentication {
             ports.insert(port, mtls.mode);
         }
         if !ports.is_empty() && labels.is_none() {
-            return Err(ConfigError::invalid(&object, "spec.portLevelMtls", "portLevelMtls requires spec.selector.matchLabels"));
+            return Err(ConfigError::invalid(
+                &object,
+                "spec.portLevelMtls",
+                "portLevelMtls requires spec.selector.matchLabels",
+            ));
         }
         let scope = match labels {
-            Some(match_labels) => PeerAuthnScope::Workload { namespace, match_labels },
+            Some(match_labels) => PeerAuthnScope::Workload {
+                namespace,
+                match_labels,
+            },
             None if namespace == ROOT_NAMESPACE => PeerAuthnScope::Mesh,
             None => PeerAuthnScope::Namespace(namespace),
         };
         let mode = self.spec.mtls.as_ref().map(|m| m.mode).unwrap_or_default();
-        Ok(PeerAuthnPolicy { object, scope, mode, ports })
+        Ok(PeerAuthnPolicy {
+            object,
+            scope,
+            mode,
+            ports,
+        })
     }
 }
 
@@ -134,24 +158,37 @@ mod tests {
                  spec:\n  selector: {{matchLabels: {{app: db}}}}\n  mtls: {{mode: STRICT}}\n  portLevelMtls:\n    8080: {{mode: PERMISSIVE}}\n"
             ))
             .unwrap();
-            let Resource::PeerAuthentication(pa) = r else { panic!("{r:?}") };
+            let Resource::PeerAuthentication(pa) = r else {
+                panic!("{r:?}")
+            };
             let p = pa.validate().unwrap();
             assert_eq!(p.mode, MtlsMode::Strict);
             assert_eq!(p.ports.get(&8080), Some(&MtlsMode::Permissive));
             assert!(matches!(p.scope, PeerAuthnScope::Workload { .. }));
         }
         let mesh = one("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: d, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n").unwrap();
-        let Resource::PeerAuthentication(pa) = mesh else { panic!() };
+        let Resource::PeerAuthentication(pa) = mesh else {
+            panic!()
+        };
         assert_eq!(pa.validate().unwrap().scope, PeerAuthnScope::Mesh);
     }
 
     #[test]
     fn bad_objects_name_the_field() {
         let cases = [
-            ("spec: {mtls: {mode: STRICTLY}}", "PeerAuthentication shop/p: spec.mtls.mode"),
+            (
+                "spec: {mtls: {mode: STRICTLY}}",
+                "PeerAuthentication shop/p: spec.mtls.mode",
+            ),
             ("spec: {mtls: {mod: STRICT}}", "PeerAuthentication shop/p: spec.mtls"),
-            ("spec: {selector: {matchLabels: {a: b}}, portLevelMtls: {'0': {mode: STRICT}}}", "spec.portLevelMtls.0: port must be"),
-            ("spec: {portLevelMtls: {'80': {mode: STRICT}}}", "spec.portLevelMtls: portLevelMtls requires"),
+            (
+                "spec: {selector: {matchLabels: {a: b}}, portLevelMtls: {'0': {mode: STRICT}}}",
+                "spec.portLevelMtls.0: port must be",
+            ),
+            (
+                "spec: {portLevelMtls: {'80': {mode: STRICT}}}",
+                "spec.portLevelMtls: portLevelMtls requires",
+            ),
         ];
         for (spec, want) in cases {
             let err = one(&format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: shop}}\n{spec}\n"))
@@ -159,7 +196,9 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{spec}: {err}");
         }
-        let err = one("apiVersion: security.istio.io/v2\nkind: PeerAuthentication\nmetadata: {name: p}\n").unwrap_err().to_string();
+        let err = one("apiVersion: security.istio.io/v2\nkind: PeerAuthentication\nmetadata: {name: p}\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unsupported apiVersion"), "{err}");
     }
 }
