@@ -1,5 +1,5 @@
 //! Program entry points. Function names differ from their section names on purpose:
-//! bpf-linker rejects a symbol that shadows its section (EBPF.md pitfall 4).
+//! bpf-linker rejects a symbol that shadows its section (docs/ebpf-toolchain.md §3.3).
 //!
 //! Outbound (per pod cgroup): connect4/6 store the original destination by socket
 //! cookie and redirect to the pod-local 127.0.0.1:15001; sockops re-keys it by
@@ -185,7 +185,7 @@ pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
     let (local, remote, port) = (l.local_ip4, l.remote_ip4, l.local_port as u16);
     // Locally originated traffic (the pod talking to itself, the daemon's own app
     // connections from the pod IP) carries the owner's ifindex, not lo: compare
-    // addresses (CAPTURE-NOTES.md §3). Outside packets with a local source are martians.
+    // addresses (docs/capture.md §3). Outside packets with a local source are martians.
     if is_loopback(remote) || is_loopback(local) || remote == local {
         count(Counter::SkLookupSkipLocal);
         return SK_PASS;

@@ -20,7 +20,7 @@ use crate::SpiffeId;
 
 pub const ALPN_H2: &[u8] = b"h2";
 /// rustls buffers at most this much plaintext per connection before pushing back;
-/// 1 MiB instead of 64 KiB keeps 1 MiB h2 frames flowing (HBONE-NOTES.md step 9).
+/// 1 MiB instead of 64 KiB keeps 1 MiB h2 frames flowing (docs/tunnel-tuning.md step 9).
 pub const TLS_BUFFER_LIMIT: usize = 1 << 20;
 
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =

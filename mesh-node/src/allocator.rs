@@ -12,7 +12,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// mimalloc moved 22% more bytes through the tunnel than glibc malloc (HBONE-NOTES.md step 12).
+/// mimalloc moved 22% more bytes through the tunnel than glibc malloc (docs/tunnel-tuning.md step 12).
 #[global_allocator]
 static GLOBAL: Counting = Counting(mimalloc::MiMalloc);
 

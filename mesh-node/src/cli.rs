@@ -99,7 +99,7 @@ pub struct RunArgs {
     pub mesh: crate::proxy::args::MeshArgs,
 }
 
-/// Capture limits and exclusions (see DESIGN.md "Outbound" / "Inbound").
+/// Capture limits and exclusions (docs/architecture.md "Outbound" / "Inbound").
 #[derive(Debug, Clone, Args)]
 pub struct CaptureArgs {
     /// Destination ports never captured outbound nor steered inbound (comma-separated),

@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Run(args) => {
             init_tracing(&args.log)?;
             // One thread carries the data path: on 2 vCPUs a current_thread runtime
-            // moved more bytes than a work-stealing one (HBONE-NOTES.md, step 11).
+            // moved more bytes than a work-stealing one (docs/tunnel-tuning.md, step 11).
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(daemon::run(args))
         }

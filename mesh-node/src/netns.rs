@@ -3,7 +3,7 @@
 //! A socket keeps the netns it was created in, so only *creation* has to happen inside
 //! the pod: a persistent thread per pod enters the netns once (`setns`) and then makes
 //! sockets on request. The fds are handed back to tokio, and connect/accept/IO run on
-//! any runtime thread (CAPTURE-NOTES.md §1). The daemon's cgroup is unchanged, so these
+//! any runtime thread (docs/capture.md §1). The daemon's cgroup is unchanged, so these
 //! sockets are never captured by the pod's cgroup programs.
 
 use std::fs::File;

@@ -197,7 +197,7 @@ fn container(spec: &WaypointSpec) -> Value {
             {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
             {"name": "NODE_NAME", "valueFrom": field("spec.nodeName")},
-            // glibc's memcpy slows proxies by ~28% on this CPU class (HBONE-NOTES.md).
+            // glibc's memcpy slows proxies by ~28% on this CPU class (docs/tunnel-tuning.md).
             {"name": "GLIBC_TUNABLES", "value": "glibc.cpu.x86_rep_movsb_threshold=4294967295"},
         ],
         "ports": [

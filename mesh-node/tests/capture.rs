@@ -193,7 +193,7 @@ fn inbound_plaintext_is_steered_but_pod_loopback_is_not() {
     let app = SocketAddr::from((b_ip, 8080));
 
     // From a non-enrolled pod: steered through 15006; the daemon reaches the app from
-    // the pod's own address (v1: the app sees the pod IP, DESIGN.md "Inbound").
+    // the pod's own address (v1: the app sees the pod IP, docs/architecture.md "Inbound").
     let r = hello(&c, "plain", "c", app);
     assert_eq!(
         host(&r["local"]),

@@ -1,6 +1,6 @@
 //! mesh-waypoint: the L7 proxy applying Istio VirtualService / DestinationRule.
 //!
-//! The request path reads as three layers (see `../shared/STYLE.md`):
+//! The request path reads as three layers (docs/architecture.md, "Services and waypoints"):
 //! [`route`] (VirtualService: match, fault, retries, timeouts, rewrite, redirect,
 //! header ops, mirror, CORS) → [`backend`] (Service + DestinationRule subset:
 //! connection pool / circuit breaker, outlier detection) → [`endpoint`] (load

@@ -1,6 +1,6 @@
 //! `cargo xtask bootstrap`: installs what the eBPF build and the test suite need on a
 //! fresh Debian machine (root, Rust toolchain only) and does nothing when all is present.
-//! The recipe is ../shared/EBPF.md section 1; every step checks before it acts.
+//! The recipe is docs/ebpf-toolchain.md §1; every step checks before it acts.
 
 use std::path::Path;
 use std::process::Command;
@@ -46,7 +46,7 @@ const STEPS: &[Step] = &[
     },
     Step {
         name: "rustup toolchain `bpf-debian`",
-        by_hand: "see ../shared/EBPF.md section 1 (rustup toolchain link)",
+        by_hand: "see docs/ebpf-toolchain.md §1 (rustup toolchain link)",
         run: link_toolchain,
     },
     Step {

@@ -44,7 +44,7 @@ fn check_nothing_left(before: &[String]) -> Result<()> {
 }
 
 /// The cargo that runs us, with rustup's proxies ahead of Debian's /usr/bin/rustc
-/// (EBPF.md pitfall 7: otherwise host crates silently build with Debian's rustc).
+/// (docs/ebpf-toolchain.md §3.6: otherwise host crates silently build with Debian's rustc).
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     if let (Some(home), Ok(path)) = (std::env::var_os("HOME"), std::env::var("PATH")) {

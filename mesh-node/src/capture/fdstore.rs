@@ -5,7 +5,7 @@
 //! like systemd's FileDescriptorStore) keeps duplicates of every listener, received over
 //! a unix SEQPACKET socket with SCM_RIGHTS. While the daemon restarts, new connections
 //! wait in the listeners' backlog; the restarted daemon takes the fds back (`LIST`) and
-//! serves them (CAPTURE-NOTES.md §4). In-flight connections of a crashed daemon are lost.
+//! serves them (docs/capture.md §4). In-flight connections of a crashed daemon are lost.
 //!
 //! Protocol, one message each: `PUT <name>` + 1 fd; `DEL <prefix>`; `LIST` → `FD <name>`
 //! + 1 fd per entry, then `END`; `QUIT` (the holder exits, closing everything).

@@ -1,7 +1,7 @@
 //! `cargo xtask bench [NAME...] [--quick]`: measurements, not tests. Every figure is
 //! printed beside a baseline measured in the same run (or, where none can run here, a
 //! labelled reference), as the median of several repetitions with its spread, and next
-//! to its DESIGN.md target. Numbers never fail the command.
+//! to its target (docs/architecture.md). Numbers never fail the command.
 //!
 //! Output: a Markdown table on stdout, `target/bench/bench.{json,svg,md}`.
 //! All benchmarks share one local cluster ([`lab`]); the order is chosen so that state

@@ -56,7 +56,7 @@ pub enum Better {
     Lower,
 }
 
-/// A DESIGN.md target, printed beside the measured figure (never enforced).
+/// A target from docs/architecture.md, printed beside the measured figure (never enforced).
 #[derive(Clone, Debug, Serialize)]
 pub enum Target {
     /// ratio ≥ x

@@ -3,7 +3,7 @@
 //! 10 / 100 / 1,000 / 10,000 workloads + services (RSS and time until applied).
 //!
 //! Baselines: where no competitor runs in the same harness, the ztunnel figures measured
-//! on this machine kind (DESIGN.md "Performance targets": 17 MB idle, 69 MB peak, ~70 µs
+//! on this machine kind (docs/architecture.md "Performance targets": 17 MB idle, 69 MB peak, ~70 µs
 //! CPU per request per side) — labelled as such, not from this run.
 
 use std::fmt::Write as _;
@@ -18,7 +18,7 @@ use super::report::{Better, Row, Stat, Target};
 use super::{BenchOptions, progress};
 use crate::harness::wait_for;
 
-const ZTUNNEL: &str = "ztunnel on this machine kind (DESIGN.md; not this run)";
+const ZTUNNEL: &str = "ztunnel on this machine kind (docs/architecture.md; not this run)";
 const CLIENT: PodRef = ("mesh", "client");
 const SERVER: PodRef = ("mesh", "remote");
 

@@ -17,7 +17,7 @@ struct Path {
     client: PodRef,
     /// Server pod, or `None`: the stunnel client's local port.
     server: Option<PodRef>,
-    /// Targets for 1 and 8 streams (DESIGN.md "Performance targets").
+    /// Targets for 1 and 8 streams (docs/architecture.md "Performance targets").
     targets: [Option<f64>; 2],
 }
 
