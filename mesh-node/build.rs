@@ -8,6 +8,11 @@ fn main() -> aya_build::Result<()> {
         // SAFETY: build scripts are single-threaded.
         unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
     }
+    // aya-build relays every stderr line of the inner cargo as `cargo:warning`, so its
+    // "Compiling …" progress read as ~40 warnings. Quiet cargo still reports real
+    // compiler diagnostics (they come through its JSON messages) and failures.
+    // SAFETY: build scripts are single-threaded.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     println!("cargo:rerun-if-env-changed=EBPF_TOOLCHAIN");
     let toolchain = std::env::var("EBPF_TOOLCHAIN").unwrap_or_else(|_| "bpf-debian".into());
     aya_build::build_ebpf(

@@ -206,10 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn own_netns_gives_working_sockets_and_the_same_cookie() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root: setns and SO_NETNS_COOKIE on a pod netns");
         let ns = PodNetns::open(Path::new("/proc/self/ns/net")).unwrap();
         let l = ns.listen("127.0.0.1:0".parse().unwrap(), 1024).await.unwrap();
         let here = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -15,6 +15,7 @@ const PER_NODE: usize = 100;
 
 /// Entry point for the in-pod clients (does nothing in a normal test run).
 #[test]
+#[ignore = "not a test: the in-pod client entry point that the e2e tests start with --ignored"]
 fn helper() {
     helper_main();
 }
@@ -48,10 +49,6 @@ fn summary(c: &Cluster, node: &str) -> (usize, u64, usize, usize) {
 
 #[test]
 fn two_hundred_pods_on_two_nodes_attach_exactly_and_leave_nothing_pinned() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     let t = Instant::now();
     let mut c = Cluster::from_yaml(&topology()).expect("cluster");
     c.write_config(&config_dir(&c)).expect("config");

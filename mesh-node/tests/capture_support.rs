@@ -14,10 +14,6 @@ use xtask::harness::{self, Cluster, ProcessGuard};
 
 pub const HELPER_ENV: &str = "MESH_CAPTURE_HELPER";
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// Polls `f` until it returns `Some`, failing with `what` after `timeout`.
 pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     xtask::harness::wait_for(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
@@ -246,8 +242,15 @@ pub fn run_helper(cluster: &Cluster, ns: &str, pod: &str, mode: &str, args: &[St
 
 pub fn helper_cmd(mode: &str, args: &[String]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(HELPER_ENV, mode);
+    cmd.args([
+        "helper",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(HELPER_ENV, mode);
     cmd.env("MESH_CAPTURE_HELPER_ARGS", args.join(" "));
     cmd
 }

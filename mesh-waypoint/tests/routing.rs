@@ -157,7 +157,7 @@ fn cases() -> Vec<(&'static str, String, Vec<Probe>)> {
         ("perTryTimeout retried within route timeout", "  - timeout: 5s\n    retries: {attempts: 2, perTryTimeout: 100ms, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
             get("/?sleep_ms=1000", &[], "504 after 3 per-try timeouts", |r| r.status == 504 && r.header("x-mesh-reason").contains("per-try timeout")),
         ]),
-        ("retries on 5xx then success elsewhere", "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n".into(), vec![
+        ("retries on 5xx give up after attempts", "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n".into(), vec![
             get("/?status=503", &[], "503 after retries (all endpoints fail)", |r| r.status == 503 && r.version() != "-"),
         ]),
         ("retryOn status code", "  - retries: {attempts: 1, retryOn: '418'}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
@@ -321,12 +321,18 @@ async fn load_balancers() {
     assert_eq!(s.len(), 1, "one source IP, one endpoint");
 
     lab.apply("dr.yaml", &dr("{simple: RANDOM}"));
-    let s: std::collections::BTreeSet<String> = futures_seq(&lab, 90, &[]).await.into_iter().collect();
+    let seq = futures_seq(&lab, 90, &[]).await;
+    let s: std::collections::BTreeSet<&String> = seq.iter().collect();
     assert_eq!(s.len(), 3);
+    // Round robin never picks the same endpoint twice in a row; random does, with
+    // probability 1 - (2/3)^89 over 90 picks from 3.
+    assert!(
+        seq.windows(2).any(|w| w[0] == w[1]),
+        "RANDOM behaved like round robin: {seq:?}"
+    );
 
     lab.apply("dr.yaml", &dr("{simple: LEAST_REQUEST}"));
-    let s: std::collections::BTreeSet<String> = futures_seq(&lab, 90, &[]).await.into_iter().collect();
-    assert_eq!(s.len(), 3);
+    least_request_avoids_the_busy_endpoint(&lab).await;
 
     lab.apply(
         "dr.yaml",
@@ -337,6 +343,51 @@ async fn load_balancers() {
     for _ in 0..10 {
         let r = lab.send(lab.request(&host, "/")).await;
         assert_eq!(r.version(), "v2", "passthrough keeps the original destination: {r:?}");
+    }
+}
+
+/// Parks requests on every endpoint (`hold=1`), releases all but v1's, then sends 60
+/// requests one at a time: least-request must send (almost) none to the busy v1, where
+/// round robin or random would send about 20.
+async fn least_request_avoids_the_busy_endpoint(lab: &Lab) {
+    let held: Vec<_> = (0..9)
+        .map(|_| {
+            let req = lab
+                .request("reviews:9080", "/?hold=1")
+                .body(http_body_util::Full::new(bytes::Bytes::new()));
+            tokio::spawn(lab.client.request(req.expect("request")))
+        })
+        .collect();
+    let inflight = |i: usize| lab.reviews[i].inflight.load(std::sync::atomic::Ordering::Relaxed);
+    let all_parked = support::eventually(Duration::from_secs(10), || {
+        std::future::ready((0..3).map(inflight).sum::<usize>() == 9)
+    })
+    .await;
+    assert!(
+        all_parked,
+        "9 held requests parked: {:?}",
+        (0..3).map(inflight).collect::<Vec<_>>()
+    );
+    assert!(inflight(0) > 0, "least-request spreads parked requests, v1 got none");
+    for i in 1..3 {
+        lab.reviews[i].gate.add_permits(inflight(i));
+    }
+    let drained = support::eventually(Duration::from_secs(10), || {
+        std::future::ready(inflight(1) + inflight(2) == 0)
+    })
+    .await;
+    assert!(drained, "v2/v3 finished their parked requests");
+    let before = lab.reviews[0].hits();
+    let seq = futures_seq(lab, 60, &[]).await;
+    let to_busy = lab.reviews[0].hits() - before;
+    assert!(
+        to_busy < 10,
+        "least-request sent {to_busy} of 60 to the endpoint with parked requests: {seq:?}"
+    );
+    lab.reviews[0].gate.add_permits(inflight(0));
+    for h in held {
+        let reply = h.await.expect("task").expect("held request answered");
+        assert_eq!(reply.status(), 200);
     }
 }
 

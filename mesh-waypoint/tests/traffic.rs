@@ -69,6 +69,35 @@ async fn abort_with_retries_succeeds_at_one_minus_p_to_the_attempts() {
     println!("abort 50% + 3 retries: success {success:.2}% (expected {expected:.2}%)");
 }
 
+/// One endpoint answers 503 to everything: with `retryOn: 5xx` every request still
+/// succeeds, from another endpoint, and the failing one was tried (so the success is
+/// the retry's doing, not the balancer skipping it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_5xx_succeed_on_another_endpoint() {
+    let lab = Lab::bookinfo().await;
+    lab.reviews[0]
+        .fixed_status
+        .store(503, std::sync::atomic::Ordering::Relaxed);
+    lab.apply(
+        "vs.yaml",
+        &reviews_vs("  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n"),
+    );
+    let mut versions = Vec::new();
+    for _ in 0..30 {
+        let r = lab.get("/").await;
+        assert_eq!(r.status, 200, "retried onto a healthy endpoint: {r:?}");
+        versions.push(r.version());
+    }
+    assert!(
+        versions.iter().all(|v| v != "v1"),
+        "the failing v1 never answered: {versions:?}"
+    );
+    assert!(
+        lab.reviews[0].hits() > 0,
+        "v1 was tried first at least once, so retries happened"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_7s_for_jason_only() {
     let lab = Arc::new(Lab::bookinfo().await);

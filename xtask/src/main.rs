@@ -111,8 +111,8 @@ fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
             let status = cmd.status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        // The same selection as `cargo xtask test`, so that after the tests (CI) this is a no-op.
-        bootstrap::sh(test::cargo().args(["build", "--workspace"]))?;
+        // The same build as `cargo xtask test`, so that after the tests (CI) this is a no-op.
+        test::build_workspace()?;
     }
     let profile = bin_dir.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_owned();
     let binaries = if profile == "release" {

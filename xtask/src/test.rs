@@ -18,7 +18,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     bootstrap::run()?;
     eprintln!("[test] building the workspace (binaries are used by the e2e tests)");
-    sh(cargo().args(["build", "--workspace", "--all-targets"]))?;
+    build_workspace()?;
     eprintln!("[test] running the tests");
     let before = xtask::harness::all_leftovers()?;
     let result = sh(cargo().args(["test", "--workspace"]).args(extra));
@@ -41,6 +41,13 @@ fn check_nothing_left(before: &[String]) -> Result<()> {
     }
     eprintln!("[test] no network namespace, cgroup, bpffs pin or process of the harness remains");
     Ok(())
+}
+
+/// The one debug build that `test`, `demo` and `bench --quick` share: the same
+/// selection, profile and features, so whichever runs second finds it built (cargo
+/// unifies features per invocation; a different selection would rebuild dependencies).
+pub fn build_workspace() -> Result<()> {
+    sh(cargo().args(["build", "--workspace", "--all-targets"]))
 }
 
 /// The cargo that runs us, with rustup's proxies ahead of Debian's /usr/bin/rustc

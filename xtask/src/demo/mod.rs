@@ -11,9 +11,6 @@ use xtask::bookinfo::{Lab, LabOptions};
 use xtask::harness::{Cluster, install_shutdown_handler};
 use xtask::mesh::LocalMesh;
 
-use crate::bootstrap::sh;
-use crate::test::cargo;
-
 /// Where a running demo says where its watched directory is (for `demo apply`).
 const CURRENT: &str = "/run/mesh-demo/config-dir";
 /// The demo stops by itself after this long, so a forgotten terminal does not run forever.
@@ -22,7 +19,7 @@ const MAX_RUN: Duration = Duration::from_secs(8 * 3600);
 pub fn run() -> Result<()> {
     crate::bootstrap::run()?;
     eprintln!("[demo] building the workspace");
-    sh(cargo().args(["build", "--workspace"]))?;
+    crate::test::build_workspace()?;
     let shutdown = install_shutdown_handler()?;
     eprintln!("[demo] creating nodes and pods (network namespaces, veths, cgroups)");
     let cluster = xtask::bookinfo::cluster()?;
