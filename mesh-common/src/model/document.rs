@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::istio::networking::{self, DestinationRule, Gateway, VirtualService};
-use super::istio::security::{self, PeerAuthentication};
+use super::istio::security::{self, AuthorizationPolicy, PeerAuthentication};
 use super::k8s::{Namespace, Node, Pod, Secret, Service};
 use super::{ConfigError, FieldError, ObjectMeta, ObjectRef};
 
@@ -23,6 +23,7 @@ pub enum Resource {
     DestinationRule(Box<DestinationRule>),
     Gateway(Box<Gateway>),
     PeerAuthentication(Box<PeerAuthentication>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
     Other(RawObject),
 }
 
@@ -76,6 +77,7 @@ impl Resource {
             Resource::DestinationRule(o) => namespaced("DestinationRule", &o.metadata),
             Resource::Gateway(o) => namespaced("Gateway", &o.metadata),
             Resource::PeerAuthentication(o) => o.object_ref(),
+            Resource::AuthorizationPolicy(o) => o.object_ref(),
             Resource::Other(o) => o.object_ref(),
         }
     }
@@ -151,23 +153,37 @@ fn decode_kind(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, Co
         ("", "Secret") => Resource::Secret(Box::new(raw.decode(value)?)),
         (networking::GROUP, "VirtualService" | "DestinationRule" | "Gateway") => decode_istio_networking(raw, value)?,
         (security::GROUP, "PeerAuthentication") => decode_peer_authentication(raw, value)?,
+        (security::GROUP, "AuthorizationPolicy") => decode_authorization_policy(raw, value)?,
         _ => Resource::Other(raw),
     })
 }
 
 /// Validated at the edge: an invalid policy is rejected alone and keeps its last good version.
 fn decode_peer_authentication(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {
-    let version = raw.api_version.rsplit_once('/').map_or("", |(_, v)| v);
-    if !security::VERSIONS.contains(&version) {
-        let api_version = raw.api_version.clone();
-        return Err(ConfigError::UnsupportedVersion {
-            object: raw.object_ref(),
-            api_version,
-        });
-    }
+    check_security_version(&raw)?;
     let pa: PeerAuthentication = raw.decode(value)?;
     pa.validate()?;
     Ok(Resource::PeerAuthentication(Box::new(pa)))
+}
+
+/// Validated (and compiled once) at the edge: an invalid policy is rejected alone and keeps
+/// its last good version. CUSTOM passes validation on purpose: its targets fail closed.
+fn decode_authorization_policy(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {
+    check_security_version(&raw)?;
+    let ap: AuthorizationPolicy = raw.decode(value)?;
+    ap.validate()?;
+    Ok(Resource::AuthorizationPolicy(Box::new(ap)))
+}
+
+fn check_security_version(raw: &RawObject) -> Result<(), ConfigError> {
+    let version = raw.api_version.rsplit_once('/').map_or("", |(_, v)| v);
+    if security::VERSIONS.contains(&version) {
+        return Ok(());
+    }
+    Err(ConfigError::UnsupportedVersion {
+        object: raw.object_ref(),
+        api_version: raw.api_version.clone(),
+    })
 }
 
 fn decode_istio_networking(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {

@@ -1,7 +1,9 @@
-//! `security.istio.io` (v1, v1beta1 share one schema): PeerAuthentication.
+//! `security.istio.io` (v1, v1beta1 share one schema): PeerAuthentication, AuthorizationPolicy.
 
+pub mod authorization_policy;
 pub mod peer_authentication;
 
+pub use authorization_policy::AuthorizationPolicy;
 pub use peer_authentication::{MtlsMode, PeerAuthentication, PeerAuthnPolicy, PeerAuthnScope};
 
 /// The API group of every kind in this module.
