@@ -50,7 +50,7 @@ impl Admin {
     fn workloads(&self) -> Value {
         let state = self.state.borrow().clone();
         let mut list: Vec<_> = state.workloads.values().cloned().collect();
-        list.sort_by(|a, b| a.key().cmp(&b.key()));
+        list.sort_by_key(|w| w.key());
         let rows: Vec<Value> = list
             .iter()
             .map(|w| {

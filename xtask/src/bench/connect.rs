@@ -81,9 +81,17 @@ fn end_to_end(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<
     Ok(vec![conn, lat])
 }
 
+/// Connect-loop figures of one capture method over the repetitions.
+struct CaptureRuns {
+    rate: Vec<f64>,
+    p50: Vec<f64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
 fn capture(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<Row>> {
     let gw = lab.gateway_ip(CLIENT)?;
-    let measure = |port: u16, what: &str| -> anyhow::Result<(Vec<f64>, Vec<f64>, u64, Option<String>)> {
+    let measure = |port: u16, what: &str| -> anyhow::Result<CaptureRuns> {
         let (mut rate, mut p50, mut errors, mut first) = (Vec::new(), Vec::new(), 0, None);
         for rep in 0..opts.reps() {
             progress(&format!("connect rep {}/{}: capture by {what}", rep + 1, opts.reps()));
@@ -97,7 +105,12 @@ fn capture(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<Row
             errors += r.errors;
             first = first.or(r.first_error);
         }
-        Ok((rate, p50, errors, first))
+        Ok(CaptureRuns {
+            rate,
+            p50,
+            errors,
+            first_error: first,
+        })
     };
     let ebpf = measure(CAPTURED_CLOSED_PORT, "eBPF")?;
     iptables_redirect(lab, gw)?;
@@ -109,18 +122,18 @@ fn capture(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<Row
         "capture only: connect()+reset/s, 16 at a time",
         path,
         "conn/s",
-        Stat::of(&ebpf.0),
+        Stat::of(&ebpf.rate),
         Better::Higher,
     )
-    .vs(base, &Stat::of(&ipt.0));
-    if ebpf.2 + ipt.2 > 0 {
+    .vs(base, &Stat::of(&ipt.rate));
+    if ebpf.errors + ipt.errors > 0 {
         let why = |e: &Option<String>| e.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
         rate = rate.note(format!(
             "failed connects: eBPF {}{}, iptables {}{}",
-            ebpf.2,
-            why(&ebpf.3),
-            ipt.2,
-            why(&ipt.3)
+            ebpf.errors,
+            why(&ebpf.first_error),
+            ipt.errors,
+            why(&ipt.first_error)
         ));
     }
     let lat = Row::new(
@@ -128,10 +141,10 @@ fn capture(lab: &Lab, opts: &BenchOptions, secs: &str) -> anyhow::Result<Vec<Row
         "capture only: connect() p50",
         path,
         "µs",
-        Stat::of(&ebpf.1),
+        Stat::of(&ebpf.p50),
         Better::Lower,
     )
-    .vs(base, &Stat::of(&ipt.1));
+    .vs(base, &Stat::of(&ipt.p50));
     Ok(vec![rate, lat])
 }
 

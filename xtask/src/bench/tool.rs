@@ -176,10 +176,11 @@ async fn connect_http(target: SocketAddr) -> anyhow::Result<Sender> {
 
 fn request(a: &LoadArgs, n: u64) -> anyhow::Result<http::Request<Empty<Bytes>>> {
     let mut b = http::Request::get("/").header(http::header::HOST, &a.host);
-    if let Some((k, v)) = a.header.as_deref().and_then(|h| h.split_once(':')) {
-        if a.every > 0 && n % a.every == 0 {
-            b = b.header(k.trim(), v.trim());
-        }
+    if let Some((k, v)) = a.header.as_deref().and_then(|h| h.split_once(':'))
+        && a.every > 0
+        && n.is_multiple_of(a.every)
+    {
+        b = b.header(k.trim(), v.trim());
     }
     Ok(b.body(Empty::new())?)
 }

@@ -99,6 +99,9 @@ struct Target {
     pid: Option<u32>,
 }
 
+/// One reported figure: what, unit, which way is better, and where it is in [`Figures`].
+type Metric = (&'static str, &'static str, Better, fn(&Figures) -> &Vec<f64>);
+
 #[derive(Default)]
 struct Figures {
     rps: Vec<f64>,
@@ -158,18 +161,18 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             let rate = lab.load(POD, &[&["rate", "--rate", "1000"], &common[..]].concat())?;
             f.p50.push(rate.p50_us);
             f.p99.push(rate.p99_us);
-            if let (Some(pid), Some(c0)) = (t.pid, cpu0) {
-                if let Some(s) = procstat::sample(pid) {
-                    f.cpu_us_per_req.push((s.cpu_secs - c0) * 1e6 / rate.ok.max(1) as f64);
-                    f.rss.push(s.rss_mib);
-                }
+            if let (Some(pid), Some(c0)) = (t.pid, cpu0)
+                && let Some(s) = procstat::sample(pid)
+            {
+                f.cpu_us_per_req.push((s.cpu_secs - c0) * 1e6 / rate.ok.max(1) as f64);
+                f.rss.push(s.rss_mib);
             }
         }
     }
     drop((waypoint, haproxy));
     let stat = |i: usize, pick: fn(&Figures) -> &Vec<f64>| Stat::of(pick(&figs[i]));
     let mut rows = Vec::new();
-    let metrics: [(&str, &str, Better, fn(&Figures) -> &Vec<f64>); 3] = [
+    let metrics: [Metric; 3] = [
         (
             "requests/s, 16 connections, closed loop",
             "req/s",

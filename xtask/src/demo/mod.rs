@@ -82,7 +82,7 @@ fn print_readiness(mesh: &LocalMesh, cluster: &Cluster) -> Result<()> {
 }
 
 fn print_cluster(cluster: &Cluster) {
-    println!("\n{:<10} {:<16} {}", "NODE", "FABRIC IP", "PODS");
+    println!("\n{:<10} {:<16} PODS", "NODE", "FABRIC IP");
     for node in cluster.nodes() {
         println!("{:<10} {:<16} 198.18.{}.0/24", node.name, node.ip, node.index);
     }

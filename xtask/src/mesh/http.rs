@@ -21,9 +21,9 @@ pub fn http_get(cluster: &Cluster, node: &str, addr: &str, path: &str) -> Result
         .parse()
         .map_err(|e| HarnessError::sys("parsing address", std::io::Error::other(format!("{addr}: {e}"))))?;
     let stream = cluster.in_node(node, || TcpStream::connect_timeout(&addr, TIMEOUT))?;
-    let stream = stream.map_err(|e| HarnessError::sys(&format!("connecting to {addr} in node {node}"), e))?;
+    let stream = stream.map_err(|e| HarnessError::sys(format!("connecting to {addr} in node {node}"), e))?;
     exchange(stream, addr, path, &[], TIMEOUT)
-        .map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} in node {node}"), e))
+        .map_err(|e| HarnessError::sys(format!("GET http://{addr}{path} in node {node}"), e))
 }
 
 /// GET `path` from `addr` with a socket created in pod `ns/pod`'s netns (a thread in
@@ -39,7 +39,7 @@ pub fn http_get_from_pod(
 ) -> Result<HttpReply, HarnessError> {
     let stream = cluster.connect_from_pod(ns, pod, addr, timeout)?;
     exchange(stream, addr, path, headers, timeout)
-        .map_err(|e| HarnessError::sys(&format!("GET http://{addr}{path} from pod {ns}/{pod}"), e))
+        .map_err(|e| HarnessError::sys(format!("GET http://{addr}{path} from pod {ns}/{pod}"), e))
 }
 
 fn exchange(
