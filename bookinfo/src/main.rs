@@ -1,12 +1,17 @@
 //! The Bookinfo-shaped demo application. One binary plays every service and version
 //! of Istio's Bookinfo sample, so the demo and the e2e tests need nothing but Rust:
 //! productpage → details, productpage → reviews (v1 no stars; v2 black and v3 red
-//! stars, both calling ratings). Every response names the version that served it
-//! (`x-served-by` header, `"servedBy"` JSON field, and in the page).
+//! stars, both calling ratings). productpage behaves like Istio's for a person in a
+//! browser: sign-in form and session (sent on as `end-user`), `/logout`, the JSON API
+//! under `/api/v1/products`, a stylesheet under `/static/`. Every response names the
+//! version that served it (`x-served-by` header, `"servedBy"` JSON field, and in the page).
 
 mod client;
-mod pages;
+mod data;
+mod page;
+mod productpage;
 mod server;
+mod session;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,7 +41,7 @@ pub struct Args {
     /// `reviews=198.19.0.12:9080`. Requests carry `Host: NAME:PORT` like Bookinfo's.
     #[arg(long = "upstream", value_parser = parse_upstream)]
     pub upstreams: Vec<(String, SocketAddr)>,
-    /// productpage's per-attempt timeout towards reviews, like the real Bookinfo's 3 s.
+    /// productpage's per-attempt timeout towards details, reviews and ratings, like the real Bookinfo's 3 s.
     #[arg(long, default_value = "3000")]
     pub reviews_timeout_ms: u64,
     /// productpage's attempts towards reviews (the real one retries once more).

@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 /// std), iproute2 for the netns harness, tcpdump for wire checks in tests; for
 /// `cargo xtask bench`: iperf3, stunnel4 (TLS tunnel reference), haproxy (L7 reference),
 /// iptables (Istio-style capture reference, only inside the bench's own netns), openssl
-/// (stunnel's certificate).
+/// (stunnel's certificate); chromium (headless, for the e2e test that uses Bookinfo's
+/// page as a person would) and fonts-dejavu-core (text and the rating stars in its screenshot).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -23,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "iptables",
     "openssl",
+    "chromium",
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker must be built against the LLVM major version Debian's rustc uses.
@@ -41,7 +44,7 @@ struct Step {
 const STEPS: &[Step] = &[
     Step {
         name: "Debian packages",
-        by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3 stunnel4 haproxy iptables openssl",
+        by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3 stunnel4 haproxy iptables openssl chromium fonts-dejavu-core",
         run: apt_packages,
     },
     Step {
@@ -91,7 +94,7 @@ fn apt_packages() -> Result<String> {
         return Ok("already installed".into());
     }
     eprintln!(
-        "  installing {} (apt-get; about 120 MB on a fresh machine)",
+        "  installing {} (apt-get; a few hundred MB on a fresh machine, chromium included)",
         missing.join(" ")
     );
     sh(Command::new("apt-get").args(["update", "-qq"]))?;

@@ -57,8 +57,11 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum DemoCmd {
-    /// Apply Istio/Kubernetes YAML to the running demo (like `kubectl apply -f FILE`).
-    Apply { file: PathBuf },
+    /// Apply Istio/Kubernetes YAML to the running demo, like `kubectl apply -f FILE…`
+    /// (objects without a namespace go to `-n`, default `bookinfo`).
+    Apply(demo::ManifestArgs),
+    /// Remove the objects of YAML files from the running demo, like `kubectl delete -f FILE…`.
+    Delete(demo::ManifestArgs),
     /// Take a misbehaving version out of rotation: rewrites the Service's VirtualService
     /// to route over its other subsets (e.g. `demo block reviews v3`).
     Block { service: String, version: String },
@@ -72,8 +75,11 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { action: None } => demo::run(),
         Cmd::Demo {
-            action: Some(DemoCmd::Apply { file }),
-        } => demo::apply(&file),
+            action: Some(DemoCmd::Apply(args)),
+        } => demo::apply(&args),
+        Cmd::Demo {
+            action: Some(DemoCmd::Delete(args)),
+        } => demo::delete(&args),
         Cmd::Demo {
             action: Some(DemoCmd::Block { service, version }),
         } => demo::block(&service, &version),

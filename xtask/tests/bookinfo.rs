@@ -81,9 +81,9 @@ fn traffic_shifting_and_request_routing_follow_istios_samples() {
     assert!(
         jason
             .iter()
-            .all(|p| p.ok() && p.body.contains("Ratings service unavailable")),
+            .all(|p| p.ok() && p.body.contains("Ratings service is currently unavailable")),
         "jason sees ratings unavailable: {:?}",
-        first_bad(&jason, |p| p.body.contains("Ratings service unavailable"))
+        first_bad(&jason, |p| p.body.contains("Ratings service is currently unavailable"))
     );
     let others = pages(&c, 200, 8, &[]);
     assert!(

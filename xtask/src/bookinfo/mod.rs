@@ -7,18 +7,24 @@
 
 pub mod apps;
 pub mod block;
+pub mod publish;
+pub mod supervise;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{Cluster, HarnessError, ProcessGuard, bin_path, wait_for};
+use crate::mesh::objects::{self, Namespace};
 use crate::mesh::{HttpReply, LocalMesh, MeshError, MeshOptions, http_get_from_pod};
 
 pub const NAMESPACE: &str = "bookinfo";
 /// The pod requests come from: not enrolled, like a user outside the mesh.
 pub const CLIENT: (&str, &str) = ("outside", "client");
+/// The waypoint's pod in the app's namespace.
+pub const WAYPOINT_POD: &str = "waypoint";
 /// The waypoint's admin port inside its pod.
 pub const WAYPOINT_ADMIN: u16 = 15000;
 /// The ingress gateway pod and the port its Gateway (`bookinfo-gateway.yaml`) opens.
@@ -50,9 +56,9 @@ pub struct LabOptions {
 pub struct Lab {
     pub mesh: LocalMesh,
     pub samples: PathBuf,
-    _apps: Vec<ProcessGuard>,
-    _waypoint: ProcessGuard,
-    _gateway: ProcessGuard,
+    log_dir: Option<PathBuf>,
+    /// The apps, the waypoint and the gateway, by (namespace, pod).
+    pods: BTreeMap<(String, String), ProcessGuard>,
 }
 
 /// `samples/bookinfo/` of this workspace.
@@ -89,8 +95,13 @@ impl Lab {
         })?;
         mesh.apply("services", &services)?;
         mesh.wait_ready(cluster, Duration::from_secs(60))?;
-        let apps = apps::start(cluster, opts.log_dir.as_deref())?;
-        let waypoint = start_waypoint(cluster, &mesh, opts.log_dir.as_deref())?;
+        let mut pods = BTreeMap::new();
+        for (name, guard) in apps::start(cluster, opts.log_dir.as_deref())? {
+            pods.insert((NAMESPACE.to_owned(), name), guard);
+        }
+        let waypoint = spawn_waypoint(cluster, &mesh, opts.log_dir.as_deref())?;
+        pods.insert((NAMESPACE.to_owned(), WAYPOINT_POD.to_owned()), waypoint);
+        wait_waypoint(cluster)?;
         let gateway_yaml = samples.join("bookinfo-gateway.yaml");
         let text = std::fs::read_to_string(&gateway_yaml).map_err(|source| LabError::Samples {
             path: gateway_yaml.clone(),
@@ -98,13 +109,14 @@ impl Lab {
         })?;
         mesh.apply_objects(&gateway_yaml.display().to_string(), &text)
             .map_err(MeshError::from)?;
-        let gateway = start_gateway(cluster, &mesh, opts.log_dir.as_deref())?;
+        let gateway = spawn_gateway(cluster, &mesh, opts.log_dir.as_deref())?;
+        pods.insert((GATEWAY_POD.0.to_owned(), GATEWAY_POD.1.to_owned()), gateway);
+        wait_gateway(cluster)?;
         let lab = Self {
             mesh,
             samples,
-            _apps: apps,
-            _waypoint: waypoint,
-            _gateway: gateway,
+            log_dir: opts.log_dir,
+            pods,
         };
         lab.wait_serving(cluster)?;
         Ok(lab)
@@ -120,11 +132,11 @@ impl Lab {
             source,
         })?;
         let before = waypoint_dump(cluster)?["generation"].as_u64().unwrap_or(0);
-        let refs = self
-            .mesh
-            .apply_objects(&path.display().to_string(), &text)
-            .map_err(MeshError::from)?;
-        let names: Vec<String> = refs.iter().map(ToString::to_string).collect();
+        // Like `cargo xtask demo apply`: objects without a namespace go to the app's.
+        let ns = Namespace::Default(NAMESPACE.into());
+        let changes =
+            objects::apply(self.mesh.config_dir(), &path.display().to_string(), &text, &ns).map_err(MeshError::from)?;
+        let names: Vec<String> = changes.iter().map(|c| c.object.to_string()).collect();
         self.wait_waypoint_config(cluster, &format!("the waypoint to load {file}"), |d| {
             let listed = |k: &str, n: &str| d[k].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(n)));
             d["generation"].as_u64().unwrap_or(0) > before
@@ -286,7 +298,7 @@ pub fn waypoint_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], WAYPOINT_ADMIN));
     let r = http_get_from_pod(
         cluster,
-        (NAMESPACE, "waypoint"),
+        (NAMESPACE, WAYPOINT_POD),
         addr,
         "/config_dump",
         &[],
@@ -308,9 +320,8 @@ fn cert_dir(cluster: &Cluster, ns: &str, pod: &str) -> Result<PathBuf, LabError>
 
 /// `mesh-waypoint run --mode gateway` in the ingress gateway pod: serves the Gateways
 /// selecting `istio=ingressgateway`, forwards into the mesh over HBONE.
-fn start_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+fn spawn_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
     let (ns, name) = GATEWAY_POD;
-    let pod = cluster.pod(ns, name)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
         .args([
@@ -328,21 +339,24 @@ fn start_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) ->
         .arg(cert_dir(cluster, ns, name)?)
         .stdin(Stdio::null());
     apps::log_to(&mut cmd, log_dir, name);
-    let guard = cluster.spawn_in_pod(ns, name, cmd)?;
+    Ok(cluster.spawn_in_pod(ns, name, cmd)?)
+}
+
+fn wait_gateway(cluster: &Cluster) -> Result<(), LabError> {
+    let (ns, name) = GATEWAY_POD;
+    let pod = cluster.pod(ns, name)?;
     let waited = Duration::from_secs(60);
     cluster
         .wait_tcp_in_pod(ns, name, SocketAddr::from((pod.ip, GATEWAY_PORT)), waited)
         .map_err(|_| LabError::NotUp {
             what: format!("the ingress gateway (port {GATEWAY_PORT})"),
             waited,
-        })?;
-    Ok(guard)
+        })
 }
 
 /// `mesh-waypoint run` in the waypoint pod, with the certificate its node daemon writes.
-fn start_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
-    let pod = cluster.pod(NAMESPACE, "waypoint")?;
-    let cert_dir = cert_dir(cluster, NAMESPACE, "waypoint")?;
+fn spawn_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+    let cert_dir = cert_dir(cluster, NAMESPACE, WAYPOINT_POD)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
         .arg("--config-dir")
@@ -353,14 +367,17 @@ fn start_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -
         .arg(&cert_dir)
         .args(["--config-poll-ms", "200"])
         .stdin(Stdio::null());
-    apps::log_to(&mut cmd, log_dir, "waypoint");
-    let guard = cluster.spawn_in_pod(NAMESPACE, "waypoint", cmd)?;
+    apps::log_to(&mut cmd, log_dir, WAYPOINT_POD);
+    Ok(cluster.spawn_in_pod(NAMESPACE, WAYPOINT_POD, cmd)?)
+}
+
+fn wait_waypoint(cluster: &Cluster) -> Result<(), LabError> {
+    let pod = cluster.pod(NAMESPACE, WAYPOINT_POD)?;
     let waited = Duration::from_secs(60);
     cluster
-        .wait_tcp_in_pod(NAMESPACE, "waypoint", SocketAddr::from((pod.ip, 15008)), waited)
+        .wait_tcp_in_pod(NAMESPACE, WAYPOINT_POD, SocketAddr::from((pod.ip, 15008)), waited)
         .map_err(|_| LabError::NotUp {
             what: "the waypoint (HBONE on 15008)".into(),
             waited,
-        })?;
-    Ok(guard)
+        })
 }

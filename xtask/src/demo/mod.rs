@@ -1,18 +1,29 @@
 //! `cargo xtask demo`: the mesh and a Bookinfo-shaped application on this machine,
 //! over network namespaces. See README.md "Demo".
 
+mod manifests;
+mod status;
 mod traffic;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use xtask::bookinfo::publish::publish;
+use xtask::bookinfo::supervise::Supervisor;
 use xtask::bookinfo::{Lab, LabOptions};
-use xtask::harness::{Cluster, install_shutdown_handler};
+use xtask::harness::{Cluster, Shutdown, install_shutdown_handler};
 use xtask::mesh::LocalMesh;
+
+pub use manifests::ManifestArgs;
 
 /// Where a running demo says where its watched directory is (for `demo apply`).
 const CURRENT: &str = "/run/mesh-demo/config-dir";
+/// Host address the demo publishes Bookinfo on (loopback only).
+const PUBLISHED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9080);
 /// The demo stops by itself after this long, so a forgotten terminal does not run forever.
 const MAX_RUN: Duration = Duration::from_secs(8 * 3600);
 
@@ -27,7 +38,7 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&log_dir)?;
     print_cluster(&cluster);
     eprintln!("[demo] starting the node daemons, Bookinfo and its waypoint");
-    let lab = Lab::start(
+    let mut lab = Lab::start(
         &cluster,
         LabOptions {
             log_dir: Some(log_dir.clone()),
@@ -36,24 +47,18 @@ pub fn run() -> Result<()> {
     )?;
     print_readiness(&lab.mesh, &cluster)?;
     publish_current(lab.mesh.config_dir())?;
-    let cluster = std::sync::Arc::new(cluster);
-    let entry = entry_point(&cluster)?;
-    traffic::publish(std::sync::Arc::downgrade(&cluster), entry.clone())?;
-    println!(
-        "\nlogs: {}\nwatched config: {}",
-        log_dir.display(),
-        lab.mesh.config_dir().display()
-    );
-    println!(
-        "Open http://{}/productpage in a browser on this machine.",
-        traffic::PUBLISHED
-    );
-    println!("Press Ctrl-C to stop and clean up.\n");
-    traffic::live(&cluster, &entry, &shutdown, MAX_RUN);
-    let Ok(cluster) = std::sync::Arc::try_unwrap(cluster) else {
-        anyhow::bail!("a forwarder still holds the cluster; run `cargo xtask clean`");
+    let published = publish(&cluster, PUBLISHED).with_context(|| format!("publishing Bookinfo on {PUBLISHED}"))?;
+    let info = status::Info {
+        url: published.url(),
+        config_dir: lab.mesh.config_dir().display().to_string(),
+        log_dir: log_dir.display().to_string(),
     };
+    println!("\nlogs: {}\nwatched config: {}", info.log_dir, info.config_dir);
+    println!("Open {} in a browser on this machine.", info.url);
+    println!("Press Ctrl-C to stop and clean up.\n");
+    live(&cluster, &mut lab, &info, &shutdown)?;
     eprintln!("\n[demo] stopping: daemons, apps, namespaces, cgroups, pins");
+    drop(published);
     let _ = std::fs::remove_file(CURRENT);
     drop(lab);
     cluster.shutdown().context("cleaning up the demo cluster")?;
@@ -61,12 +66,29 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Requests enter at the ingress gateway's pod, from the non-enrolled `outside` pod.
-fn entry_point(cluster: &Cluster) -> Result<traffic::Entry> {
-    Ok(traffic::Entry {
-        cluster_pod: (xtask::bookinfo::CLIENT.0.into(), xtask::bookinfo::CLIENT.1.into()),
-        target: xtask::bookinfo::entry(cluster)?,
-    })
+/// Until Ctrl-C (or [`MAX_RUN`]): traffic on its own thread; here, once a second,
+/// the supervisor restarts what exited and the status is redrawn.
+fn live(cluster: &Cluster, lab: &mut Lab, info: &status::Info, stop: &Shutdown) -> Result<()> {
+    let started = Instant::now();
+    let entry = xtask::bookinfo::entry(cluster)?;
+    let window = Mutex::new(traffic::Window::default());
+    let done = AtomicBool::new(false);
+    let mut supervisor = Supervisor::new(lab);
+    let mut screen = status::Screen::new(started);
+    std::thread::scope(|s| {
+        s.spawn(|| traffic::run(cluster, entry, &window, &done));
+        while !stop.requested() && started.elapsed() < MAX_RUN {
+            for event in supervisor.tick(lab, cluster, Instant::now()) {
+                screen.event(&event.to_string());
+            }
+            let w = window.lock().unwrap_or_else(|p| p.into_inner());
+            screen.draw(info, &w, supervisor.status());
+            drop(w);
+            stop.wait(Duration::from_secs(1));
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    Ok(())
 }
 
 fn print_readiness(mesh: &LocalMesh, cluster: &Cluster) -> Result<()> {
@@ -123,14 +145,12 @@ pub fn restore(service: &str) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask demo apply FILE`: writes each object of FILE into the running demo's
-/// watched directory, replacing objects with the same kind/namespace/name.
-pub fn apply(file: &Path) -> Result<()> {
-    let dir = std::fs::read_to_string(CURRENT).context("no demo is running (start one with `cargo xtask demo`)")?;
-    let yaml = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let refs = xtask::mesh::objects::apply_objects(Path::new(dir.trim()), &file.display().to_string(), &yaml)?;
-    for r in refs {
-        println!("{r} configured");
-    }
-    Ok(())
+/// `cargo xtask demo apply [-n NS] FILE…`.
+pub fn apply(args: &ManifestArgs) -> Result<()> {
+    manifests::apply(&running_config_dir()?, args)
+}
+
+/// `cargo xtask demo delete [-n NS] FILE…`.
+pub fn delete(args: &ManifestArgs) -> Result<()> {
+    manifests::delete(&running_config_dir()?, args)
 }

@@ -1,104 +1,112 @@
-//! What the user sees of the demo: productpage published on the host's loopback like
-//! `kubectl port-forward` (the upstream socket is opened inside the `outside` pod's
-//! netns, so no route is added to the host), and a live line per second saying which
-//! reviews versions served the last requests.
+//! The demo's own traffic: a few product pages per second from the `outside` pod
+//! through the ingress gateway, remembered in a window of the last requests so the
+//! status can say which reviews versions served them and what failed.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Weak;
-use std::thread;
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use xtask::harness::{Cluster, Shutdown as Stop};
+use xtask::bookinfo::{CLIENT, reviews_version};
+use xtask::harness::{Cluster, Ticker};
+use xtask::mesh::http_get_from_pod;
 
-/// Host address the demo publishes (loopback only).
-pub const PUBLISHED: &str = "127.0.0.1:9080";
-/// Requests the live line sends per second: small, so the demo stays light.
-const PER_SECOND: usize = 5;
-const TIMEOUT: Duration = Duration::from_secs(15);
+/// Pages per second: small, so the demo stays light.
+const PER_SECOND: u32 = 5;
+/// How many of the latest requests the status counts.
+pub const WINDOW: usize = 50;
+/// One page may take this long (productpage's own retries towards reviews take up to ~9 s).
+const TIMEOUT: Duration = Duration::from_secs(12);
 
-/// Where the client pod's requests go: the ingress entry point of the demo.
-#[derive(Clone)]
-pub struct Entry {
-    pub cluster_pod: (String, String),
-    pub target: SocketAddr,
+/// The latest requests' outcomes and the latest error.
+#[derive(Default)]
+pub struct Window {
+    last: VecDeque<String>,
+    pub sent: u64,
+    pub errors: u64,
+    pub last_error: Option<(Instant, String)>,
 }
 
-/// Accepts on the host's 127.0.0.1 and relays each connection through a socket
-/// created in the client pod. Runs until the process exits.
-/// Holds the cluster weakly: teardown must not wait for the forwarder.
-pub fn publish(cluster: Weak<Cluster>, entry: Entry) -> Result<()> {
-    let listener = TcpListener::bind(PUBLISHED).with_context(|| format!("cannot listen on {PUBLISHED}"))?;
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let upstream = cluster.upgrade().map(|c| connect(&c, &entry));
-            if let Some(Ok(up)) = upstream {
-                thread::spawn(move || splice(conn, up));
+impl Window {
+    fn record(&mut self, outcome: Result<String, String>) {
+        self.sent += 1;
+        let label = match outcome {
+            Ok(label) => label,
+            Err(e) => {
+                self.errors += 1;
+                self.last_error = Some((Instant::now(), e));
+                "error".into()
             }
+        };
+        if self.last.len() == WINDOW {
+            self.last.pop_front();
         }
-    });
-    Ok(())
+        self.last.push_back(label);
+    }
+
+    /// Outcomes of the latest requests: `reviews-v1` …, `error`, with counts.
+    pub fn tally(&self) -> BTreeMap<String, usize> {
+        let mut t = BTreeMap::new();
+        for l in &self.last {
+            *t.entry(l.clone()).or_default() += 1;
+        }
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
 }
 
-fn connect(cluster: &Cluster, entry: &Entry) -> Result<TcpStream> {
-    let (ns, pod) = &entry.cluster_pod;
-    Ok(cluster.connect_from_pod(ns, pod, entry.target, TIMEOUT)?)
+/// Sends pages until `done`, recording each outcome in `window`.
+pub fn run(cluster: &Cluster, entry: std::net::SocketAddr, window: &Mutex<Window>, done: &AtomicBool) {
+    let mut ticker = Ticker::every(Duration::from_secs(1) / PER_SECOND);
+    while !done.load(Ordering::SeqCst) {
+        let outcome = one_page(cluster, entry);
+        window.lock().unwrap_or_else(|p| p.into_inner()).record(outcome);
+        ticker.tick();
+    }
 }
 
-fn splice(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
-        return;
+/// The reviews version that rendered the page (noting missing ratings), or what failed.
+fn one_page(cluster: &Cluster, entry: std::net::SocketAddr) -> Result<String, String> {
+    let r = http_get_from_pod(cluster, CLIENT, entry, "/productpage", &[], TIMEOUT).map_err(|e| e.to_string())?;
+    if r.status != 200 {
+        return Err(format!(
+            "HTTP {} {}",
+            r.status,
+            r.body.lines().next().unwrap_or("").trim()
+        ));
+    }
+    let Some(version) = reviews_version(&r.body) else {
+        return Err("page without reviews (Sorry, product reviews are currently unavailable)".into());
     };
-    let t = thread::spawn(move || copy(a2, b2));
-    copy(b, a);
-    let _ = t.join();
+    if r.body.contains("Ratings service is currently unavailable") {
+        return Ok(format!("{version} (ratings unavailable)"));
+    }
+    Ok(version)
 }
 
-fn copy(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
-    let _ = to.shutdown(Shutdown::Write);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Prints one line per second until `stop`: which reviews versions served the last
-/// requests (or what failed).
-pub fn live(cluster: &Cluster, entry: &Entry, stop: &Stop, max: Duration) {
-    let started = std::time::Instant::now();
-    while !stop.requested() && started.elapsed() < max {
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for _ in 0..PER_SECOND {
-            *seen.entry(one_request(cluster, entry)).or_default() += 1;
+    #[test]
+    fn the_window_keeps_the_latest_requests_and_counts_errors() {
+        let mut w = Window::default();
+        for _ in 0..WINDOW {
+            w.record(Ok("reviews-v1".into()));
         }
-        let line: Vec<String> = seen.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("last {PER_SECOND} requests to /productpage: {}", line.join(" | "));
-        stop.wait(Duration::from_secs(1));
+        for _ in 0..10 {
+            w.record(Ok("reviews-v2".into()));
+        }
+        w.record(Err("HTTP 503".into()));
+        let t = w.tally();
+        assert_eq!(w.len(), WINDOW);
+        assert_eq!(t["reviews-v1"], WINDOW - 11);
+        assert_eq!(t["reviews-v2"], 10);
+        assert_eq!(t["error"], 1);
+        assert_eq!((w.sent, w.errors), (WINDOW as u64 + 11, 1));
+        assert_eq!(w.last_error.as_ref().map(|e| e.1.as_str()), Some("HTTP 503"));
     }
-}
-
-fn one_request(cluster: &Cluster, entry: &Entry) -> String {
-    match get_page(cluster, entry) {
-        Ok(page) => served_by(&page),
-        Err(e) => format!("error ({e})"),
-    }
-}
-
-fn get_page(cluster: &Cluster, entry: &Entry) -> Result<String> {
-    let mut s = connect(cluster, entry)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    write!(s, "GET /productpage HTTP/1.0\r\nHost: productpage:9080\r\n\r\n")?;
-    let mut page = String::new();
-    s.take(1 << 20).read_to_string(&mut page)?;
-    Ok(page)
-}
-
-/// The reviews version named in the page, or why there is none.
-pub fn served_by(page: &str) -> String {
-    if let Some(rest) = page.split("Reviews served by: <b>").nth(1) {
-        return rest.split('<').next().unwrap_or("?").to_owned();
-    }
-    if page.contains("product reviews are currently unavailable") {
-        return "reviews unavailable".into();
-    }
-    page.lines().next().unwrap_or("empty reply").to_owned()
 }

@@ -159,6 +159,20 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// How the node's daemon ended (reaping it), or `None` while it runs.
+    pub fn exited(&mut self, node: &str) -> Result<Option<std::process::ExitStatus>, MeshError> {
+        let guard = self
+            .daemons
+            .get_mut(node)
+            .ok_or_else(|| MeshError::NoDaemon(node.into()))?;
+        Ok(guard.try_wait()?)
+    }
+
+    /// The nodes this mesh started a daemon on.
+    pub fn nodes(&self) -> Vec<String> {
+        self.daemons.keys().cloned().collect()
+    }
+
     pub fn pid(&self, node: &str) -> Option<u32> {
         self.daemons.get(node).map(ProcessGuard::pid)
     }
