@@ -47,6 +47,12 @@ pub fn config_dump(config: &Config) -> serde_json::Value {
         "backends": backends,
         "rejected": snap.rejected,
         "warnings": snap.warnings,
+        "requestAuthentications": snap.authn.objects(),
+        "authorizationPolicies": snap.authz.policies().iter().map(|p| p.object.to_string()).collect::<Vec<_>>(),
+        "requestAuthentication": {
+            "rules": snap.authn.summary(),
+            "jwks": config.jwks().summary(),
+        },
     })
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use mesh_common::model::Resource;
-use mesh_common::model::k8s::{Pod, Service};
+use mesh_common::model::k8s::{Pod, Service, USE_WAYPOINT_LABEL};
 
 use crate::config::hosts::service_fqdn;
 
@@ -60,6 +60,12 @@ pub struct ServiceInfo {
     pub ports: Vec<ServicePortInfo>,
     /// Ready pods selected by the Service.
     pub pods: Vec<PodInfo>,
+    /// The waypoint Service (same namespace) named by `istio.io/use-waypoint` on the
+    /// Service, else on its namespace (`none` opts out).
+    pub waypoint: Option<String>,
+    /// `istio.io/ingress-use-waypoint: "true"` (Service, else namespace): the ingress
+    /// gateway sends this Service's traffic through its waypoint instead of to its pods.
+    pub ingress_use_waypoint: bool,
 }
 
 impl ServiceInfo {
@@ -93,9 +99,17 @@ pub fn discover(resources: &[Resource]) -> Discovery {
         pods_by_ip: pods.iter().map(|p| (p.ip, p.clone())).collect(),
         ..Discovery::default()
     };
+    let namespaces: HashMap<&str, &BTreeMap<String, String>> = resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Namespace(n) => Some((n.metadata.name.as_str(), &n.metadata.labels)),
+            _ => None,
+        })
+        .collect();
     for r in resources {
         if let Resource::Service(s) = r {
-            let info = service_info(s, &pods);
+            let ns_labels = namespaces.get(s.metadata.namespace_or_default()).copied();
+            let info = service_info(s, &pods, ns_labels);
             if let Some(ip) = info.cluster_ip {
                 d.by_cluster_ip.insert(ip, info.fqdn.clone());
             }
@@ -115,8 +129,20 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
     })
 }
 
-fn service_info(s: &Service, pods: &[PodInfo]) -> ServiceInfo {
+/// Istio's label sending ingress gateway traffic for a Service through its waypoint.
+pub const INGRESS_USE_WAYPOINT_LABEL: &str = "istio.io/ingress-use-waypoint";
+
+/// A label on the Service, else on its namespace.
+fn label<'a>(s: &'a Service, ns: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a String> {
+    s.metadata.labels.get(key).or_else(|| ns.and_then(|l| l.get(key)))
+}
+
+fn service_info(s: &Service, pods: &[PodInfo], ns_labels: Option<&BTreeMap<String, String>>) -> ServiceInfo {
     let ns = s.metadata.namespace_or_default();
+    let waypoint = label(s, ns_labels, USE_WAYPOINT_LABEL)
+        .filter(|w| *w != "none" && **w != s.metadata.name)
+        .cloned();
+    let ingress_use_waypoint = label(s, ns_labels, INGRESS_USE_WAYPOINT_LABEL).is_some_and(|v| v == "true");
     let selector = &s.spec.selector;
     let selected = pods
         .iter()
@@ -141,6 +167,8 @@ fn service_info(s: &Service, pods: &[PodInfo]) -> ServiceInfo {
             })
             .collect(),
         pods: selected,
+        waypoint,
+        ingress_use_waypoint,
     }
 }
 

@@ -8,6 +8,8 @@
 //! publishes immutable snapshots; [`proxy`] is the HTTP server tying it together.
 
 pub mod admin;
+pub mod authn;
+pub mod authz;
 pub mod backend;
 pub mod body;
 pub mod config;
@@ -41,6 +43,10 @@ pub struct Options {
     pub config_dir: Option<PathBuf>,
     pub poll_interval: Duration,
     pub admin: Option<SocketAddr>,
+    /// This waypoint's Gateway name (what `targetRefs` kind `Gateway` names).
+    pub waypoint_name: String,
+    /// How often `jwksUri` key sets are fetched again.
+    pub jwks_refresh: Duration,
 }
 
 impl Options {
@@ -52,6 +58,8 @@ impl Options {
             config_dir: None,
             poll_interval: Duration::from_millis(500),
             admin: None,
+            waypoint_name: crate::config::DEFAULT_WAYPOINT_NAME.into(),
+            jwks_refresh: crate::authn::jwks::DEFAULT_REFRESH,
         }
     }
 }
@@ -81,7 +89,7 @@ impl Waypoint {
 
     /// Like [`Waypoint::start`] with a custom upstream [`Connector`] (HBONE later).
     pub async fn start_with(opts: Options, connector: Arc<dyn Connector>) -> Result<Self, StartError> {
-        let config = Config::new(&opts.namespace, connector);
+        let config = Config::for_waypoint(&opts.namespace, &opts.waypoint_name, connector);
         if let Some(dir) = &opts.config_dir {
             config.poll_dir(dir)?;
         }
@@ -117,8 +125,9 @@ impl Waypoint {
             None => None,
         };
         if let Some(dir) = opts.config_dir.clone() {
-            tokio::spawn(watch_dir(config.clone(), dir, opts.poll_interval, rx));
+            tokio::spawn(watch_dir(config.clone(), dir, opts.poll_interval, rx.clone()));
         }
+        spawn_jwks_refresher(&config, opts.jwks_refresh, rx);
         tracing::info!(%addr, namespace = opts.namespace, "waypoint listening");
         Ok(Self {
             addr,
@@ -134,6 +143,17 @@ impl Drop for Waypoint {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
     }
+}
+
+/// Refreshes `jwksUri` key sets every `every` until `stop` flips.
+pub(crate) fn spawn_jwks_refresher(config: &Arc<Config>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let refresher = config
+        .jwks()
+        .clone()
+        .run_refresher(every, crate::authn::rule::DEFAULT_FETCH_TIMEOUT);
+    tokio::spawn(async move {
+        tokio::select! { _ = refresher => {}, _ = stop.changed() => {} }
+    });
 }
 
 pub(crate) async fn watch_dir(config: Arc<Config>, dir: PathBuf, every: Duration, mut stop: watch::Receiver<bool>) {

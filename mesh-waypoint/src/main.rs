@@ -34,6 +34,9 @@ enum Command {
         /// Namespace the waypoint serves; short host names resolve against it.
         #[arg(long, env = "MESH_NAMESPACE", default_value = "default")]
         namespace: String,
+        /// Waypoint mode: this waypoint's Gateway name (see `run --waypoint-name`).
+        #[arg(long, env = "MESH_WAYPOINT_NAME", default_value = "waypoint")]
+        waypoint_name: String,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -100,6 +103,14 @@ struct RunArgs {
     /// How often the configuration directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     config_poll_ms: u64,
+    /// Waypoint mode: this waypoint's Gateway name (its pods' `gateway.networking.k8s.io/gateway-name`),
+    /// what AuthorizationPolicy / RequestAuthentication `targetRefs` of kind Gateway name.
+    #[arg(long, env = "MESH_WAYPOINT_NAME", default_value = "waypoint")]
+    waypoint_name: String,
+    /// How often every RequestAuthentication `jwksUri` is fetched again, in seconds (Istio's
+    /// default: 20 minutes). A failed fetch keeps the last good keys.
+    #[arg(long, env = "MESH_JWKS_REFRESH_SECS", default_value_t = 1200)]
+    jwks_refresh_secs: u64,
     #[command(flatten)]
     hbone: HboneArgs,
     #[command(flatten)]
@@ -157,8 +168,9 @@ fn main() -> anyhow::Result<()> {
         Command::Check {
             config_dir,
             namespace,
+            waypoint_name,
             gateway,
-        } => check(config_dir, &namespace, &gateway),
+        } => check(config_dir, &namespace, &waypoint_name, &gateway),
     }
 }
 
@@ -175,6 +187,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             config_dir: args.config_dir,
             poll_interval: Duration::from_millis(args.config_poll_ms.max(10)),
             admin: Some(args.admin),
+            waypoint_name: args.waypoint_name,
+            jwks_refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
         };
         let hbone = match args.hbone.options() {
             Some(o) => Some(
@@ -258,10 +272,10 @@ async fn start_kubernetes(_: std::sync::Arc<mesh_waypoint::config::Config>, _: S
     anyhow::bail!("--kubernetes: this mesh-waypoint was built without the `kubernetes` feature")
 }
 
-fn check(dir: PathBuf, namespace: &str, gateway: &GatewayArgs) -> anyhow::Result<()> {
+fn check(dir: PathBuf, namespace: &str, waypoint_name: &str, gateway: &GatewayArgs) -> anyhow::Result<()> {
     let connector = std::sync::Arc::new(mesh_waypoint::endpoint::connector::PlainTcp);
     let config = match gateway.mode {
-        Mode::Waypoint => mesh_waypoint::config::Config::new(namespace, connector),
+        Mode::Waypoint => mesh_waypoint::config::Config::for_waypoint(namespace, waypoint_name, connector),
         Mode::Gateway => {
             let identity = mesh_waypoint::gateway::GatewayIdentity {
                 namespace: namespace.to_owned(),

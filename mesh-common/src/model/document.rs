@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::istio::networking::{self, DestinationRule, Gateway, VirtualService};
-use super::istio::security::{self, AuthorizationPolicy, PeerAuthentication};
+use super::istio::security::{self, AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use super::k8s::{Namespace, Node, Pod, Secret, Service};
 use super::{ConfigError, FieldError, ObjectMeta, ObjectRef};
 
@@ -24,6 +24,7 @@ pub enum Resource {
     Gateway(Box<Gateway>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    RequestAuthentication(Box<RequestAuthentication>),
     Other(RawObject),
 }
 
@@ -78,6 +79,7 @@ impl Resource {
             Resource::Gateway(o) => namespaced("Gateway", &o.metadata),
             Resource::PeerAuthentication(o) => o.object_ref(),
             Resource::AuthorizationPolicy(o) => o.object_ref(),
+            Resource::RequestAuthentication(o) => o.object_ref(),
             Resource::Other(o) => o.object_ref(),
         }
     }
@@ -154,6 +156,7 @@ fn decode_kind(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, Co
         (networking::GROUP, "VirtualService" | "DestinationRule" | "Gateway") => decode_istio_networking(raw, value)?,
         (security::GROUP, "PeerAuthentication") => decode_peer_authentication(raw, value)?,
         (security::GROUP, "AuthorizationPolicy") => decode_authorization_policy(raw, value)?,
+        (security::GROUP, "RequestAuthentication") => decode_request_authentication(raw, value)?,
         _ => Resource::Other(raw),
     })
 }
@@ -173,6 +176,14 @@ fn decode_authorization_policy(raw: RawObject, value: &serde_yaml::Value) -> Res
     let ap: AuthorizationPolicy = raw.decode(value)?;
     ap.validate()?;
     Ok(Resource::AuthorizationPolicy(Box::new(ap)))
+}
+
+/// Validated at the edge like PeerAuthentication (a malformed JWKS is a field error).
+fn decode_request_authentication(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {
+    check_security_version(&raw)?;
+    let ra: RequestAuthentication = raw.decode(value)?;
+    ra.validate()?;
+    Ok(Resource::RequestAuthentication(Box::new(ra)))
 }
 
 fn check_security_version(raw: &RawObject) -> Result<(), ConfigError> {

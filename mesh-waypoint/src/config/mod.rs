@@ -18,8 +18,15 @@ use tokio::sync::watch;
 
 pub use snapshot::Snapshot;
 
+use crate::authn::attach::{AuthnPolicies, ProxyScope};
+use crate::authn::jwks::JwksCache;
 use crate::endpoint::connector::Connector;
 use crate::gateway::{GatewayIdentity, GatewayState};
+
+/// Istio's waypoint name when none is given (`istioctl waypoint apply` default).
+pub const DEFAULT_WAYPOINT_NAME: &str = "waypoint";
+/// The pod label naming the Gateway a waypoint or gateway pod implements.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Semantic validation on top of decoding: a VirtualService or DestinationRule that
 /// does not compile is rejected here, alone, and keeps its last good version.
@@ -46,6 +53,10 @@ pub struct Config {
     gateway: Option<GatewayState>,
     /// The generation of every published snapshot (listeners follow it).
     changes: watch::Sender<u64>,
+    /// What policy attachment sees of this proxy (waypoint name, or gateway labels).
+    scope: ProxyScope,
+    /// `jwksUri` keys, shared by every snapshot.
+    jwks: Arc<JwksCache>,
 }
 
 struct State {
@@ -55,12 +66,26 @@ struct State {
 
 impl Config {
     pub fn new(namespace: &str, connector: Arc<dyn Connector>) -> Arc<Self> {
-        Self::with_mode(namespace, connector, None)
+        Self::for_waypoint(namespace, DEFAULT_WAYPOINT_NAME, connector)
+    }
+
+    /// A waypoint named `name` (its Gateway's name, what `targetRefs` kind Gateway names).
+    pub fn for_waypoint(namespace: &str, name: &str, connector: Arc<dyn Connector>) -> Arc<Self> {
+        let scope = ProxyScope::Waypoint {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        };
+        Self::with_mode(namespace, connector, None, scope)
     }
 
     /// Ingress gateway mode: snapshots also carry the plan of the Gateways selecting `identity`.
     pub fn for_gateway(identity: GatewayIdentity, connector: Arc<dyn Connector>) -> Arc<Self> {
         let namespace = identity.namespace.clone();
+        let scope = ProxyScope::Gateway {
+            name: identity.labels.get(GATEWAY_NAME_LABEL).cloned(),
+            namespace: namespace.clone(),
+            labels: identity.labels.clone(),
+        };
         Self::with_mode(
             &namespace,
             connector,
@@ -68,15 +93,21 @@ impl Config {
                 identity,
                 listeners: Default::default(),
             }),
+            scope,
         )
     }
 
-    fn with_mode(namespace: &str, connector: Arc<dyn Connector>, gateway: Option<GatewayState>) -> Arc<Self> {
+    fn with_mode(
+        namespace: &str,
+        connector: Arc<dyn Connector>,
+        gateway: Option<GatewayState>,
+        scope: ProxyScope,
+    ) -> Arc<Self> {
         let mut empty = Snapshot::build(&[], namespace, Vec::new(), 0, None, connector.clone());
         if let Some(g) = &gateway {
             crate::gateway::attach(&mut empty, &[], &g.identity, None);
         }
-        Arc::new(Self {
+        Arc::new_cyclic(|me: &std::sync::Weak<Self>| Self {
             current: ArcSwap::from_pointee(empty),
             state: Mutex::new(State {
                 store: ConfigStore::default(),
@@ -86,7 +117,17 @@ impl Config {
             connector,
             gateway,
             changes: watch::channel(0).0,
+            scope,
+            jwks: JwksCache::new(service_resolver(me.clone())),
         })
+    }
+
+    pub fn scope(&self) -> &ProxyScope {
+        &self.scope
+    }
+
+    pub fn jwks(&self) -> &Arc<JwksCache> {
+        &self.jwks
     }
 
     pub fn gateway_state(&self) -> Option<&GatewayState> {
@@ -150,6 +191,19 @@ impl Config {
         if let Some(g) = &self.gateway {
             crate::gateway::attach(&mut snap, &resources, &g.identity, prev.gateway.as_deref());
         }
+        let authn = AuthnPolicies::build(&resources);
+        // `check` publishes without a runtime: it fetches nothing.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.jwks.track(&authn.jwks_uris());
+        }
+        snap.authn = Arc::new(authn);
+        let authz =
+            mesh_common::authz::PolicySet::from_store(store, mesh_common::model::istio::security::ROOT_NAMESPACE);
+        for w in crate::authz::warnings::warnings(&authz, &snap.discovery) {
+            tracing::warn!("{w}");
+            snap.warnings.push(w);
+        }
+        snap.authz = Arc::new(authz);
         tracing::info!(
             generation = snap.generation,
             objects = resources.len(),
@@ -161,6 +215,23 @@ impl Config {
         self.current.store(Arc::new(snap));
         self.changes.send_replace(generation);
     }
+}
+
+/// `jwksUri` hosts that name a Service of this configuration (or its ClusterIP) go to
+/// one of its ready endpoints at the port's `targetPort`, as cluster DNS plus the node
+/// daemon would deliver them.
+fn service_resolver(config: std::sync::Weak<Config>) -> crate::authn::jwks::Resolver {
+    Box::new(move |host, port| {
+        let snap = config.upgrade()?.load();
+        let fqdn = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => snap.discovery.by_cluster_ip.get(&ip)?.clone(),
+            Err(_) => hosts::canonical_request_host(host, &snap.namespace),
+        };
+        let svc = snap.service(&fqdn)?;
+        let target = svc.port(Some(port), port)?.target_port;
+        let pod = svc.pods.first()?;
+        Some(std::net::SocketAddr::new(pod.ip, target))
+    })
 }
 
 fn poisoned() -> ConfigError {

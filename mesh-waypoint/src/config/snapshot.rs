@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub rejected: Vec<String>,
     /// Ingress gateway mode only: the ports, servers and certificates in force.
     pub gateway: Option<Arc<crate::gateway::Plan>>,
+    /// RequestAuthentications (JWT rules), attached per request.
+    pub authn: Arc<crate::authn::attach::AuthnPolicies>,
+    /// AuthorizationPolicies, attached per request (see `authz`).
+    pub authz: Arc<mesh_common::authz::PolicySet>,
 }
 
 /// Why no backend serves a destination.
@@ -97,6 +101,8 @@ impl Snapshot {
             warnings,
             rejected,
             gateway: None,
+            authn: Default::default(),
+            authz: Default::default(),
         };
         snap.warnings.extend(dangling_references(resources, &snap));
         for w in &snap.warnings {

@@ -17,6 +17,7 @@ pub mod routing;
 pub mod secret;
 pub mod server_host;
 pub mod tls;
+pub mod via_waypoint;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +70,7 @@ pub(crate) fn attach(snap: &mut Snapshot, resources: &[Resource], identity: &Gat
     }
     snap.rejected.extend(plan.errors.iter().cloned());
     snap.gateway = Some(Arc::new(plan));
+    via_waypoint::reroute(snap);
 }
 
 /// A running ingress gateway. Dropping it closes every listener; open connections
@@ -121,8 +123,9 @@ impl IngressGateway {
             None => None,
         };
         if let Some(dir) = opts.config_dir.clone() {
-            tokio::spawn(crate::watch_dir(config.clone(), dir, opts.poll_interval, rx));
+            tokio::spawn(crate::watch_dir(config.clone(), dir, opts.poll_interval, rx.clone()));
         }
+        crate::spawn_jwks_refresher(&config, opts.jwks_refresh, rx);
         tracing::info!(bind_ip = %gateway.bind_ip, namespace = opts.namespace, "ingress gateway started");
         Ok(Self {
             config,

@@ -37,33 +37,49 @@ impl HboneConnector {
         let _ = self.config.set(Arc::downgrade(config));
     }
 
-    fn identity_of(&self, addr: SocketAddr) -> io::Result<SpiffeId> {
+    /// Where a connection to `addr` goes: the pod at `addr`, or for a Service VIP (an
+    /// `ingress-use-waypoint` backend) the Service's waypoint, asked for `addr`.
+    fn target_of(&self, addr: SocketAddr) -> io::Result<TunnelTarget> {
         let config = self
             .config
             .get()
             .and_then(Weak::upgrade)
             .ok_or_else(|| io::Error::other("waypoint configuration not bound to the HBONE connector"))?;
         let snap = config.load();
-        let pod = snap.discovery.pods_by_ip.get(&addr.ip()).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no ready pod is known at {}: its identity cannot be checked", addr.ip()),
-            )
-        })?;
-        Ok(SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account))
+        let (pod, hbone_ip) = match snap.discovery.pods_by_ip.get(&addr.ip()) {
+            Some(pod) => (pod, addr.ip()),
+            None => {
+                let pod = waypoint_pod(&snap, addr).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no ready pod is known at {}: its identity cannot be checked", addr.ip()),
+                    )
+                })?;
+                (pod, pod.ip)
+            }
+        };
+        Ok(TunnelTarget {
+            hbone_addr: SocketAddr::new(hbone_ip, HBONE_PORT),
+            identity: SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account),
+            authority: addr,
+            forwarded_for: None,
+        })
     }
+}
+
+/// A ready pod of the waypoint of the Service whose VIP is `addr`.
+fn waypoint_pod(snap: &crate::config::Snapshot, addr: SocketAddr) -> Option<&crate::discovery::PodInfo> {
+    let fqdn = snap.discovery.by_cluster_ip.get(&addr.ip())?;
+    let svc = snap.service(fqdn)?;
+    let waypoint = svc.waypoint.as_ref()?;
+    let wp = snap.service(&crate::config::hosts::service_fqdn(waypoint, &svc.namespace))?;
+    wp.pods.first()
 }
 
 impl Connector for HboneConnector {
     fn connect(&self, addr: SocketAddr) -> ConnectFuture<'_> {
         Box::pin(async move {
-            let identity = self.identity_of(addr)?;
-            let target = TunnelTarget {
-                hbone_addr: SocketAddr::new(addr.ip(), HBONE_PORT),
-                identity,
-                authority: addr,
-                forwarded_for: None,
-            };
+            let target = self.target_of(addr)?;
             let dial: Dial = Box::new(|a| Box::pin(tokio::net::TcpStream::connect(a)));
             let tunnel = self.client.open(&self.source, &target, dial).await.map_err(|e| {
                 let kind = match e.reason() {

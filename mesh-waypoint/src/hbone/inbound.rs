@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::Proxy;
-use crate::proxy::server::serve_io;
+use crate::proxy::server::{PeerIdentity, serve_io};
 
 /// Counters shown in the admin dump: streams served, refusals by reason.
 #[derive(Default)]
@@ -54,9 +54,14 @@ impl Inbound for WaypointInbound {
             .as_deref()
             .and_then(|f| f.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().ok());
         let peer = SocketAddr::new(client_ip.unwrap_or(req.conn.peer_addr.ip()), 0);
+        let id = req.conn.peer_id.to_string();
+        let identity = PeerIdentity {
+            principal: id.strip_prefix("spiffe://").unwrap_or(&id).into(),
+            conn_ip: req.conn.peer_addr.ip(),
+        };
         Box::pin(async move {
             Ok(Upstream::Serve(Box::new(move |stream| {
-                Box::pin(serve_io(stream, proxy, peer, local))
+                Box::pin(serve_io(stream, proxy, peer, local, Some(identity)))
             })))
         })
     }

@@ -11,6 +11,10 @@ pub struct AccessLog {
     pub endpoint: Option<String>,
     pub attempts: u32,
     pub flags: Vec<Flag>,
+    /// Why a JWT was refused (401).
+    pub jwt: Option<&'static str>,
+    /// The AuthorizationPolicy that decided a denial (403), `kind ns/name`.
+    pub policy: Option<String>,
 }
 
 impl AccessLog {
@@ -33,6 +37,8 @@ impl AccessLog {
             endpoint = self.endpoint.as_deref().unwrap_or("-"),
             attempts = self.attempts,
             flags = %if flags.is_empty() { "-".to_owned() } else { flags.join(",") },
+            jwt = %self.jwt.unwrap_or("-"),
+            policy = %self.policy.as_deref().unwrap_or("-"),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         );
     }

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use rand::Rng;
 
 use super::access_log::AccessLog;
+use super::admission;
 use super::attempt::{self, AttemptInputs};
 use super::local_reply::{self, Flag};
 use super::upstream_request;
@@ -56,16 +57,25 @@ impl Proxy {
         let started = Instant::now();
         let snap = self.config.load();
         let downstream_upgrade = upstream_request::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let mut log = AccessLog::default();
         let ctx = context(&snap, &parts, peer, local);
-        let resp = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => self.route(&snap, &parts, collected.to_bytes(), &ctx, &mut log).await,
-            Err(e) => local_reply::reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Flag::NoRoute,
-                &format!("cannot buffer request body: {e}"),
-            ),
+        let origin = admission::Origin {
+            host_fqdn: &ctx.host_fqdn,
+            authority: &ctx.authority,
+            peer,
+            local,
+        };
+        let resp = match admission::admit(&self.config, &snap, &mut parts, &origin, &mut log).await {
+            Err(refused) => refused,
+            Ok(_admitted) => match Limited::new(body, MAX_BODY).collect().await {
+                Ok(collected) => self.route(&snap, &parts, collected.to_bytes(), &ctx, &mut log).await,
+                Err(e) => local_reply::reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Flag::NoRoute,
+                    &format!("cannot buffer request body: {e}"),
+                ),
+            },
         };
         log.emit(
             &parts.method,
@@ -383,8 +393,14 @@ fn context(snap: &Snapshot, parts: &Parts, peer: SocketAddr, local: SocketAddr) 
             ..Source::default()
         },
     };
+    // A stream to a Service VIP (HBONE `:authority`) is for that Service whatever its
+    // Host says, as in Istio's waypoints: the ingress gateway keeps the user's Host.
+    let host_fqdn = match snap.discovery.by_cluster_ip.get(&local.ip()) {
+        Some(fqdn) => fqdn.clone(),
+        None => snap.request_host(host),
+    };
     Ctx {
-        host_fqdn: snap.request_host(host),
+        host_fqdn,
         port: port.unwrap_or(local.port()),
         scheme: parts
             .uri

@@ -29,6 +29,10 @@ pub enum Flag {
     Timeout,
     /// A retry was wanted but `maxRetries` was reached.
     RetryOverflow,
+    /// Refused by an AuthorizationPolicy (Envoy's RBAC filter code).
+    Rbac,
+    /// A JWT that RequestAuthentication could not verify (401).
+    JwtInvalid,
 }
 
 impl Flag {
@@ -43,6 +47,8 @@ impl Flag {
             Flag::Reset => "UR",
             Flag::Timeout => "UT",
             Flag::RetryOverflow => "URX",
+            Flag::Rbac => "RBAC",
+            Flag::JwtInvalid => "JWT",
         }
     }
 }

@@ -1,10 +1,14 @@
-//! `security.istio.io` (v1, v1beta1 share one schema): PeerAuthentication, AuthorizationPolicy.
+//! `security.istio.io` (v1, v1beta1 share one schema): PeerAuthentication, AuthorizationPolicy,
+//! RequestAuthentication.
 
 pub mod authorization_policy;
 pub mod peer_authentication;
+pub mod request_authentication;
+pub mod target_ref;
 
 pub use authorization_policy::AuthorizationPolicy;
 pub use peer_authentication::{MtlsMode, PeerAuthentication, PeerAuthnPolicy, PeerAuthnScope};
+pub use request_authentication::{RequestAuthentication, RequestAuthnPolicy};
 
 /// The API group of every kind in this module.
 pub const GROUP: &str = "security.istio.io";
