@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use crate::BoxFuture;
 use crate::tls::{self, TLS_BUFFER_LIMIT};
 use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
-use crate::{SpiffeId, WorkloadCert};
+use crate::{RefusalReason, SpiffeId, WorkloadCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
@@ -27,7 +27,7 @@ pub enum HboneError {
     #[error("TLS handshake with {addr} failed ({reason}): {source}")]
     Tls {
         addr: SocketAddr,
-        reason: &'static str,
+        reason: RefusalReason,
         source: io::Error,
     },
     #[error("{addr} did not finish connection set-up within {0:?}", timeout)]
@@ -46,15 +46,17 @@ pub enum HboneError {
 
 impl HboneError {
     /// A short stable name for metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> RefusalReason {
         match self {
-            HboneError::Connect { .. } => "connect_failed",
-            HboneError::Tls { reason, .. } => reason,
-            HboneError::Timeout { .. } => "handshake_timeout",
-            HboneError::H2 { .. } => "h2_error",
-            HboneError::Status { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE => "upstream_unavailable",
-            HboneError::Status { .. } => "connect_refused",
-            HboneError::Config(_) => "config",
+            HboneError::Connect { .. } => RefusalReason::ConnectFailed,
+            HboneError::Tls { reason, .. } => *reason,
+            HboneError::Timeout { .. } => RefusalReason::HandshakeTimeout,
+            HboneError::H2 { .. } => RefusalReason::H2Error,
+            HboneError::Status { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE => {
+                RefusalReason::UpstreamUnavailable
+            }
+            HboneError::Status { .. } => RefusalReason::ConnectRefused,
+            HboneError::Config(_) => RefusalReason::Config,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod cert;
 pub mod client;
+pub mod reason;
 pub mod relay;
 pub mod server;
 pub mod spiffe;
@@ -17,6 +18,7 @@ pub mod stream;
 pub mod tls;
 
 pub use cert::{CertResolver, Current, WorkloadCert};
+pub use reason::RefusalReason;
 pub use spiffe::SpiffeId;
 
 use std::future::Future;

@@ -15,11 +15,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::BoxFuture;
-use crate::SpiffeId;
 use crate::relay::{Copied, relay};
 use crate::stream::H2Stream;
 use crate::tls::{self, TLS_BUFFER_LIMIT};
 use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
+use crate::{RefusalReason, SpiffeId};
 
 #[derive(Clone)]
 pub struct ServerSettings {
@@ -48,12 +48,12 @@ pub struct InboundRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub status: StatusCode,
-    pub reason: &'static str,
+    pub reason: RefusalReason,
     pub detail: String,
 }
 
 impl Refused {
-    pub fn new(status: StatusCode, reason: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, reason: RefusalReason, detail: impl Into<String>) -> Self {
         Self {
             status,
             reason,
@@ -74,7 +74,7 @@ pub enum Upstream {
 pub trait Inbound: Send + Sync + 'static {
     fn authorize(&self, req: &InboundRequest) -> Result<(), Refused>;
     fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>>;
-    fn refused(&self, reason: &'static str);
+    fn refused(&self, reason: RefusalReason);
     fn opened(&self, req: &InboundRequest);
     fn closed(&self, req: &InboundRequest, copied: Copied);
 }
@@ -88,14 +88,14 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
             .map_err(|e| (tls::failure_reason(&e), e.to_string()))?;
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(tls::ALPN_H2) {
-            return Err(("no_alpn", "the client did not negotiate ALPN h2".to_owned()));
+            return Err((RefusalReason::NoAlpn, "the client did not negotiate ALPN h2".to_owned()));
         }
         let cert = session
             .peer_certificates()
             .and_then(|c| c.first())
             .cloned()
-            .ok_or(("no_client_cert", String::new()))?;
-        let peer_id = tls::spiffe_id(&cert).map_err(|e| ("cert_invalid", e.to_string()))?;
+            .ok_or((RefusalReason::NoClientCert, String::new()))?;
+        let peer_id = tls::spiffe_id(&cert).map_err(|e| (RefusalReason::CertInvalid, e.to_string()))?;
         tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         let h2 = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
@@ -103,7 +103,7 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
             .max_frame_size(MAX_FRAME)
             .handshake::<_, Bytes>(tls)
             .await
-            .map_err(|e| ("not_h2", e.to_string()))?;
+            .map_err(|e| (RefusalReason::NotH2, e.to_string()))?;
         Ok((
             h2,
             ConnInfo {
@@ -116,7 +116,14 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
     let (mut h2, conn) = match tokio::time::timeout(settings.handshake_timeout, setup).await {
         Ok(Ok(v)) => v,
         Ok(Err((reason, detail))) => return refuse_conn(&*inbound, peer, reason, &detail),
-        Err(_) => return refuse_conn(&*inbound, peer, "handshake_timeout", "peer stalled during set-up"),
+        Err(_) => {
+            return refuse_conn(
+                &*inbound,
+                peer,
+                RefusalReason::HandshakeTimeout,
+                "peer stalled during set-up",
+            );
+        }
     };
     let conn = Arc::new(conn);
     tracing::debug!(%peer, peer_id = %conn.peer_id, "HBONE connection up");
@@ -133,8 +140,8 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
     }
 }
 
-fn refuse_conn(inbound: &dyn Inbound, peer: SocketAddr, reason: &'static str, detail: &str) {
-    tracing::info!(%peer, reason, "HBONE connection refused: {detail}");
+fn refuse_conn(inbound: &dyn Inbound, peer: SocketAddr, reason: RefusalReason, detail: &str) {
+    tracing::info!(%peer, %reason, "HBONE connection refused: {detail}");
     inbound.refused(reason);
 }
 
@@ -157,7 +164,7 @@ async fn stream(
         Err(e) => {
             let refused = Refused::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_refused",
+                RefusalReason::UpstreamRefused,
                 format!("{}: {e}", request.target),
             );
             return answer(&mut respond, &*inbound, &conn, refused);
@@ -188,7 +195,7 @@ fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundReq
     if parts.method != Method::CONNECT {
         return Err(Refused::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            RefusalReason::BadRequest,
             format!("method {} is not CONNECT", parts.method),
         ));
     }
@@ -196,7 +203,7 @@ fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundReq
     let target: SocketAddr = authority.parse().map_err(|_| {
         Refused::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            RefusalReason::BadRequest,
             format!("authority {authority:?} is not ip:port"),
         )
     })?;
@@ -214,7 +221,7 @@ fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundReq
 }
 
 fn answer(respond: &mut SendResponse<Bytes>, inbound: &dyn Inbound, conn: &ConnInfo, refused: Refused) {
-    tracing::info!(peer = %conn.peer_addr, peer_id = %conn.peer_id, status = refused.status.as_u16(), reason = refused.reason,
+    tracing::info!(peer = %conn.peer_addr, peer_id = %conn.peer_id, status = refused.status.as_u16(), reason = %refused.reason,
         "HBONE stream refused: {}", refused.detail);
     inbound.refused(refused.reason);
     let _ = respond.send_response(status(refused.status), true);

@@ -22,6 +22,14 @@ impl SpiffeId {
             service_account: service_account.to_owned(),
         }
     }
+
+    /// Istio's principal: the id without `spiffe://` (`cluster.local/ns/x/sa/y`).
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
 }
 
 impl FromStr for SpiffeId {
@@ -57,6 +65,7 @@ mod tests {
         let id: SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
         assert_eq!(id, SpiffeId::new("cluster.local", "shop", "web"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(id.principal(), "cluster.local/ns/shop/sa/web");
         for bad in [
             "https://cluster.local/ns/a/sa/b",
             "spiffe://cluster.local/ns/a",

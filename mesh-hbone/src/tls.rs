@@ -16,7 +16,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 
-use crate::SpiffeId;
+use crate::{RefusalReason, SpiffeId};
 
 pub const ALPN_H2: &[u8] = b"h2";
 /// rustls buffers at most this much plaintext per connection before pushing back;
@@ -236,19 +236,19 @@ pub fn client_config(
 }
 
 /// A short, stable name for a handshake failure (metric label).
-pub fn failure_reason(e: &std::io::Error) -> &'static str {
+pub fn failure_reason(e: &std::io::Error) -> RefusalReason {
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return "handshake_io";
+        return RefusalReason::HandshakeIo;
     };
     match tls {
-        rustls::Error::InvalidCertificate(CertificateError::Expired) => "cert_expired",
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => "cert_unknown_issuer",
-        rustls::Error::InvalidCertificate(_) => "cert_invalid",
-        rustls::Error::NoCertificatesPresented => "no_client_cert",
-        rustls::Error::InvalidMessage(_) => "not_tls",
-        rustls::Error::PeerIncompatible(_) => "incompatible",
-        rustls::Error::NoApplicationProtocol => "no_alpn",
-        rustls::Error::AlertReceived(_) => "alert_received",
-        _ => "tls_error",
+        rustls::Error::InvalidCertificate(CertificateError::Expired) => RefusalReason::CertExpired,
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => RefusalReason::CertUnknownIssuer,
+        rustls::Error::InvalidCertificate(_) => RefusalReason::CertInvalid,
+        rustls::Error::NoCertificatesPresented => RefusalReason::NoClientCert,
+        rustls::Error::InvalidMessage(_) => RefusalReason::NotTls,
+        rustls::Error::PeerIncompatible(_) => RefusalReason::Incompatible,
+        rustls::Error::NoApplicationProtocol => RefusalReason::NoAlpn,
+        rustls::Error::AlertReceived(_) => RefusalReason::AlertReceived,
+        _ => RefusalReason::TlsError,
     }
 }

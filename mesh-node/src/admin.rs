@@ -1,5 +1,5 @@
 //! Admin endpoint (loopback only): `/config_dump` (workloads, services, namespaces,
-//! rejected configuration, readiness, and whatever sections subsystems add, such as
+//! rejected configuration, authorization policies, readiness, and whatever sections subsystems add, such as
 //! certificates) and `/workloads`.
 
 use std::sync::{Arc, Mutex};
@@ -79,6 +79,7 @@ impl Admin {
             "services": state.services.values().collect::<Vec<_>>(),
             "namespaces": state.namespaces,
             "config_errors": state.config_errors,
+            "authorization": crate::policy::authz::dump(&state),
         });
         for (name, value) in self.sections.render() {
             dump[name] = value;

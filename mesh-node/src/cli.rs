@@ -88,6 +88,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
 
+    /// Istio's root namespace: AuthorizationPolicies in it apply to the whole mesh
+    /// (with a selector: to matching pods of every namespace).
+    #[arg(long, env = "MESH_ROOT_NAMESPACE", default_value = mesh_common::model::istio::security::ROOT_NAMESPACE)]
+    pub root_namespace: String,
+
     #[command(flatten)]
     pub capture: CaptureArgs,
 
@@ -172,6 +177,14 @@ impl std::str::FromStr for Cidr {
 }
 
 impl RunArgs {
+    pub fn state_params(&self) -> crate::state::StateParams {
+        crate::state::StateParams {
+            node: self.node.clone(),
+            trust_domain: self.trust_domain.clone(),
+            root_namespace: self.root_namespace.clone(),
+        }
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir
             .clone()

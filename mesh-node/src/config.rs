@@ -11,29 +11,21 @@ use mesh_common::source::dir::DirSource;
 use tokio::sync::watch;
 
 use crate::readiness::{Condition, Readiness};
-use crate::state::MeshState;
+use crate::state::{MeshState, StateParams};
 
 pub type StateRx = watch::Receiver<Arc<MeshState>>;
 
 /// Builds a [`MeshState`] from the store and publishes it: the one reconcile path
 /// both configuration sources (directory, Kubernetes) go through.
 pub struct Publisher {
-    node: String,
-    trust_domain: String,
+    params: StateParams,
     tx: watch::Sender<Arc<MeshState>>,
 }
 
 impl Publisher {
-    pub fn new(node: &str, trust_domain: &str) -> (Self, StateRx) {
+    pub fn new(params: StateParams) -> (Self, StateRx) {
         let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
-        (
-            Self {
-                node: node.to_owned(),
-                trust_domain: trust_domain.to_owned(),
-                tx,
-            },
-            rx,
-        )
+        (Self { params, tx }, rx)
     }
 
     /// The generation last published (0: nothing yet).
@@ -42,13 +34,15 @@ impl Publisher {
     }
 
     pub fn publish(&self, store: &ConfigStore) {
-        let state = MeshState::build(store, &self.node, &self.trust_domain);
+        let state = MeshState::build(store, &self.params);
         tracing::info!(
             generation = state.generation,
             workloads = state.workloads.len(),
             services = state.services.len(),
+            authorization_policies = state.authz.policies().len(),
             "configuration applied"
         );
+        crate::policy::authz::log_unenforceable(&state.authz);
         self.tx.send_replace(Arc::new(state));
     }
 }
@@ -62,8 +56,8 @@ pub struct ConfigLoop {
 }
 
 impl ConfigLoop {
-    pub fn new(source: DirSource, node: &str, trust_domain: &str) -> (Self, StateRx) {
-        let (publisher, rx) = Publisher::new(node, trust_domain);
+    pub fn new(source: DirSource, params: StateParams) -> (Self, StateRx) {
+        let (publisher, rx) = Publisher::new(params);
         (
             Self {
                 source,

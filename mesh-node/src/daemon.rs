@@ -70,7 +70,7 @@ async fn start_config(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) 
         .config_dir
         .as_ref()
         .context("--config-dir is required without --kubernetes")?;
-    let (mut config, state) = ConfigLoop::new(DirSource::new(dir), &args.node, &args.trust_domain);
+    let (mut config, state) = ConfigLoop::new(DirSource::new(dir), args.state_params());
     config.poll_once(readiness);
     tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
     Ok(state)
@@ -79,7 +79,7 @@ async fn start_config(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) 
 #[cfg(feature = "kubernetes")]
 async fn start_kubernetes(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) -> anyhow::Result<StateRx> {
     tracing::info!(node = %args.node, "configuration from the Kubernetes API server (this node's pods only)");
-    crate::kubernetes::start(&args.node, &args.trust_domain, readiness, metrics).await
+    crate::kubernetes::start(args.state_params(), readiness, metrics).await
 }
 
 #[cfg(not(feature = "kubernetes"))]

@@ -20,37 +20,32 @@ use tokio::sync::watch;
 use crate::config::{Publisher, StateRx};
 use crate::metrics::Metrics;
 use crate::readiness::{Condition, Readiness};
+use crate::state::StateParams;
 
 /// How often `mesh_config_source_last_sync_timestamp_seconds` advances while in sync.
 const SYNC_TICK: Duration = Duration::from_secs(1);
 
 /// Connects with the pod's service account and starts watching.
-pub async fn start(
-    node: &str,
-    trust_domain: &str,
-    readiness: &Readiness,
-    metrics: &Metrics,
-) -> anyhow::Result<StateRx> {
+pub async fn start(params: StateParams, readiness: &Readiness, metrics: &Metrics) -> anyhow::Result<StateRx> {
     let store = SharedStore::default();
     // Decoding already validates every kind the node daemon reads; the same rule as
     // the directory source.
     let accept: SharedValidator = Arc::new(|_| Ok(()));
-    let source = KubeSource::connect(KubeSourceConfig::node(node), store.clone(), accept)
+    let source = KubeSource::connect(KubeSourceConfig::node(&params.node), store.clone(), accept)
         .await
         .context("Kubernetes mode (--kubernetes)")?;
-    Ok(spawn(source, store, node, trust_domain, readiness, metrics))
+    Ok(spawn(source, store, params, readiness, metrics))
 }
 
 /// Runs `source` and follows it; `store` is the one `source` writes.
 pub fn spawn(
     source: KubeSource,
     store: SharedStore,
-    node: &str,
-    trust_domain: &str,
+    params: StateParams,
     readiness: &Readiness,
     metrics: &Metrics,
 ) -> StateRx {
-    let (publisher, state) = Publisher::new(node, trust_domain);
+    let (publisher, state) = Publisher::new(params);
     readiness.set(
         "config",
         Condition::Pending("waiting for the first list from the Kubernetes API server".into()),

@@ -75,7 +75,7 @@ impl Inbound for TestInbound {
         if !req.target.ip().is_loopback() {
             return Err(Refused::new(
                 StatusCode::FORBIDDEN,
-                "not_local",
+                mesh_hbone::RefusalReason::NotLocalWorkload,
                 format!("{} is not a workload here", req.target),
             ));
         }
@@ -86,8 +86,8 @@ impl Inbound for TestInbound {
         self.peers.lock().unwrap().push(req.conn.peer_cert.clone());
         Box::pin(async move { TcpStream::connect(target).await.map(Upstream::Tcp) })
     }
-    fn refused(&self, reason: &'static str) {
-        self.refusals.send_modify(|r| r.push(reason));
+    fn refused(&self, reason: mesh_hbone::RefusalReason) {
+        self.refusals.send_modify(|r| r.push(reason.as_str()));
     }
     fn opened(&self, _: &InboundRequest) {}
     fn closed(&self, _: &InboundRequest, copied: Copied) {
@@ -246,7 +246,7 @@ async fn server_with_another_spiffe_id_is_refused_by_the_client() {
         .await
         .err()
         .unwrap();
-    assert_eq!(err.reason(), "cert_invalid", "{err}");
+    assert_eq!(err.reason().as_str(), "cert_invalid", "{err}");
     assert!(
         err.to_string()
             .contains("expected spiffe://cluster.local/ns/default/sa/b"),

@@ -83,7 +83,13 @@ fn start(r: &Replay) -> Daemon {
     config.retry = Retry::Fixed(Duration::from_millis(20));
     let source = KubeSource::new(r.client_builder(), config, store.clone(), Arc::new(|_| Ok(())));
     let (readiness, metrics) = (Readiness::default(), Metrics::default());
-    let state = spawn(source, store, NODE, "cluster.local", &readiness, &metrics);
+    let state = spawn(
+        source,
+        store,
+        crate::state::StateParams::new(NODE),
+        &readiness,
+        &metrics,
+    );
     Daemon {
         state,
         readiness,

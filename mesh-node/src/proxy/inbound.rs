@@ -2,16 +2,20 @@
 //! pod's IP inside its netns. Only the pod's own addresses may be targeted.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use http::StatusCode;
 
-use super::metrics::{Reporter, Security, TcpLabels, TcpMetrics};
+use mesh_hbone::RefusalReason;
+
+use super::metrics::{Direction, Reporter, Security, TcpLabels, TcpMetrics};
 use crate::capture::handler::{BoxFuture, CapturedPod};
 use crate::config::StateRx;
 use crate::hbone::relay::Copied;
 use crate::hbone::server::{Inbound, InboundRequest, Refused, Upstream};
+use crate::policy::authz::{self, Connection};
+use crate::state::{MeshState, Workload};
 
 pub struct PodInbound {
     pod: Arc<CapturedPod>,
@@ -26,16 +30,48 @@ impl PodInbound {
 
     fn labels(&self, req: &InboundRequest) -> TcpLabels {
         let state = self.state.borrow();
-        let source = req
-            .forwarded_for
-            .as_deref()
-            .and_then(|f| f.parse().ok())
-            .and_then(|ip| state.workload(ip))
-            .filter(|w| w.identity() == req.conn.peer_id.to_string());
+        let source = forwarded_source(&state, req);
         TcpLabels::new(Reporter::destination, Security::mutual_tls)
             .source(source.map(|w| &**w), Some(req.conn.peer_id.to_string()))
             .destination(Some(&self.pod.workload), None)
     }
+
+    /// AuthorizationPolicy for this stream: the peer's principal, its address (the
+    /// `forwarded: for=` client only when that workload's identity is the peer's).
+    fn authorize_policy(&self, req: &InboundRequest, target: SocketAddrV4) -> Result<(), Refused> {
+        let state = self.state.borrow();
+        let source_ip = forwarded_source(&state, req).map_or(req.conn.peer_addr.ip(), |w| IpAddr::V4(w.ip));
+        let principal = req.conn.peer_id.principal();
+        let conn = Connection {
+            principal: Some(&principal),
+            source_ip,
+            destination: target,
+        };
+        // Labels can change after enrollment: the current snapshot's view of the pod decides.
+        let workload: &Workload = state.workload(self.pod.workload.ip).unwrap_or(&self.pod.workload);
+        let eval = authz::evaluate(&state, workload, conn);
+        if authz::allowed(&eval, workload, conn) {
+            return Ok(());
+        }
+        let detail = match &eval.decision {
+            mesh_common::authz::Decision::Deny(d) => d.to_string(),
+            mesh_common::authz::Decision::Allow => String::new(),
+        };
+        Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            RefusalReason::Authorization,
+            detail,
+        ))
+    }
+}
+
+/// The workload named by `forwarded: for=`, when its identity is the TLS peer's.
+fn forwarded_source<'a>(state: &'a MeshState, req: &InboundRequest) -> Option<&'a std::sync::Arc<Workload>> {
+    req.forwarded_for
+        .as_deref()
+        .and_then(|f| f.parse().ok())
+        .and_then(|ip| state.workload(ip))
+        .filter(|w| w.identity() == req.conn.peer_id.to_string())
 }
 
 impl Inbound for PodInbound {
@@ -47,16 +83,21 @@ impl Inbound for PodInbound {
                 self.pod.workload.key(),
                 self.pod.workload.ip
             );
-            return Err(Refused::new(StatusCode::BAD_REQUEST, "not_local_workload", detail));
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                RefusalReason::NotLocalWorkload,
+                detail,
+            ));
         }
         if matches!(req.target.port(), 15001 | 15006 | 15008) {
             return Err(Refused::new(
                 StatusCode::BAD_REQUEST,
-                "mesh_port",
+                RefusalReason::MeshPort,
                 format!("{} is a mesh port", req.target),
             ));
         }
-        Ok(())
+        let target = SocketAddrV4::new(self.pod.workload.ip, req.target.port());
+        self.authorize_policy(req, target)
     }
 
     fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>> {
@@ -70,8 +111,8 @@ impl Inbound for PodInbound {
         })
     }
 
-    fn refused(&self, reason: &'static str) {
-        self.metrics.refused("inbound", reason);
+    fn refused(&self, reason: RefusalReason) {
+        self.metrics.refused(Direction::inbound, reason);
     }
 
     fn opened(&self, req: &InboundRequest) {

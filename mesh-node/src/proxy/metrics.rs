@@ -1,7 +1,10 @@
 //! Istio's TCP metrics (same names and labels, so dashboards carry over) and refusal
 //! counters by reason.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use mesh_hbone::RefusalReason;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -80,11 +83,32 @@ fn unknown() -> String {
     "unknown".into()
 }
 
+/// Where a refusal happened.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values
+pub enum Direction {
+    /// Our HBONE client (a captured outbound connection).
+    outbound,
+    /// The HBONE server on 15008.
+    inbound,
+    /// Plaintext arriving on 15006.
+    plaintext,
+}
+
+/// [`RefusalReason`] as a label value (its stable snake_case name).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct ReasonLabel(pub RefusalReason);
+
+impl EncodeLabelValue for ReasonLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    /// `outbound` (our client), `inbound` (HBONE server), `plaintext` (15006).
-    pub direction: String,
-    pub reason: String,
+    pub direction: Direction,
+    pub reason: ReasonLabel,
 }
 
 #[derive(Clone, Default)]
@@ -136,11 +160,11 @@ impl TcpMetrics {
         self.received.get_or_create(l).inc_by(received);
     }
 
-    pub fn refused(&self, direction: &str, reason: &str) {
+    pub fn refused(&self, direction: Direction, reason: RefusalReason) {
         self.refused
             .get_or_create(&RefusalLabels {
-                direction: direction.into(),
-                reason: reason.into(),
+                direction,
+                reason: ReasonLabel(reason),
             })
             .inc();
     }

@@ -24,8 +24,10 @@ use crate::hbone::relay::relay;
 use crate::hbone::server::{self, ServerSettings};
 use crate::identity::{CertManager, LocalCa, ManagerConfig, NodeScopedCa};
 use crate::policy::Mode;
+use crate::policy::authz::{self, Connection};
+use mesh_hbone::RefusalReason;
 pub use metrics::TcpMetrics;
-use metrics::{Reporter, Security, TcpLabels};
+use metrics::{Direction, Reporter, Security, TcpLabels};
 use resolve::{Resolver, Route, v4};
 
 /// The handler capture hands connections to: the mesh, or plain forwarding with
@@ -149,8 +151,8 @@ impl MeshHandler {
         match route {
             Route::Direct(dst) => DirectHandler.outbound(pod, dst, stream).await,
             Route::Refuse(reason) => {
-                tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, reason, "outbound connection refused");
-                self.metrics.refused("outbound", reason);
+                tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, %reason, "outbound connection refused");
+                self.metrics.refused(Direction::outbound, reason);
                 reset(stream);
             }
             Route::Tunnel {
@@ -164,7 +166,7 @@ impl MeshHandler {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(pod = %pod.workload.key(), "no certificate for outbound: {e}");
-                        self.metrics.refused("outbound", "no_certificate");
+                        self.metrics.refused(Direction::outbound, RefusalReason::NoCertificate);
                         return reset(stream);
                     }
                 };
@@ -188,12 +190,30 @@ impl MeshHandler {
                     }
                     Err(e) => {
                         tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, via = %hbone, "HBONE tunnel failed: {e}");
-                        self.metrics.refused("outbound", e.reason());
+                        self.metrics.refused(Direction::outbound, e.reason());
                         reset(stream);
                     }
                 }
             }
         }
+    }
+
+    /// Plaintext on 15006: PeerAuthentication STRICT refuses it, then AuthorizationPolicy
+    /// decides as for a peer without a principal.
+    fn plaintext_refusal(&self, pod: &CapturedPod, orig_dst: SocketAddrV4, peer: SocketAddr) -> Option<RefusalReason> {
+        let state = self.state.borrow();
+        if state.peer_authn.mode(&pod.workload, orig_dst.port()) == Mode::Strict {
+            tracing::info!(pod = %pod.workload.key(), %peer, dst = %orig_dst, "plaintext refused: PeerAuthentication STRICT");
+            return Some(RefusalReason::StrictMtls);
+        }
+        let workload = state.workload(pod.workload.ip).unwrap_or(&pod.workload);
+        let conn = Connection {
+            principal: None,
+            source_ip: peer.ip(),
+            destination: orig_dst,
+        };
+        let eval = authz::evaluate(&state, workload, conn);
+        (!authz::allowed(&eval, workload, conn)).then_some(RefusalReason::Authorization)
     }
 
     fn server_settings(&self, pod: &CapturedPod) -> Option<ServerSettings> {
@@ -238,10 +258,8 @@ impl ConnectionHandler for SharedMeshHandler {
         peer: SocketAddr,
         stream: TcpStream,
     ) -> BoxFuture<'static, ()> {
-        let mode = self.0.state.borrow().peer_authn.mode(&pod.workload, orig_dst.port());
-        if mode == Mode::Strict {
-            tracing::info!(pod = %pod.workload.key(), %peer, dst = %orig_dst, "plaintext refused: PeerAuthentication STRICT");
-            self.0.metrics.refused("plaintext", "strict_mtls");
+        if let Some(reason) = self.0.plaintext_refusal(&pod, orig_dst, peer) {
+            self.0.metrics.refused(Direction::plaintext, reason);
             reset(stream);
             return Box::pin(async {});
         }
@@ -250,7 +268,7 @@ impl ConnectionHandler for SharedMeshHandler {
 
     fn hbone(&self, pod: Arc<CapturedPod>, peer: SocketAddr, stream: TcpStream) -> BoxFuture<'static, ()> {
         let Some(settings) = self.0.server_settings(&pod) else {
-            self.0.metrics.refused("inbound", "no_certificate");
+            self.0.metrics.refused(Direction::inbound, RefusalReason::NoCertificate);
             return Box::pin(async {});
         };
         let inbound = Arc::new(inbound::PodInbound::new(

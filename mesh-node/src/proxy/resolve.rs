@@ -2,6 +2,7 @@
 //! VIP to one ready endpoint (round-robin) or to the Service's waypoint, anything else
 //! out unchanged (passthrough).
 
+use mesh_hbone::RefusalReason;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ pub enum Route {
     /// Plain TCP from the source pod (destination outside the mesh).
     Direct(SocketAddrV4),
     /// Nothing can serve it: the client gets a reset.
-    Refuse(&'static str),
+    Refuse(RefusalReason),
 }
 
 #[derive(Default)]
@@ -41,14 +42,14 @@ impl Resolver {
             return Route::Direct(dst);
         };
         let Some(target_port) = svc.target_port(dst.port()) else {
-            return Route::Refuse("service_port_unknown");
+            return Route::Refuse(RefusalReason::ServicePortUnknown);
         };
         if let Some(wp) = &svc.waypoint {
             return self.to_waypoint(state, svc, wp, dst);
         }
         match self.pick(svc.vip, svc.ready_endpoints(state)) {
             Some(ep) => to_workload(&ep, SocketAddrV4::new(ep.ip, target_port), Some(svc.hostname())),
-            None => Route::Refuse("no_healthy_upstream"),
+            None => Route::Refuse(RefusalReason::NoHealthyUpstream),
         }
     }
 
@@ -58,7 +59,7 @@ impl Resolver {
             .values()
             .find(|s| s.namespace == svc.namespace && s.name == waypoint);
         let Some(wp_svc) = wp_svc else {
-            return Route::Refuse("waypoint_unknown");
+            return Route::Refuse(RefusalReason::WaypointUnknown);
         };
         match self.pick(wp_svc.vip, wp_svc.ready_endpoints(state)) {
             Some(wp) => Route::Tunnel {
@@ -68,7 +69,7 @@ impl Resolver {
                 workload: wp,
                 service: Some(svc.hostname()),
             },
-            None => Route::Refuse("waypoint_unavailable"),
+            None => Route::Refuse(RefusalReason::WaypointUnavailable),
         }
     }
 
@@ -237,7 +238,7 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
         );
         assert_eq!(
             r.resolve(&state, addr("198.19.0.10:81")),
-            Route::Refuse("service_port_unknown")
+            Route::Refuse(RefusalReason::ServicePortUnknown)
         );
     }
 }

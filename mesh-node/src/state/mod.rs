@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use mesh_common::authz::PolicySet;
 use mesh_common::model::Resource;
 use mesh_common::model::k8s::Namespace;
 use mesh_common::model::store::ConfigStore;
@@ -15,6 +16,28 @@ use serde::Serialize;
 
 pub use service::ServiceEntry;
 pub use workload::Workload;
+
+/// What a daemon's view depends on besides the store (its flags).
+#[derive(Clone, Debug)]
+pub struct StateParams {
+    /// The node this daemon serves.
+    pub node: String,
+    pub trust_domain: String,
+    /// Istio's root namespace: its policies apply mesh-wide (`--root-namespace`).
+    pub root_namespace: String,
+}
+
+impl StateParams {
+    /// Defaults as the flags have them.
+    #[cfg(test)]
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            trust_domain: "cluster.local".to_owned(),
+            root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.to_owned(),
+        }
+    }
+}
 
 #[derive(Debug, Default, Serialize)]
 pub struct MeshState {
@@ -30,10 +53,13 @@ pub struct MeshState {
     pub config_errors: Vec<String>,
     /// PeerAuthentication policies in force.
     pub peer_authn: crate::policy::PeerAuthn,
+    /// AuthorizationPolicies in force (compiled), with the root namespace.
+    pub authz: PolicySet,
 }
 
 impl MeshState {
-    pub fn build(store: &ConfigStore, node: &str, trust_domain: &str) -> Self {
+    pub fn build(store: &ConfigStore, params: &StateParams) -> Self {
+        let (node, trust_domain) = (params.node.as_str(), params.trust_domain.as_str());
         let namespaces: BTreeMap<String, Namespace> = store
             .iter()
             .filter_map(|r| match r {
@@ -51,6 +77,7 @@ impl MeshState {
             namespaces,
             generation: store.generation(),
             peer_authn: crate::policy::PeerAuthn::from_store(store),
+            authz: PolicySet::from_store(store, &params.root_namespace),
             config_errors: store.errors().flat_map(|(_, e)| e.iter().cloned()).collect(),
         }
     }
@@ -83,7 +110,7 @@ pub(crate) mod tests {
         let mut store = ConfigStore::default();
         let report = store.apply_source("t", parse_documents("t", yaml), &|_| Ok(()));
         assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-        MeshState::build(&store, node, "cluster.local")
+        MeshState::build(&store, &StateParams::new(node))
     }
 
     const TOPOLOGY: &str = "

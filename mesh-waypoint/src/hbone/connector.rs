@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
 
+use mesh_hbone::RefusalReason;
 use mesh_hbone::SpiffeId;
 use mesh_hbone::client::{Dial, HboneClient, TunnelTarget};
 use mesh_hbone::stream::H2Stream;
@@ -83,8 +84,10 @@ impl Connector for HboneConnector {
             let dial: Dial = Box::new(|a| Box::pin(tokio::net::TcpStream::connect(a)));
             let tunnel = self.client.open(&self.source, &target, dial).await.map_err(|e| {
                 let kind = match e.reason() {
-                    "connect_failed" | "upstream_unavailable" => io::ErrorKind::ConnectionRefused,
-                    "handshake_timeout" => io::ErrorKind::TimedOut,
+                    RefusalReason::ConnectFailed | RefusalReason::UpstreamUnavailable => {
+                        io::ErrorKind::ConnectionRefused
+                    }
+                    RefusalReason::HandshakeTimeout => io::ErrorKind::TimedOut,
                     _ => io::ErrorKind::Other,
                 };
                 io::Error::new(kind, e)

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use mesh_hbone::BoxFuture;
 use mesh_hbone::relay::Copied;
 use mesh_hbone::server::{self, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
+use mesh_hbone::{BoxFuture, RefusalReason};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -40,7 +40,7 @@ impl Inbound for WaypointInbound {
         }
         Err(Refused::new(
             StatusCode::BAD_REQUEST,
-            "unknown_destination",
+            RefusalReason::UnknownDestination,
             format!("{} is neither a Service nor a pod this waypoint serves", req.target),
         ))
     }
@@ -66,13 +66,13 @@ impl Inbound for WaypointInbound {
         })
     }
 
-    fn refused(&self, reason: &'static str) {
+    fn refused(&self, reason: RefusalReason) {
         *self
             .stats
             .refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
+            .entry(reason.as_str())
             .or_default() += 1;
     }
 
