@@ -1,6 +1,7 @@
 //! Kubernetes mode: the root certificate alone, in a ConfigMap of every namespace
 //! (`mesh-ca-root-cert`, key `root-cert.pem`, as istiod publishes `istio-ca-root-cert`),
-//! so clients can trust the mesh root without any access to the CA Secret. Server-side apply, re-applied every minute (new namespaces, edits).
+//! so clients can trust the mesh root without any access to the CA Secret. Server-side
+//! apply, re-applied every minute (new namespaces, edits).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
