@@ -88,8 +88,7 @@ impl CaService {
             .map(str::to_owned);
         let peer = req.remote_addr();
         let body = req.into_inner();
-        let imp =
-            impersonated(&body).map_err(|()| Status::invalid_argument("ImpersonatedIdentity must be a string"))?;
+        let imp = impersonated(&body).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ask = Ask {
             token: token.as_deref(),
             cluster_id: cluster_id.as_deref(),

@@ -42,14 +42,19 @@ pub fn impersonation(identity: &str) -> prost_types::Struct {
     }
 }
 
-/// The impersonated identity in a request's metadata, if any (a non-string value is `Err`).
-pub fn impersonated(req: &IstioCertificateRequest) -> Result<Option<&str>, ()> {
+/// The request's metadata carries the impersonated identity as something other than a string.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("metadata field {IMPERSONATED_IDENTITY} must be a string holding a SPIFFE id")]
+pub struct NotAString;
+
+/// The impersonated identity in a request's metadata, if any.
+pub fn impersonated(req: &IstioCertificateRequest) -> Result<Option<&str>, NotAString> {
     let Some(field) = req.metadata.as_ref().and_then(|m| m.fields.get(IMPERSONATED_IDENTITY)) else {
         return Ok(None);
     };
     match &field.kind {
         Some(prost_types::value::Kind::StringValue(s)) => Ok(Some(s)),
-        _ => Err(()),
+        _ => Err(NotAString),
     }
 }
 
