@@ -238,20 +238,19 @@ fn watched_plurals(source: &str) -> Vec<String> {
         .split("];")
         .next()
         .unwrap();
-    table
-        .lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let quoted: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
-            if line.starts_with("core(") {
-                quoted.get(1).map(|s| s.to_string())
-            } else if line.starts_with("istio(") || line.starts_with("WatchedKind {") {
-                quoted.get(2).map(|s| s.to_string())
-            } else {
-                None
-            }
-        })
-        .collect()
+    // rustfmt splits long entries over several lines: read the table as one line.
+    let flat = table.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut plurals = Vec::new();
+    // Which quoted argument is the plural: core(kind, plural, ..), istio(group, kind, plural, ..),
+    // WatchedKind { group, kind, plural, .. }.
+    for (opener, index) in [("core(", 1), ("istio(", 2), ("WatchedKind {", 2)] {
+        for entry in flat.split(opener).skip(1) {
+            let end = entry.find([')', '}']).unwrap_or(entry.len());
+            let quoted: Vec<&str> = entry[..end].split('"').skip(1).step_by(2).collect();
+            plurals.extend(quoted.get(index).map(|s| s.to_string()));
+        }
+    }
+    plurals
 }
 
 struct Crd {

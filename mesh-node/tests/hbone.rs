@@ -443,8 +443,15 @@ fn a_thousand_concurrent_tunneled_connections_are_held_without_loss() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-    cmd.args(["helper", "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(HOLD_ENV, format!("{b} 1000 {secs}"));
+    cmd.args([
+        "helper",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(HOLD_ENV, format!("{b} 1000 {secs}"));
     let out_path = c.state_dir().join("hold-many.out");
     cmd.stdout(std::fs::File::create(&out_path).expect("output file"));
     let mut guard = c.spawn_in_pod("shop", "a", cmd).expect("spawn holder");
