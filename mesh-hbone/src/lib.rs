@@ -28,7 +28,7 @@ use std::pin::Pin;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Flow-control and frame sizes that made the tunnel fast here (HBONE-NOTES.md
+/// Flow-control and frame sizes that made the tunnel fast here (docs/tunnel-tuning.md
 /// steps 1 and 7): h2's 64 KiB/16 KiB defaults cost 3x throughput.
 pub const STREAM_WINDOW: u32 = 4 << 20;
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
@@ -45,7 +45,7 @@ pub const FIRST_READ_CHUNK: usize = 8 << 10;
 pub const FORWARDED: &str = "forwarded";
 
 /// glibc 2.36's `rep movsb` memcpy crawls on the misaligned copies rustls makes for every
-/// record (HBONE-NOTES.md, "The glibc finding": +28% one-stream throughput). The tunable
+/// record (docs/tunnel-tuning.md, "The glibc finding": +28% one-stream throughput). The tunable
 /// only works from process start, so the daemon re-executes itself once with it set.
 pub fn reexec_with_glibc_tunable() {
     const TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=4294967295";
