@@ -2,7 +2,7 @@
 //! proxies use: gRPC over TLS, bearer tokens, node-scoped impersonation, refusals.
 //! Local mode: the token file and the Pods of a config directory, as the harness writes them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use mesh_ca::cli::{Cli, Command};
@@ -27,6 +27,23 @@ const TOKENS: &str = "tokens:
 ";
 
 /// The refusal of a request that must fail.
+/// Polls `check` every 50 ms until it yields a value; `None` when `limit` passes first.
+async fn poll_until<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<T> {
+    let polled = tokio::time::timeout(limit, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if let Some(v) = check().await {
+                return v;
+            }
+        }
+    });
+    polled.await.ok()
+}
+
 fn refused(r: Result<mesh_hbone::cert::Current, CaClientError>) -> CaClientError {
     match r {
         Ok(_) => panic!("the CA issued a certificate it must refuse"),
@@ -69,11 +86,11 @@ async fn ca_issues_by_csr_only_what_the_token_allows() {
     .unwrap();
     let Command::Run(args) = cli.command else { panic!("run") };
     let server = tokio::spawn(mesh_ca::cli::run(args));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "mesh-ca did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listening = poll_until(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+    })
+    .await;
+    assert!(listening.is_some(), "mesh-ca did not listen");
     let root_pem = std::fs::read_to_string(cacerts.join("root-cert.pem")).unwrap();
     let client = |token: &str| {
         let path = dir.path().join(format!("token-{token}"));
@@ -119,14 +136,13 @@ async fn ca_issues_by_csr_only_what_the_token_allows() {
     // The CA gone: callers see `unreachable`, not a refusal.
     server.abort();
     let _ = server.await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let down = loop {
-        let r = client("node1-token").fetch(&web, true, hour, 1).await;
-        match r {
-            Err(e) if e.result() == CaResult::unreachable => break e,
-            _ => assert!(Instant::now() < deadline, "the CA still answers after it stopped"),
+    let down = poll_until(Duration::from_secs(20), || async {
+        match client("node1-token").fetch(&web, true, hour, 1).await {
+            Err(e) if e.result() == CaResult::unreachable => Some(e),
+            _ => None,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await
+    .expect("the CA still answers after it stopped");
     eprintln!("FIGURE CA stopped: {down}");
 }
