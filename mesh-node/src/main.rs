@@ -46,8 +46,10 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter).map_err(|e| anyhow::anyhow!("invalid --log filter {filter:?}: {e}"))?;
     // `init` also installs the log->tracing bridge, which carries aya-log's records.
+    // Plain text when redirected to a file: operators and tests grep `reason=`.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_target(true)
         .init();
     Ok(())

@@ -159,7 +159,9 @@ impl HboneArgs {
 
 fn main() -> anyhow::Result<()> {
     // Logs on stderr: stdout carries `check`'s JSON.
+    // Plain text when redirected to a file: operators and tests grep `status=`, `reason=`.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();

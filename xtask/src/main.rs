@@ -67,6 +67,18 @@ enum DemoCmd {
     Block { service: String, version: String },
     /// Undo `demo block`: put the Service's previous VirtualService back.
     Restore { service: String },
+    /// Print a JWT for USER signed by the running demo's issuer (the key the demo
+    /// generated; its JWKS is served in the lab and trusted by
+    /// samples/bookinfo/policy/request-authentication-gateway.yaml).
+    Token {
+        user: String,
+        /// Values of the `groups` claim (repeatable).
+        #[arg(long = "group", default_value = "readers")]
+        groups: Vec<String>,
+        /// Lifetime of the token in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -86,6 +98,9 @@ fn main() -> Result<()> {
         Cmd::Demo {
             action: Some(DemoCmd::Restore { service }),
         } => demo::restore(&service),
+        Cmd::Demo {
+            action: Some(DemoCmd::Token { user, groups, ttl_secs }),
+        } => demo::token(&user, &groups, ttl_secs),
         Cmd::Clean => clean(),
         Cmd::Bench { names, quick, prebuilt } => bench(&names, quick, prebuilt),
         Cmd::BenchTool { cmd } => xtask::bench::tool::run(cmd),

@@ -276,19 +276,21 @@ fn every_hop_between_pods_is_hbone_on_15008() {
         eprintln!("FIGURE {node}: {mtls} mutual_tls connections opened");
         assert!(mtls > 0, "{node} counted no mTLS connection:\n{m}");
     }
+    // The namespace has `istio.io/ingress-use-waypoint: "true"`: the gateway's requests
+    // reach productpage through the waypoint, so productpage's peer is the waypoint.
     let m1 = lab.mesh.metrics(&c, "node1").expect("metrics");
-    let from_gateway = metric_sum(
+    let via_waypoint = metric_sum(
         &m1,
         "istio_tcp_connections_opened_total",
         &[
             "reporter=\"destination\"",
             "destination_workload=\"productpage-v1\"",
-            "source_principal=\"spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway\"",
+            "source_principal=\"spiffe://cluster.local/ns/bookinfo/sa/waypoint\"",
         ],
     );
     assert!(
-        from_gateway > 0,
-        "productpage received no HBONE connection from the ingress gateway's identity:\n{m1}"
+        via_waypoint > 0,
+        "productpage received no HBONE connection from the waypoint's identity:\n{m1}"
     );
     let reviews_from_waypoint = wait_for(
         "reviews to count connections from the waypoint",

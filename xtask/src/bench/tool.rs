@@ -37,6 +37,9 @@ pub enum ToolCmd {
         size: usize,
         #[arg(long, default_value = "v1")]
         name: String,
+        /// Answer with this file's content instead of `size` bytes (the Bookinfo lab's JWKS server).
+        #[arg(long)]
+        body_file: Option<std::path::PathBuf>,
     },
     /// Open loop: `rate` requests/s spread over `conns` keep-alive connections.
     Rate(RateArgs),
@@ -110,7 +113,18 @@ pub fn run(cmd: ToolCmd) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let result = match cmd {
-            ToolCmd::Serve { listen, size, name } => return serve(listen, size, name).await,
+            ToolCmd::Serve {
+                listen,
+                size,
+                name,
+                body_file,
+            } => {
+                let body = match body_file {
+                    Some(f) => Bytes::from(std::fs::read(&f).with_context(|| format!("read {}", f.display()))?),
+                    None => Bytes::from(vec![b'x'; size]),
+                };
+                return serve(listen, body, name).await;
+            }
             ToolCmd::Hold(a) => return hold(a).await,
             ToolCmd::Rate(a) => open_loop(a).await?,
             ToolCmd::Max(a) => closed_loop(a).await?,
@@ -136,11 +150,10 @@ fn raise_fd_limit() {
     }
 }
 
-async fn serve(listen: SocketAddr, size: usize, name: String) -> anyhow::Result<()> {
+async fn serve(listen: SocketAddr, body: Bytes, name: String) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
-    let body = Bytes::from(vec![b'x'; size]);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod block;
+pub mod jwt;
 pub mod publish;
 pub mod supervise;
 
@@ -43,6 +44,8 @@ pub enum LabError {
     NotUp { what: String, waited: Duration },
     #[error(transparent)]
     Block(#[from] block::BlockError),
+    #[error("demo token issuer: {what}: {message}")]
+    Issuer { what: &'static str, message: String },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -59,6 +62,10 @@ pub struct Lab {
     log_dir: Option<PathBuf>,
     /// The apps, the waypoint and the gateway, by (namespace, pod).
     pods: BTreeMap<(String, String), ProcessGuard>,
+    /// Signs tokens the samples' RequestAuthentication accepts (keys served by the `jwks` pod).
+    pub issuer: jwt::Issuer,
+    /// The JWKS server (not supervised); `None` once [`Lab::stop_jwks_server`] stopped it.
+    jwks_server: Option<ProcessGuard>,
 }
 
 /// `samples/bookinfo/` of this workspace.
@@ -99,6 +106,8 @@ impl Lab {
         for (name, guard) in apps::start(cluster, opts.log_dir.as_deref())? {
             pods.insert((NAMESPACE.to_owned(), name), guard);
         }
+        let issuer = jwt::Issuer::generate(&cluster.state_dir().join("jwt"))?;
+        let jwks_server = issuer.serve(cluster, opts.log_dir.as_deref())?;
         let waypoint = spawn_waypoint(cluster, &mesh, opts.log_dir.as_deref())?;
         pods.insert((NAMESPACE.to_owned(), WAYPOINT_POD.to_owned()), waypoint);
         wait_waypoint(cluster)?;
@@ -117,6 +126,8 @@ impl Lab {
             samples,
             log_dir: opts.log_dir,
             pods,
+            issuer,
+            jwks_server: Some(jwks_server),
         };
         lab.wait_serving(cluster)?;
         Ok(lab)
@@ -124,26 +135,63 @@ impl Lab {
 
     /// Applies `samples/bookinfo/<file>` (Istio YAML, unchanged) into the watched
     /// directory, one file per object (replacing same kind/namespace/name), and waits
-    /// until the waypoint has loaded a configuration holding every object of it.
+    /// until the waypoint and the gateway have loaded a configuration holding every
+    /// object of it.
     pub fn apply_sample(&self, cluster: &Cluster, file: &str) -> Result<(), LabError> {
         let path = self.samples.join(file);
         let text = std::fs::read_to_string(&path).map_err(|source| LabError::Samples {
             path: path.clone(),
             source,
         })?;
-        let before = waypoint_dump(cluster)?["generation"].as_u64().unwrap_or(0);
+        let before = self.generations(cluster)?;
         // Like `cargo xtask demo apply`: objects without a namespace go to the app's.
         let ns = Namespace::Default(NAMESPACE.into());
         let changes =
             objects::apply(self.mesh.config_dir(), &path.display().to_string(), &text, &ns).map_err(MeshError::from)?;
         let names: Vec<String> = changes.iter().map(|c| c.object.to_string()).collect();
-        self.wait_waypoint_config(cluster, &format!("the waypoint to load {file}"), |d| {
-            let listed = |k: &str, n: &str| d[k].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(n)));
-            d["generation"].as_u64().unwrap_or(0) > before
-                && names
-                    .iter()
-                    .all(|n| listed("virtualServices", n) || listed("destinationRules", n))
+        self.wait_loaded(cluster, file, before, |d| names.iter().all(|n| lists(d, n)))
+    }
+
+    /// Deletes one object from the watched directory (like `kubectl delete`) and waits
+    /// until neither the waypoint nor the gateway has it any more.
+    pub fn delete_object(&self, cluster: &Cluster, object: &mesh_common::model::ObjectRef) -> Result<(), LabError> {
+        let before = self.generations(cluster)?;
+        let path = self.mesh.config_dir().join(objects::file_name(object));
+        std::fs::remove_file(&path).map_err(|source| LabError::Samples { path, source })?;
+        let name = object.to_string();
+        self.wait_loaded(cluster, &format!("delete {name}"), before, |d| !lists(d, &name))
+    }
+
+    fn generations(&self, cluster: &Cluster) -> Result<(u64, u64), LabError> {
+        let g = |d: serde_json::Value| d["generation"].as_u64().unwrap_or(0);
+        Ok((g(waypoint_dump(cluster)?), g(gateway_dump(cluster)?)))
+    }
+
+    fn wait_loaded(
+        &self,
+        cluster: &Cluster,
+        what: &str,
+        (wp, gw): (u64, u64),
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<(), LabError> {
+        let newer = |d: &serde_json::Value, before: u64| d["generation"].as_u64().unwrap_or(0) > before;
+        self.wait_waypoint_config(cluster, &format!("the waypoint to load {what}"), |d| {
+            newer(d, wp) && check(d)
+        })?;
+        let waited = Duration::from_secs(20);
+        wait_for(&format!("the gateway to load {what}"), waited, || {
+            gateway_dump(cluster).ok().filter(|d| newer(d, gw) && check(d))
         })
+        .map(drop)
+        .map_err(|_| LabError::NotUp {
+            what: format!("the gateway to load {what}"),
+            waited,
+        })
+    }
+
+    /// Stops the JWKS server (an outage of the issuer's key endpoint).
+    pub fn stop_jwks_server(&mut self) {
+        self.jwks_server = None;
     }
 
     /// Waits until the waypoint's config reflects the watched directory (it polls it).
@@ -312,6 +360,38 @@ pub fn waypoint_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
     })
 }
 
+/// True when a config dump lists object `name` (`Kind ns/name`) among those in force.
+fn lists(dump: &serde_json::Value, name: &str) -> bool {
+    [
+        "virtualServices",
+        "destinationRules",
+        "authorizationPolicies",
+        "requestAuthentications",
+    ]
+    .iter()
+    .any(|k| {
+        dump[*k]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(name)))
+    })
+}
+
+/// The ingress gateway's `/config_dump`, read inside its pod.
+pub fn gateway_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], WAYPOINT_ADMIN));
+    let r = http_get_from_pod(cluster, GATEWAY_POD, addr, "/config_dump", &[], Duration::from_secs(5))?;
+    serde_json::from_str(&r.body).map_err(|e| {
+        LabError::Harness(HarnessError::sys(
+            "parsing the gateway's config_dump",
+            std::io::Error::other(e),
+        ))
+    })
+}
+
+/// How often the lab's waypoint and gateway fetch `jwksUri` keys again (short, so the
+/// key server outage test sees a failed refresh quickly).
+pub const JWKS_REFRESH_SECS: u64 = 2;
+
 /// The certificate directory the pod's node daemon writes for a waypoint/gateway pod.
 fn cert_dir(cluster: &Cluster, ns: &str, pod: &str) -> Result<PathBuf, LabError> {
     let node = cluster.node(&cluster.pod(ns, pod)?.node)?;
@@ -335,6 +415,7 @@ fn spawn_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) ->
         .arg("--config-dir")
         .arg(mesh.config_dir())
         .args(["--admin", "127.0.0.1:15000", "--config-poll-ms", "200"])
+        .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .arg("--cert-dir")
         .arg(cert_dir(cluster, ns, name)?)
         .stdin(Stdio::null());
@@ -366,6 +447,7 @@ fn spawn_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -
         .arg("--cert-dir")
         .arg(&cert_dir)
         .args(["--config-poll-ms", "200"])
+        .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .stdin(Stdio::null());
     apps::log_to(&mut cmd, log_dir, WAYPOINT_POD);
     Ok(cluster.spawn_in_pod(NAMESPACE, WAYPOINT_POD, cmd)?)

@@ -22,6 +22,8 @@ pub use manifests::ManifestArgs;
 
 /// Where a running demo says where its watched directory is (for `demo apply`).
 const CURRENT: &str = "/run/mesh-demo/config-dir";
+/// Where a running demo says where its token issuer's key is (for `demo token`).
+const ISSUER_DIR: &str = "/run/mesh-demo/issuer-dir";
 /// Host address the demo publishes Bookinfo on (loopback only).
 const PUBLISHED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9080);
 /// The demo stops by itself after this long, so a forgotten terminal does not run forever.
@@ -47,6 +49,7 @@ pub fn run() -> Result<()> {
     )?;
     print_readiness(&lab.mesh, &cluster)?;
     publish_current(lab.mesh.config_dir())?;
+    std::fs::write(ISSUER_DIR, lab.issuer.dir.display().to_string())?;
     let published = publish(&cluster, PUBLISHED).with_context(|| format!("publishing Bookinfo on {PUBLISHED}"))?;
     let info = status::Info {
         url: published.url(),
@@ -60,6 +63,7 @@ pub fn run() -> Result<()> {
     eprintln!("\n[demo] stopping: daemons, apps, namespaces, cgroups, pins");
     drop(published);
     let _ = std::fs::remove_file(CURRENT);
+    let _ = std::fs::remove_file(ISSUER_DIR);
     drop(lab);
     cluster.shutdown().context("cleaning up the demo cluster")?;
     eprintln!("[demo] clean");
@@ -153,4 +157,14 @@ pub fn apply(args: &ManifestArgs) -> Result<()> {
 /// `cargo xtask demo delete [-n NS] FILE…`.
 pub fn delete(args: &ManifestArgs) -> Result<()> {
     manifests::delete(&running_config_dir()?, args)
+}
+
+/// `cargo xtask demo token USER`: a JWT from the running demo's issuer, on stdout.
+pub fn token(user: &str, groups: &[String], ttl_secs: u64) -> Result<()> {
+    let dir = std::fs::read_to_string(ISSUER_DIR).context("no demo is running (start one with `cargo xtask demo`)")?;
+    let issuer = xtask::bookinfo::jwt::Issuer::load(Path::new(dir.trim()))?;
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let claims = xtask::bookinfo::jwt::Issuer::claims(user, &groups, Duration::from_secs(ttl_secs));
+    println!("{}", issuer.sign(&claims)?);
+    Ok(())
 }
