@@ -47,6 +47,8 @@ pub struct Options {
     pub waypoint_name: String,
     /// How often `jwksUri` key sets are fetched again.
     pub jwks_refresh: Duration,
+    /// Where mesh-wide AuthorizationPolicy and RequestAuthentication live.
+    pub root_namespace: String,
 }
 
 impl Options {
@@ -60,6 +62,7 @@ impl Options {
             admin: None,
             waypoint_name: crate::config::DEFAULT_WAYPOINT_NAME.into(),
             jwks_refresh: crate::authn::jwks::DEFAULT_REFRESH,
+            root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.into(),
         }
     }
 }
@@ -89,7 +92,7 @@ impl Waypoint {
 
     /// Like [`Waypoint::start`] with a custom upstream [`Connector`] (HBONE later).
     pub async fn start_with(opts: Options, connector: Arc<dyn Connector>) -> Result<Self, StartError> {
-        let config = Config::for_waypoint(&opts.namespace, &opts.waypoint_name, connector);
+        let config = Config::for_waypoint(&opts.namespace, &opts.waypoint_name, &opts.root_namespace, connector);
         if let Some(dir) = &opts.config_dir {
             config.poll_dir(dir)?;
         }

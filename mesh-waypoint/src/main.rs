@@ -62,6 +62,10 @@ struct GatewayArgs {
     /// Gateway's `spec.selector` (e.g. `--pod-labels istio=ingressgateway`).
     #[arg(long = "pod-labels", value_parser = parse_label)]
     pod_labels: Vec<(String, String)>,
+    /// The mesh's root namespace: AuthorizationPolicy and RequestAuthentication there apply
+    /// mesh-wide (Istio's `rootNamespace`; must match the node daemons' `--root-namespace`).
+    #[arg(long, env = "MESH_ROOT_NAMESPACE", default_value = mesh_common::model::istio::security::ROOT_NAMESPACE)]
+    root_namespace: String,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -191,6 +195,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             admin: Some(args.admin),
             waypoint_name: args.waypoint_name,
             jwks_refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
+            root_namespace: args.gateway.root_namespace.clone(),
         };
         let hbone = match args.hbone.options() {
             Some(o) => Some(
@@ -277,13 +282,15 @@ async fn start_kubernetes(_: std::sync::Arc<mesh_waypoint::config::Config>, _: S
 fn check(dir: PathBuf, namespace: &str, waypoint_name: &str, gateway: &GatewayArgs) -> anyhow::Result<()> {
     let connector = std::sync::Arc::new(mesh_waypoint::endpoint::connector::PlainTcp);
     let config = match gateway.mode {
-        Mode::Waypoint => mesh_waypoint::config::Config::for_waypoint(namespace, waypoint_name, connector),
+        Mode::Waypoint => {
+            mesh_waypoint::config::Config::for_waypoint(namespace, waypoint_name, &gateway.root_namespace, connector)
+        }
         Mode::Gateway => {
             let identity = mesh_waypoint::gateway::GatewayIdentity {
                 namespace: namespace.to_owned(),
                 labels: gateway.pod_labels.iter().cloned().collect(),
             };
-            mesh_waypoint::config::Config::for_gateway(identity, connector)
+            mesh_waypoint::config::Config::for_gateway(identity, &gateway.root_namespace, connector)
         }
     };
     config

@@ -24,7 +24,7 @@ mod policy;
 mod request;
 
 pub use evaluate::{Decision, Denial, DenyReason, Evaluation, PolicySet, evaluate};
-pub use policy::{Attr, Check, GATEWAY_GROUP, Policy, Rule, Target, TargetKind, Values};
+pub use policy::{Attr, Check, Policy, Rule, Target, TargetKind, Values};
 pub use request::{AuthAttributes, HttpAttributes, Request, principal_namespace};
 
 #[cfg(test)]

@@ -2,18 +2,16 @@
 //! value parsed into a matcher and every check remembering its field path.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::Serialize;
 
 use super::matcher::{Cidr, StringMatch};
 use crate::model::istio::security::authorization_policy::{
-    Action, AuthorizationPolicy, Condition, Operation, PolicyTargetReference, Rule as SpecRule, Source,
+    Action, AuthorizationPolicy, Condition, Operation, Rule as SpecRule, Source,
 };
-use crate::model::{ConfigError, ObjectRef};
-
-/// Gateway API group of `Gateway` (waypoints and gateways).
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+use crate::model::istio::security::target_ref::validate_attachment;
+pub use crate::model::istio::security::target_ref::{Target, TargetKind};
+use crate::model::{ConfigError, FieldError, ObjectRef};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Policy {
@@ -28,22 +26,6 @@ pub struct Policy {
     pub targets: Vec<Target>,
     pub action: Action,
     pub rules: Vec<Rule>,
-}
-
-/// What a `targetRef` attaches a policy to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Target {
-    pub kind: TargetKind,
-    pub namespace: String,
-    pub name: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum TargetKind {
-    /// A Gateway API `Gateway`: a waypoint or an ingress gateway, by name.
-    Gateway,
-    /// A `Service`: requests to it through its waypoint.
-    Service,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -115,7 +97,7 @@ impl Attr {
 impl Policy {
     pub fn compile(ap: &AuthorizationPolicy) -> Result<Policy, ConfigError> {
         let object = ap.object_ref();
-        let fail = |e: FieldErr| ConfigError::invalid(&object, e.0, e.1);
+        let fail = |e: FieldError| ConfigError::invalid(&object, e.path, e.message);
         let namespace = ap.metadata.namespace_or_default().to_owned();
         let spec = &ap.spec;
         let selector = spec
@@ -123,13 +105,14 @@ impl Policy {
             .as_ref()
             .map(|s| s.match_labels.clone())
             .filter(|l| !l.is_empty());
-        let targets = targets(spec.target_ref.as_ref(), &spec.target_refs, &namespace).map_err(fail)?;
-        if selector.is_some() && !targets.is_empty() {
-            return Err(fail(FieldErr::new(
-                "spec.targetRefs",
-                "selector and targetRef/targetRefs cannot be used together",
-            )));
-        }
+        let targets = validate_attachment(
+            selector.is_some(),
+            spec.target_ref.as_ref(),
+            &spec.target_refs,
+            &namespace,
+        )
+        .and_then(supported_targets)
+        .map_err(fail)?;
         match (spec.action, &spec.provider) {
             // CUSTOM is kept whatever its rules say: it fails closed (see `Policy::unsupported`).
             (Action::Custom, _) => {
@@ -143,7 +126,7 @@ impl Policy {
                 });
             }
             (_, Some(_)) => {
-                return Err(fail(FieldErr::new(
+                return Err(fail(FieldError::new(
                     "spec.provider",
                     "provider is only valid with action CUSTOM",
                 )));
@@ -186,78 +169,25 @@ impl Policy {
     }
 }
 
-struct FieldErr(String, String);
-
-impl FieldErr {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self(path.into(), message.into())
+/// ServiceEntry is not modelled yet: a policy naming one would silently apply nowhere.
+fn supported_targets(targets: Vec<Target>) -> Result<Vec<Target>, FieldError> {
+    match targets.iter().position(|t| t.kind == TargetKind::ServiceEntry) {
+        Some(i) => Err(FieldError::new(
+            format!("spec.targetRefs[{i}].kind"),
+            "ServiceEntry targets are not supported by this mesh",
+        )),
+        None => Ok(targets),
     }
 }
 
-fn targets(
-    one: Option<&PolicyTargetReference>,
-    many: &[PolicyTargetReference],
-    namespace: &str,
-) -> Result<Vec<Target>, FieldErr> {
-    if one.is_some() && !many.is_empty() {
-        return Err(FieldErr::new(
-            "spec.targetRef",
-            "targetRef and targetRefs cannot be used together",
-        ));
-    }
-    let listed: Vec<(String, &PolicyTargetReference)> = match one {
-        Some(t) => vec![("spec.targetRef".to_owned(), t)],
-        None => many
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("spec.targetRefs[{i}]"), t))
-            .collect(),
-    };
-    listed
-        .into_iter()
-        .map(|(path, t)| target(&path, t, namespace))
-        .collect()
-}
-
-fn target(path: &str, t: &PolicyTargetReference, namespace: &str) -> Result<Target, FieldErr> {
-    let kind = match (t.group.as_str(), t.kind.as_str()) {
-        (GATEWAY_GROUP, "Gateway") => TargetKind::Gateway,
-        ("" | "core", "Service") => TargetKind::Service,
-        (group, kind) => {
-            return Err(FieldErr::new(
-                format!("{path}.kind"),
-                format!(
-                    "group {group:?} kind {kind:?} is not supported: use kind Gateway (group {GATEWAY_GROUP}) or kind Service (group \"\")"
-                ),
-            ));
-        }
-    };
-    if t.name.is_empty() {
-        return Err(FieldErr::new(format!("{path}.name"), "must not be empty"));
-    }
-    if let Some(ns) = t.namespace.as_deref().filter(|ns| *ns != namespace) {
-        return Err(FieldErr::new(
-            format!("{path}.namespace"),
-            format!(
-                "{ns:?} differs from the policy's namespace {namespace:?}; a policy only attaches to its own namespace"
-            ),
-        ));
-    }
-    Ok(Target {
-        kind,
-        namespace: namespace.to_owned(),
-        name: t.name.clone(),
-    })
-}
-
-fn rule(r: &SpecRule, path: &str) -> Result<Rule, FieldErr> {
+fn rule(r: &SpecRule, path: &str) -> Result<Rule, FieldError> {
     let mut from = Vec::new();
     for (j, f) in r.from.iter().enumerate() {
         let p = format!("{path}.from[{j}].source");
         let source = f
             .source
             .as_ref()
-            .ok_or_else(|| FieldErr::new(&p, "must be set: a `from` entry needs a source"))?;
+            .ok_or_else(|| FieldError::new(&p, "must be set: a `from` entry needs a source"))?;
         from.push(source_checks(source, &p)?);
     }
     let mut to = Vec::new();
@@ -266,7 +196,7 @@ fn rule(r: &SpecRule, path: &str) -> Result<Rule, FieldErr> {
         let op = t
             .operation
             .as_ref()
-            .ok_or_else(|| FieldErr::new(&p, "must be set: a `to` entry needs an operation"))?;
+            .ok_or_else(|| FieldError::new(&p, "must be set: a `to` entry needs an operation"))?;
         to.push(operation_checks(op, &p)?);
     }
     let mut when = Vec::new();
@@ -322,20 +252,20 @@ impl Checks {
         self.push(field, attr, values, negate);
     }
 
-    fn ips(&mut self, field: &str, attr: Attr, values: &[String], negate: bool) -> Result<(), FieldErr> {
+    fn ips(&mut self, field: &str, attr: Attr, values: &[String], negate: bool) -> Result<(), FieldError> {
         if values.is_empty() {
             return Ok(());
         }
         let parsed = values
             .iter()
             .enumerate()
-            .map(|(i, v)| Cidr::parse(v).map_err(|e| FieldErr::new(format!("{}.{field}[{i}]", self.base), e)))
+            .map(|(i, v)| Cidr::parse(v).map_err(|e| FieldError::new(format!("{}.{field}[{i}]", self.base), e)))
             .collect::<Result<Vec<_>, _>>()?;
         self.push(field, attr, Values::Ips(parsed), negate);
         Ok(())
     }
 
-    fn ports(&mut self, field: &str, values: &[String], negate: bool) -> Result<(), FieldErr> {
+    fn ports(&mut self, field: &str, values: &[String], negate: bool) -> Result<(), FieldError> {
         if values.is_empty() {
             return Ok(());
         }
@@ -344,7 +274,7 @@ impl Checks {
             .enumerate()
             .map(|(i, v)| {
                 v.trim().parse::<u16>().map_err(|_| {
-                    FieldErr::new(
+                    FieldError::new(
                         format!("{}.{field}[{i}]", self.base),
                         format!("{v:?} is not a port number (0..=65535)"),
                     )
@@ -365,7 +295,7 @@ impl Checks {
     }
 }
 
-fn source_checks(s: &Source, path: &str) -> Result<Vec<Check>, FieldErr> {
+fn source_checks(s: &Source, path: &str) -> Result<Vec<Check>, FieldError> {
     let mut c = Checks::new(path);
     c.strings("principals", Attr::SourcePrincipal, &s.principals, false);
     c.strings("notPrincipals", Attr::SourcePrincipal, &s.not_principals, true);
@@ -390,7 +320,7 @@ fn source_checks(s: &Source, path: &str) -> Result<Vec<Check>, FieldErr> {
     non_empty(c.out, path, "source")
 }
 
-fn operation_checks(o: &Operation, path: &str) -> Result<Vec<Check>, FieldErr> {
+fn operation_checks(o: &Operation, path: &str) -> Result<Vec<Check>, FieldError> {
     let mut c = Checks::new(path);
     c.strings_with("hosts", Attr::Host, &o.hosts, false, StringMatch::lowercase);
     c.strings_with("notHosts", Attr::Host, &o.not_hosts, true, StringMatch::lowercase);
@@ -400,7 +330,7 @@ fn operation_checks(o: &Operation, path: &str) -> Result<Vec<Check>, FieldErr> {
     c.strings("notMethods", Attr::Method, &o.not_methods, true);
     for (field, paths) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
         if let Some(i) = paths.iter().position(|p| p.contains('{')) {
-            return Err(FieldErr::new(
+            return Err(FieldError::new(
                 format!("{path}.{field}[{i}]"),
                 "path templates ({*}, {**}) are not supported; use exact, `prefix*` or `*suffix`",
             ));
@@ -411,9 +341,9 @@ fn operation_checks(o: &Operation, path: &str) -> Result<Vec<Check>, FieldErr> {
     non_empty(c.out, path, "operation")
 }
 
-fn non_empty(checks: Vec<Check>, path: &str, what: &str) -> Result<Vec<Check>, FieldErr> {
+fn non_empty(checks: Vec<Check>, path: &str, what: &str) -> Result<Vec<Check>, FieldError> {
     if checks.is_empty() {
-        Err(FieldErr::new(
+        Err(FieldError::new(
             path,
             format!("an empty {what} is not allowed (it would match everything); name at least one field"),
         ))
@@ -481,10 +411,10 @@ fn brackets(text: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn condition_checks(c: &Condition, path: &str) -> Result<Vec<Check>, FieldErr> {
-    let kind = when_key(&c.key).map_err(|e| FieldErr::new(format!("{path}.key"), e))?;
+fn condition_checks(c: &Condition, path: &str) -> Result<Vec<Check>, FieldError> {
+    let kind = when_key(&c.key).map_err(|e| FieldError::new(format!("{path}.key"), e))?;
     if c.values.is_empty() && c.not_values.is_empty() {
-        return Err(FieldErr::new(path, "needs values or notValues"));
+        return Err(FieldError::new(path, "needs values or notValues"));
     }
     let mut checks = Checks::new(path);
     for (field, values, negate) in [("values", &c.values, false), ("notValues", &c.not_values, true)] {
@@ -495,19 +425,4 @@ fn condition_checks(c: &Condition, path: &str) -> Result<Vec<Check>, FieldErr> {
         }
     }
     Ok(checks.out)
-}
-
-impl fmt::Display for TargetKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TargetKind::Gateway => "Gateway",
-            TargetKind::Service => "Service",
-        })
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
 }

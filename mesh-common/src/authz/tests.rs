@@ -563,11 +563,11 @@ fn invalid_policies_name_the_object_and_field() {
         ("{action: ALLOWED}", "spec.action: unknown variant `ALLOWED`"),
         (
             "{selector: {matchLabels: {a: b}}, targetRefs: [{kind: Service, name: s}]}",
-            "spec.targetRefs: selector and targetRef",
+            "spec.selector: only one of selector and targetRef/targetRefs can be set",
         ),
         (
             "{targetRefs: [{kind: Deployment, group: apps, name: s}]}",
-            "spec.targetRefs[0].kind: group \"apps\" kind \"Deployment\" is not supported",
+            "spec.targetRefs[0].kind: cannot attach to Deployment (group `apps`)",
         ),
         (
             "{targetRefs: [{kind: Service, name: s, namespace: elsewhere}]}",

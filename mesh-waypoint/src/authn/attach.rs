@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_common::model::Resource;
-use mesh_common::model::istio::security::ROOT_NAMESPACE;
 use mesh_common::model::istio::security::target_ref::{Target, TargetKind};
 
 use super::rule::CompiledRule;
@@ -40,24 +39,25 @@ impl ProxyScope {
     /// request for `service` (`(namespace, name)` of the destination Service).
     pub fn attaches(
         &self,
+        root_namespace: &str,
         policy_ns: &str,
         targets: &[Target],
         selector: Option<&BTreeMap<String, String>>,
         service: Option<(&str, &str)>,
     ) -> bool {
         if !targets.is_empty() {
-            return targets.iter().any(|t| self.targets(t, service));
+            return targets.iter().any(|t| self.targets(root_namespace, t, service));
         }
         match self {
             ProxyScope::Waypoint { .. } => false,
             ProxyScope::Gateway { namespace, labels, .. } => {
-                (policy_ns == namespace || policy_ns == ROOT_NAMESPACE)
+                (policy_ns == namespace || policy_ns == root_namespace)
                     && selector.is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
             }
         }
     }
 
-    fn targets(&self, t: &Target, service: Option<(&str, &str)>) -> bool {
+    fn targets(&self, root_namespace: &str, t: &Target, service: Option<(&str, &str)>) -> bool {
         match (self, t.kind) {
             (ProxyScope::Waypoint { name, namespace }, TargetKind::Gateway) => {
                 &t.name == name && &t.namespace == namespace
@@ -66,7 +66,7 @@ impl ProxyScope {
                 name.as_ref() == Some(&t.name) && &t.namespace == namespace
             }
             (ProxyScope::Waypoint { .. }, TargetKind::GatewayClass) => {
-                t.name == WAYPOINT_CLASS && t.namespace == ROOT_NAMESPACE
+                t.name == WAYPOINT_CLASS && t.namespace == root_namespace
             }
             (ProxyScope::Waypoint { .. }, TargetKind::Service) => {
                 service.is_some_and(|(ns, name)| ns == t.namespace && name == t.name)
@@ -88,12 +88,14 @@ struct Attached {
 #[derive(Default)]
 pub struct AuthnPolicies {
     policies: Vec<Attached>,
+    /// Policies here apply to every proxy they select (`--root-namespace`).
+    root_namespace: String,
 }
 
 impl AuthnPolicies {
     /// Objects reach here validated (the store rejects invalid ones and keeps their
     /// last good version), so each compiles.
-    pub fn build(resources: &[Resource]) -> Self {
+    pub fn build(resources: &[Resource], root_namespace: &str) -> Self {
         let policies = resources
             .iter()
             .filter_map(|r| match r {
@@ -112,14 +114,25 @@ impl AuthnPolicies {
                 selector: p.selector,
             })
             .collect();
-        Self { policies }
+        Self {
+            policies,
+            root_namespace: root_namespace.to_owned(),
+        }
     }
 
     /// The rules applying to a request for `service` at `scope`.
     pub fn rules_for(&self, scope: &ProxyScope, service: Option<(&str, &str)>) -> Vec<Arc<CompiledRule>> {
         self.policies
             .iter()
-            .filter(|p| scope.attaches(&p.namespace, &p.targets, p.selector.as_ref(), service))
+            .filter(|p| {
+                scope.attaches(
+                    &self.root_namespace,
+                    &p.namespace,
+                    &p.targets,
+                    p.selector.as_ref(),
+                    service,
+                )
+            })
             .flat_map(|p| p.rules.iter().cloned())
             .collect()
     }

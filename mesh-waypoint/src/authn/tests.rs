@@ -100,7 +100,7 @@ fn rules_from(yaml_rules: &str) -> Vec<Arc<CompiledRule>> {
         name: "waypoint".into(),
         namespace: "bookinfo".into(),
     };
-    AuthnPolicies::build(&resources).rules_for(&scope, None)
+    AuthnPolicies::build(&resources, "istio-system").rules_for(&scope, None)
 }
 
 fn inline_rule(s: &Signer, extra: &str) -> Vec<Arc<CompiledRule>> {

@@ -35,6 +35,11 @@ pub fn policies_for<'a>(set: &'a PolicySet, scope: &'a ProxyScope, service: Opti
     match scope {
         ProxyScope::Waypoint { name, namespace } => {
             wanted.push(target(TargetKind::Gateway, namespace, name));
+            wanted.push(target(
+                TargetKind::GatewayClass,
+                set.root_namespace(),
+                crate::authn::attach::WAYPOINT_CLASS,
+            ));
             if let Some((ns, svc)) = service {
                 wanted.push(target(TargetKind::Service, ns, svc));
             }

@@ -22,6 +22,7 @@ use crate::authn::attach::{AuthnPolicies, ProxyScope};
 use crate::authn::jwks::JwksCache;
 use crate::endpoint::connector::Connector;
 use crate::gateway::{GatewayIdentity, GatewayState};
+use mesh_common::model::istio::security::ROOT_NAMESPACE;
 
 /// Istio's waypoint name when none is given (`istioctl waypoint apply` default).
 pub const DEFAULT_WAYPOINT_NAME: &str = "waypoint";
@@ -57,6 +58,8 @@ pub struct Config {
     scope: ProxyScope,
     /// `jwksUri` keys, shared by every snapshot.
     jwks: Arc<JwksCache>,
+    /// Where mesh-wide AuthorizationPolicy / RequestAuthentication live (`--root-namespace`).
+    root_namespace: String,
 }
 
 struct State {
@@ -66,20 +69,20 @@ struct State {
 
 impl Config {
     pub fn new(namespace: &str, connector: Arc<dyn Connector>) -> Arc<Self> {
-        Self::for_waypoint(namespace, DEFAULT_WAYPOINT_NAME, connector)
+        Self::for_waypoint(namespace, DEFAULT_WAYPOINT_NAME, ROOT_NAMESPACE, connector)
     }
 
     /// A waypoint named `name` (its Gateway's name, what `targetRefs` kind Gateway names).
-    pub fn for_waypoint(namespace: &str, name: &str, connector: Arc<dyn Connector>) -> Arc<Self> {
+    pub fn for_waypoint(namespace: &str, name: &str, root_namespace: &str, connector: Arc<dyn Connector>) -> Arc<Self> {
         let scope = ProxyScope::Waypoint {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
         };
-        Self::with_mode(namespace, connector, None, scope)
+        Self::with_mode(namespace, root_namespace, connector, None, scope)
     }
 
     /// Ingress gateway mode: snapshots also carry the plan of the Gateways selecting `identity`.
-    pub fn for_gateway(identity: GatewayIdentity, connector: Arc<dyn Connector>) -> Arc<Self> {
+    pub fn for_gateway(identity: GatewayIdentity, root_namespace: &str, connector: Arc<dyn Connector>) -> Arc<Self> {
         let namespace = identity.namespace.clone();
         let scope = ProxyScope::Gateway {
             name: identity.labels.get(GATEWAY_NAME_LABEL).cloned(),
@@ -88,6 +91,7 @@ impl Config {
         };
         Self::with_mode(
             &namespace,
+            root_namespace,
             connector,
             Some(GatewayState {
                 identity,
@@ -99,6 +103,7 @@ impl Config {
 
     fn with_mode(
         namespace: &str,
+        root_namespace: &str,
         connector: Arc<dyn Connector>,
         gateway: Option<GatewayState>,
         scope: ProxyScope,
@@ -119,6 +124,7 @@ impl Config {
             changes: watch::channel(0).0,
             scope,
             jwks: JwksCache::new(service_resolver(me.clone())),
+            root_namespace: root_namespace.to_owned(),
         })
     }
 
@@ -191,14 +197,13 @@ impl Config {
         if let Some(g) = &self.gateway {
             crate::gateway::attach(&mut snap, &resources, &g.identity, prev.gateway.as_deref());
         }
-        let authn = AuthnPolicies::build(&resources);
+        let authn = AuthnPolicies::build(&resources, &self.root_namespace);
         // `check` publishes without a runtime: it fetches nothing.
         if tokio::runtime::Handle::try_current().is_ok() {
             self.jwks.track(&authn.jwks_uris());
         }
         snap.authn = Arc::new(authn);
-        let authz =
-            mesh_common::authz::PolicySet::from_store(store, mesh_common::model::istio::security::ROOT_NAMESPACE);
+        let authz = mesh_common::authz::PolicySet::from_store(store, &self.root_namespace);
         for w in crate::authz::warnings::warnings(&authz, &snap.discovery) {
             tracing::warn!("{w}");
             snap.warnings.push(w);

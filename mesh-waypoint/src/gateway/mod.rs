@@ -101,7 +101,7 @@ impl IngressGateway {
             namespace: opts.namespace.clone(),
             labels: gateway.pod_labels,
         };
-        let config = Config::for_gateway(identity, connector);
+        let config = Config::for_gateway(identity, &opts.root_namespace, connector);
         if let Some(dir) = &opts.config_dir {
             config.poll_dir(dir)?;
         }

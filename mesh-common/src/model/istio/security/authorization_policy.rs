@@ -69,19 +69,7 @@ pub struct ExtensionProvider {
     pub name: String,
 }
 
-/// Gateway API's policy attachment: a `Gateway` (waypoint or gateway) or a `Service`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PolicyTargetReference {
-    #[serde(default)]
-    pub group: String,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
+pub use super::target_ref::PolicyTargetReference;
 
 /// `from` (any of), `to` (any of) and `when` (all of); an empty list matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

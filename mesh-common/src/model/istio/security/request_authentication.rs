@@ -7,7 +7,7 @@
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use serde::{Deserialize, Serialize};
 
-use super::target_ref::{PolicyTargetReference, Target, validate_targets};
+use super::target_ref::{PolicyTargetReference, Target, validate_attachment};
 use crate::model::istio::networking::common::WorkloadSelector;
 use crate::model::{ConfigError, FieldError, ObjectMeta, ObjectRef};
 
@@ -130,13 +130,13 @@ impl RequestAuthentication {
         };
         let namespace = self.metadata.namespace_or_default().to_owned();
         let spec = &self.spec;
-        let targets = validate_targets(spec.target_ref.as_ref(), &spec.target_refs, &namespace).map_err(invalid)?;
-        if !targets.is_empty() && spec.selector.is_some() {
-            return Err(invalid(FieldError::new(
-                "spec.selector",
-                "only one of selector and targetRefs can be set",
-            )));
-        }
+        let targets = validate_attachment(
+            spec.selector.is_some(),
+            spec.target_ref.as_ref(),
+            &spec.target_refs,
+            &namespace,
+        )
+        .map_err(invalid)?;
         let rules = spec
             .jwt_rules
             .iter()

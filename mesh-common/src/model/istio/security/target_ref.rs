@@ -14,7 +14,10 @@ pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 pub struct PolicyTargetReference {
     #[serde(default)]
     pub group: String,
+    // Defaults, so a missing kind or name is reported with its field path by `validate`.
+    #[serde(default)]
     pub kind: String,
+    #[serde(default)]
     pub name: String,
     /// Istio requires it to be empty or the policy's own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,7 +25,7 @@ pub struct PolicyTargetReference {
 }
 
 /// What a policy can be attached to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum TargetKind {
     /// A waypoint or a gateway, by its Gateway name (`gateway.networking.k8s.io/gateway-name`).
     Gateway,
@@ -35,11 +38,28 @@ pub enum TargetKind {
 }
 
 /// A validated target: kind, namespace (the policy's) and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Target {
     pub kind: TargetKind,
     pub namespace: String,
     pub name: String,
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TargetKind::Gateway => "Gateway",
+            TargetKind::GatewayClass => "GatewayClass",
+            TargetKind::Service => "Service",
+            TargetKind::ServiceEntry => "ServiceEntry",
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
 }
 
 impl PolicyTargetReference {
@@ -81,8 +101,32 @@ impl PolicyTargetReference {
     }
 }
 
+/// How a security policy attaches, checked once for every kind: `targetRefs` or the
+/// deprecated single `targetRef` (not both), and never together with a `selector`.
+pub fn validate_attachment(
+    has_selector: bool,
+    target_ref: Option<&PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
+    policy_namespace: &str,
+) -> Result<Vec<Target>, FieldError> {
+    if target_ref.is_some() && !target_refs.is_empty() {
+        return Err(FieldError::new(
+            "spec.targetRef",
+            "targetRef and targetRefs cannot be used together",
+        ));
+    }
+    let targets = validate_targets(target_ref, target_refs, policy_namespace)?;
+    if has_selector && !targets.is_empty() {
+        return Err(FieldError::new(
+            "spec.selector",
+            "only one of selector and targetRef/targetRefs can be set",
+        ));
+    }
+    Ok(targets)
+}
+
 /// `targetRefs`, or the deprecated single `targetRef` when `targetRefs` is empty.
-pub fn validate_targets(
+fn validate_targets(
     target_ref: Option<&PolicyTargetReference>,
     target_refs: &[PolicyTargetReference],
     policy_namespace: &str,
