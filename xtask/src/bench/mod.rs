@@ -11,6 +11,7 @@ pub mod chart;
 pub mod connect;
 pub mod lab;
 pub mod latency;
+pub mod policy;
 pub mod procstat;
 pub mod report;
 pub mod resources;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 pub use report::{Report, Row};
 
 /// Every benchmark, in the order they run.
-pub const ALL: [&str; 5] = ["tunnel", "latency", "waypoint", "resources", "connect"];
+pub const ALL: [&str; 6] = ["tunnel", "latency", "policy", "waypoint", "resources", "connect"];
 
 #[derive(Clone, Debug, Default)]
 pub struct BenchOptions {
@@ -72,6 +73,7 @@ pub fn run(names: &[String], opts: &BenchOptions, out_dir: &Path) -> anyhow::Res
         let result = match *name {
             "tunnel" => tunnel::run(&lab, opts),
             "latency" => latency::run(&lab, opts),
+            "policy" => policy::run(&lab, opts),
             "waypoint" => waypoint::run(&mut lab, opts),
             "resources" => resources::run(&lab, opts, idle.as_ref().unwrap_or(&resources::Idle::default())),
             "connect" => connect::run(&lab, opts),

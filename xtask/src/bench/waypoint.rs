@@ -4,7 +4,9 @@
 //! `v1`..`v3` on 127.0.0.2-4, the waypoint on :15080, HAProxy on :15081.
 //! Every 10th request carries `end-user: jason` (→ v3); the rest split 90/10 over v1/v2.
 //! Figures: requests/s (closed loop, 16 keep-alive connections), p50/p99 at 1,000
-//! requests/s (open loop), CPU per request and RSS of the proxy.
+//! requests/s (open loop), CPU per request and RSS of the proxy. A second mesh-waypoint
+//! on :15082 has the same rules plus 100 L7 AuthorizationPolicies attached to it
+//! ([`super::policy::l7_policies`]): its rows compare it with the one without.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -22,6 +24,7 @@ const POD: PodRef = ("plain", "lab");
 const BACKEND_PORT: u16 = 8080;
 const WAYPOINT: &str = "127.0.0.1:15080";
 const HAPROXY: &str = "127.0.0.1:15081";
+const WAYPOINT_POLICIES: &str = "127.0.0.1:15082";
 const DIRECT: &str = "127.0.0.2:8080";
 
 const RULES: &str = "
@@ -117,8 +120,10 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         lab.spawn(POD, lab.tool(&["serve", "--listen", &listen, "--name", v]))?;
         lab.wait_tcp(POD, listen.parse()?)?;
     }
-    let waypoint = start_waypoint(lab)?;
+    let waypoint = start_waypoint(lab, WAYPOINT, 15000, "")?;
     let haproxy = start_haproxy(lab)?;
+    let policies = super::policy::l7_policies("wp", super::policy::POLICIES);
+    let with_policies = start_waypoint(lab, WAYPOINT_POLICIES, 15002, &policies)?;
     let targets = [
         Target {
             label: "direct to one backend",
@@ -134,6 +139,11 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             label: "HAProxy 2.6 (same rules)",
             addr: HAPROXY,
             pid: Some(haproxy.pid()),
+        },
+        Target {
+            label: "mesh-waypoint + 100 L7 AuthorizationPolicies",
+            addr: WAYPOINT_POLICIES,
+            pid: Some(with_policies.pid()),
         },
     ];
     let secs = if opts.quick { "2" } else { "5" };
@@ -169,7 +179,7 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    drop((waypoint, haproxy));
+    drop((waypoint, haproxy, with_policies));
     let stat = |i: usize, pick: fn(&Figures) -> &Vec<f64>| Stat::of(pick(&figs[i]));
     let mut rows = Vec::new();
     let metrics: [Metric; 3] = [
@@ -183,6 +193,12 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         ("p99 @1000/s", "µs", Better::Lower, |f| &f.p99),
     ];
     for (metric, unit, better, pick) in metrics {
+        let mut policy_row = Row::new("waypoint", metric, targets[3].label, unit, stat(3, pick), better)
+            .vs(targets[1].label, &stat(1, pick));
+        if better == Better::Higher {
+            policy_row = policy_row.target(super::report::Target::RatioAtLeast(0.95));
+        }
+        rows.push(policy_row);
         for i in [1, 2] {
             rows.push(
                 Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better)
@@ -219,15 +235,18 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn start_waypoint(lab: &Lab) -> anyhow::Result<ProcessGuard> {
-    let dir = lab.cluster.state_dir().join("bench-waypoint");
+/// A mesh-waypoint in the lab pod on `listen` with [`RULES`] plus `extra` YAML.
+fn start_waypoint(lab: &Lab, listen: &str, admin_port: u16, extra: &str) -> anyhow::Result<ProcessGuard> {
+    let dir = lab.cluster.state_dir().join(format!("bench-waypoint-{admin_port}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("reviews.yaml"), RULES)?;
+    std::fs::write(dir.join("extra.yaml"), extra)?;
+    let admin = format!("127.0.0.1:{admin_port}");
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
         .arg("--config-dir")
         .arg(&dir)
-        .args(["--namespace", "wp", "--listen", WAYPOINT, "--admin", "127.0.0.1:15000"])
+        .args(["--namespace", "wp", "--listen", listen, "--admin", &admin])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -235,23 +254,23 @@ fn start_waypoint(lab: &Lab) -> anyhow::Result<ProcessGuard> {
         .cluster
         .spawn_in_pod(POD.0, POD.1, cmd)
         .context("starting mesh-waypoint")?;
-    lab.wait_tcp(POD, WAYPOINT.parse::<SocketAddr>()?)?;
-    wait_routes(lab)?;
+    lab.wait_tcp(POD, listen.parse::<SocketAddr>()?)?;
+    wait_routes(lab, listen)?;
     Ok(guard)
 }
 
 /// The waypoint listens before its first config load completes; wait until requests route.
-fn wait_routes(lab: &Lab) -> anyhow::Result<()> {
+fn wait_routes(lab: &Lab, listen: &str) -> anyhow::Result<()> {
     let mut last = String::new();
     let routed = crate::harness::wait_for(
-        "the waypoint routes reviews:9080",
+        &format!("the waypoint on {listen} routes reviews:9080"),
         Duration::from_secs(20),
         || match lab.load(
             POD,
             &[
                 "max",
                 "--target",
-                WAYPOINT,
+                listen,
                 "--host",
                 "reviews:9080",
                 "--conns",
