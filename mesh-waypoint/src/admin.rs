@@ -1,5 +1,7 @@
 //! Admin endpoint (loopback): `/config_dump` shows what is in force, what was
-//! rejected and which references dangle; `/ready` answers 200 once config is loaded.
+//! rejected and which references dangle; `/ready` answers 200 once config is loaded;
+//! `/stats/prometheus` and `/metrics` serve Istio's request metrics, which
+//! [`serve_stats`] also serves alone on the pod's stats port (15020) for Prometheus.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
 use crate::config::Config;
+use crate::metrics::RequestMetrics;
 
 pub fn config_dump(config: &Config) -> serde_json::Value {
     let snap = config.load();
@@ -56,16 +59,63 @@ pub fn config_dump(config: &Config) -> serde_json::Value {
     })
 }
 
-pub async fn serve(listener: TcpListener, config: Arc<Config>) {
+/// Binds the admin listener and serves it until `stop` changes.
+pub async fn spawn(
+    addr: std::net::SocketAddr,
+    config: Arc<Config>,
+    metrics: Arc<RequestMetrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::net::SocketAddr, crate::StartError> {
+    let (l, bound) = bind(addr).await?;
+    tokio::spawn(async move {
+        tokio::select! { _ = serve(l, config, metrics) => {}, _ = stop.changed() => {} }
+    });
+    Ok(bound)
+}
+
+/// Binds the stats listener and serves it until `stop` changes.
+pub async fn spawn_stats(
+    addr: std::net::SocketAddr,
+    metrics: Arc<RequestMetrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::net::SocketAddr, crate::StartError> {
+    let (l, bound) = bind(addr).await?;
+    tokio::spawn(async move {
+        tokio::select! { _ = serve_stats(l, metrics) => {}, _ = stop.changed() => {} }
+    });
+    Ok(bound)
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<(TcpListener, std::net::SocketAddr), crate::StartError> {
+    let listen = |source| crate::StartError::Listen { addr, source };
+    let l = TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = l.local_addr().map_err(listen)?;
+    Ok((l, bound))
+}
+
+pub async fn serve(listener: TcpListener, config: Arc<Config>, metrics: Arc<RequestMetrics>) {
+    serve_with(listener, move |path| route(path, &config, &metrics)).await
+}
+
+/// The stats port: metrics only (it listens on the pod's address, unlike the admin port).
+pub async fn serve_stats(listener: TcpListener, metrics: Arc<RequestMetrics>) {
+    serve_with(listener, move |path| match stats(path, &metrics) {
+        Some(r) => r,
+        None => not_found("endpoints: /stats/prometheus /metrics\n"),
+    })
+    .await
+}
+
+async fn serve_with(listener: TcpListener, route: impl Fn(&str) -> Response<Body> + Clone + Send + Sync + 'static) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let config = config.clone();
+        let route = route.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let config = config.clone();
-                async move { Ok::<_, Infallible>(route(req.uri().path(), &config)) }
+                let r = route(req.uri().path());
+                async move { Ok::<_, Infallible>(r) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -74,7 +124,27 @@ pub async fn serve(listener: TcpListener, config: Arc<Config>) {
     }
 }
 
-fn route(path: &str, config: &Config) -> Response<Body> {
+fn stats(path: &str, metrics: &RequestMetrics) -> Option<Response<Body>> {
+    matches!(path, "/stats/prometheus" | "/metrics").then(|| {
+        let mut r = Response::new(body::full(metrics.encode()));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    })
+}
+
+fn not_found(text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(text));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+fn route(path: &str, config: &Config, metrics: &RequestMetrics) -> Response<Body> {
+    if let Some(r) = stats(path, metrics) {
+        return r;
+    }
     match path {
         "/config_dump" => {
             let text = serde_json::to_string_pretty(&config_dump(config))
@@ -87,10 +157,6 @@ fn route(path: &str, config: &Config) -> Response<Body> {
             r
         }
         "/ready" | "/healthz/ready" => Response::new(body::full("ready\n")),
-        _ => {
-            let mut r = Response::new(body::full("endpoints: /config_dump /ready\n"));
-            *r.status_mut() = StatusCode::NOT_FOUND;
-            r
-        }
+        _ => not_found("endpoints: /config_dump /ready /stats/prometheus /metrics\n"),
     }
 }

@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod hbone;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 
@@ -43,6 +44,8 @@ pub struct Options {
     pub config_dir: Option<PathBuf>,
     pub poll_interval: Duration,
     pub admin: Option<SocketAddr>,
+    /// The stats port (Istio's 15020): `/stats/prometheus` and `/metrics` only.
+    pub stats: Option<SocketAddr>,
     /// This waypoint's Gateway name (what `targetRefs` kind `Gateway` names).
     pub waypoint_name: String,
     /// How often `jwksUri` key sets are fetched again.
@@ -60,6 +63,7 @@ impl Options {
             config_dir: None,
             poll_interval: Duration::from_millis(500),
             admin: None,
+            stats: None,
             waypoint_name: crate::config::DEFAULT_WAYPOINT_NAME.into(),
             jwks_refresh: crate::authn::jwks::DEFAULT_REFRESH,
             root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.into(),
@@ -111,22 +115,16 @@ impl Waypoint {
         let proxy = Arc::new(Proxy {
             config: config.clone(),
             gateways,
+            metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::waypoint)),
         });
         tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {
-            Some(a) => {
-                let l = TcpListener::bind(a)
-                    .await
-                    .map_err(|source| StartError::Listen { addr: a, source })?;
-                let bound = l.local_addr().ok();
-                let (cfg, mut stop) = (config.clone(), rx.clone());
-                tokio::spawn(async move {
-                    tokio::select! { _ = admin::serve(l, cfg) => {}, _ = stop.changed() => {} }
-                });
-                bound
-            }
+            Some(a) => Some(admin::spawn(a, config.clone(), proxy.metrics.clone(), rx.clone()).await?),
             None => None,
         };
+        if let Some(a) = opts.stats {
+            admin::spawn_stats(a, proxy.metrics.clone(), rx.clone()).await?;
+        }
         if let Some(dir) = opts.config_dir.clone() {
             tokio::spawn(watch_dir(config.clone(), dir, opts.poll_interval, rx.clone()));
         }

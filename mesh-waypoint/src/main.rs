@@ -98,9 +98,13 @@ struct RunArgs {
     /// Address the proxy listens on (HTTP/1.1 and h2 prior knowledge).
     #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:15080")]
     listen: SocketAddr,
-    /// Admin address (`/config_dump`, `/ready`); keep it on loopback.
+    /// Admin address (`/config_dump`, `/ready`, `/stats/prometheus`); keep it on loopback.
     #[arg(long, env = "MESH_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Stats address for Prometheus (`/stats/prometheus`, `/metrics`: Istio's request
+    /// metrics, nothing else), e.g. `0.0.0.0:15020` as Istio's proxies; off when unset.
+    #[arg(long, env = "MESH_STATS_ADDR")]
+    stats_addr: Option<SocketAddr>,
     /// Gateway names this proxy serves (repeatable); VirtualServices bound to other gateways are ignored.
     #[arg(long = "gateway", default_value = "mesh")]
     gateways: Vec<String>,
@@ -193,6 +197,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             config_dir: args.config_dir,
             poll_interval: Duration::from_millis(args.config_poll_ms.max(10)),
             admin: Some(args.admin),
+            stats: args.stats_addr,
             waypoint_name: args.waypoint_name,
             jwks_refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
             root_namespace: args.gateway.root_namespace.clone(),

@@ -24,7 +24,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use mesh_common::model::Resource;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use identity::GatewayIdentity;
@@ -110,6 +109,7 @@ impl IngressGateway {
         let proxy = Arc::new(Proxy {
             config: config.clone(),
             gateways: Vec::new(),
+            metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::source)),
         });
         tokio::spawn(listeners::run(
             gateway.bind_ip,
@@ -119,9 +119,12 @@ impl IngressGateway {
             rx.clone(),
         ));
         let admin_addr = match opts.admin {
-            Some(a) => Some(spawn_admin(a, config.clone(), rx.clone()).await?),
+            Some(a) => Some(crate::admin::spawn(a, config.clone(), proxy.metrics.clone(), rx.clone()).await?),
             None => None,
         };
+        if let Some(a) = opts.stats {
+            crate::admin::spawn_stats(a, proxy.metrics.clone(), rx.clone()).await?;
+        }
         if let Some(dir) = opts.config_dir.clone() {
             tokio::spawn(crate::watch_dir(config.clone(), dir, opts.poll_interval, rx.clone()));
         }
@@ -154,21 +157,6 @@ impl Drop for IngressGateway {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
     }
-}
-
-async fn spawn_admin(
-    addr: SocketAddr,
-    config: Arc<Config>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<SocketAddr, StartError> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
-    let bound = l.local_addr().map_err(|source| StartError::Listen { addr, source })?;
-    tokio::spawn(async move {
-        tokio::select! { _ = crate::admin::serve(l, config) => {}, _ = stop.changed() => {} }
-    });
-    Ok(bound)
 }
 
 /// Snapshot of listener states for the admin dump.

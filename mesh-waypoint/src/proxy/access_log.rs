@@ -15,6 +15,12 @@ pub struct AccessLog {
     pub jwt: Option<&'static str>,
     /// The AuthorizationPolicy that decided a denial (403), `kind ns/name`.
     pub policy: Option<String>,
+    /// The last endpoint tried (its pod is the metrics' destination workload).
+    pub endpoint_ip: Option<std::net::IpAddr>,
+    /// The routed destination Service's host (the backend's, not the request's Host).
+    pub service_host: Option<String>,
+    /// Size of the buffered request body.
+    pub request_bytes: u64,
 }
 
 impl AccessLog {
@@ -24,8 +30,17 @@ impl AccessLog {
         }
     }
 
-    pub fn emit(&self, method: &http::Method, authority: &str, path: &str, status: u16, started: Instant) {
+    /// Envoy's response flags, comma-separated, `-` when none.
+    pub fn flags_text(&self) -> String {
         let flags: Vec<&str> = self.flags.iter().map(|f| f.code()).collect();
+        if flags.is_empty() {
+            "-".to_owned()
+        } else {
+            flags.join(",")
+        }
+    }
+
+    pub fn emit(&self, method: &http::Method, authority: &str, path: &str, status: u16, started: Instant) {
         tracing::info!(
             target: "mesh_waypoint::access",
             %method,
@@ -36,7 +51,7 @@ impl AccessLog {
             backend = self.backend.as_deref().unwrap_or("-"),
             endpoint = self.endpoint.as_deref().unwrap_or("-"),
             attempts = self.attempts,
-            flags = %if flags.is_empty() { "-".to_owned() } else { flags.join(",") },
+            flags = %self.flags_text(),
             jwt = %self.jwt.unwrap_or("-"),
             policy = %self.policy.as_deref().unwrap_or("-"),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,

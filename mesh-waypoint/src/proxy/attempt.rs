@@ -98,6 +98,7 @@ async fn one(
     };
     tried.push(ep.addr);
     log.endpoint = Some(ep.addr.to_string());
+    log.endpoint_ip = Some(ep.addr.ip());
     let call = backend.call(&ep, clone_request(req));
     let outcome = match route.retries.per_try_timeout {
         Some(t) => match tokio::time::timeout(t, call).await {

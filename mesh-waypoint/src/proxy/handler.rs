@@ -36,16 +36,18 @@ pub struct Proxy {
     pub config: Arc<Config>,
     /// Gateways this proxy serves (normalized); `mesh` for a waypoint.
     pub gateways: Vec<String>,
+    /// Istio's request metrics, one observation per answered request.
+    pub metrics: Arc<crate::metrics::RequestMetrics>,
 }
 
 /// What routing needs to know about the request, computed once.
-struct Ctx {
+pub(super) struct Ctx {
     authority: String,
-    host_fqdn: String,
+    pub(super) host_fqdn: String,
     port: u16,
     scheme: String,
     source: Source,
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
 }
 
 impl Proxy {
@@ -69,7 +71,11 @@ impl Proxy {
         let resp = match admission::admit(&self.config, &snap, &mut parts, &origin, &mut log).await {
             Err(refused) => refused,
             Ok(_admitted) => match Limited::new(body, MAX_BODY).collect().await {
-                Ok(collected) => self.route(&snap, &parts, collected.to_bytes(), &ctx, &mut log).await,
+                Ok(collected) => {
+                    let body = collected.to_bytes();
+                    log.request_bytes = body.len() as u64;
+                    self.route(&snap, &parts, body, &ctx, &mut log).await
+                }
                 Err(e) => local_reply::reply(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Flag::NoRoute,
@@ -84,6 +90,8 @@ impl Proxy {
             resp.status().as_u16(),
             started,
         );
+        self.metrics
+            .record(super::telemetry::observe(&snap, &parts, &ctx, &log, &resp, started));
         match downstream_upgrade {
             Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => splice_upgrade(down, resp),
             _ => resp,
@@ -243,6 +251,7 @@ impl Proxy {
             }
         };
         log.backend = Some(backend.key.to_string());
+        log.service_host = Some(backend.key.host.clone());
         let (path, authority) = rewritten(parts, ctx, sel);
         let req = match upstream_request::build(
             parts,

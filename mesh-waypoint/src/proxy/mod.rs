@@ -7,6 +7,7 @@ pub mod handler;
 pub mod local_reply;
 pub mod server;
 pub mod tcp;
+mod telemetry;
 pub mod upstream_request;
 
 pub use handler::Proxy;

@@ -388,6 +388,10 @@ pub fn gateway_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
     })
 }
 
+/// The waypoint's and the gateway's stats port (Istio's 15020), on the pod's address.
+pub const STATS_PORT: u16 = 15020;
+const STATS_ADDR: &str = "0.0.0.0:15020";
+
 /// How often the lab's waypoint and gateway fetch `jwksUri` keys again (short, so the
 /// key server outage test sees a failed refresh quickly).
 pub const JWKS_REFRESH_SECS: u64 = 2;
@@ -415,6 +419,7 @@ fn spawn_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) ->
         .arg("--config-dir")
         .arg(mesh.config_dir())
         .args(["--admin", "127.0.0.1:15000", "--config-poll-ms", "200"])
+        .args(["--stats-addr", STATS_ADDR])
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .arg("--cert-dir")
         .arg(cert_dir(cluster, ns, name)?)
@@ -447,6 +452,7 @@ fn spawn_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -
         .arg("--cert-dir")
         .arg(&cert_dir)
         .args(["--config-poll-ms", "200"])
+        .args(["--stats-addr", STATS_ADDR])
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .stdin(Stdio::null());
     apps::log_to(&mut cmd, log_dir, WAYPOINT_POD);

@@ -1,0 +1,152 @@
+//! e2e: Istio's request metrics at the waypoint and the ingress gateway (issue 16) in
+//! the Bookinfo lab: real node daemons, eBPF capture, HBONE between every hop. Counts
+//! are compared as deltas around a known number of requests (the lab's own start-up
+//! requests are in the totals). Needs root; RAII teardown, also on failure.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use xtask::bookinfo::{self, GATEWAY_POD, Lab, LabOptions, NAMESPACE, STATS_PORT, WAYPOINT_ADMIN, WAYPOINT_POD};
+use xtask::harness::Cluster;
+use xtask::mesh::http_get_from_pod;
+
+const N: usize = 20;
+const JASON: &[(&str, &str)] = &[("end-user", "jason")];
+
+fn stats(c: &Cluster, pod: (&str, &str)) -> String {
+    let admin = SocketAddr::from(([127, 0, 0, 1], WAYPOINT_ADMIN));
+    let r = http_get_from_pod(c, pod, admin, "/stats/prometheus", &[], Duration::from_secs(5)).expect("stats");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+fn requests(text: &str, filters: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The count of `filters` after minus before, printed as a figure.
+fn delta(what: &str, before: &str, after: &str, filters: &[&str]) -> u64 {
+    let d = requests(after, filters) - requests(before, filters);
+    eprintln!("FIGURE {what}: {d}");
+    d
+}
+
+#[test]
+fn request_metrics_count_every_request_with_istios_labels() {
+    let c = bookinfo::cluster().expect("bookinfo cluster");
+    let lab = Lab::start(&c, LabOptions::default()).expect("bookinfo lab");
+    for f in ["destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
+        lab.apply_sample(&c, f).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    let waypoint = (NAMESPACE, WAYPOINT_POD);
+    let (gw0, wp0) = (stats(&c, GATEWAY_POD), stats(&c, waypoint));
+    let t = bookinfo::tally(&bookinfo::pages(&c, N, 4, &[]));
+    assert_eq!(t.get("reviews-v1"), Some(&N), "{t:?}");
+    let (gw1, wp1) = (stats(&c, GATEWAY_POD), stats(&c, waypoint));
+
+    let at_gateway = [
+        "reporter=\"source\"",
+        "destination_service=\"productpage.bookinfo.svc.cluster.local\"",
+        "destination_service_name=\"productpage\"",
+        "destination_service_namespace=\"bookinfo\"",
+        "response_code=\"200\"",
+        "request_protocol=\"http\"",
+    ];
+    assert_eq!(delta("gateway productpage 200", &gw0, &gw1, &at_gateway), N as u64);
+    let reviews = [
+        "reporter=\"waypoint\"",
+        "source_workload=\"productpage-v1\"",
+        "source_workload_namespace=\"bookinfo\"",
+        "source_principal=\"spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage\"",
+        "source_app=\"productpage\"",
+        "source_version=\"v1\"",
+        "source_canonical_service=\"productpage\"",
+        "source_canonical_revision=\"v1\"",
+        "destination_workload=\"reviews-v1\"",
+        "destination_workload_namespace=\"bookinfo\"",
+        "destination_app=\"reviews\"",
+        "destination_version=\"v1\"",
+        "destination_canonical_service=\"reviews\"",
+        "destination_canonical_revision=\"v1\"",
+        "destination_service=\"reviews.bookinfo.svc.cluster.local\"",
+        "destination_service_name=\"reviews\"",
+        "response_code=\"200\"",
+        "response_flags=\"-\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    assert_eq!(delta("waypoint reviews-v1 200", &wp0, &wp1, &reviews), N as u64);
+    let other_versions = [
+        "destination_service=\"reviews.bookinfo.svc.cluster.local\"",
+        "destination_version=\"v2\"",
+    ];
+    assert_eq!(delta("waypoint reviews-v2", &wp0, &wp1, &other_versions), 0);
+    let productpage = [
+        "reporter=\"waypoint\"",
+        "destination_service=\"productpage.bookinfo.svc.cluster.local\"",
+        "source_principal=\"spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway\"",
+        "destination_workload=\"productpage-v1\"",
+        "response_code=\"200\"",
+    ];
+    assert_eq!(
+        delta("waypoint productpage from the gateway", &wp0, &wp1, &productpage),
+        N as u64
+    );
+    let details = [
+        "destination_service=\"details.bookinfo.svc.cluster.local\"",
+        "response_code=\"200\"",
+    ];
+    assert_eq!(delta("waypoint details", &wp0, &wp1, &details), N as u64);
+
+    // A fault: jason's reviews (v2) call ratings, which the VirtualService aborts (FI).
+    for f in [
+        "virtual-service-reviews-test-v2.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+    ] {
+        lab.apply_sample(&c, f).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    let before = stats(&c, waypoint);
+    let pages = bookinfo::pages(&c, 5, 1, JASON);
+    assert!(
+        pages.iter().all(|p| p.status == 200),
+        "{:?}",
+        pages.iter().map(|p| p.status).collect::<Vec<_>>()
+    );
+    let after = stats(&c, waypoint);
+    let aborted = [
+        "destination_service=\"ratings.bookinfo.svc.cluster.local\"",
+        "response_code=\"500\"",
+        "response_flags=\"FI\"",
+        "source_workload=\"reviews-v2\"",
+    ];
+    assert_eq!(delta("waypoint ratings aborted (FI)", &before, &after, &aborted), 5);
+
+    // Prometheus scrapes the stats port on the pod's address: the same series.
+    let ip = c.pod(NAMESPACE, WAYPOINT_POD).expect("waypoint pod").ip;
+    let r = http_get_from_pod(
+        &c,
+        waypoint,
+        SocketAddr::from((ip, STATS_PORT)),
+        "/stats/prometheus",
+        &[],
+        Duration::from_secs(5),
+    )
+    .expect("stats port");
+    assert_eq!(
+        requests(&r.body, &reviews),
+        requests(&after, &reviews),
+        "stats port and admin agree"
+    );
+    let dump = http_get_from_pod(
+        &c,
+        waypoint,
+        SocketAddr::from((ip, STATS_PORT)),
+        "/config_dump",
+        &[],
+        Duration::from_secs(5),
+    )
+    .expect("stats port");
+    assert_eq!(dump.status, 404, "the stats port serves metrics only");
+}
