@@ -197,6 +197,8 @@ fn container(spec: &WaypointSpec) -> Value {
             {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
             {"name": "NODE_NAME", "valueFrom": field("spec.nodeName")},
+            // Istio's request metrics for Prometheus (the scrape annotations name this port).
+            {"name": "MESH_STATS_ADDR", "value": "0.0.0.0:15020"},
             // glibc's memcpy slows proxies by ~28% on this CPU class (docs/tunnel-tuning.md).
             {"name": "GLIBC_TUNABLES", "value": "glibc.cpu.x86_rep_movsb_threshold=4294967295"},
         ],
