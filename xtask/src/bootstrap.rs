@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail};
 /// `cargo xtask bench`: iperf3, stunnel4 (TLS tunnel reference), haproxy (L7 reference),
 /// iptables (Istio-style capture reference, only inside the bench's own netns), openssl
 /// (stunnel's certificate); chromium (headless, for the e2e test that uses Bookinfo's
-/// page as a person would) and fonts-dejavu-core (text and the rating stars in its screenshot).
+/// page as a person would) and fonts-dejavu-core (text and the rating stars in its screenshot);
+/// prometheus (the demo's and the telemetry e2e's real Prometheus, run as a plain process).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -26,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "chromium",
     "fonts-dejavu-core",
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker must be built against the LLVM major version Debian's rustc uses.
@@ -44,7 +46,7 @@ struct Step {
 const STEPS: &[Step] = &[
     Step {
         name: "Debian packages",
-        by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3 stunnel4 haproxy iptables openssl chromium fonts-dejavu-core",
+        by_hand: "apt-get update && apt-get install -y rustc-web libstd-rust-web-dev-bpf iproute2 tcpdump iperf3 stunnel4 haproxy iptables openssl chromium fonts-dejavu-core prometheus",
         run: apt_packages,
     },
     Step {

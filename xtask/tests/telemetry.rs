@@ -6,8 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use xtask::bookinfo::{self, GATEWAY_POD, Lab, LabOptions, NAMESPACE, STATS_PORT, WAYPOINT_ADMIN, WAYPOINT_POD};
-use xtask::harness::Cluster;
+use xtask::bookinfo::{
+    self, GATEWAY_POD, Lab, LabOptions, NAMESPACE, STATS_PORT, WAYPOINT_ADMIN, WAYPOINT_POD, prometheus,
+};
+use xtask::harness::{Cluster, wait_for};
 use xtask::mesh::http_get_from_pod;
 
 const N: usize = 20;
@@ -37,7 +39,11 @@ fn delta(what: &str, before: &str, after: &str, filters: &[&str]) -> u64 {
 #[test]
 fn request_metrics_count_every_request_with_istios_labels() {
     let c = bookinfo::cluster().expect("bookinfo cluster");
-    let lab = Lab::start(&c, LabOptions::default()).expect("bookinfo lab");
+    let opts = LabOptions {
+        prometheus: true,
+        ..LabOptions::default()
+    };
+    let lab = Lab::start(&c, opts).expect("bookinfo lab");
     for f in ["destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
         lab.apply_sample(&c, f).unwrap_or_else(|e| panic!("{f}: {e}"));
     }
@@ -99,6 +105,25 @@ fn request_metrics_count_every_request_with_istios_labels() {
         "response_code=\"200\"",
     ];
     assert_eq!(delta("waypoint details", &wp0, &wp1, &details), N as u64);
+
+    // The real Prometheus, scraping both proxies, answers Istio's query with the same count.
+    let query =
+        "sum(istio_requests_total{reporter=\"waypoint\",destination_service=~\"reviews.*\"}) by (destination_version)";
+    let want = requests(
+        &wp1,
+        &["reporter=\"waypoint\"", "destination_service=\"reviews.bookinfo"],
+    ) as f64;
+    let seen = wait_for(
+        "Prometheus to scrape the waypoint's counts",
+        Duration::from_secs(30),
+        || {
+            let answer = prometheus::query(&c, query).ok()?;
+            let got = prometheus::samples(&answer, "destination_version");
+            (got == vec![("v1".to_owned(), want)]).then_some(got)
+        },
+    )
+    .expect("Prometheus answers with the waypoint's count");
+    eprintln!("FIGURE prometheus {query}: {seen:?}");
 
     // A fault: jason's reviews (v2) call ratings, which the VirtualService aborts (FI).
     for f in [

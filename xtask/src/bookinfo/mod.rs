@@ -8,6 +8,7 @@
 pub mod apps;
 pub mod block;
 pub mod jwt;
+pub mod prometheus;
 pub mod publish;
 pub mod supervise;
 
@@ -53,6 +54,8 @@ pub struct LabOptions {
     pub mesh: MeshOptions,
     /// Where the processes' logs go (one file each); discarded when `None`.
     pub log_dir: Option<PathBuf>,
+    /// Also run Prometheus (see [`prometheus`]), as the demo does.
+    pub prometheus: bool,
 }
 
 /// A running Bookinfo; dropping it stops every process (the cluster is the caller's).
@@ -66,6 +69,8 @@ pub struct Lab {
     pub issuer: jwt::Issuer,
     /// The JWKS server (not supervised); `None` once [`Lab::stop_jwks_server`] stopped it.
     jwks_server: Option<ProcessGuard>,
+    /// Prometheus, when [`LabOptions::prometheus`] asked for it (not supervised).
+    _prometheus: Option<ProcessGuard>,
 }
 
 /// `samples/bookinfo/` of this workspace.
@@ -121,6 +126,10 @@ impl Lab {
         let gateway = spawn_gateway(cluster, &mesh, opts.log_dir.as_deref())?;
         pods.insert((GATEWAY_POD.0.to_owned(), GATEWAY_POD.1.to_owned()), gateway);
         wait_gateway(cluster)?;
+        let prometheus = match opts.prometheus {
+            true => Some(prometheus::start(cluster, opts.log_dir.as_deref())?),
+            false => None,
+        };
         let lab = Self {
             mesh,
             samples,
@@ -128,6 +137,7 @@ impl Lab {
             pods,
             issuer,
             jwks_server: Some(jwks_server),
+            _prometheus: prometheus,
         };
         lab.wait_serving(cluster)?;
         Ok(lab)

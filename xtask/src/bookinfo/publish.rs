@@ -38,12 +38,16 @@ impl Published {
 /// Listens on `listen` (a loopback address; port 0 picks a free one) and relays to
 /// the lab's ingress gateway from inside the `outside` pod.
 pub fn publish(cluster: &Cluster, listen: SocketAddr) -> Result<Published, LabError> {
+    publish_to(cluster, listen, entry(cluster)?)
+}
+
+/// Like [`publish`], relaying to `target` (an address the `outside` pod reaches).
+pub fn publish_to(cluster: &Cluster, listen: SocketAddr, target: SocketAddr) -> Result<Published, LabError> {
     let listener = TcpListener::bind(listen).map_err(|e| HarnessError::sys(format!("listen on {listen}"), e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| HarnessError::sys(format!("address of the listener on {listen}"), e))?;
     let netns: PathBuf = cluster.pod(CLIENT.0, CLIENT.1)?.netns_path;
-    let target = entry(cluster)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let thread = thread::spawn(move || {
@@ -51,7 +55,7 @@ pub fn publish(cluster: &Cluster, listen: SocketAddr) -> Result<Published, LabEr
         // pod's, so the upstream sockets it opens start there.
         let served = in_netns(&netns, || accept_loop(&listener, target, &stopping));
         if let Err(e) = served {
-            tracing::warn!("publishing Bookinfo on {addr}: {e}");
+            tracing::warn!("publishing {target} on {addr}: {e}");
         }
     });
     Ok(Published {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use xtask::bookinfo::publish::publish;
+use xtask::bookinfo::publish::{publish, publish_to};
 use xtask::bookinfo::supervise::Supervisor;
 use xtask::bookinfo::{Lab, LabOptions};
 use xtask::harness::{Cluster, Shutdown, install_shutdown_handler};
@@ -26,6 +26,8 @@ const CURRENT: &str = "/run/mesh-demo/config-dir";
 const ISSUER_DIR: &str = "/run/mesh-demo/issuer-dir";
 /// Host address the demo publishes Bookinfo on (loopback only).
 const PUBLISHED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9080);
+/// Host address the demo publishes Prometheus on (loopback only).
+const PROMETHEUS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
 /// The demo stops by itself after this long, so a forgotten terminal does not run forever.
 const MAX_RUN: Duration = Duration::from_secs(8 * 3600);
 
@@ -44,6 +46,7 @@ pub fn run() -> Result<()> {
         &cluster,
         LabOptions {
             log_dir: Some(log_dir.clone()),
+            prometheus: true,
             ..LabOptions::default()
         },
     )?;
@@ -51,17 +54,25 @@ pub fn run() -> Result<()> {
     publish_current(lab.mesh.config_dir())?;
     std::fs::write(ISSUER_DIR, lab.issuer.dir.display().to_string())?;
     let published = publish(&cluster, PUBLISHED).with_context(|| format!("publishing Bookinfo on {PUBLISHED}"))?;
+    let prometheus = xtask::bookinfo::prometheus::address(&cluster)?;
+    let published_prometheus = publish_to(&cluster, PROMETHEUS, prometheus)
+        .with_context(|| format!("publishing Prometheus on {PROMETHEUS}"))?;
     let info = status::Info {
         url: published.url(),
+        prometheus: format!("http://{}/", published_prometheus.addr()),
         config_dir: lab.mesh.config_dir().display().to_string(),
         log_dir: log_dir.display().to_string(),
     };
     println!("\nlogs: {}\nwatched config: {}", info.log_dir, info.config_dir);
     println!("Open {} in a browser on this machine.", info.url);
+    println!(
+        "Prometheus (scraping the waypoint and the gateway): {}",
+        info.prometheus
+    );
     println!("Press Ctrl-C to stop and clean up.\n");
     live(&cluster, &mut lab, &info, &shutdown)?;
     eprintln!("\n[demo] stopping: daemons, apps, namespaces, cgroups, pins");
-    drop(published);
+    drop((published, published_prometheus));
     let _ = std::fs::remove_file(CURRENT);
     let _ = std::fs::remove_file(ISSUER_DIR);
     drop(lab);

@@ -17,6 +17,8 @@ const EVENTS: usize = 5;
 /// What the status says besides the live figures.
 pub struct Info {
     pub url: String,
+    /// Prometheus' web UI and API, published on the host's loopback.
+    pub prometheus: String,
     pub config_dir: String,
     pub log_dir: String,
 }
@@ -88,6 +90,7 @@ fn block(
     let mut l = vec![
         format!("== Bookinfo on the mesh, up {} ==", age(up)),
         format!("open     {}   (Sign in as jason: reviews v2 once virtual-service-reviews-test-v2.yaml is applied)", info.url),
+        format!("metrics  {}   (Prometheus: sum(rate(istio_requests_total{{destination_service=~\"reviews.*\"}}[1m])) by (destination_version))", info.prometheus),
         "apply    cargo xtask demo apply samples/bookinfo/virtual-service-reviews-v2-v3.yaml   (kubectl apply -f; -n NS)".into(),
         "delete   cargo xtask demo delete samples/bookinfo/virtual-service-reviews-v2-v3.yaml  (kubectl delete -f)".into(),
         "block    cargo xtask demo block reviews v3   /   cargo xtask demo restore reviews".into(),
@@ -219,6 +222,7 @@ mod tests {
     fn the_block_names_the_url_the_commands_and_every_process() {
         let info = Info {
             url: "http://127.0.0.1:9080/productpage".into(),
+            prometheus: "http://127.0.0.1:9090/".into(),
             config_dir: "/c".into(),
             log_dir: "/l".into(),
         };
@@ -233,6 +237,7 @@ mod tests {
         let text = lines.join("\n");
         for needle in [
             "http://127.0.0.1:9080/productpage",
+            "http://127.0.0.1:9090/",
             "demo apply",
             "demo delete",
             "demo block",
