@@ -46,6 +46,8 @@ pub struct Options {
     pub admin: Option<SocketAddr>,
     /// The stats port (Istio's 15020): `/stats/prometheus` and `/metrics` only.
     pub stats: Option<SocketAddr>,
+    /// One line per request: key=value in the log, or JSON on stdout.
+    pub access_log: proxy::access_log::AccessLogFormat,
     /// This waypoint's Gateway name (what `targetRefs` kind `Gateway` names).
     pub waypoint_name: String,
     /// How often `jwksUri` key sets are fetched again.
@@ -64,6 +66,7 @@ impl Options {
             poll_interval: Duration::from_millis(500),
             admin: None,
             stats: None,
+            access_log: Default::default(),
             waypoint_name: crate::config::DEFAULT_WAYPOINT_NAME.into(),
             jwks_refresh: crate::authn::jwks::DEFAULT_REFRESH,
             root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.into(),
@@ -116,6 +119,7 @@ impl Waypoint {
             config: config.clone(),
             gateways,
             metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::waypoint)),
+            access_log: opts.access_log,
         });
         tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {

@@ -105,6 +105,10 @@ struct RunArgs {
     /// metrics, nothing else), e.g. `0.0.0.0:15020` as Istio's proxies; off when unset.
     #[arg(long, env = "MESH_STATS_ADDR")]
     stats_addr: Option<SocketAddr>,
+    /// Access log: `text` (key=value lines in the log on stderr) or `json` (one JSON object
+    /// per request on stdout, Envoy's field names).
+    #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", value_enum, default_value = "text")]
+    access_log_format: mesh_waypoint::proxy::access_log::AccessLogFormat,
     /// Gateway names this proxy serves (repeatable); VirtualServices bound to other gateways are ignored.
     #[arg(long = "gateway", default_value = "mesh")]
     gateways: Vec<String>,
@@ -198,6 +202,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             poll_interval: Duration::from_millis(args.config_poll_ms.max(10)),
             admin: Some(args.admin),
             stats: args.stats_addr,
+            access_log: args.access_log_format,
             waypoint_name: args.waypoint_name,
             jwks_refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
             root_namespace: args.gateway.root_namespace.clone(),

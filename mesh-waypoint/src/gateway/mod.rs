@@ -110,6 +110,7 @@ impl IngressGateway {
             config: config.clone(),
             gateways: Vec::new(),
             metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::source)),
+            access_log: opts.access_log,
         });
         tokio::spawn(listeners::run(
             gateway.bind_ip,

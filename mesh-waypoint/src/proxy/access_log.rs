@@ -1,8 +1,23 @@
 //! One structured line per request: route, backend, endpoint, attempts, flags, timing.
+//! `text` goes through the log (key=value); `json` writes one JSON object per line on
+//! stdout with Envoy's usual access-log fields, for log pipelines.
 
-use std::time::Instant;
+use std::io::Write as _;
+use std::time::{Instant, SystemTime};
+
+use serde_json::json;
 
 use super::local_reply::Flag;
+
+/// `--access-log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLogFormat {
+    /// key=value through the log (stderr), target `mesh_waypoint::access`.
+    #[default]
+    Text,
+    /// One JSON object per line on stdout.
+    Json,
+}
 
 #[derive(Default)]
 pub struct AccessLog {
@@ -23,6 +38,21 @@ pub struct AccessLog {
     pub request_bytes: u64,
 }
 
+/// What the line says about the request and its answer besides [`AccessLog`]'s fields.
+pub struct Exchange<'a> {
+    pub method: &'a http::Method,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub version: http::Version,
+    pub request_id: Option<&'a str>,
+    /// The client's SPIFFE id (HBONE peer), when mutual TLS proved it.
+    pub peer_principal: Option<&'a str>,
+    pub status: u16,
+    pub response_bytes: u64,
+    pub started: Instant,
+    pub start_time: SystemTime,
+}
+
 impl AccessLog {
     pub fn flag(&mut self, f: Flag) {
         if !self.flags.contains(&f) {
@@ -40,13 +70,23 @@ impl AccessLog {
         }
     }
 
-    pub fn emit(&self, method: &http::Method, authority: &str, path: &str, status: u16, started: Instant) {
+    pub fn emit(&self, format: AccessLogFormat, x: &Exchange<'_>) {
+        match format {
+            AccessLogFormat::Text => self.emit_text(x),
+            AccessLogFormat::Json => {
+                // A failed stdout write (closed pipe) must not fail the request.
+                let _ = writeln!(std::io::stdout().lock(), "{}", self.json_line(x));
+            }
+        }
+    }
+
+    fn emit_text(&self, x: &Exchange<'_>) {
         tracing::info!(
             target: "mesh_waypoint::access",
-            %method,
-            authority,
-            path,
-            status,
+            method = %x.method,
+            authority = x.authority,
+            path = x.path,
+            status = x.status,
             route = self.route.as_deref().unwrap_or("-"),
             backend = self.backend.as_deref().unwrap_or("-"),
             endpoint = self.endpoint.as_deref().unwrap_or("-"),
@@ -54,7 +94,82 @@ impl AccessLog {
             flags = %self.flags_text(),
             jwt = %self.jwt.unwrap_or("-"),
             policy = %self.policy.as_deref().unwrap_or("-"),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = x.started.elapsed().as_secs_f64() * 1000.0,
         );
+    }
+
+    /// Envoy's default access-log fields, by their usual JSON names.
+    pub fn json_line(&self, x: &Exchange<'_>) -> String {
+        let start = time::OffsetDateTime::from(x.start_time)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        json!({
+            "start_time": start,
+            "method": x.method.as_str(),
+            "path": x.path,
+            "protocol": format!("{:?}", x.version),
+            "authority": x.authority,
+            "response_code": x.status,
+            "response_flags": self.flags_text(),
+            "bytes_received": self.request_bytes,
+            "bytes_sent": x.response_bytes,
+            "duration": x.started.elapsed().as_millis() as u64,
+            "upstream_host": self.endpoint,
+            "upstream_cluster": self.backend,
+            "route_name": self.route,
+            "x_request_id": x.request_id,
+            "downstream_peer_principal": x.peer_principal.map(|p| format!("spiffe://{p}")),
+            "upstream_attempts": self.attempts,
+            "authorization_policy": self.policy,
+            "jwt_refusal": self.jwt,
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_envoys_fields() {
+        let mut log = AccessLog {
+            route: Some("VirtualService bookinfo/reviews http[0]".into()),
+            backend: Some("reviews.bookinfo.svc.cluster.local:9080/v2".into()),
+            endpoint: Some("198.18.2.2:9080".into()),
+            attempts: 2,
+            request_bytes: 12,
+            ..AccessLog::default()
+        };
+        log.flag(Flag::NoHealthy);
+        let x = Exchange {
+            method: &http::Method::GET,
+            authority: "reviews:9080",
+            path: "/reviews/0",
+            version: http::Version::HTTP_11,
+            request_id: Some("abc"),
+            peer_principal: Some("cluster.local/ns/bookinfo/sa/bookinfo-productpage"),
+            status: 503,
+            response_bytes: 19,
+            started: Instant::now(),
+            start_time: SystemTime::UNIX_EPOCH,
+        };
+        let v: serde_json::Value = serde_json::from_str(&log.json_line(&x)).expect("one JSON object");
+        assert_eq!(v["start_time"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["response_code"], 503);
+        assert_eq!(v["response_flags"], "UH");
+        assert_eq!(
+            (v["bytes_received"].as_u64(), v["bytes_sent"].as_u64()),
+            (Some(12), Some(19))
+        );
+        assert_eq!(v["upstream_host"], "198.18.2.2:9080");
+        assert_eq!(v["x_request_id"], "abc");
+        assert_eq!(
+            v["downstream_peer_principal"],
+            "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"
+        );
+        assert_eq!(v["upstream_attempts"], 2);
     }
 }

@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use rand::Rng;
 
-use super::access_log::AccessLog;
+use super::access_log::{AccessLog, Exchange};
 use super::admission;
 use super::attempt::{self, AttemptInputs};
 use super::local_reply::{self, Flag};
@@ -38,6 +38,7 @@ pub struct Proxy {
     pub gateways: Vec<String>,
     /// Istio's request metrics, one observation per answered request.
     pub metrics: Arc<crate::metrics::RequestMetrics>,
+    pub access_log: super::access_log::AccessLogFormat,
 }
 
 /// What routing needs to know about the request, computed once.
@@ -57,6 +58,7 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
+        let start_time = std::time::SystemTime::now();
         let snap = self.config.load();
         let downstream_upgrade = upstream_request::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -83,13 +85,22 @@ impl Proxy {
                 ),
             },
         };
-        log.emit(
-            &parts.method,
-            &ctx.authority,
-            parts.uri.path(),
-            resp.status().as_u16(),
+        let exchange = Exchange {
+            method: &parts.method,
+            authority: &ctx.authority,
+            path: parts.uri.path(),
+            version: parts.version,
+            request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+            peer_principal: parts
+                .extensions
+                .get::<super::server::PeerIdentity>()
+                .map(|p| &*p.principal),
+            status: resp.status().as_u16(),
+            response_bytes: super::telemetry::body_size(resp.body()),
             started,
-        );
+            start_time,
+        };
+        log.emit(self.access_log, &exchange);
         self.metrics
             .record(super::telemetry::observe(&snap, &parts, &ctx, &log, &resp, started));
         match downstream_upgrade {

@@ -86,7 +86,7 @@ fn service_labels(snap: &Snapshot, fqdn: &str) -> (String, String, String) {
 
 /// The response body's size when known up front (buffered and local replies); a
 /// streamed body counts its lower bound.
-fn body_size(body: &Body) -> u64 {
+pub(super) fn body_size(body: &Body) -> u64 {
     let hint = hyper::body::Body::size_hint(body);
     hint.exact().unwrap_or(hint.lower())
 }
