@@ -55,8 +55,14 @@ pub fn run() -> Result<()> {
     std::fs::write(ISSUER_DIR, lab.issuer.dir.display().to_string())?;
     let published = publish(&cluster, PUBLISHED).with_context(|| format!("publishing Bookinfo on {PUBLISHED}"))?;
     let prometheus = xtask::bookinfo::prometheus::address(&cluster)?;
+    // A Prometheus of the host's own (Debian's package may start one) can hold 9090:
+    // then any free loopback port, printed below.
     let published_prometheus = publish_to(&cluster, PROMETHEUS, prometheus)
-        .with_context(|| format!("publishing Prometheus on {PROMETHEUS}"))?;
+        .or_else(|e| {
+            eprintln!("[demo] {PROMETHEUS} is taken ({e}); publishing Prometheus on a free loopback port");
+            publish_to(&cluster, SocketAddr::new(PROMETHEUS.ip(), 0), prometheus)
+        })
+        .context("publishing Prometheus on the host's loopback")?;
     let info = status::Info {
         url: published.url(),
         prometheus: format!("http://{}/", published_prometheus.addr()),
