@@ -6,7 +6,6 @@
 #[path = "capture_support.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -230,54 +229,6 @@ fn inbound_plaintext_is_steered_but_pod_loopback_is_not() {
     assert_eq!(r["getpeername"], app.to_string(), "{r:?}");
     assert_eq!(host(&r["app_peer"]), b_ip.to_string(), "{r:?}");
     assert_eq!(counter(&config_dump(&c, "n1"), "sk_lookup_steered"), steered);
-}
-
-struct Hold {
-    guard: harness::ProcessGuard,
-    out: BufReader<std::process::ChildStdout>,
-    first: String,
-}
-
-fn hold(c: &Cluster, ns: &str, pod: &str, to: SocketAddr) -> Hold {
-    let mut cmd = helper_cmd("hold", &[to.to_string()]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut guard = c.spawn_in_pod(ns, pod, cmd).expect("spawn hold");
-    let mut out = BufReader::new(guard.child_mut().stdout.take().expect("stdout"));
-    let first = result_line(&mut out);
-    let started = result_line(&mut out);
-    assert!(
-        started.contains("started"),
-        "long-lived connection did not start: {first} {started}"
-    );
-    Hold { guard, out, first }
-}
-
-/// Next `RESULT` line of a helper (libtest prints its own lines too).
-fn result_line(out: &mut impl BufRead) -> String {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            return String::new();
-        }
-        if let Some(r) = line.trim().strip_prefix("RESULT ") {
-            return r.to_owned();
-        }
-    }
-}
-
-impl Hold {
-    /// Ends the connection and returns (rounds, every round-trip ok).
-    fn finish(mut self) -> (u64, bool) {
-        drop(self.guard.child_mut().stdin.take());
-        let last = result_line(&mut self.out);
-        let r = kv(&last);
-        let _ = self.guard.wait_timeout(Duration::from_secs(10));
-        (
-            r.get("rounds").and_then(|n| n.parse().ok()).unwrap_or(0),
-            r.get("ok").is_some_and(|v| v == "true"),
-        )
-    }
 }
 
 fn set_enrolled(c: &mut Cluster, ns: &str, on: bool) {

@@ -23,9 +23,48 @@ pub fn config_dir(cluster: &Cluster) -> PathBuf {
     cluster.state_dir().join("config")
 }
 
-/// Starts mesh-node on `node` (its netns and cgroup) and waits until it serves.
+/// The cluster's mesh CA (started on first use, one per cluster; the cluster's teardown
+/// stops it with every process in its cgroups) and the flags pointing a daemon at it
+/// with a fresh token bound to `node`.
+pub fn ca_flags(cluster: &Cluster, node: &str) -> Vec<String> {
+    with_ca(cluster, |ca| {
+        let token = ca.issue_node_token(node).expect("node token");
+        ca_client_flags(ca, &token)
+    })
+}
+
+/// Runs `f` on the cluster's CA, starting it on first use.
+pub fn with_ca<T>(cluster: &Cluster, f: impl FnOnce(&mut xtask::mesh::ca::LocalCa) -> T) -> T {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static CAS: LazyLock<Mutex<HashMap<String, xtask::mesh::ca::LocalCa>>> = LazyLock::new(Default::default);
+    let mut cas = CAS.lock().unwrap_or_else(|p| p.into_inner());
+    let ca = cas.entry(cluster.prefix().to_owned()).or_insert_with(|| {
+        let dir = config_dir(cluster);
+        std::fs::create_dir_all(&dir).expect("config dir");
+        let mut ca = xtask::mesh::ca::LocalCa::new(cluster, &dir).expect("CA dir");
+        ca.start(cluster).unwrap_or_else(|e| panic!("mesh-ca: {e}"));
+        ca
+    });
+    f(ca)
+}
+
+/// `--ca-address`, `--ca-root-cert`, `--ca-token-file` for a client holding `token`.
+pub fn ca_client_flags(ca: &xtask::mesh::ca::LocalCa, token: &std::path::Path) -> Vec<String> {
+    vec![
+        "--ca-address".into(),
+        ca.address(),
+        "--ca-root-cert".into(),
+        ca.root_cert().display().to_string(),
+        "--ca-token-file".into(),
+        token.display().to_string(),
+    ]
+}
+
+/// Starts mesh-node on `node` (its netns and cgroup), with the cluster's CA, and waits until it serves.
 pub fn start_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGuard {
     let n = cluster.node(node).expect("node");
+    let ca = ca_flags(cluster, node);
     std::fs::create_dir_all(&n.state_dir).expect("state dir");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -40,6 +79,7 @@ pub fn start_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGua
         .arg(&n.bpf_dir)
         .arg("--state-dir")
         .arg(&n.state_dir)
+        .args(&ca)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log);
@@ -311,13 +351,62 @@ pub fn helper_main() {
             }
             println!("RESULT captured={captured} escaped={escaped} failed={failed}");
         }
-        "hold" => hold(addr),
+        "hold" => hold_loop(addr),
         other => panic!("unknown helper mode {other}"),
     }
 }
 
+pub struct Hold {
+    pub guard: ProcessGuard,
+    pub out: BufReader<std::process::ChildStdout>,
+    pub first: String,
+}
+
+/// A long-lived echo connection from a helper in the pod (see `hold` below).
+pub fn hold(c: &Cluster, ns: &str, pod: &str, to: SocketAddr) -> Hold {
+    let mut cmd = helper_cmd("hold", &[to.to_string()]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut guard = c.spawn_in_pod(ns, pod, cmd).expect("spawn hold");
+    let mut out = BufReader::new(guard.child_mut().stdout.take().expect("stdout"));
+    let first = result_line(&mut out);
+    let started = result_line(&mut out);
+    assert!(
+        started.contains("started"),
+        "long-lived connection did not start: {first} {started}"
+    );
+    Hold { guard, out, first }
+}
+
+/// Next `RESULT` line of a helper (libtest prints its own lines too).
+pub fn result_line(out: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            return String::new();
+        }
+        if let Some(r) = line.trim().strip_prefix("RESULT ") {
+            return r.to_owned();
+        }
+    }
+}
+
+impl Hold {
+    /// Ends the connection and returns (rounds, every round-trip ok).
+    pub fn finish(mut self) -> (u64, bool) {
+        drop(self.guard.child_mut().stdin.take());
+        let last = result_line(&mut self.out);
+        let r = kv(&last);
+        let _ = self.guard.wait_timeout(Duration::from_secs(10));
+        (
+            r.get("rounds").and_then(|n| n.parse().ok()).unwrap_or(0),
+            r.get("ok").is_some_and(|v| v == "true"),
+        )
+    }
+}
+
 /// A long-lived echo connection: one round-trip every 20 ms until stdin closes.
-fn hold(addr: SocketAddr) {
+fn hold_loop(addr: SocketAddr) {
     let s = TcpStream::connect(addr).expect("connect");
     println!(
         "RESULT local={} getpeername={}",

@@ -529,8 +529,11 @@ fn a_server_presenting_another_spiffe_id_is_refused_by_the_client() {
     let c = cluster_with(extra);
     let _d1 = start_daemon(&c, "n1", &[]);
     wait_certs(&c, "n1", 2);
-    let ca_pem = std::fs::read_to_string(c.state_dir().join("mesh-ca/ca.pem")).expect("shared CA file");
-    let (chain, key) = impostor_cert(&ca_pem, "spiffe://cluster.local/ns/shop/sa/mallory");
+    // The CA's own key (only the CA process reads it; the test plays an attacker who stole it).
+    let cacerts = c.state_dir().join("mesh-ca/cacerts");
+    let ca_cert = std::fs::read_to_string(cacerts.join("ca-cert.pem")).expect("CA cert");
+    let ca_key = std::fs::read_to_string(cacerts.join("ca-key.pem")).expect("CA key");
+    let (chain, key) = impostor_cert(&ca_cert, &ca_key, "spiffe://cluster.local/ns/shop/sa/mallory");
     let listener = c.listen_in_pod("shop", "fake", 15008).expect("listen 15008 in fake");
     let handshakes = std::thread::spawn(move || fake_tls_server(listener, chain, key));
 
@@ -552,22 +555,16 @@ fn a_server_presenting_another_spiffe_id_is_refused_by_the_client() {
 }
 
 fn impostor_cert(
-    ca_pem: &str,
+    ca_cert: &str,
+    ca_key: &str,
     id: &str,
 ) -> (
     Vec<rustls_pki_types::CertificateDer<'static>>,
     rustls_pki_types::PrivateKeyDer<'static>,
 ) {
-    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::from_pem(ca_pem).expect("CA key");
-    // Same subject as the daemon's CA parameters (identity/ca.rs), so the chain verifies.
-    let mut ca = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "cluster.local");
-    dn.push(DnType::CommonName, "mesh root CA");
-    ca.distinguished_name = dn;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = Issuer::new(ca, ca_key);
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::from_pem(ca_key).expect("CA key");
+    let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_key).expect("CA certificate");
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut leaf = CertificateParams::default();
     leaf.subject_alt_names = vec![SanType::URI(id.try_into().expect("uri"))];

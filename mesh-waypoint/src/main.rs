@@ -132,21 +132,40 @@ struct RunArgs {
     bind_ip: IpAddr,
 }
 
-/// The mesh side: with `--cert-dir`, requests arrive over HBONE on `--hbone-listen` and
-/// leave over HBONE to each endpoint pod's 15008; without it, plain TCP both ways.
+/// The mesh side: with `--ca-address`, this pod obtains its certificate from the mesh CA
+/// (key generated here, CSR with its own token), requests arrive over HBONE on
+/// `--hbone-listen` and leave over HBONE to each endpoint pod's 15008; without it,
+/// plain TCP both ways.
 #[derive(clap::Args)]
 struct HboneArgs {
-    /// This pod's certificate directory (`cert-chain.pem`, `key.pem`, `root-cert.pem`), written
-    /// by the node daemon under `<state-dir>/proxy-certs/<namespace>/<pod>/`.
-    #[arg(long, env = "MESH_CERT_DIR")]
-    cert_dir: Option<PathBuf>,
-    /// Where HBONE (HTTP/2 CONNECT over mTLS) is accepted when `--cert-dir` is set.
+    /// The mesh CA, `https://host:port` (Istio's certificate API).
+    #[arg(long, env = "MESH_CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// Name in the CA's serving certificate to verify.
+    #[arg(long, env = "MESH_CA_SERVER_NAME", default_value = "mesh-ca.mesh-system.svc")]
+    ca_server_name: String,
+    /// The mesh root certificate(s), PEM (the `mesh-ca-root-cert` ConfigMap). Required with `--ca-address`.
+    #[arg(long, env = "MESH_CA_ROOT_CERT", requires = "ca_address")]
+    ca_root_cert: Option<PathBuf>,
+    /// This pod's token for the CA (projected ServiceAccount token, audience `mesh-ca`). Required with `--ca-address`.
+    #[arg(long, env = "MESH_CA_TOKEN_FILE", requires = "ca_address")]
+    ca_token_file: Option<PathBuf>,
+    /// Sent to the CA as the `ClusterID` header.
+    #[arg(long, env = "MESH_CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// This pod's service account: its identity is spiffe://<trust-domain>/ns/<--namespace>/sa/<this>.
+    #[arg(long, env = "MESH_SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// Lifetime asked for the certificate, in seconds (the CA may shorten it).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(2..))]
+    cert_lifetime_secs: u64,
+    /// Where HBONE (HTTP/2 CONNECT over mTLS) is accepted when `--ca-address` is set.
     #[arg(long, env = "MESH_HBONE_LISTEN", default_value = "0.0.0.0:15008")]
     hbone_listen: SocketAddr,
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    /// Seconds to wait at start for the node daemon to write this pod's certificate.
+    /// Seconds to wait at start for the CA to issue this pod's certificate.
     #[arg(long, default_value_t = 60)]
     cert_wait_secs: u64,
     /// A peer that has not finished TLS and HTTP/2 set-up within this many milliseconds is dropped.
@@ -158,14 +177,39 @@ struct HboneArgs {
 }
 
 impl HboneArgs {
-    fn options(&self) -> Option<mesh_waypoint::hbone::HboneOptions> {
-        Some(mesh_waypoint::hbone::HboneOptions {
-            cert_dir: self.cert_dir.clone()?,
+    fn options(&self, namespace: &str) -> anyhow::Result<Option<mesh_waypoint::hbone::HboneOptions>> {
+        let Some(address) = &self.ca_address else {
+            return Ok(None);
+        };
+        let (Some(root), Some(token_file)) = (&self.ca_root_cert, &self.ca_token_file) else {
+            anyhow::bail!("--ca-address needs --ca-root-cert and --ca-token-file");
+        };
+        let root_pem = std::fs::read_to_string(root)
+            .with_context(|| format!("cannot read the mesh root certificate {}", root.display()))?;
+        let ca = mesh_waypoint::hbone::identity::CaOptions {
+            client: mesh_hbone::ca::CaClientConfig {
+                address: address.clone(),
+                server_name: self.ca_server_name.clone(),
+                root_pem,
+                token_file: token_file.clone(),
+                cluster_id: self.cluster_id.clone(),
+                timeout: Duration::from_secs(5),
+            },
+            identity: mesh_hbone::SpiffeId::new(&self.trust_domain, namespace, &self.service_account),
+            lifetime: Duration::from_secs(self.cert_lifetime_secs),
+            rotate_fraction: 0.5,
+            backoff: mesh_hbone::ca::Backoff {
+                min: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+            },
+        };
+        Ok(Some(mesh_waypoint::hbone::HboneOptions {
+            ca,
             trust_domain: self.trust_domain.clone(),
             cert_wait: Duration::from_secs(self.cert_wait_secs),
             handshake_timeout: Duration::from_millis(self.hbone_handshake_timeout_ms),
             idle_timeout: Duration::from_secs(self.hbone_idle_timeout_secs),
-        })
+        }))
     }
 }
 
@@ -207,7 +251,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             jwks_refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
             root_namespace: args.gateway.root_namespace.clone(),
         };
-        let hbone = match args.hbone.options() {
+        let hbone = match args.hbone.options(&opts.namespace)? {
             Some(o) => Some(
                 mesh_waypoint::hbone::HboneSide::prepare(o)
                     .await
@@ -221,7 +265,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         if args.gateway.mode == Mode::Gateway {
             // The gateway accepts from outside the mesh on its Gateway ports; upstream it
-            // uses the same connector (HBONE with --cert-dir) as a waypoint.
+            // uses the same connector (HBONE with --ca-address) as a waypoint.
             let gw = GatewayOptions {
                 pod_labels: args.gateway.pod_labels.into_iter().collect(),
                 bind_ip: args.bind_ip,

@@ -115,7 +115,7 @@ fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
         bootstrap::run()?;
         if !quick {
             // Figures come from release binaries; the tool and the daemons share one profile dir.
-            eprintln!("bench: building release binaries (mesh-node, mesh-waypoint, xtask)");
+            eprintln!("bench: building release binaries (mesh-node, mesh-waypoint, mesh-ca, xtask)");
             bootstrap::sh(test::cargo().args([
                 "build",
                 "--release",
@@ -123,6 +123,8 @@ fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
                 "mesh-node",
                 "-p",
                 "mesh-waypoint",
+                "-p",
+                "mesh-ca",
                 "-p",
                 "xtask",
             ]))?;

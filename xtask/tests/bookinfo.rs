@@ -43,6 +43,22 @@ fn metric_sum(text: &str, name: &str, filters: &[&str]) -> u64 {
 #[test]
 fn traffic_shifting_and_request_routing_follow_istios_samples() {
     let (c, lab) = lab();
+    // The waypoint and the gateway asked the CA for their own identities (issue 15).
+    let log = lab.mesh.ca.log();
+    for (caller, identity) in [
+        ("bookinfo/waypoint", "spiffe://cluster.local/ns/bookinfo/sa/waypoint"),
+        (
+            "istio-system/istio-ingressgateway",
+            "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway",
+        ),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("certificate issued") && l.contains(&format!("caller={caller}")))
+            .unwrap_or_else(|| panic!("no certificate issued to {caller}:\n{log}"));
+        assert!(line.contains(identity), "{line}");
+        eprintln!("FIGURE CA: {line}");
+    }
     apply(&c, &lab, &["destination-rule-all.yaml", "virtual-service-all-v1.yaml"]);
     let t = tally(&pages(&c, 200, 8, &[]));
     eprintln!("FIGURE all-v1: {t:?}");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::StatusCode;
 use rcgen::KeyPair;
+use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,31 +16,42 @@ use tokio::net::{TcpListener, TcpStream};
 use super::client::{Dial, HboneClient, HboneError, TunnelTarget};
 use super::relay::{Copied, relay};
 use super::server::{self, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
-use crate::identity::ca::KEY_ALG;
+use crate::identity::SpiffeId;
 use crate::identity::manager::CertResolver;
 use crate::identity::manager::WorkloadCert;
-use crate::identity::manager::certified_key;
-use crate::identity::{LocalCa, SpiffeId};
 use crate::tls;
+use mesh_ca::authority::Authority;
 
 const TD: &str = "cluster.local";
 
 struct Pki {
     _dir: tempfile::TempDir,
-    ca: LocalCa,
+    ca: Authority,
 }
 
 impl Pki {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(dir.path(), TD).unwrap();
+        mesh_ca::authority::create_root(dir.path(), TD).unwrap();
+        let ca = Authority::load(dir.path()).unwrap();
         Self { _dir: dir, ca }
     }
 
     fn cert(&self, id: &SpiffeId, valid_from: SystemTime, valid_to: SystemTime) -> Arc<WorkloadCert> {
-        let key = KeyPair::generate_for(KEY_ALG).unwrap();
-        let signed = self.ca.issue(id, key.public_key_raw(), valid_from, valid_to).unwrap();
-        let current = certified_key(&key, &signed, 1).unwrap();
+        let key = KeyPair::generate_for(mesh_hbone::ca::csr::KEY_ALG).unwrap();
+        let leaf = self.ca.issue(id, &key, valid_from, valid_to).unwrap();
+        let chain = [leaf, self.ca.root_pem().to_owned()];
+        // assemble() checks validity now; expired test certificates are built by hand.
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+        let pkcs8 = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&pkcs8).unwrap();
+        let current = mesh_hbone::cert::Current {
+            certified: Arc::new(rustls::sign::CertifiedKey::new(vec![der], signing)),
+            not_before: valid_from,
+            not_after: valid_to,
+            issued: SystemTime::now(),
+            generation: 1,
+        };
         Arc::new(WorkloadCert {
             workload: id.service_account.clone(),
             identity: id.clone(),
@@ -53,7 +65,7 @@ impl Pki {
     }
 
     fn roots(&self) -> Arc<rustls::RootCertStore> {
-        tls::root_store(&self.ca.root()).unwrap()
+        mesh_hbone::ca::client::root_store_pem(self.ca.root_pem()).unwrap()
     }
 }
 
@@ -402,14 +414,15 @@ async fn rotation_during_a_transfer_keeps_it_and_new_connections_use_the_new_cer
     let transfer = tokio::spawn(echo_roundtrip(s, 24 << 20));
 
     // Rotate both sides mid-transfer.
-    let key = KeyPair::generate_for(KEY_ALG).unwrap();
-    let now = SystemTime::now();
-    let signed = pki
-        .ca
-        .issue(&id("a"), key.public_key_raw(), now, now + Duration::from_secs(3600))
-        .unwrap();
-    a.resolver.replace(certified_key(&key, &signed, 2).unwrap());
-    let new_cert = signed.chain[0].clone();
+    let next = pki.valid(&id("a")).resolver.current();
+    let new_cert = next.certified.cert[0].clone();
+    a.resolver.replace(mesh_hbone::cert::Current {
+        certified: next.certified.clone(),
+        not_before: next.not_before,
+        not_after: next.not_after,
+        issued: next.issued,
+        generation: 2,
+    });
     assert_ne!(first_cert, new_cert);
 
     // The same client opens a new connection for new streams, presenting the new certificate.

@@ -1,123 +1,223 @@
 //! Per-node certificate manager: one key and certificate per local enrolled workload,
-//! re-issued at a fraction of its lifetime. TLS configs hold a [`CertResolver`], which
-//! reads the current certificate at each handshake: rotation never touches live
-//! connections, and new connections pick up the new certificate.
+//! obtained from the CA and renewed at a fraction of its lifetime. TLS configs hold a
+//! [`CertResolver`], which reads the current certificate at each handshake: rotation
+//! never touches live connections, and new connections pick up the new certificate.
+//!
+//! When the CA cannot be reached, certificates in hand keep serving until they expire;
+//! renewal is retried with jittered exponential backoff; readiness (`certificates`) and
+//! metrics (`mesh_ca_requests_total{result}`, `mesh_certificate_expiry_seconds`) show
+//! it. A workload without a valid certificate gets none ([`CertError`]): its
+//! connections are refused, never sent in plaintext.
 
-pub use mesh_hbone::cert::{CertResolver, Current, WorkloadCert};
+pub use mesh_hbone::cert::{CertResolver, WorkloadCert};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use rcgen::KeyPair;
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use mesh_hbone::RefusalReason;
+use mesh_hbone::ca::{Backoff, CaClientError, CaResult};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{Value, json};
 
-use super::ca::{KEY_ALG, SignRequest, Signed};
-use super::{CaError, Signer, SpiffeId};
+use super::{CertSource, SpiffeId};
 use crate::config::StateRx;
-use crate::state::Workload;
+use crate::readiness::{Condition, Readiness};
+use crate::state::{MeshState, Workload};
 
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
-    pub node: String,
     pub lifetime: Duration,
     /// Fraction of the lifetime after which a certificate is replaced (0 < f < 1).
     pub rotate_fraction: f64,
-    /// Where waypoint and gateway pods find their certificates (`<ns>/<pod>/`).
-    pub proxy_cert_dir: Option<PathBuf>,
-    /// The mesh root, written beside each proxy certificate.
-    pub root_pem: String,
+    pub backoff: Backoff,
 }
 
-/// Turns a freshly generated key and its signed chain into what rustls serves.
-pub fn certified_key(key: &KeyPair, signed: &Signed, generation: u64) -> Result<Current, CaError> {
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| CaError::Key(e.to_string()))?;
-    Ok(Current {
-        certified: Arc::new(CertifiedKey::new(signed.chain.clone(), signing)),
-        not_before: signed.not_before,
-        not_after: signed.not_after,
-        issued: SystemTime::now(),
-        generation,
-    })
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{workload} has no certificate yet ({detail}); its connections are refused until the CA issues one")]
+    Missing { workload: String, detail: String },
+    #[error("the certificate of {workload} expired and could not be renewed ({detail}); its connections are refused")]
+    Expired { workload: String, detail: String },
+}
+
+impl CertError {
+    /// The `reason` label of `mesh_connections_refused_total`.
+    pub fn reason(&self) -> RefusalReason {
+        match self {
+            Self::Missing { .. } => RefusalReason::NoCertificate,
+            Self::Expired { .. } => RefusalReason::CertExpired,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: CaResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    workload: String,
+    identity: String,
+}
+
+#[derive(Clone, Default)]
+pub struct CertMetrics {
+    requests: Family<ResultLabels, Counter>,
+    expiry: Family<CertLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl CertMetrics {
+    pub fn register(&self, reg: &mut prometheus_client::registry::Registry) {
+        reg.register(
+            "mesh_ca_requests",
+            "Certificate requests to the mesh CA, by result (issued, denied, unreachable, invalid)",
+            self.requests.clone(),
+        );
+        reg.register(
+            "mesh_certificate_expiry_seconds",
+            "Seconds until each workload certificate expires (negative: expired)",
+            self.expiry.clone(),
+        );
+    }
+}
+
+/// One local workload's certificate and renewal state.
+#[derive(Default)]
+struct Entry {
+    cert: Option<Arc<WorkloadCert>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
 }
 
 pub struct CertManager {
-    signer: Arc<dyn Signer>,
+    source: Arc<dyn CertSource>,
     cfg: ManagerConfig,
-    certs: Mutex<HashMap<String, Arc<WorkloadCert>>>,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// One CA request at a time: a burst of connections for a new pod makes one request.
+    fetching: tokio::sync::Mutex<()>,
+    metrics: CertMetrics,
+    /// Last time the CA answered, and the last failure to reach it.
+    ca_status: Mutex<(Option<SystemTime>, Option<String>)>,
 }
 
 impl CertManager {
-    pub fn new(signer: Arc<dyn Signer>, cfg: ManagerConfig) -> Self {
+    pub fn new(source: Arc<dyn CertSource>, cfg: ManagerConfig, metrics: CertMetrics) -> Self {
         Self {
-            signer,
+            source,
             cfg,
-            certs: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
+            metrics,
+            ca_status: Mutex::new((None, None)),
         }
     }
 
-    /// The workload's certificate, issued on first use.
-    pub fn get(&self, w: &Workload) -> Result<Arc<WorkloadCert>, CaError> {
+    /// The workload's valid certificate, or why there is none. Never waits.
+    pub fn get(&self, w: &Workload) -> Result<Arc<WorkloadCert>, CertError> {
+        let identity = identity_of(w);
+        let entries = self.lock();
+        let entry = entries.get(&w.key());
+        let detail = || {
+            entry
+                .and_then(|e| e.last_error.clone())
+                .unwrap_or_else(|| "not requested yet".into())
+        };
+        match entry.and_then(|e| e.cert.clone()).filter(|c| c.identity == identity) {
+            Some(c) if SystemTime::now() < c.resolver.current().not_after => Ok(c),
+            Some(_) => Err(CertError::Expired {
+                workload: w.key(),
+                detail: detail(),
+            }),
+            None => Err(CertError::Missing {
+                workload: w.key(),
+                detail: detail(),
+            }),
+        }
+    }
+
+    /// The workload's certificate, requesting it now if it has none and the CA is not
+    /// in backoff for it (the first connection of a new pod need not wait for a tick).
+    pub async fn obtain(&self, w: &Workload) -> Result<Arc<WorkloadCert>, CertError> {
+        if let Ok(c) = self.get(w) {
+            return Ok(c);
+        }
+        if self.in_backoff(&w.key(), Instant::now()) {
+            return self.get(w);
+        }
+        let _one = self.fetching.lock().await;
+        if self.get(w).is_err() && !self.in_backoff(&w.key(), Instant::now()) {
+            self.fetch(w).await;
+        }
+        self.get(w)
+    }
+
+    fn in_backoff(&self, key: &str, now: Instant) -> bool {
+        self.lock().get(key).and_then(|e| e.retry_at).is_some_and(|at| now < at)
+    }
+
+    /// One CA request for `w`; the outcome lands in its entry (and the metrics).
+    async fn fetch(&self, w: &Workload) {
         let key = w.key();
-        let identity = SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account);
-        if let Some(c) = self.lock().get(&key).filter(|c| c.identity == identity) {
-            return Ok(c.clone());
+        let identity = identity_of(w);
+        let existing = self.lock().get(&key).and_then(|e| e.cert.clone());
+        let generation = existing.as_ref().map_or(1, |c| c.resolver.current().generation + 1);
+        let result = self.source.fetch(&identity, generation).await;
+        let outcome = result.as_ref().map_or_else(CaClientError::result, |_| CaResult::issued);
+        self.metrics
+            .requests
+            .get_or_create(&ResultLabels { result: outcome })
+            .inc();
+        let mut entries = self.lock();
+        let entry = entries.entry(key.clone()).or_default();
+        match result {
+            Ok(next) => {
+                let expiry = rfc3339(next.not_after);
+                match existing.filter(|c| c.identity == identity) {
+                    Some(cert) => {
+                        cert.resolver.replace(next);
+                        entry.cert = Some(cert);
+                        tracing::info!(workload = %key, %identity, %expiry, "rotated workload certificate");
+                    }
+                    None => {
+                        entry.cert = Some(Arc::new(WorkloadCert {
+                            workload: key.clone(),
+                            identity: identity.clone(),
+                            resolver: Arc::new(CertResolver::new(next)),
+                        }));
+                        tracing::info!(workload = %key, %identity, %expiry, "issued workload certificate");
+                    }
+                }
+                (entry.failures, entry.retry_at, entry.last_error) = (0, None, None);
+                drop(entries);
+                self.set_ca_status(Ok(()));
+            }
+            Err(e) => {
+                entry.failures += 1;
+                let delay = self.cfg.backoff.delay(entry.failures);
+                entry.retry_at = Some(Instant::now() + delay);
+                entry.last_error = Some(e.to_string());
+                let failures = entry.failures;
+                drop(entries);
+                tracing::warn!(workload = %key, %identity, failures, retry_in_ms = delay.as_millis() as u64, "certificate request failed: {e}");
+                self.set_ca_status(Err(&e));
+            }
         }
-        let current = self.issue(w, 1)?;
-        let cert = Arc::new(WorkloadCert {
-            workload: key.clone(),
-            identity,
-            resolver: Arc::new(CertResolver::new(current)),
-        });
-        tracing::info!(workload = %key, identity = %cert.identity, "issued workload certificate");
-        self.lock().insert(key, cert.clone());
-        Ok(cert)
     }
 
-    fn issue(&self, w: &Workload, generation: u64) -> Result<Current, CaError> {
-        let key = KeyPair::generate_for(KEY_ALG)?;
-        let signed = self.signer.sign(&SignRequest {
-            node: &self.cfg.node,
-            namespace: &w.namespace,
-            pod: &w.name,
-            public_key: key.public_key_raw(),
-            lifetime: self.cfg.lifetime,
-        })?;
-        if w.proxy {
-            self.export(w, &key, &signed)?;
+    fn set_ca_status(&self, r: Result<(), &CaClientError>) {
+        let mut s = self.ca_status.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Ok(()) => *s = (Some(SystemTime::now()), None),
+            // A refusal is about one identity; only an unreachable CA is the CA's state.
+            Err(e @ CaClientError::Unreachable { .. }) => s.1 = Some(e.to_string()),
+            Err(_) => {}
         }
-        certified_key(&key, &signed, generation)
-    }
-
-    /// A waypoint or gateway pod runs its own TLS: hand it the key and chain as files.
-    fn export(&self, w: &Workload, key: &KeyPair, signed: &Signed) -> Result<(), CaError> {
-        let Some(base) = &self.cfg.proxy_cert_dir else {
-            return Ok(());
-        };
-        let dir = base.join(&w.namespace).join(&w.name);
-        let chain: String = signed
-            .chain
-            .iter()
-            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-            .collect();
-        mesh_hbone::cert::write_dir(&dir, &chain, &key.serialize_pem(), &self.cfg.root_pem)
-            .map_err(|source| CaError::Io { path: dir, source })
-    }
-
-    /// Replaces the certificate of `w` now (rotation, or a test forcing one).
-    pub fn rotate(&self, w: &Workload) -> Result<(), CaError> {
-        let Some(cert) = self.lock().get(&w.key()).cloned() else {
-            return self.get(w).map(drop);
-        };
-        let next = self.issue(w, cert.resolver.current().generation + 1)?;
-        let expiry = next.not_after;
-        cert.resolver.replace(next);
-        tracing::info!(workload = %cert.workload, expiry = %rfc3339(expiry), "rotated workload certificate");
-        Ok(())
     }
 
     fn due(&self, cert: &WorkloadCert, now: SystemTime) -> bool {
@@ -126,42 +226,87 @@ impl CertManager {
         now >= c.issued + life.mul_f64(self.cfg.rotate_fraction)
     }
 
-    /// One pass: issue for new local workloads, rotate due ones, forget departed ones.
-    pub fn reconcile(&self, state: &crate::state::MeshState) {
-        let now = SystemTime::now();
-        let local: HashMap<String, &Arc<Workload>> = state
-            .local_enrolled()
-            .chain(state.local_proxies())
-            .map(|w| (w.key(), w))
-            .collect();
-        self.lock().retain(|k, _| {
-            let keep = local.contains_key(k);
-            if let (false, Some(base)) = (keep, &self.cfg.proxy_cert_dir) {
-                // A departed proxy's key must not outlive its pod.
-                let _ = std::fs::remove_dir_all(base.join(k));
+    /// One pass: request for new local workloads and due ones, forget departed ones.
+    pub async fn reconcile(&self, state: &MeshState) {
+        let local: HashMap<String, Arc<Workload>> = state.local_enrolled().map(|w| (w.key(), w.clone())).collect();
+        let gone: Vec<(String, Option<Arc<WorkloadCert>>)> = {
+            let mut entries = self.lock();
+            let gone = entries
+                .iter()
+                .filter(|(k, _)| !local.contains_key(*k))
+                .map(|(k, e)| (k.clone(), e.cert.clone()))
+                .collect();
+            entries.retain(|k, _| local.contains_key(k));
+            gone
+        };
+        for (key, cert) in gone {
+            if let Some(c) = cert {
+                self.metrics.expiry.remove(&CertLabels {
+                    workload: key,
+                    identity: c.identity.to_string(),
+                });
             }
-            keep
-        });
-        for (key, w) in local {
-            let existing = self.lock().get(&key).cloned();
-            let result = match existing {
-                Some(c) if self.due(&c, now) => self.rotate(w),
-                Some(_) => Ok(()),
-                None => self.get(w).map(drop),
+        }
+        let now = (SystemTime::now(), Instant::now());
+        for (key, w) in &local {
+            let needs = match self.get(w) {
+                Ok(c) => self.due(&c, now.0),
+                Err(_) => true,
             };
-            if let Err(e) = result {
-                tracing::warn!(workload = %key, "certificate not issued: {e}");
+            if needs && !self.in_backoff(key, now.1) {
+                let _one = self.fetching.lock().await;
+                self.fetch(w).await;
             }
         }
     }
 
+    /// Expiry gauges and the `certificates` readiness condition, from the entries.
+    pub fn report(&self, readiness: &Readiness) {
+        let now = SystemTime::now();
+        let (mut valid, mut missing, mut soonest) = (0usize, Vec::new(), None::<SystemTime>);
+        for (key, e) in self.lock().iter() {
+            match &e.cert {
+                Some(c) => {
+                    let not_after = c.resolver.current().not_after;
+                    let left = match not_after.duration_since(now) {
+                        Ok(d) => d.as_secs_f64(),
+                        Err(e) => -e.duration().as_secs_f64(),
+                    };
+                    let labels = CertLabels {
+                        workload: key.clone(),
+                        identity: c.identity.to_string(),
+                    };
+                    self.metrics.expiry.get_or_create(&labels).set(left);
+                    if left > 0.0 {
+                        valid += 1;
+                        soonest = Some(soonest.map_or(not_after, |s| s.min(not_after)));
+                    } else {
+                        missing.push(key.clone());
+                    }
+                }
+                None => missing.push(key.clone()),
+            }
+        }
+        let unreachable = self.ca_status.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let expires = soonest.map_or_else(|| "none held".to_owned(), |s| format!("first expiry {}", rfc3339(s)));
+        let condition = match (unreachable, missing.is_empty()) {
+            (None, true) => Condition::Ok(format!("{valid} valid, {expires}")),
+            (Some(err), _) => Condition::Pending(format!(
+                "CA unreachable: {err}; {valid} certificates keep serving ({expires}); without one: {missing:?}"
+            )),
+            (None, false) => Condition::Pending(format!("{valid} valid; without one (refused): {missing:?}")),
+        };
+        readiness.set("certificates", condition);
+    }
+
     /// Keeps certificates current until the state channel closes.
-    pub async fn run(self: Arc<Self>, mut state: StateRx) {
+    pub async fn run(self: Arc<Self>, mut state: StateRx, readiness: Readiness) {
         let tick = (self.cfg.lifetime.mul_f64(self.cfg.rotate_fraction) / 10)
-            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             let snapshot = state.borrow_and_update().clone();
-            self.reconcile(&snapshot);
+            self.reconcile(&snapshot).await;
+            self.report(&readiness);
             tokio::select! {
                 changed = state.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(tick) => {}
@@ -171,26 +316,39 @@ impl CertManager {
 
     /// The admin `certificates` section.
     pub fn dump(&self) -> Value {
+        let now = Instant::now();
         let mut rows: Vec<Value> = self
             .lock()
-            .values()
-            .map(|c| {
-                let cur = c.resolver.current();
-                json!({
-                    "workload": c.workload, "identity": c.identity.to_string(),
-                    "not_before": rfc3339(cur.not_before), "expiry": rfc3339(cur.not_after),
-                    "generation": cur.generation,
-                })
+            .iter()
+            .map(|(key, e)| {
+                let mut row = json!({
+                    "workload": key,
+                    "failures": e.failures,
+                    "last_error": e.last_error,
+                    "retry_in_ms": e.retry_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
+                });
+                if let Some(c) = &e.cert {
+                    let cur = c.resolver.current();
+                    row["identity"] = json!(c.identity.to_string());
+                    row["not_before"] = json!(rfc3339(cur.not_before));
+                    row["expiry"] = json!(rfc3339(cur.not_after));
+                    row["generation"] = json!(cur.generation);
+                }
+                row
             })
             .collect();
         rows.sort_by(|a, b| a["workload"].as_str().cmp(&b["workload"].as_str()));
         Value::Array(rows)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<WorkloadCert>>> {
-        // A panic while holding this lock cannot leave the map inconsistent (single inserts).
-        self.certs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single updates).
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn identity_of(w: &Workload) -> SpiffeId {
+    SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account)
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -200,40 +358,4 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::{LocalCa, NodeScopedCa};
-
-    use crate::identity::test_fixture::TOPOLOGY;
-
-    #[test]
-    fn reconcile_issues_for_local_workloads_and_rotates_when_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(LocalCa::load_or_create(dir.path(), "cluster.local").unwrap());
-        let state = Arc::new(crate::state::tests::state_from(TOPOLOGY, "n1"));
-        let (_tx, rx) = tokio::sync::watch::channel(state.clone());
-        let cfg = ManagerConfig {
-            node: "n1".into(),
-            lifetime: Duration::from_secs(3600),
-            rotate_fraction: 0.5,
-            proxy_cert_dir: None,
-            root_pem: String::new(),
-        };
-        let m = CertManager::new(Arc::new(NodeScopedCa::new(ca, rx)), cfg);
-        m.reconcile(&state);
-        let dump = m.dump();
-        assert_eq!(dump.as_array().unwrap().len(), 1, "{dump}");
-        assert_eq!(dump[0]["identity"], "spiffe://cluster.local/ns/shop/sa/web");
-        let a = state.workload("198.18.1.2".parse().unwrap()).unwrap();
-        let cert = m.get(a).unwrap();
-        let first = cert.resolver.current();
-        assert!(!m.due(&cert, SystemTime::now()));
-        let life = first.not_after.duration_since(first.issued).unwrap();
-        assert!(!m.due(&cert, first.issued + life.mul_f64(0.49)));
-        assert!(m.due(&cert, first.issued + life.mul_f64(0.51)));
-        m.rotate(a).unwrap();
-        let second = cert.resolver.current();
-        assert_eq!(second.generation, 2);
-        assert_ne!(first.certified.cert[0], second.certified.cert[0]);
-    }
-}
+mod tests;

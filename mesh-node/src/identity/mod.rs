@@ -1,12 +1,15 @@
-//! Workload identities: the mesh root CA, node-scoped signing, and the per-node
-//! certificate manager that keeps each local workload's certificate fresh.
+//! Workload identities. The node daemon holds no CA key: for each local enrolled
+//! workload it generates a key pair in memory and asks the mesh CA (`mesh-ca`, Istio's
+//! certificate API) to sign a CSR for the pod's identity, impersonating the pod as
+//! ztunnel does. The CA signs only identities of pods scheduled on this node. The
+//! [`CertManager`] keeps certificates fresh and fails closed when one is missing.
 
-pub mod ca;
 pub mod manager;
+pub mod source;
 
-pub use ca::{CaError, LocalCa, NodeScopedCa, Signer};
 pub use manager::{CertManager, ManagerConfig};
 pub use mesh_hbone::SpiffeId;
+pub use source::CertSource;
 
 /// Two pods of one namespace on two nodes: the identity tests' shared cluster.
 #[cfg(test)]

@@ -18,10 +18,40 @@ pub struct MeshArgs {
     #[arg(long, value_enum, default_value_t = DataPath::Mesh)]
     pub data_path: DataPath,
 
-    /// Directory of the mesh root CA (`ca.pem`, 0600). All node daemons of a local
-    /// cluster share one; created on first start. Defaults to <state-dir>/../mesh-ca.
-    #[arg(long, env = "MESH_CA_DIR")]
-    pub ca_dir: Option<PathBuf>,
+    /// The mesh CA (`mesh-ca`, or istiod): `https://host:port`, Istio's certificate API.
+    /// Required with `--data-path mesh`: the daemon holds no CA key.
+    #[arg(long, env = "MESH_CA_ADDRESS")]
+    pub ca_address: Option<String>,
+
+    /// Name in the CA's serving certificate to verify (`mesh-ca.mesh-system.svc`; istiod's is `istiod.istio-system.svc`).
+    #[arg(long, default_value = "mesh-ca.mesh-system.svc")]
+    pub ca_server_name: String,
+
+    /// The mesh root certificate(s), PEM (the `mesh-ca-root-cert` ConfigMap): trust anchor
+    /// for the CA's TLS and for every HBONE peer.
+    #[arg(long, env = "MESH_CA_ROOT_CERT")]
+    pub ca_root_cert: Option<PathBuf>,
+
+    /// The token presented to the CA (a projected ServiceAccount token, audience `mesh-ca`);
+    /// re-read at every request.
+    #[arg(long, env = "MESH_CA_TOKEN_FILE")]
+    pub ca_token_file: Option<PathBuf>,
+
+    /// Sent to the CA as the `ClusterID` header.
+    #[arg(long, default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// Bound on one CA request, connect included, in ms.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub ca_timeout_ms: u64,
+
+    /// First retry delay after a failed CA request, in ms (doubling, jittered, up to `--ca-backoff-max-ms`).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ca_backoff_min_ms: u64,
+
+    /// Largest retry delay after failed CA requests, in ms.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ca_backoff_max_ms: u64,
 
     /// Lifetime of workload certificates, in seconds.
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(2..))]

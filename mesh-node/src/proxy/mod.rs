@@ -22,10 +22,14 @@ use crate::config::StateRx;
 use crate::hbone::client::{Dial, HboneClient, TunnelTarget};
 use crate::hbone::relay::relay;
 use crate::hbone::server::{self, ServerSettings};
-use crate::identity::{CertManager, LocalCa, ManagerConfig, NodeScopedCa};
+use crate::identity::manager::CertMetrics;
+use crate::identity::source::RemoteCa;
+use crate::identity::{CertManager, ManagerConfig};
 use crate::policy::Mode;
 use crate::policy::authz::{self, Connection};
 use mesh_hbone::RefusalReason;
+use mesh_hbone::ca::Backoff;
+use mesh_hbone::ca::{CaClient, CaClientConfig};
 pub use metrics::TcpMetrics;
 use metrics::{Direction, Reporter, Security, TcpLabels};
 use resolve::{Resolver, Route, v4};
@@ -39,49 +43,59 @@ pub fn select_handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn Connecti
     }
 }
 
-/// Builds the mesh handler from the daemon's inputs: metrics on 15020 and the
-/// `certificates` admin section are registered here.
+/// Builds the mesh handler from the daemon's inputs: metrics on 15020, the
+/// `certificates` readiness condition and admin section are registered here.
 pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandler>, SetupError> {
     let a = &p.args;
+    let m = &a.mesh;
+    let (Some(address), Some(root_path), Some(token_file)) = (&m.ca_address, &m.ca_root_cert, &m.ca_token_file) else {
+        return Err(SetupError::NoCa);
+    };
+    let root_pem = std::fs::read_to_string(root_path).map_err(|source| SetupError::Root {
+        path: root_path.clone(),
+        source,
+    })?;
     let settings = MeshSettings {
-        node: a.node.clone(),
         trust_domain: a.trust_domain.clone(),
-        ca_dir: a.mesh.ca_dir.clone().unwrap_or_else(|| default_ca_dir(&a.state_dir())),
-        proxy_cert_dir: a.state_dir().join(PROXY_CERTS_DIR),
-        cert_lifetime: Duration::from_secs(a.mesh.cert_lifetime_secs),
-        cert_rotate_fraction: a.mesh.cert_rotate_fraction,
-        handshake_timeout: Duration::from_millis(a.mesh.hbone_handshake_timeout_ms),
-        idle_timeout: Duration::from_secs(a.mesh.hbone_idle_timeout_secs),
+        ca: CaClientConfig {
+            address: address.clone(),
+            server_name: m.ca_server_name.clone(),
+            root_pem,
+            token_file: token_file.clone(),
+            cluster_id: m.cluster_id.clone(),
+            timeout: Duration::from_millis(m.ca_timeout_ms),
+        },
+        cert_lifetime: Duration::from_secs(m.cert_lifetime_secs),
+        cert_rotate_fraction: m.cert_rotate_fraction,
+        backoff: Backoff {
+            min: Duration::from_millis(m.ca_backoff_min_ms),
+            max: Duration::from_millis(m.ca_backoff_max_ms.max(m.ca_backoff_min_ms)),
+        },
+        handshake_timeout: Duration::from_millis(m.hbone_handshake_timeout_ms),
+        idle_timeout: Duration::from_secs(m.hbone_idle_timeout_secs),
     };
     let metrics = TcpMetrics::default();
     p.metrics.register(|reg| metrics.register(reg));
-    let mesh = MeshHandler::start(settings, p.state.clone(), metrics)?;
+    let cert_metrics = CertMetrics::default();
+    p.metrics.register(|reg| cert_metrics.register(reg));
+    p.readiness.set(
+        "certificates",
+        crate::readiness::Condition::Pending("no certificate requested yet".into()),
+    );
+    let mesh = MeshHandler::start(settings, p.state.clone(), metrics, cert_metrics, p.readiness.clone())?;
     let dump = mesh.clone();
     p.admin_sections.add("certificates", move || dump.certificates());
     Ok(Arc::new(SharedMeshHandler(mesh)))
 }
 
-/// Under the state directory: `<ns>/<pod>/{cert-chain,key,root-cert}.pem` for each
-/// waypoint or gateway pod of this node (they run `--cert-dir` on it).
-pub const PROXY_CERTS_DIR: &str = "proxy-certs";
-
-/// Beside the node's state directory, so the node daemons of one local cluster (state
-/// dirs `<cluster>/node-<name>`) share one CA without a flag.
-fn default_ca_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
-    state_dir
-        .parent()
-        .map_or_else(|| state_dir.join("ca"), |p| p.join("mesh-ca"))
-}
-
 /// Tunables from the command line.
 #[derive(Clone, Debug)]
 pub struct MeshSettings {
-    pub node: String,
     pub trust_domain: String,
-    pub ca_dir: std::path::PathBuf,
-    pub proxy_cert_dir: std::path::PathBuf,
+    pub ca: CaClientConfig,
     pub cert_lifetime: Duration,
     pub cert_rotate_fraction: f64,
+    pub backoff: Backoff,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -99,28 +113,41 @@ pub struct MeshHandler {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("identity: {0}")]
-    Ca(#[from] crate::identity::CaError),
-    #[error("TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "--data-path mesh needs the mesh CA: pass --ca-address, --ca-root-cert and --ca-token-file (the node holds no CA key)"
+    )]
+    NoCa,
+    #[error("cannot read the mesh root certificate {path}: {source}")]
+    Root {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA client: {0}")]
+    Ca(#[from] mesh_hbone::ca::CaClientError),
 }
 
 impl MeshHandler {
-    /// Opens (or creates) the CA and starts the certificate manager and the pool reaper.
-    pub fn start(settings: MeshSettings, state: StateRx, metrics: TcpMetrics) -> Result<Arc<Self>, SetupError> {
-        let ca = Arc::new(LocalCa::load_or_create(&settings.ca_dir, &settings.trust_domain)?);
-        let roots = crate::tls::root_store(&ca.root())?;
-        let root_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.root().to_vec()));
-        let signer = Arc::new(NodeScopedCa::new(ca, state.clone()));
+    /// Starts the certificate manager (certificates from the CA) and the pool reaper.
+    pub fn start(
+        settings: MeshSettings,
+        state: StateRx,
+        metrics: TcpMetrics,
+        cert_metrics: CertMetrics,
+        readiness: crate::readiness::Readiness,
+    ) -> Result<Arc<Self>, SetupError> {
+        let client = CaClient::new(settings.ca.clone())?;
+        let roots = client.roots();
+        let source = Arc::new(RemoteCa {
+            client,
+            lifetime: settings.cert_lifetime,
+        });
         let cfg = ManagerConfig {
-            node: settings.node.clone(),
             lifetime: settings.cert_lifetime,
             rotate_fraction: settings.cert_rotate_fraction,
-            proxy_cert_dir: Some(settings.proxy_cert_dir.clone()),
-            root_pem,
+            backoff: settings.backoff,
         };
-        let certs = Arc::new(CertManager::new(signer, cfg));
-        tokio::spawn(certs.clone().run(state.clone()));
+        let certs = Arc::new(CertManager::new(source, cfg, cert_metrics));
+        tokio::spawn(certs.clone().run(state.clone(), readiness));
         let client = Arc::new(HboneClient::new(
             roots.clone(),
             settings.handshake_timeout,
@@ -162,11 +189,11 @@ impl MeshHandler {
                 workload,
                 service,
             } => {
-                let source = match self.certs.get(&pod.workload) {
+                let source = match self.certs.obtain(&pod.workload).await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(pod = %pod.workload.key(), "no certificate for outbound: {e}");
-                        self.metrics.refused(Direction::outbound, RefusalReason::NoCertificate);
+                        tracing::warn!(pod = %pod.workload.key(), dst = %orig_dst, "outbound refused: {e}");
+                        self.metrics.refused(Direction::outbound, e.reason());
                         return reset(stream);
                     }
                 };
@@ -216,12 +243,13 @@ impl MeshHandler {
         (!authz::allowed(&eval, workload, conn)).then_some(RefusalReason::Authorization)
     }
 
-    fn server_settings(&self, pod: &CapturedPod) -> Option<ServerSettings> {
-        let cert = match self.certs.get(&pod.workload) {
+    /// TLS settings for the pod's 15008, or the refusal reason when it has no valid certificate.
+    async fn server_settings(&self, pod: &CapturedPod) -> Result<ServerSettings, RefusalReason> {
+        let cert = match self.certs.obtain(&pod.workload).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(pod = %pod.workload.key(), "no certificate to serve HBONE: {e}");
-                return None;
+                tracing::warn!(pod = %pod.workload.key(), "inbound HBONE refused: {e}");
+                return Err(e.reason());
             }
         };
         let key = pod.workload.key();
@@ -231,12 +259,12 @@ impl MeshHandler {
             None => {
                 let c =
                     crate::tls::server_config(cert.resolver.clone(), self.roots.clone(), &self.settings.trust_domain)
-                        .ok()?;
+                        .map_err(|_| RefusalReason::Config)?;
                 configs.insert(key, c.clone());
                 c
             }
         };
-        Some(ServerSettings {
+        Ok(ServerSettings {
             tls,
             handshake_timeout: self.settings.handshake_timeout,
         })
@@ -267,16 +295,19 @@ impl ConnectionHandler for SharedMeshHandler {
     }
 
     fn hbone(&self, pod: Arc<CapturedPod>, peer: SocketAddr, stream: TcpStream) -> BoxFuture<'static, ()> {
-        let Some(settings) = self.0.server_settings(&pod) else {
-            self.0.metrics.refused(Direction::inbound, RefusalReason::NoCertificate);
-            return Box::pin(async {});
-        };
-        let inbound = Arc::new(inbound::PodInbound::new(
-            pod,
-            self.0.state.clone(),
-            self.0.metrics.clone(),
-        ));
-        Box::pin(server::serve(settings, stream, peer, inbound))
+        let mesh = self.0.clone();
+        Box::pin(async move {
+            let settings = match mesh.server_settings(&pod).await {
+                Ok(s) => s,
+                Err(reason) => {
+                    // Fail closed: no certificate, no TLS, no plaintext either.
+                    mesh.metrics.refused(Direction::inbound, reason);
+                    return reset(stream);
+                }
+            };
+            let inbound = Arc::new(inbound::PodInbound::new(pod, mesh.state.clone(), mesh.metrics.clone()));
+            server::serve(settings, stream, peer, inbound).await
+        })
     }
 }
 

@@ -87,11 +87,6 @@ impl MeshState {
         self.workloads.values().filter(|w| w.enrolled && w.node == self.node)
     }
 
-    /// Waypoint and gateway pods on this node: they get certificate files, not capture.
-    pub fn local_proxies(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        self.workloads.values().filter(|w| w.proxy && w.node == self.node)
-    }
-
     pub fn workload(&self, ip: Ipv4Addr) -> Option<&Arc<Workload>> {
         self.workloads.get(&ip)
     }

@@ -1,99 +1,130 @@
-//! This proxy's workload certificate, read from the directory the node daemon writes
-//! (`cert-chain.pem`, `key.pem`, `root-cert.pem`) and re-read when it is rotated.
+//! This proxy's workload certificate, obtained from the mesh CA by CSR with its own
+//! token (a waypoint or gateway gets only its own service account's identity): the key
+//! is generated here and never leaves the process. Renewed at a fraction of its
+//! lifetime; when the CA is unreachable the certificate in hand keeps serving and the
+//! renewal is retried with jittered backoff. Past its expiry peers refuse it (fail
+//! closed), nothing falls back to plaintext.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use mesh_hbone::cert::{CertFileError, CertFiles};
-use mesh_hbone::{CertResolver, WorkloadCert};
+use mesh_hbone::ca::{Backoff, CaClient, CaClientConfig, CaClientError};
+use mesh_hbone::{CertResolver, SpiffeId, WorkloadCert};
 use rustls::RootCertStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error(
-        "no usable workload certificate in {dir} (the node daemon writes it once this pod is scheduled on its node): {source}"
-    )]
-    Files { dir: PathBuf, source: CertFileError },
-    #[error("the mesh root in {dir} cannot be used: {source}")]
-    Root {
-        dir: PathBuf,
-        source: mesh_hbone::tls::TlsError,
+    #[error("no certificate for {identity} from the mesh CA after {waited:?}: {source}")]
+    Ca {
+        identity: SpiffeId,
+        waited: Duration,
+        source: CaClientError,
     },
+    #[error(transparent)]
+    Client(#[from] CaClientError),
+}
+
+/// How this proxy talks to the CA.
+#[derive(Clone, Debug)]
+pub struct CaOptions {
+    pub client: CaClientConfig,
+    pub identity: SpiffeId,
+    pub lifetime: Duration,
+    pub rotate_fraction: f64,
+    pub backoff: Backoff,
 }
 
 pub struct ProxyIdentity {
     pub cert: Arc<WorkloadCert>,
     pub roots: Arc<RootCertStore>,
-    pub dir: PathBuf,
+    client: CaClient,
+    opts: CaOptions,
 }
 
 impl ProxyIdentity {
-    pub fn load(dir: &Path) -> Result<Self, IdentityError> {
-        let files = CertFiles::load(dir, 1).map_err(|source| IdentityError::Files {
-            dir: dir.to_owned(),
-            source,
-        })?;
-        let roots = mesh_hbone::tls::root_store(&files.root).map_err(|source| IdentityError::Root {
-            dir: dir.to_owned(),
-            source,
-        })?;
+    /// Requests the first certificate, retrying until `deadline` (the CA may start after us).
+    pub async fn obtain(opts: CaOptions, deadline: Duration) -> Result<Self, IdentityError> {
+        let client = CaClient::new(opts.client.clone())?;
+        let started = tokio::time::Instant::now();
+        let mut failures = 0;
+        let current = loop {
+            match client.fetch(&opts.identity, false, opts.lifetime, 1).await {
+                Ok(c) => break c,
+                Err(source) if started.elapsed() >= deadline => {
+                    return Err(IdentityError::Ca {
+                        identity: opts.identity.clone(),
+                        waited: deadline,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = opts.backoff.delay(failures);
+                    tracing::info!(identity = %opts.identity, retry_in_ms = delay.as_millis() as u64, "waiting for the workload certificate: {e}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
         let cert = Arc::new(WorkloadCert {
-            workload: dir.display().to_string(),
-            identity: files.identity,
-            resolver: Arc::new(CertResolver::new(files.current)),
+            workload: opts.identity.to_string(),
+            identity: opts.identity.clone(),
+            resolver: Arc::new(CertResolver::new(current)),
         });
         Ok(Self {
             cert,
-            roots,
-            dir: dir.to_owned(),
+            roots: client.roots(),
+            client,
+            opts,
         })
     }
 
-    /// Waits until the directory holds a certificate (the node daemon may issue it a
-    /// moment after this pod starts), logging what is missing every few seconds.
-    pub async fn wait_for(dir: &Path, deadline: Duration) -> Result<Self, IdentityError> {
-        let started = tokio::time::Instant::now();
-        let mut last_log = started;
+    /// Renews the certificate for as long as the process runs. New connections present
+    /// the new one; live ones keep theirs (the HBONE pool keys on the generation).
+    pub async fn keep_fresh(self: Arc<Self>) {
+        let mut failures = 0;
         loop {
-            match Self::load(dir) {
-                Ok(id) => return Ok(id),
-                Err(e) if started.elapsed() >= deadline => return Err(e),
+            let cur = self.cert.resolver.current();
+            let life = cur.not_after.duration_since(cur.issued).unwrap_or_default();
+            let due = cur.issued + life.mul_f64(self.opts.rotate_fraction);
+            let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+            if failures == 0 {
+                tokio::time::sleep(wait).await;
+            }
+            let generation = cur.generation + 1;
+            match self
+                .client
+                .fetch(&self.opts.identity, false, self.opts.lifetime, generation)
+                .await
+            {
+                Ok(next) => {
+                    failures = 0;
+                    self.cert.resolver.replace(next);
+                    tracing::info!(identity = %self.opts.identity, generation, "workload certificate rotated");
+                }
                 Err(e) => {
-                    if last_log.elapsed() >= Duration::from_secs(5) {
-                        tracing::info!("waiting for the workload certificate: {e}");
-                        last_log = tokio::time::Instant::now();
-                    }
+                    failures += 1;
+                    let delay = self.opts.backoff.delay(failures);
+                    let expired = SystemTime::now() >= cur.not_after;
+                    tracing::warn!(identity = %self.opts.identity, failures, expired, retry_in_ms = delay.as_millis() as u64, "certificate renewal failed; the current one keeps serving until it expires: {e}");
+                    tokio::time::sleep(delay).await;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Swaps in a rotated certificate whenever the chain file changes. New connections
-    /// present it; live ones keep theirs (the HBONE pool keys on the generation).
-    pub async fn follow_rotation(self: Arc<Self>, every: Duration) {
-        let mut seen = CertFiles::modified(&self.dir);
-        loop {
-            tokio::time::sleep(every).await;
-            let now = CertFiles::modified(&self.dir);
-            if now == seen {
-                continue;
-            }
-            let next_generation = self.cert.resolver.current().generation + 1;
-            match CertFiles::load(&self.dir, next_generation) {
-                Ok(files) if files.identity == self.cert.identity => {
-                    self.cert.resolver.replace(files.current);
-                    seen = now;
-                    tracing::info!(identity = %self.cert.identity, generation = next_generation, "workload certificate rotated");
-                }
-                Ok(files) => {
-                    seen = now;
-                    tracing::warn!(found = %files.identity, expected = %self.cert.identity, "certificate directory now holds another identity; keeping the current one");
-                }
-                // Mid-write or removed: keep the current certificate and look again.
-                Err(e) => tracing::debug!("certificate reload deferred: {e}"),
-            }
-        }
+    /// The admin view: identity, expiry, generation.
+    pub fn dump(&self) -> serde_json::Value {
+        let cur = self.cert.resolver.current();
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        serde_json::json!({
+            "identity": self.opts.identity.to_string(),
+            "not_before_unix": secs(cur.not_before),
+            "expiry_unix": secs(cur.not_after),
+            "generation": cur.generation,
+        })
     }
 }

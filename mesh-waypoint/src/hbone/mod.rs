@@ -1,6 +1,6 @@
 //! The waypoint in the mesh: HBONE in on 15008 ([`inbound`]), HBONE out to the chosen
-//! endpoint's pod ([`connector`]), with the certificate the node daemon writes for this
-//! pod ([`identity`]). Both directions use the `mesh-hbone` crate, as the node daemon does.
+//! endpoint's pod ([`connector`]), with the certificate this pod obtains from the mesh
+//! CA by CSR ([`identity`]). Both directions use the `mesh-hbone` crate, as the node daemon does.
 
 pub mod connector;
 pub mod identity;
@@ -10,7 +10,6 @@ pub mod inbound;
 pub const HBONE_PORT: u16 = 15008;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,15 +18,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::Proxy;
-use identity::{IdentityError, ProxyIdentity};
+use identity::{CaOptions, IdentityError, ProxyIdentity};
 
 /// Knobs of the waypoint's HBONE side (flags of `mesh-waypoint run`).
 #[derive(Clone, Debug)]
 pub struct HboneOptions {
-    /// Directory with `cert-chain.pem`, `key.pem`, `root-cert.pem` for this pod.
-    pub cert_dir: PathBuf,
+    /// The CA, this pod's identity and the certificate lifetime.
+    pub ca: CaOptions,
     pub trust_domain: String,
-    /// How long to wait at start for the node daemon to issue the certificate.
+    /// How long to wait at start for the CA to issue the certificate.
     pub cert_wait: Duration,
     pub handshake_timeout: Duration,
     /// Pooled upstream HBONE connections unused this long are closed.
@@ -54,9 +53,9 @@ pub struct HboneSide {
 
 impl HboneSide {
     pub async fn prepare(opts: HboneOptions) -> Result<Self, HboneError> {
-        let identity = Arc::new(ProxyIdentity::wait_for(&opts.cert_dir, opts.cert_wait).await?);
-        tracing::info!(identity = %identity.cert.identity, dir = %opts.cert_dir.display(), "workload certificate loaded");
-        tokio::spawn(identity.clone().follow_rotation(Duration::from_secs(1)));
+        let identity = Arc::new(ProxyIdentity::obtain(opts.ca.clone(), opts.cert_wait).await?);
+        tracing::info!(identity = %identity.cert.identity, ca = %opts.ca.client.address, "workload certificate issued by the CA");
+        tokio::spawn(identity.clone().keep_fresh());
         let client = Arc::new(HboneClient::new(
             identity.roots.clone(),
             opts.handshake_timeout,

@@ -290,18 +290,12 @@ impl Lab {
         Ok(())
     }
 
-    /// mesh-waypoint in its own pod: HBONE on 15008 with the certificate its node daemon
-    /// writes, HBONE to the endpoints (as in the Bookinfo lab).
+    /// mesh-waypoint in its own pod: HBONE on 15008 with the certificate it obtains from
+    /// the mesh CA, HBONE to the endpoints (as in the Bookinfo lab).
     fn start_waypoint(&mut self) -> anyhow::Result<()> {
         self.mesh.apply("bench-waypoint", WAYPOINT_CONFIG)?;
         let pod = self.cluster.pod(WAYPOINT_POD.0, WAYPOINT_POD.1)?;
-        let cert_dir = self
-            .cluster
-            .node(&pod.node)?
-            .state_dir
-            .join("proxy-certs")
-            .join(WAYPOINT_POD.0)
-            .join(WAYPOINT_POD.1);
+        let ca_args = self.mesh.proxy_ca_args(&self.cluster, WAYPOINT_POD.0, WAYPOINT_POD.1)?;
         let mut cmd = Command::new(bin_path("mesh-waypoint")?);
         cmd.arg("run")
             .arg("--config-dir")
@@ -316,8 +310,7 @@ impl Lab {
                 "--config-poll-ms",
                 "50",
             ])
-            .arg("--cert-dir")
-            .arg(&cert_dir)
+            .args(&ca_args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -113,7 +113,7 @@ impl Lab {
         }
         let issuer = jwt::Issuer::generate(&cluster.state_dir().join("jwt"))?;
         let jwks_server = issuer.serve(cluster, opts.log_dir.as_deref())?;
-        let waypoint = spawn_waypoint(cluster, &mesh, opts.log_dir.as_deref())?;
+        let waypoint = spawn_waypoint(cluster, &mut mesh, opts.log_dir.as_deref())?;
         pods.insert((NAMESPACE.to_owned(), WAYPOINT_POD.to_owned()), waypoint);
         wait_waypoint(cluster)?;
         let gateway_yaml = samples.join("bookinfo-gateway.yaml");
@@ -123,7 +123,7 @@ impl Lab {
         })?;
         mesh.apply_objects(&gateway_yaml.display().to_string(), &text)
             .map_err(MeshError::from)?;
-        let gateway = spawn_gateway(cluster, &mesh, opts.log_dir.as_deref())?;
+        let gateway = spawn_gateway(cluster, &mut mesh, opts.log_dir.as_deref())?;
         pods.insert((GATEWAY_POD.0.to_owned(), GATEWAY_POD.1.to_owned()), gateway);
         wait_gateway(cluster)?;
         let prometheus = match opts.prometheus {
@@ -406,16 +406,12 @@ const STATS_ADDR: &str = "0.0.0.0:15020";
 /// key server outage test sees a failed refresh quickly).
 pub const JWKS_REFRESH_SECS: u64 = 2;
 
-/// The certificate directory the pod's node daemon writes for a waypoint/gateway pod.
-fn cert_dir(cluster: &Cluster, ns: &str, pod: &str) -> Result<PathBuf, LabError> {
-    let node = cluster.node(&cluster.pod(ns, pod)?.node)?;
-    Ok(node.state_dir.join("proxy-certs").join(ns).join(pod))
-}
-
 /// `mesh-waypoint run --mode gateway` in the ingress gateway pod: serves the Gateways
-/// selecting `istio=ingressgateway`, forwards into the mesh over HBONE.
-fn spawn_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+/// selecting `istio=ingressgateway`, forwards into the mesh over HBONE. Its certificate
+/// comes from the mesh CA by CSR, with a token bound to the pod.
+fn spawn_gateway(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
     let (ns, name) = GATEWAY_POD;
+    let ca_args = mesh.proxy_ca_args(cluster, ns, name)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
         .args([
@@ -431,8 +427,7 @@ fn spawn_gateway(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) ->
         .args(["--admin", "127.0.0.1:15000", "--config-poll-ms", "200"])
         .args(["--stats-addr", STATS_ADDR])
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
-        .arg("--cert-dir")
-        .arg(cert_dir(cluster, ns, name)?)
+        .args(&ca_args)
         .stdin(Stdio::null());
     apps::log_to(&mut cmd, log_dir, name);
     Ok(cluster.spawn_in_pod(ns, name, cmd)?)
@@ -450,17 +445,16 @@ fn wait_gateway(cluster: &Cluster) -> Result<(), LabError> {
         })
 }
 
-/// `mesh-waypoint run` in the waypoint pod, with the certificate its node daemon writes.
-fn spawn_waypoint(cluster: &Cluster, mesh: &LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
-    let cert_dir = cert_dir(cluster, NAMESPACE, WAYPOINT_POD)?;
+/// `mesh-waypoint run` in the waypoint pod, with the certificate it obtains from the CA.
+fn spawn_waypoint(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+    let ca_args = mesh.proxy_ca_args(cluster, NAMESPACE, WAYPOINT_POD)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
         .arg("--config-dir")
         .arg(mesh.config_dir())
         .args(["--namespace", NAMESPACE, "--listen", "127.0.0.1:15080", "--admin"])
         .arg(format!("127.0.0.1:{WAYPOINT_ADMIN}"))
-        .arg("--cert-dir")
-        .arg(&cert_dir)
+        .args(&ca_args)
         .args(["--config-poll-ms", "200"])
         .args(["--stats-addr", STATS_ADDR])
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])

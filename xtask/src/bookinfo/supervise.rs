@@ -71,9 +71,9 @@ impl Lab {
         };
         let log_dir = self.log_dir.as_deref();
         let guard = if (ns, name) == (NAMESPACE, WAYPOINT_POD) {
-            super::spawn_waypoint(cluster, &self.mesh, log_dir)?
+            super::spawn_waypoint(cluster, &mut self.mesh, log_dir)?
         } else if (ns, name) == GATEWAY_POD {
-            super::spawn_gateway(cluster, &self.mesh, log_dir)?
+            super::spawn_gateway(cluster, &mut self.mesh, log_dir)?
         } else {
             apps::start_one(cluster, &cluster.pod(ns, name)?, log_dir)?
         };

@@ -1,8 +1,10 @@
 //! The mesh on top of a harness [`Cluster`]: a watched configuration directory, one
-//! `mesh-node` per node (in the node's netns and cgroup), readiness polling, and
+//! `mesh-node` per node (in the node's netns and cgroup), the mesh CA ([`ca`]) that
+//! issues their pods' certificates, readiness polling, and
 //! admin/metrics reads. Shared by the demo and the e2e tests so that every test
 //! starts the mesh the same way.
 
+pub mod ca;
 mod http;
 pub mod objects;
 
@@ -46,11 +48,12 @@ pub enum MeshError {
     NoDaemon(String),
 }
 
-/// Daemons of a running local mesh; dropping it stops them by PID.
+/// Daemons of a running local mesh and its CA; dropping it stops them by PID.
 pub struct LocalMesh {
     config_dir: PathBuf,
     options: MeshOptions,
     daemons: BTreeMap<String, ProcessGuard>,
+    pub ca: ca::LocalCa,
 }
 
 impl LocalMesh {
@@ -63,10 +66,13 @@ impl LocalMesh {
             source,
         })?;
         cluster.write_config(&config_dir)?;
+        let mut ca = ca::LocalCa::new(cluster, &config_dir)?;
+        ca.start(cluster)?;
         let mut mesh = Self {
             config_dir,
             options,
             daemons: BTreeMap::new(),
+            ca,
         };
         for node in cluster.nodes() {
             mesh.start_node(cluster, &node.name)?;
@@ -111,8 +117,30 @@ impl LocalMesh {
         }
     }
 
+    /// Flags that point a waypoint or gateway pod at the CA, with a token bound to that pod.
+    pub fn proxy_ca_args(&mut self, cluster: &Cluster, namespace: &str, pod: &str) -> Result<Vec<String>, MeshError> {
+        let info = cluster.pod(namespace, pod)?;
+        let token = self.ca.issue_token(ca::TokenGrant {
+            namespace: namespace.into(),
+            service_account: info.service_account.clone(),
+            pod: pod.into(),
+            node: info.node.clone(),
+        })?;
+        Ok(vec![
+            "--ca-address".into(),
+            self.ca.address(),
+            "--ca-root-cert".into(),
+            self.ca.root_cert().display().to_string(),
+            "--ca-token-file".into(),
+            token.display().to_string(),
+            "--service-account".into(),
+            info.service_account.clone(),
+        ])
+    }
+
     pub fn start_node(&mut self, cluster: &Cluster, node: &str) -> Result<(), MeshError> {
         let info = cluster.node(node)?;
+        let token = self.ca.issue_node_token(node)?;
         let mut cmd = Command::new(bin_path("mesh-node")?);
         cmd.arg("run")
             .arg("--config-dir")
@@ -123,6 +151,11 @@ impl LocalMesh {
             .arg("--state-dir")
             .arg(&info.state_dir)
             .args(["--log", self.options.log.as_deref().unwrap_or("info")])
+            .args(["--ca-address", &self.ca.address()])
+            .arg("--ca-root-cert")
+            .arg(self.ca.root_cert())
+            .arg("--ca-token-file")
+            .arg(&token)
             .args(&self.options.node_args)
             .stdin(Stdio::null());
         match &self.options.log_dir {
