@@ -176,6 +176,14 @@ fn deployment(spec: &WaypointSpec) -> Value {
                     "serviceAccountName": spec.name,
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container(spec)],
+                    // The certificate comes from mesh-ca by CSR (key kept in the process):
+                    // a token bound to this pod, and the root published by the CA.
+                    "volumes": [
+                        {"name": "mesh-ca-token", "projected": {"sources": [
+                            {"serviceAccountToken": {"audience": "mesh-ca", "expirationSeconds": 3600, "path": "mesh-ca-token"}},
+                        ]}},
+                        {"name": "mesh-ca-root-cert", "configMap": {"name": "mesh-ca-root-cert"}},
+                    ],
                 },
             },
         },
@@ -196,6 +204,10 @@ fn container(spec: &WaypointSpec) -> Value {
             {"name": "POD_NAME", "valueFrom": field("metadata.name")},
             {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
+            {"name": "MESH_SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
+            {"name": "MESH_CA_ADDRESS", "value": "https://mesh-ca.mesh-system.svc:15012"},
+            {"name": "MESH_CA_ROOT_CERT", "value": "/var/run/mesh/root-cert/root-cert.pem"},
+            {"name": "MESH_CA_TOKEN_FILE", "value": "/var/run/secrets/tokens/mesh-ca-token"},
             {"name": "NODE_NAME", "valueFrom": field("spec.nodeName")},
             // Istio's request metrics for Prometheus (the scrape annotations name this port).
             {"name": "MESH_STATS_ADDR", "value": "0.0.0.0:15020"},
@@ -206,6 +218,10 @@ fn container(spec: &WaypointSpec) -> Value {
             {"name": "mesh", "containerPort": 15008, "protocol": "TCP"},
             {"name": "status-port", "containerPort": 15021, "protocol": "TCP"},
             {"name": "metrics", "containerPort": 15020, "protocol": "TCP"},
+        ],
+        "volumeMounts": [
+            {"name": "mesh-ca-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true},
+            {"name": "mesh-ca-root-cert", "mountPath": "/var/run/mesh/root-cert", "readOnly": true},
         ],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "initialDelaySeconds": 10, "periodSeconds": 10},

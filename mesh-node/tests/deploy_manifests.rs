@@ -188,6 +188,7 @@ fn rbac_grants_list_watch_on_exactly_the_watched_kinds() {
 fn manifests_pass_only_flags_the_binaries_accept() {
     let daemonset = documents(&deploy_dir().join("install/daemonset.yaml"));
     let waypoint = documents(&deploy_dir().join("waypoint/waypoint.yaml"));
+    let ca = documents(&deploy_dir().join("install/ca.yaml"));
     let containers = |docs: &[Value]| -> Vec<Value> {
         docs.iter()
             .filter(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment")
@@ -201,7 +202,11 @@ fn manifests_pass_only_flags_the_binaries_accept() {
     };
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_mesh-node")).parent().unwrap().to_owned();
     let mut checked = 0;
-    for c in containers(&daemonset).into_iter().chain(containers(&waypoint)) {
+    for c in containers(&daemonset)
+        .into_iter()
+        .chain(containers(&waypoint))
+        .chain(containers(&ca))
+    {
         let command = c["command"][0].as_str().unwrap();
         let binary = bin_dir.join(Path::new(command).file_name().unwrap());
         let args: Vec<&str> = c["args"]
@@ -211,7 +216,11 @@ fn manifests_pass_only_flags_the_binaries_accept() {
             .filter_map(Value::as_str)
             .collect();
         if !binary.exists() {
-            assert!(command.ends_with("mesh-waypoint"), "{} is not built", binary.display());
+            assert!(
+                command.ends_with("mesh-waypoint") || command.ends_with("mesh-ca"),
+                "{} is not built",
+                binary.display()
+            );
             eprintln!("skipping {command}: not built (cargo build --workspace builds it)");
             continue;
         }
@@ -226,6 +235,79 @@ fn manifests_pass_only_flags_the_binaries_accept() {
         checked += 1;
     }
     assert!(checked >= 1, "no container checked");
+}
+
+/// Issue 15: the node daemons hold no CA key. The DaemonSet mounts no Secret, no RBAC
+/// rule bound to its ServiceAccount reaches `secrets`, and the only pod that mounts the
+/// CA Secret `cacerts` runs as the CA's ServiceAccount.
+#[test]
+fn only_the_ca_can_read_the_ca_key() {
+    let docs: Vec<Value> = all_yaml()
+        .iter()
+        .filter(|p| !is_kustomization(p))
+        .flat_map(|p| documents(p))
+        .collect();
+    let daemonset = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("DaemonSet");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let ds_sa = pod["serviceAccountName"].as_str().expect("DaemonSet ServiceAccount");
+    for v in pod["volumes"].as_sequence().into_iter().flatten() {
+        assert!(v["secret"].is_null(), "the DaemonSet mounts a Secret: {v:?}");
+        for source in v["projected"]["sources"].as_sequence().into_iter().flatten() {
+            assert!(source["secret"].is_null(), "the DaemonSet projects a Secret: {v:?}");
+        }
+    }
+    let text = serde_yaml::to_string(pod).unwrap();
+    for forbidden in ["secretKeyRef", "secretRef", "MESH_CA_DIR", "ca-dir"] {
+        assert!(!text.contains(forbidden), "{forbidden} in the DaemonSet:\n{text}");
+    }
+    // Every rule bound to the DaemonSet's ServiceAccount, from any (Cluster)RoleBinding.
+    let bound_roles: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+        .filter(|d| {
+            d["subjects"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == ds_sa && s["namespace"] == "mesh-system")
+        })
+        .filter_map(|d| d["roleRef"]["name"].as_str())
+        .collect();
+    assert!(!bound_roles.is_empty(), "the DaemonSet's ServiceAccount has its roles");
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        if !bound_roles.contains(&name) {
+            continue;
+        }
+        for rule in d["rules"].as_sequence().into_iter().flatten() {
+            for r in rule["resources"].as_sequence().into_iter().flatten() {
+                assert!(r != "secrets" && r != "*", "role {name} bound to {ds_sa} grants {r:?}");
+            }
+        }
+    }
+    // Pods that mount the CA Secret: exactly the CA's Deployment, as the CA's ServiceAccount.
+    let mounting: Vec<(String, String)> = docs
+        .iter()
+        .filter(|d| d["spec"]["template"]["spec"].is_mapping())
+        .filter(|d| {
+            let spec = &d["spec"]["template"]["spec"];
+            spec["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|v| v["secret"]["secretName"] == "cacerts")
+        })
+        .map(|d| {
+            (
+                str_of(&d["metadata"]["name"]),
+                str_of(&d["spec"]["template"]["spec"]["serviceAccountName"]),
+            )
+        })
+        .collect();
+    assert_eq!(mounting, vec![("mesh-ca".to_owned(), "mesh-ca".to_owned())]);
 }
 
 /// The plural names in the `WATCHED` table: the second string literal of each
