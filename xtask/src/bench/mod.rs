@@ -7,6 +7,7 @@
 //! All benchmarks share one local cluster ([`lab`]); the order is chosen so that state
 //! one benchmark leaves (conntrack from the iptables rule of `connect`) touches no other.
 
+pub mod ca;
 pub mod chart;
 pub mod connect;
 pub mod lab;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 pub use report::{Report, Row};
 
 /// Every benchmark, in the order they run.
-pub const ALL: [&str; 6] = ["tunnel", "latency", "policy", "waypoint", "resources", "connect"];
+pub const ALL: [&str; 7] = ["tunnel", "latency", "policy", "waypoint", "resources", "connect", "ca"];
 
 #[derive(Clone, Debug, Default)]
 pub struct BenchOptions {
@@ -77,6 +78,7 @@ pub fn run(names: &[String], opts: &BenchOptions, out_dir: &Path) -> anyhow::Res
             "waypoint" => waypoint::run(&mut lab, opts),
             "resources" => resources::run(&lab, opts, idle.as_ref().unwrap_or(&resources::Idle::default())),
             "connect" => connect::run(&lab, opts),
+            "ca" => ca::run(&mut lab, opts),
             _ => unreachable!("checked above"),
         };
         match result {

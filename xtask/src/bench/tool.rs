@@ -50,6 +50,10 @@ pub enum ToolCmd {
     Connect(ConnectArgs),
     /// Opens `conns` keep-alive connections (one request each), prints `{"opened":N}`, holds them `secs`.
     Hold(LoadArgs),
+    /// Certificates per second: CSRs to the mesh CA (`--address`) or signed in process.
+    Csr(super::ca::CsrArgs),
+    /// One HTTP request after another until one is answered (a new pod's first connection).
+    First(super::ca::FirstArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -129,6 +133,8 @@ pub fn run(cmd: ToolCmd) -> anyhow::Result<()> {
             ToolCmd::Rate(a) => open_loop(a).await?,
             ToolCmd::Max(a) => closed_loop(a).await?,
             ToolCmd::Connect(a) => connect_loop(a).await?,
+            ToolCmd::Csr(a) => super::ca::csr_loop(a).await?,
+            ToolCmd::First(a) => super::ca::first_answer(a).await?,
         };
         println!("{}", serde_json::to_string(&result)?);
         Ok(())
@@ -213,7 +219,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
 }
 
-struct Tally {
+pub(super) struct Tally {
     hist: Histogram<u64>,
     ok: u64,
     errors: u64,
@@ -221,7 +227,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             hist: histogram(),
             ok: 0,
@@ -230,19 +236,19 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, d: Duration) {
+    pub(super) fn record(&mut self, d: Duration) {
         self.ok += 1;
         let _ = self.hist.record((d.as_micros() as u64).max(1));
     }
 
-    fn error(&mut self, e: &anyhow::Error) {
+    pub(super) fn error(&mut self, e: &anyhow::Error) {
         self.errors += 1;
         if self.first_error.is_none() {
             self.first_error = Some(format!("{e:#}"));
         }
     }
 
-    fn merge(&mut self, o: &Tally) {
+    pub(super) fn merge(&mut self, o: &Tally) {
         if self.first_error.is_none() {
             self.first_error.clone_from(&o.first_error);
         }
@@ -251,7 +257,7 @@ impl Tally {
         self.errors += o.errors;
     }
 
-    fn result(&self, secs: f64) -> LoadResult {
+    pub(super) fn result(&self, secs: f64) -> LoadResult {
         let q = |p: f64| self.hist.value_at_quantile(p) as f64;
         LoadResult {
             ok: self.ok,
@@ -354,7 +360,7 @@ async fn closed_loop(a: LoadArgs) -> anyhow::Result<LoadResult> {
     Ok(all.result(started.elapsed().as_secs_f64()))
 }
 
-async fn one_connection(target: SocketAddr, http: bool) -> anyhow::Result<()> {
+pub(super) async fn one_connection(target: SocketAddr, http: bool) -> anyhow::Result<()> {
     let mut stream = match TcpStream::connect(target).await {
         Ok(s) => s,
         // The handshake completed and the listener already reset the connection before this
