@@ -6,7 +6,6 @@
 use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use mesh_common::source::kube::Retry;
 use mesh_common::source::kube::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};
@@ -133,14 +132,16 @@ impl Daemon {
 }
 
 async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
+    let polled = tokio::time::timeout(DEADLINE, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            if let Some(v) = f() {
+                return v;
+            }
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    });
+    polled.await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
