@@ -196,20 +196,20 @@ impl RequestMetrics {
     }
 
     pub fn record(&self, o: Observation) {
-        let labels = self.labels(&o);
+        let (duration_ms, request_bytes, response_bytes) = (o.duration_ms, o.request_bytes, o.response_bytes);
+        let labels = self.labels(o);
         self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(o.duration_ms);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(o.request_bytes as f64);
+        self.duration.get_or_create(&labels).observe(duration_ms);
+        self.request_bytes.get_or_create(&labels).observe(request_bytes as f64);
         self.response_bytes
             .get_or_create(&labels)
-            .observe(o.response_bytes as f64);
+            .observe(response_bytes as f64);
     }
 
-    fn labels(&self, o: &Observation) -> RequestLabels {
-        let (s, d) = (o.source.clone(), o.destination.clone());
-        let (svc, svc_name, svc_ns) = o.service.clone();
+    /// Moves the observation's strings into the label set (no copy per request).
+    fn labels(&self, o: Observation) -> RequestLabels {
+        let (s, d) = (o.source, o.destination);
+        let (svc, svc_name, svc_ns) = o.service;
         RequestLabels {
             reporter: self.reporter,
             source_workload: s.workload,
@@ -231,8 +231,8 @@ impl RequestMetrics {
             destination_service_namespace: svc_ns,
             request_protocol: o.protocol,
             response_code: o.code.to_string(),
-            grpc_response_status: o.grpc_status.clone().unwrap_or_default(),
-            response_flags: o.flags.clone(),
+            grpc_response_status: o.grpc_status.unwrap_or_default(),
+            response_flags: o.flags,
             connection_security_policy: o.security,
         }
     }
