@@ -11,6 +11,12 @@ pub const PORT_OUTBOUND: u16 = 15001;
 pub const PORT_INBOUND_PLAINTEXT: u16 = 15006;
 /// HBONE (HTTP/2 CONNECT over mutual TLS).
 pub const PORT_HBONE: u16 = 15008;
+/// Admin endpoint (`/config_dump`), on loopback (node daemon and waypoint).
+pub const PORT_ADMIN: u16 = 15000;
+/// Prometheus metrics (`/metrics`).
+pub const PORT_METRICS: u16 = 15020;
+/// Readiness (`/healthz/ready`).
+pub const PORT_READINESS: u16 = 15021;
 
 /// An original destination as the application asked for it.
 #[repr(C)]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use mesh_common::abi::{PORT_ADMIN, PORT_METRICS, PORT_READINESS};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,7 +51,8 @@ pub struct RunArgs {
     pub config_dir: Option<PathBuf>,
 
     /// Read the configuration from the Kubernetes API server (in-cluster service account,
-    /// else the local kubeconfig) instead of a directory: watches only this node's pods.
+    /// else the local kubeconfig) instead of a directory: watches every pod of the
+    /// cluster (trimmed), captures only this node's.
     #[arg(long, env = "MESH_KUBERNETES")]
     pub kubernetes: bool,
 
@@ -69,15 +71,15 @@ pub struct RunArgs {
     pub bpffs_dir: Option<PathBuf>,
 
     /// Admin endpoint (config dump, workloads, certificates). Keep it on loopback.
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], PORT_ADMIN)))]
     pub admin_addr: SocketAddr,
 
     /// Readiness endpoint (`GET /healthz/ready`).
-    #[arg(long, default_value = "0.0.0.0:15021")]
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], PORT_READINESS)))]
     pub readiness_addr: SocketAddr,
 
     /// Prometheus metrics endpoint (`GET /metrics`).
-    #[arg(long, default_value = "0.0.0.0:15020")]
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], PORT_METRICS)))]
     pub metrics_addr: SocketAddr,
 
     /// How often the configuration directory is checked for changes, in milliseconds.
@@ -161,6 +163,13 @@ pub struct CaptureArgs {
 pub struct Cidr {
     pub addr: std::net::Ipv4Addr,
     pub prefix_len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
 }
 
 impl std::str::FromStr for Cidr {
@@ -255,6 +264,9 @@ mod tests {
                 prefix_len: 32
             }
         );
+        let c: Cidr = "198.18.0.0/15".parse().unwrap();
+        assert!(c.contains([198, 19, 255, 1].into()) && !c.contains([198, 20, 0, 1].into()));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains([8, 8, 8, 8].into()));
         let e = "10.0.0.0/33".parse::<Cidr>().unwrap_err();
         assert!(e.contains("10.0.0.0/33") && e.contains("33"), "{e}");
         assert!("10.0.0/8".parse::<Cidr>().is_err());

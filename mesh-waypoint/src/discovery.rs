@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use mesh_common::model::Resource;
-use mesh_common::model::k8s::{Pod, Service, USE_WAYPOINT_LABEL};
+use mesh_common::model::k8s::{Pod, Service, TargetPort, USE_WAYPOINT_LABEL};
 
 use crate::config::hosts::service_fqdn;
 
@@ -15,7 +15,8 @@ use crate::config::hosts::service_fqdn;
 pub struct ServicePortInfo {
     pub name: Option<String>,
     pub port: u16,
-    pub target_port: u16,
+    /// Resolved per pod ([`PodInfo::port`]): a name may map to different ports.
+    pub target_port: TargetPort,
     pub protocol: UpstreamProtocol,
 }
 
@@ -50,6 +51,17 @@ pub struct PodInfo {
     pub service_account: String,
     pub ip: IpAddr,
     pub labels: BTreeMap<String, String>,
+    /// Named container ports, for a `targetPort` that names one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<(String, u16)>,
+}
+
+impl PodInfo {
+    /// The pod port a Service's `target` means here; `None` when the pod has no
+    /// container port of that name (it is then no endpoint of that port).
+    pub fn port(&self, target: &TargetPort) -> Option<u16> {
+        target.resolve(|name| self.named_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p))
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -124,8 +136,9 @@ fn pod_info(p: &Pod) -> Option<PodInfo> {
         name: p.metadata.name.clone(),
         namespace: p.metadata.namespace_or_default().to_owned(),
         service_account: p.service_account().to_owned(),
-        ip: IpAddr::V4(p.status.pod_ip?),
+        ip: IpAddr::V4(p.ipv4()?),
         labels: p.metadata.labels.clone(),
+        named_ports: p.named_ports().map(|(n, port)| (n.to_owned(), port)).collect(),
     })
 }
 
@@ -154,7 +167,7 @@ fn service_info(s: &Service, pods: &[PodInfo], ns_labels: Option<&BTreeMap<Strin
     ServiceInfo {
         fqdn: service_fqdn(&s.metadata.name, ns),
         namespace: ns.to_owned(),
-        cluster_ip: s.spec.cluster_ip.map(IpAddr::V4),
+        cluster_ip: s.vip().map(IpAddr::V4),
         ports: s
             .spec
             .ports
@@ -162,7 +175,7 @@ fn service_info(s: &Service, pods: &[PodInfo], ns_labels: Option<&BTreeMap<Strin
             .map(|p| ServicePortInfo {
                 name: p.name.clone(),
                 port: p.port,
-                target_port: p.target_port_number(),
+                target_port: p.target(),
                 protocol: protocol_of(p),
             })
             .collect(),

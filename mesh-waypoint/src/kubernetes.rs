@@ -28,7 +28,6 @@ pub async fn start(
 ) -> Result<watch::Receiver<KubeStatus>, KubeSourceError> {
     let store = SharedStore::default();
     let source_config = KubeSourceConfig {
-        node_name: None,
         controller: "mesh.io/mesh-waypoint".into(),
         instance,
         record_events: true,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mesh_common::abi;
 use mesh_waypoint::gateway::{GatewayOptions, IngressGateway};
 use mesh_waypoint::{Options, Waypoint};
 
@@ -89,7 +90,7 @@ struct RunArgs {
     #[arg(long, env = "MESH_KUBERNETES")]
     kubernetes: bool,
     /// Readiness endpoint (`GET /healthz/ready`) in Kubernetes mode.
-    #[arg(long, env = "MESH_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    #[arg(long, env = "MESH_READINESS_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], abi::PORT_READINESS)))]
     readiness_addr: SocketAddr,
     /// Namespace the waypoint serves; short host names in requests resolve against it.
     /// Gateway mode: the gateway workload's namespace, where credentialName Secrets are looked up.
@@ -99,7 +100,7 @@ struct RunArgs {
     #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:15080")]
     listen: SocketAddr,
     /// Admin address (`/config_dump`, `/ready`, `/stats/prometheus`); keep it on loopback.
-    #[arg(long, env = "MESH_ADMIN", default_value = "127.0.0.1:15000")]
+    #[arg(long, env = "MESH_ADMIN", default_value_t = SocketAddr::from(([127, 0, 0, 1], abi::PORT_ADMIN)))]
     admin: SocketAddr,
     /// Stats address for Prometheus (`/stats/prometheus`, `/metrics`: Istio's request
     /// metrics, nothing else), e.g. `0.0.0.0:15020` as Istio's proxies; off when unset.
@@ -160,7 +161,7 @@ struct HboneArgs {
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(2..))]
     cert_lifetime_secs: u64,
     /// Where HBONE (HTTP/2 CONNECT over mTLS) is accepted when `--ca-address` is set.
-    #[arg(long, env = "MESH_HBONE_LISTEN", default_value = "0.0.0.0:15008")]
+    #[arg(long, env = "MESH_HBONE_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], abi::PORT_HBONE)))]
     hbone_listen: SocketAddr,
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]

@@ -289,7 +289,7 @@ fn pods_come_and_go_and_config_follows() {
         .collect();
     assert_eq!(pods.len(), 23);
     let p3 = pods.iter().find(|p| p.metadata.name == "p3").unwrap();
-    assert_eq!(p3.status.pod_ip, Some(old.ip));
+    assert_eq!(p3.ipv4(), Some(old.ip));
     assert_eq!(
         p3.metadata.annotations[LOCAL_NETNS_ANNOTATION],
         again[0].netns_path.display().to_string()

@@ -1,19 +1,26 @@
 //! Which pods the mesh captures: those on this node whose namespace is enrolled,
 //! except pods that opt out and the mesh's own proxies (waypoints, gateways).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use super::Resource;
-use super::k8s::Pod;
+use super::k8s::{Namespace, Pod};
 use super::store::ConfigStore;
 
-/// Pods scheduled on `node` (`spec.nodeName`) in an enrolled namespace
-/// ([`super::k8s::Namespace::is_enrolled`]), in store order (namespace, name).
+/// The enrollment rule, the only copy: the pod's namespace opts in
+/// ([`Namespace::is_enrolled`]) and the pod does not opt out ([`Pod::opts_out`]).
+/// Which node captures it is the caller's concern.
+pub fn is_enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
+    namespace.is_some_and(Namespace::is_enrolled) && !pod.opts_out()
+}
+
+/// Pods scheduled on `node` (`spec.nodeName`) that [`is_enrolled`], in store order
+/// (namespace, name).
 pub fn enrolled_pods(store: &ConfigStore, node: &str) -> Vec<Pod> {
-    let enrolled: BTreeSet<&str> = store
+    let namespaces: BTreeMap<&str, &Namespace> = store
         .iter()
         .filter_map(|r| match r {
-            Resource::Namespace(ns) if ns.is_enrolled() => Some(ns.metadata.name.as_str()),
+            Resource::Namespace(ns) => Some((ns.metadata.name.as_str(), ns)),
             _ => None,
         })
         .collect();
@@ -22,8 +29,7 @@ pub fn enrolled_pods(store: &ConfigStore, node: &str) -> Vec<Pod> {
         .filter_map(|r| match r {
             Resource::Pod(p)
                 if p.spec.node_name.as_deref() == Some(node)
-                    && enrolled.contains(p.metadata.namespace_or_default())
-                    && !p.opts_out() =>
+                    && is_enrolled(p, namespaces.get(p.metadata.namespace_or_default()).copied()) =>
             {
                 Some(p.clone())
             }

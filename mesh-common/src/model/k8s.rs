@@ -3,7 +3,7 @@
 //! `kubectl get -o yaml`, which carry many fields the mesh does not need.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,18 +62,45 @@ pub struct PodSpec {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Only the named ports are read (a Service's `targetPort` may name one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub container_port: u16,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
+    /// The primary address: IPv6 in an IPv6-primary dual-stack cluster, so any family.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "podIP")]
-    pub pod_ip: Option<Ipv4Addr>,
+    pub pod_ip: Option<IpAddr>,
+    /// Every address of a dual-stack pod (the first equals `podIP`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
     /// `Running`, `Pending`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<PodCondition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodIp {
+    pub ip: IpAddr,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +112,32 @@ pub struct PodCondition {
 }
 
 impl Pod {
+    /// The IPv4 address the mesh captures and addresses the pod by (pods are captured
+    /// over IPv4 only); `None` before the pod has one, or on an IPv6-only pod.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        let primary = self.status.pod_ip.into_iter();
+        primary
+            .chain(self.status.pod_ips.iter().map(|p| p.ip))
+            .find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+    }
+
+    /// The container port named `name`, for a Service `targetPort` that names one.
+    pub fn named_port(&self, name: &str) -> Option<u16> {
+        self.named_ports().find(|(n, _)| *n == name).map(|(_, p)| p)
+    }
+
+    /// Every named container port.
+    pub fn named_ports(&self) -> impl Iterator<Item = (&str, u16)> {
+        self.spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter_map(|p| Some((p.name.as_deref()?, p.container_port)))
+    }
+
     pub fn service_account(&self) -> &str {
         self.spec.service_account_name.as_deref().unwrap_or("default")
     }
@@ -130,7 +183,89 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "clusterIP")]
-    pub cluster_ip: Option<Ipv4Addr>,
+    pub cluster_ip: Option<ClusterIp>,
+    /// Every cluster IP of a dual-stack Service (the first equals `clusterIP`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "clusterIPs")]
+    pub cluster_ips: Vec<ClusterIp>,
+}
+
+/// `spec.clusterIP`: an address of either family, `None` for a headless Service, or
+/// empty (an `ExternalName` Service has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ClusterIp {
+    Addr(IpAddr),
+    Headless,
+    Unset,
+}
+
+impl TryFrom<String> for ClusterIp {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "None" => Ok(Self::Headless),
+            "" => Ok(Self::Unset),
+            _ => s
+                .parse()
+                .map(Self::Addr)
+                .map_err(|_| format!("{s:?} is neither an IP address nor \"None\"")),
+        }
+    }
+}
+
+impl From<ClusterIp> for String {
+    fn from(c: ClusterIp) -> String {
+        match c {
+            ClusterIp::Addr(ip) => ip.to_string(),
+            ClusterIp::Headless => "None".into(),
+            ClusterIp::Unset => String::new(),
+        }
+    }
+}
+
+impl Service {
+    /// The IPv4 VIP clients connect to; `None` for a headless Service (`clusterIP:
+    /// None`, clients address its pods directly) or an IPv6-only one.
+    pub fn vip(&self) -> Option<Ipv4Addr> {
+        self.cluster_addrs().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// Any cluster IP (v4 or v6), for consumers that match request addresses.
+    pub fn cluster_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let spec = &self.spec;
+        spec.cluster_ip.iter().chain(&spec.cluster_ips).filter_map(|c| match c {
+            ClusterIp::Addr(ip) => Some(*ip),
+            ClusterIp::Headless | ClusterIp::Unset => None,
+        })
+    }
+}
+
+/// What a Service port forwards to on each endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    /// A container port name, resolved per pod (pods of one Service may differ).
+    Name(String),
+}
+
+impl TargetPort {
+    /// The port on `pod`; `None` when the pod has no container port of that name
+    /// (Kubernetes leaves such a pod out of the Service's endpoints).
+    pub fn on(&self, pod: &Pod) -> Option<u16> {
+        self.resolve(|name| pod.named_port(name))
+    }
+
+    /// Same, with the pod's named ports looked up by `named`.
+    pub fn resolve(&self, named: impl FnOnce(&str) -> Option<u16>) -> Option<u16> {
+        match self {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Name(name) => named(name),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -149,13 +284,21 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
-    /// The numeric target port, defaulting to `port` like Kubernetes does.
-    pub fn target_port_number(&self) -> u16 {
-        self.target_port
-            .as_ref()
-            .and_then(serde_yaml::Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(self.port)
+    /// The target port, defaulting to `port` like Kubernetes does. A number out of
+    /// range or a string of digits is read like the API server does (`\"8080\"` is a
+    /// number); anything else names a container port.
+    pub fn target(&self) -> TargetPort {
+        match &self.target_port {
+            None => TargetPort::Number(self.port),
+            Some(serde_yaml::Value::Number(n)) => {
+                TargetPort::Number(n.as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(self.port))
+            }
+            Some(serde_yaml::Value::String(s)) => match s.parse::<u16>() {
+                Ok(n) => TargetPort::Number(n),
+                Err(_) => TargetPort::Name(s.clone()),
+            },
+            Some(_) => TargetPort::Number(self.port),
+        }
     }
 }
 
@@ -206,11 +349,40 @@ mod tests {
     }
 
     #[test]
-    fn target_port_defaults_to_port() {
+    fn target_port_defaults_to_port_and_names_resolve_per_pod() {
         let p: ServicePort = serde_yaml::from_str("port: 9080").unwrap();
-        assert_eq!(p.target_port_number(), 9080);
+        assert_eq!(p.target(), TargetPort::Number(9080));
         let p: ServicePort = serde_yaml::from_str("port: 80\ntargetPort: 9080").unwrap();
-        assert_eq!(p.target_port_number(), 9080);
+        assert_eq!(p.target(), TargetPort::Number(9080));
+        let p: ServicePort = serde_yaml::from_str("port: 80\ntargetPort: http-alt").unwrap();
+        assert_eq!(p.target(), TargetPort::Name("http-alt".into()));
+        let pod: Pod = serde_yaml::from_str(
+            "metadata: {name: a}\nspec: {containers: [{name: c, ports: [{name: http-alt, containerPort: 8081}]}]}",
+        )
+        .unwrap();
+        assert_eq!(p.target().on(&pod), Some(8081));
+        assert_eq!(p.target().on(&Pod::default()), None);
+    }
+
+    #[test]
+    fn dual_stack_and_headless_are_read_not_rejected() {
+        let pod: Pod = serde_yaml::from_str(
+            "metadata: {name: a}\nstatus: {podIP: 'fd00::5', podIPs: [{ip: 'fd00::5'}, {ip: 198.18.1.5}]}",
+        )
+        .unwrap();
+        assert_eq!(pod.ipv4(), Some(Ipv4Addr::new(198, 18, 1, 5)));
+        let v6_only: Pod = serde_yaml::from_str("metadata: {name: a}\nstatus: {podIP: 'fd00::5'}").unwrap();
+        assert_eq!(v6_only.ipv4(), None);
+        let headless: Service = serde_yaml::from_str("metadata: {name: s}\nspec: {clusterIP: None}").unwrap();
+        assert_eq!(headless.vip(), None);
+        let dual: Service = serde_yaml::from_str(
+            "metadata: {name: s}\nspec: {clusterIP: 'fd00::10', clusterIPs: ['fd00::10', 198.19.0.10]}",
+        )
+        .unwrap();
+        assert_eq!(dual.vip(), Some(Ipv4Addr::new(198, 19, 0, 10)));
+        assert_eq!(dual.cluster_addrs().count(), 3);
+        let bad = serde_yaml::from_str::<Service>("metadata: {name: s}\nspec: {clusterIP: nope}");
+        assert!(bad.unwrap_err().to_string().contains("neither an IP address"));
     }
 
     #[test]

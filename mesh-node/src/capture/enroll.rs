@@ -445,6 +445,7 @@ mod tests {
             netns: Some(netns.into()),
             cgroup: Some("/sys/fs/cgroup/pod-a".into()),
             uid: None,
+            named_ports: Vec::new(),
         }
     }
 

@@ -17,8 +17,7 @@ use crate::state::MeshState;
 const DEADLINE: Duration = Duration::from_secs(20);
 const NODE: &str = "node-a";
 
-/// Two namespaces, pods of this node in both (the field selector already dropped
-/// other nodes' pods), a Service and Istio objects.
+/// Two namespaces, pods of this node in both, a Service and Istio objects.
 const CLUSTER: &str = "
 apiVersion: v1
 kind: Namespace
@@ -210,10 +209,8 @@ async fn enrollment_follows_the_namespace_annotation_through_gone_and_dropped_st
     assert_eq!(lists, 2, "the 410 Gone made the watcher relist");
     let pod_requests = r.requests("GET", &pods);
     assert!(
-        pod_requests
-            .iter()
-            .all(|s| s.query.contains("fieldSelector=spec.nodeName%3Dnode-a")),
-        "{pod_requests:?}"
+        pod_requests.iter().all(|s| !s.query.contains("fieldSelector")),
+        "every pod of the cluster is watched, not only this node's: {pod_requests:?}"
     );
     assert!(
         d.enrolled().is_empty(),
@@ -447,4 +444,124 @@ async fn invalid_crd_object_is_skipped_logged_and_reported() {
     ] {
         assert!(line.contains(part), "{part:?} missing from {line}");
     }
+}
+
+/// Another node's pods, as the API server returns them to a daemon on node-a: the
+/// daemon watches every pod, so traffic to them is tunnelled (it used to leave as plain
+/// TCP: the daemon only knew its own node's pods). Also a Service whose endpoints are
+/// all remote (named targetPort), a waypoint on the other node, a headless Service, a
+/// dual-stack pod and a pod without an IP yet, none of them rejected.
+const REMOTE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: bookinfo, annotations: {mesh.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: productpage-v1, namespace: bookinfo, labels: {app: productpage}}
+spec: {nodeName: node-a, serviceAccountName: bookinfo-productpage}
+status: {podIP: 198.18.1.10, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: bookinfo, labels: {app: reviews}}
+spec:
+  nodeName: node-b
+  serviceAccountName: bookinfo-reviews
+  containers: [{name: reviews, image: x, ports: [{name: http-web, containerPort: 9081}]}]
+status: {podIP: 198.18.2.11, phase: Running, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2, namespace: bookinfo, labels: {app: reviews}}
+spec:
+  nodeName: node-c
+  serviceAccountName: bookinfo-reviews
+  containers: [{name: reviews, image: x, ports: [{name: http-web, containerPort: 9082}]}]
+status: {podIP: 'fd00::12', podIPs: [{ip: 'fd00::12'}, {ip: 198.18.3.12}], phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v3, namespace: bookinfo, labels: {app: reviews}}
+spec: {nodeName: node-c, serviceAccountName: bookinfo-reviews}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: bookinfo, labels: {app: waypoint, gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: node-b, serviceAccountName: waypoint}
+status: {podIP: 198.18.2.20, phase: Running}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: bookinfo}
+spec: {clusterIP: 198.19.0.11, selector: {app: reviews}, ports: [{port: 9080, targetPort: http-web}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-headless, namespace: bookinfo}
+spec: {clusterIP: None, selector: {app: reviews}, ports: [{port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: bookinfo}
+spec: {clusterIP: 198.19.0.20, selector: {app: waypoint}, ports: [{port: 15008}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: bookinfo, labels: {istio.io/use-waypoint: waypoint}}
+spec: {clusterIP: 198.19.0.12, selector: {app: reviews}, ports: [{port: 9080}]}
+";
+
+#[tokio::test]
+async fn other_nodes_pods_resolve_to_a_tunnel_never_direct() {
+    use crate::proxy::resolve::{Resolver, Route};
+    use std::net::SocketAddrV4;
+
+    let all = objects(REMOTE);
+    let r = Replay::default();
+    r.istio_groups();
+    r.list_all(&all, &[]);
+    let d = start(&r);
+    let state = until("every pod with an IPv4 address is a workload", || {
+        (d.workloads().len() == 4).then(|| d.now())
+    })
+    .await;
+    assert!(state.config_errors.is_empty(), "{:?}", state.config_errors);
+    assert_eq!(
+        d.enrolled(),
+        strings(&["bookinfo/productpage-v1"]),
+        "capture stays on this node"
+    );
+
+    let resolver = Resolver::default();
+    let addr = |s: &str| s.parse::<SocketAddrV4>().expect("address");
+    let tunnel = |dst: &str| match resolver.resolve(&state, addr(dst)) {
+        Some(Route::Tunnel {
+            hbone,
+            identity,
+            authority,
+            ..
+        }) => (hbone, identity.to_string(), authority),
+        other => panic!("{dst}: {other:?}, expected an HBONE tunnel"),
+    };
+
+    let (hbone, identity, authority) = tunnel("198.18.2.11:9081");
+    assert_eq!(hbone, addr("198.18.2.11:15008"));
+    assert_eq!(identity, "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews");
+    assert_eq!(authority, addr("198.18.2.11:9081"));
+    let (hbone, _, _) = tunnel("198.18.3.12:9082");
+    assert_eq!(hbone, addr("198.18.3.12:15008"), "dual-stack pod by its IPv4 address");
+
+    // Only remote endpoints: load-balanced across both, each at its own named port.
+    let mut seen: Vec<SocketAddrV4> = (0..4).map(|_| tunnel("198.19.0.11:9080").2).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, [addr("198.18.2.11:9081"), addr("198.18.3.12:9082")]);
+
+    // The waypoint on node-b serves a Service of this node's namespace.
+    let (hbone, identity, authority) = tunnel("198.19.0.12:9080");
+    assert_eq!(hbone, addr("198.18.2.20:15008"));
+    assert_eq!(identity, "spiffe://cluster.local/ns/bookinfo/sa/waypoint");
+    assert_eq!(authority, addr("198.19.0.12:9080"));
 }

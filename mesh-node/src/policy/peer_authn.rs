@@ -93,6 +93,7 @@ mod tests {
             netns: None,
             cgroup: None,
             uid: None,
+            named_ports: Vec::new(),
         }
     }
 

@@ -68,6 +68,19 @@ pub struct MeshArgs {
     /// Pooled HBONE connections unused for this long are closed, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub hbone_idle_timeout_secs: u64,
+
+    /// The cluster's pod and Service IPv4 CIDRs (comma-separated, e.g.
+    /// `10.244.0.0/16,10.96.0.0/12`). A captured connection to an address inside them
+    /// that the mesh view does not know yet (a pod just created) waits for the view up to
+    /// `--unknown-destination-wait-ms` instead of leaving as plain TCP at once. Empty:
+    /// unknown destinations pass through without waiting (counted and logged).
+    #[arg(long, value_delimiter = ',', env = "MESH_CLUSTER_CIDRS")]
+    pub cluster_cidrs: Vec<crate::cli::Cidr>,
+
+    /// How long a connection to an unknown address inside `--cluster-cidrs` waits for
+    /// the view to learn it before passthrough, in milliseconds.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub unknown_destination_wait_ms: u64,
 }
 
 fn fraction(s: &str) -> Result<f64, String> {

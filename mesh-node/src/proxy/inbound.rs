@@ -89,7 +89,7 @@ impl Inbound for PodInbound {
                 detail,
             ));
         }
-        if matches!(req.target.port(), 15001 | 15006 | 15008) {
+        if mesh_common::abi::is_mesh_port(req.target.port()) {
             return Err(Refused::new(
                 StatusCode::BAD_REQUEST,
                 RefusalReason::MeshPort,

@@ -105,6 +105,32 @@ impl EncodeLabelValue for ReasonLabel {
     }
 }
 
+/// Why a captured outbound connection left as plain TCP instead of HBONE.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PassthroughReason {
+    /// The destination is a pod the view knows, outside the mesh (not enrolled).
+    not_in_mesh,
+    /// Outside `--cluster-cidrs`: not a pod or Service of this cluster.
+    outside_cluster,
+    /// Inside `--cluster-cidrs`, still unknown after `--unknown-destination-wait-ms`.
+    unknown_in_cluster,
+    /// Not in the view and no `--cluster-cidrs` to tell whether it is a cluster address.
+    unknown_no_cluster_cidrs,
+}
+
+impl PassthroughReason {
+    /// The destination is (or may be) a pod of the cluster: worth a log line.
+    pub fn in_cluster(self) -> bool {
+        !matches!(self, Self::outside_cluster)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassthroughLabels {
+    pub reason: PassthroughReason,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
     pub direction: Direction,
@@ -118,6 +144,7 @@ pub struct TcpMetrics {
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
     refused: Family<RefusalLabels, Counter>,
+    passthrough: Family<PassthroughLabels, Counter>,
 }
 
 impl TcpMetrics {
@@ -147,6 +174,15 @@ impl TcpMetrics {
             "Connections or HBONE streams refused, by reason",
             self.refused.clone(),
         );
+        reg.register(
+            "mesh_outbound_passthrough",
+            "Captured outbound connections sent as plain TCP instead of HBONE, by reason",
+            self.passthrough.clone(),
+        );
+    }
+
+    pub fn passthrough(&self, reason: PassthroughReason) {
+        self.passthrough.get_or_create(&PassthroughLabels { reason }).inc();
     }
 
     pub fn opened(&self, l: &TcpLabels) {

@@ -7,6 +7,7 @@
 pub mod args;
 pub mod inbound;
 pub mod metrics;
+pub mod passthrough;
 pub mod resolve;
 
 use std::collections::HashMap;
@@ -31,7 +32,7 @@ use mesh_hbone::RefusalReason;
 use mesh_hbone::ca::Backoff;
 use mesh_hbone::ca::{CaClient, CaClientConfig};
 pub use metrics::TcpMetrics;
-use metrics::{Direction, Reporter, Security, TcpLabels};
+use metrics::{Direction, PassthroughReason, Reporter, Security, TcpLabels};
 use resolve::{Resolver, Route, v4};
 
 /// The handler capture hands connections to: the mesh, or plain forwarding with
@@ -73,7 +74,15 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
         },
         handshake_timeout: Duration::from_millis(m.hbone_handshake_timeout_ms),
         idle_timeout: Duration::from_secs(m.hbone_idle_timeout_secs),
+        cluster_cidrs: a.mesh.cluster_cidrs.clone(),
+        unknown_destination_wait: Duration::from_millis(a.mesh.unknown_destination_wait_ms),
     };
+    if a.kubernetes && a.mesh.cluster_cidrs.is_empty() {
+        tracing::warn!(
+            "Kubernetes mode without --cluster-cidrs: a connection to a pod the mesh view does not know yet \
+             leaves as plain TCP without waiting (counted in mesh_outbound_passthrough_total)"
+        );
+    }
     let metrics = TcpMetrics::default();
     p.metrics.register(|reg| metrics.register(reg));
     let cert_metrics = CertMetrics::default();
@@ -98,6 +107,9 @@ pub struct MeshSettings {
     pub backoff: Backoff,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Pod and Service CIDRs: an unknown destination there waits for the view.
+    pub cluster_cidrs: Vec<crate::cli::Cidr>,
+    pub unknown_destination_wait: Duration,
 }
 
 pub struct MeshHandler {
@@ -107,6 +119,7 @@ pub struct MeshHandler {
     roots: Arc<RootCertStore>,
     resolver: Resolver,
     metrics: TcpMetrics,
+    passthrough: passthrough::Passthrough,
     settings: MeshSettings,
     server_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
 }
@@ -160,6 +173,7 @@ impl MeshHandler {
             client,
             roots,
             resolver: Resolver::default(),
+            passthrough: passthrough::Passthrough::new(metrics.clone()),
             metrics,
             settings,
             server_configs: Mutex::new(HashMap::new()),
@@ -170,13 +184,36 @@ impl MeshHandler {
         self.certs.dump()
     }
 
+    /// The route for `dst`. An address inside the cluster CIDRs that the view does not
+    /// know yet waits (bounded) for the next views: the pod may have just been created.
+    async fn route(&self, dst: SocketAddrV4) -> Route {
+        let mut state = self.state.clone();
+        let in_cluster = self.settings.cluster_cidrs.iter().any(|c| c.contains(*dst.ip()));
+        let deadline = tokio::time::Instant::now() + self.settings.unknown_destination_wait;
+        loop {
+            let route = self.resolver.resolve(&state.borrow_and_update(), dst);
+            if let Some(route) = route {
+                return route;
+            }
+            if self.settings.cluster_cidrs.is_empty() {
+                return Route::Passthrough(dst, PassthroughReason::unknown_no_cluster_cidrs);
+            }
+            if !in_cluster {
+                return Route::Passthrough(dst, PassthroughReason::outside_cluster);
+            }
+            match tokio::time::timeout_at(deadline, state.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Route::Passthrough(dst, PassthroughReason::unknown_in_cluster),
+            }
+        }
+    }
+
     async fn outbound(self: Arc<Self>, pod: Arc<CapturedPod>, orig_dst: SocketAddrV4, stream: TcpStream) {
-        let route = {
-            let state = self.state.borrow();
-            self.resolver.resolve(&state, orig_dst)
-        };
-        match route {
-            Route::Direct(dst) => DirectHandler.outbound(pod, dst, stream).await,
+        match self.route(orig_dst).await {
+            Route::Passthrough(dst, reason) => {
+                self.passthrough.record(&pod, dst, reason);
+                DirectHandler.outbound(pod, dst, stream).await;
+            }
             Route::Refuse(reason) => {
                 tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, %reason, "outbound connection refused");
                 self.metrics.refused(Direction::outbound, reason);

@@ -1,16 +1,18 @@
 //! Where a captured outbound connection goes: a pod IP straight to that pod, a Service
-//! VIP to one ready endpoint (round-robin) or to the Service's waypoint, anything else
-//! out unchanged (passthrough).
+//! VIP to one ready endpoint (round-robin) or to the Service's waypoint, a pod outside
+//! the mesh out unchanged (passthrough). An address the view does not know is left to
+//! the caller, which may wait for the view ([`super::MeshHandler`]).
 
 use mesh_hbone::RefusalReason;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
+use mesh_common::abi::PORT_HBONE as HBONE_PORT;
+
+use super::metrics::PassthroughReason;
 use crate::identity::SpiffeId;
 use crate::state::{MeshState, ServiceEntry, Workload};
-
-pub const HBONE_PORT: u16 = 15008;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
@@ -22,8 +24,8 @@ pub enum Route {
         workload: Arc<Workload>,
         service: Option<String>,
     },
-    /// Plain TCP from the source pod (destination outside the mesh).
-    Direct(SocketAddrV4),
+    /// Plain TCP from the source pod, for the reason given (counted and logged).
+    Passthrough(SocketAddrV4, PassthroughReason),
     /// Nothing can serve it: the client gets a reset.
     Refuse(RefusalReason),
 }
@@ -34,21 +36,29 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn resolve(&self, state: &MeshState, dst: SocketAddrV4) -> Route {
+    /// `None`: `dst` is neither a pod nor a Service VIP of this view.
+    pub fn resolve(&self, state: &MeshState, dst: SocketAddrV4) -> Option<Route> {
         if let Some(w) = state.workload(*dst.ip()) {
-            return to_workload(w, dst, None);
+            return Some(to_workload(w, dst, None));
         }
-        let Some(svc) = state.service(*dst.ip()) else {
-            return Route::Direct(dst);
-        };
-        let Some(target_port) = svc.target_port(dst.port()) else {
+        let svc = state.service(*dst.ip())?;
+        Some(self.to_service(state, svc, dst))
+    }
+
+    fn to_service(&self, state: &MeshState, svc: &ServiceEntry, dst: SocketAddrV4) -> Route {
+        let Some(target) = svc.target_port(dst.port()) else {
             return Route::Refuse(RefusalReason::ServicePortUnknown);
         };
         if let Some(wp) = &svc.waypoint {
             return self.to_waypoint(state, svc, wp, dst);
         }
-        match self.pick(svc.vip, svc.ready_endpoints(state)) {
-            Some(ep) => to_workload(&ep, SocketAddrV4::new(ep.ip, target_port), Some(svc.hostname())),
+        // A named targetPort may differ per pod; a pod without that name is no endpoint.
+        let serving = svc.ready_endpoints(state).filter(|w| w.port(&target).is_some());
+        match self.pick(svc.vip, serving) {
+            Some(ep) => {
+                let port = ep.port(&target).unwrap_or(dst.port());
+                to_workload(&ep, SocketAddrV4::new(ep.ip, port), Some(svc.hostname()))
+            }
             None => Route::Refuse(RefusalReason::NoHealthyUpstream),
         }
     }
@@ -89,7 +99,7 @@ impl Resolver {
 
 fn to_workload(w: &Arc<Workload>, dst: SocketAddrV4, service: Option<String>) -> Route {
     if !w.enrolled && !w.proxy {
-        return Route::Direct(dst);
+        return Route::Passthrough(dst, PassthroughReason::not_in_mesh);
     }
     Route::Tunnel {
         hbone: SocketAddrV4::new(w.ip, HBONE_PORT),
@@ -180,12 +190,12 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
         let mut hits: HashMap<String, usize> = HashMap::new();
         for _ in 0..300 {
             match r.resolve(&state, addr("198.19.0.10:80")) {
-                Route::Tunnel {
+                Some(Route::Tunnel {
                     hbone,
                     authority,
                     workload,
                     ..
-                } => {
+                }) => {
                     assert_eq!(hbone.port(), 15008);
                     assert_eq!(authority, SocketAddrV4::new(*hbone.ip(), 8080));
                     *hits.entry(workload.name.clone()).or_default() += 1;
@@ -203,12 +213,12 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
         let state = crate::state::tests::state_from(TOPOLOGY, "n1");
         let r = Resolver::default();
         match r.resolve(&state, addr("198.18.2.2:8080")) {
-            Route::Tunnel {
+            Some(Route::Tunnel {
                 hbone,
                 identity,
                 authority,
                 ..
-            } => {
+            }) => {
                 assert_eq!(hbone, addr("198.18.2.2:15008"));
                 assert_eq!(identity.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
                 assert_eq!(authority, addr("198.18.2.2:8080"));
@@ -216,12 +226,12 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
             other => panic!("{other:?}"),
         }
         match r.resolve(&state, addr("198.19.0.30:80")) {
-            Route::Tunnel {
+            Some(Route::Tunnel {
                 hbone,
                 identity,
                 authority,
                 ..
-            } => {
+            }) => {
                 assert_eq!(hbone, addr("198.18.1.5:15008"));
                 assert_eq!(identity.service_account, "waypoint");
                 assert_eq!(authority, addr("198.19.0.30:80"), "waypoints get the VIP");
@@ -230,15 +240,15 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
         }
         assert_eq!(
             r.resolve(&state, addr("198.18.1.9:80")),
-            Route::Direct(addr("198.18.1.9:80"))
+            Some(Route::Passthrough(
+                addr("198.18.1.9:80"),
+                PassthroughReason::not_in_mesh
+            ))
         );
-        assert_eq!(
-            r.resolve(&state, addr("198.18.200.1:80")),
-            Route::Direct(addr("198.18.200.1:80"))
-        );
+        assert_eq!(r.resolve(&state, addr("198.18.200.1:80")), None, "not in the view");
         assert_eq!(
             r.resolve(&state, addr("198.19.0.10:81")),
-            Route::Refuse(RefusalReason::ServicePortUnknown)
+            Some(Route::Refuse(RefusalReason::ServicePortUnknown))
         );
     }
 }

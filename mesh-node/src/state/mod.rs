@@ -99,6 +99,7 @@ impl MeshState {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use mesh_common::model::k8s::TargetPort;
     use mesh_common::model::parse_documents;
 
     pub(crate) fn state_from(yaml: &str, node: &str) -> MeshState {
@@ -157,6 +158,6 @@ spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{port: 80, targetPo
         assert_eq!(svc.endpoints.len(), 2);
         let ready: Vec<_> = svc.ready_endpoints(&s).map(|w| w.name.as_str()).collect();
         assert_eq!(ready, vec!["a"]);
-        assert_eq!(svc.target_port(80), Some(8080));
+        assert_eq!(svc.target_port(80), Some(TargetPort::Number(8080)));
     }
 }

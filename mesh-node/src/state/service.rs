@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use mesh_common::model::Resource;
-use mesh_common::model::k8s::{Namespace, Service, ServicePort, USE_WAYPOINT_LABEL};
+use mesh_common::model::k8s::{Namespace, Service, ServicePort, TargetPort, USE_WAYPOINT_LABEL};
 use mesh_common::model::store::ConfigStore;
 use serde::Serialize;
 
@@ -37,12 +37,10 @@ impl ServiceEntry {
             .filter(|w| w.ready)
     }
 
-    /// The pod port for a Service port, `None` when the Service does not expose it.
-    pub fn target_port(&self, port: u16) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.port == port)
-            .map(ServicePort::target_port_number)
+    /// What a Service port forwards to (resolved per endpoint with
+    /// [`Workload::port`]), `None` when the Service does not expose `port`.
+    pub fn target_port(&self, port: u16) -> Option<TargetPort> {
+        self.ports.iter().find(|p| p.port == port).map(ServicePort::target)
     }
 
     fn from_service(
@@ -50,7 +48,7 @@ impl ServiceEntry {
         namespaces: &BTreeMap<String, Namespace>,
         by_namespace: &HashMap<&str, Vec<&Arc<Workload>>>,
     ) -> Option<Self> {
-        let vip = svc.spec.cluster_ip?;
+        let vip = svc.vip()?;
         let namespace = svc.metadata.namespace_or_default().to_owned();
         let selector = &svc.spec.selector;
         let candidates = by_namespace.get(namespace.as_str()).filter(|_| !selector.is_empty());

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mesh_common::model::Resource;
-use mesh_common::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, Namespace, Pod};
+use mesh_common::model::enrollment::is_enrolled;
+use mesh_common::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, Namespace, Pod, TargetPort};
 use mesh_common::model::store::ConfigStore;
 use serde::Serialize;
 
@@ -31,6 +32,9 @@ pub struct Workload {
     pub cgroup: Option<PathBuf>,
     /// `metadata.uid`: Kubernetes mode finds the pod's cgroup and netns from it.
     pub uid: Option<String>,
+    /// Named container ports, for Services whose `targetPort` is a name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub named_ports: Vec<(String, u16)>,
 }
 
 impl Workload {
@@ -46,12 +50,17 @@ impl Workload {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// The pod port a Service's `target` means on this pod.
+    pub fn port(&self, target: &TargetPort) -> Option<u16> {
+        target.resolve(|name| self.named_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p))
+    }
+
     fn from_pod(pod: &Pod, namespaces: &BTreeMap<String, Namespace>, trust_domain: &str) -> Option<Self> {
-        let ip = pod.status.pod_ip?;
+        let ip = pod.ipv4()?;
         let namespace = pod.metadata.namespace_or_default().to_owned();
         let annotation = |k: &str| pod.metadata.annotations.get(k).map(PathBuf::from);
         Some(Self {
-            enrolled: namespaces.get(&namespace).is_some_and(Namespace::is_enrolled) && !pod.opts_out(),
+            enrolled: is_enrolled(pod, namespaces.get(&namespace)),
             proxy: pod.is_mesh_proxy(),
             namespace,
             name: pod.metadata.name.clone(),
@@ -64,11 +73,13 @@ impl Workload {
             netns: annotation(LOCAL_NETNS_ANNOTATION),
             cgroup: annotation(LOCAL_CGROUP_ANNOTATION),
             uid: pod.metadata.uid.clone(),
+            named_ports: pod.named_ports().map(|(n, p)| (n.to_owned(), p)).collect(),
         })
     }
 }
 
-/// Pods without an IP yet are not workloads (nothing can address them).
+/// Pods without an IPv4 address yet are not workloads (nothing the mesh captures can
+/// address them); they become workloads when the update with their address arrives.
 pub(super) fn collect(
     store: &ConfigStore,
     namespaces: &BTreeMap<String, Namespace>,

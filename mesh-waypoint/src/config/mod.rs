@@ -233,9 +233,11 @@ fn service_resolver(config: std::sync::Weak<Config>) -> crate::authn::jwks::Reso
             Err(_) => hosts::canonical_request_host(host, &snap.namespace),
         };
         let svc = snap.service(&fqdn)?;
-        let target = svc.port(Some(port), port)?.target_port;
-        let pod = svc.pods.first()?;
-        Some(std::net::SocketAddr::new(pod.ip, target))
+        let target = &svc.port(Some(port), port)?.target_port;
+        // A named targetPort resolves per pod: the first pod that has it.
+        svc.pods
+            .iter()
+            .find_map(|pod| Some(std::net::SocketAddr::new(pod.ip, pod.port(target)?)))
     })
 }
 

@@ -7,7 +7,7 @@ pub mod identity;
 pub mod inbound;
 
 /// Istio's HBONE port.
-pub const HBONE_PORT: u16 = 15008;
+pub use mesh_common::abi::PORT_HBONE as HBONE_PORT;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

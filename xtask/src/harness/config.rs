@@ -92,14 +92,16 @@ fn pod_object(pod: &PodInfo) -> Pod {
         spec: PodSpec {
             node_name: Some(pod.node.clone()),
             service_account_name: Some(pod.service_account.clone()),
+            ..PodSpec::default()
         },
         status: PodStatus {
-            pod_ip: Some(pod.ip),
+            pod_ip: Some(pod.ip.into()),
             phase: Some("Running".into()),
             conditions: vec![PodCondition {
                 type_: "Ready".into(),
                 status: if pod.ready { "True" } else { "False" }.into(),
             }],
+            ..PodStatus::default()
         },
     }
 }

@@ -156,6 +156,7 @@ impl LocalMesh {
             .arg(self.ca.root_cert())
             .arg("--ca-token-file")
             .arg(&token)
+            .args(["--cluster-cidrs", crate::harness::CLUSTER_CIDRS])
             .args(&self.options.node_args)
             .stdin(Stdio::null());
         match &self.options.log_dir {

@@ -12,17 +12,14 @@ pub struct WatchedKind {
     /// Versions we accept, preferred first. Only Istio's CRDs have more than one; the
     /// API server converts between them, so one version shows every object.
     pub versions: &'static [&'static str],
-    /// Watch only this node's objects (`spec.nodeName`): pods, on the node daemon.
-    pub node_scoped: bool,
 }
 
-const fn core(kind: &'static str, plural: &'static str, node_scoped: bool) -> WatchedKind {
+const fn core(kind: &'static str, plural: &'static str) -> WatchedKind {
     WatchedKind {
         group: "",
         kind,
         plural,
         versions: &["v1"],
-        node_scoped,
     }
 }
 
@@ -40,24 +37,22 @@ const fn istio(
         kind,
         plural,
         versions,
-        node_scoped: false,
     }
 }
 
 /// Everything the mesh reads from the API server (the RBAC in `deploy/` grants
 /// list/watch on exactly these).
+///
+/// Every pod of the cluster, not only this node's: traffic to a pod on another node
+/// must find that pod (its identity, its Services) to be tunnelled; an unknown pod IP
+/// would leave as plain TCP. Endpoints come from Service selectors over these pods
+/// (named `targetPort`s resolved per pod), so EndpointSlices are not watched: they would
+/// repeat what the pods say and cost more memory than the trimmed pods themselves.
 pub const WATCHED: &[WatchedKind] = &[
-    core("Namespace", "namespaces", false),
-    core("Pod", "pods", true),
-    core("Service", "services", false),
-    core("ServiceAccount", "serviceaccounts", false),
-    WatchedKind {
-        group: "discovery.k8s.io",
-        kind: "EndpointSlice",
-        plural: "endpointslices",
-        versions: &["v1"],
-        node_scoped: false,
-    },
+    core("Namespace", "namespaces"),
+    core("Pod", "pods"),
+    core("Service", "services"),
+    core("ServiceAccount", "serviceaccounts"),
     istio("networking.istio.io", "VirtualService", "virtualservices", NETWORKING),
     istio("networking.istio.io", "DestinationRule", "destinationrules", NETWORKING),
     istio("networking.istio.io", "Gateway", "gateways", NETWORKING),

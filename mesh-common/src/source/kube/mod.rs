@@ -17,6 +17,7 @@ pub mod apply;
 pub mod kinds;
 pub mod observe;
 pub mod status;
+pub mod trim;
 
 #[cfg(any(test, feature = "kube-replay"))]
 pub mod replay;
@@ -53,8 +54,6 @@ pub type SharedValidator = Arc<dyn Fn(&Resource) -> Result<(), ConfigError> + Se
 
 #[derive(Clone, Debug)]
 pub struct KubeSourceConfig {
-    /// The node daemon watches only the pods of its node; `None` watches all (waypoint).
-    pub node_name: Option<String>,
     /// `reportingController` of the Events we create.
     pub controller: String,
     /// `reportingInstance` (the pod or node name).
@@ -67,7 +66,6 @@ pub struct KubeSourceConfig {
 impl KubeSourceConfig {
     pub fn node(node_name: &str) -> Self {
         Self {
-            node_name: Some(node_name.to_owned()),
             controller: "mesh.io/mesh-node".into(),
             instance: Some(node_name.to_owned()),
             record_events: true,
@@ -342,14 +340,13 @@ async fn watch_kind(
         return;
     }
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let mut wc = watcher::Config::default();
-    if let (true, Some(node)) = (kind.node_scoped, &config.node_name) {
-        wc = wc.fields(&format!("spec.nodeName={node}"));
-    }
+    let wc = watcher::Config::default();
     let mut events = watcher::watcher(api, wc).backoff(config.retry.backoff()).boxed();
     while let Some(item) = events.next().await {
         let update = match item {
-            Ok(event) => Update::Watched(index, Box::new(event)),
+            // Trimmed before it is queued or buffered for a relist: at 100k pods the
+            // fields the mesh does not read would dominate memory.
+            Ok(event) => Update::Watched(index, Box::new(event.modify(|o| trim::trim(kind.kind, o)))),
             Err(e) => Update::Failed(index, error_chain(&e)),
         };
         if tx.send(update).await.is_err() {
