@@ -99,7 +99,7 @@ async fn directory_and_api_server_produce_the_same_model() {
 
     let dir_model: Vec<Resource> = from_dir.iter().cloned().collect();
     let kube_model: Vec<Resource> = run.store.lock().unwrap().iter().cloned().collect();
-    assert_eq!(dir_model.len(), 12);
+    assert_eq!(dir_model.len(), 11);
     assert_eq!(kube_model, dir_model);
     assert!(run.status.borrow().connected);
 }
