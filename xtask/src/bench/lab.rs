@@ -148,6 +148,7 @@ impl Lab {
             // Per-connection warnings (e.g. resets in the capture bench) would cost CPU in one path only.
             log: Some("error".into()),
             log_dir: None,
+            api_server: None,
         };
         let mut mesh = LocalMesh::start(&cluster, options).context("starting mesh-node")?;
         mesh.wait_ready(&cluster, Duration::from_secs(60))

@@ -422,13 +422,12 @@ fn spawn_gateway(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path>
             "--namespace",
             ns,
         ])
-        .arg("--config-dir")
-        .arg(mesh.config_dir())
         .args(["--admin", "127.0.0.1:15000", "--config-poll-ms", "200"])
         .args(["--stats-addr", STATS_ADDR])
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .args(&ca_args)
         .stdin(Stdio::null());
+    config_source(&mut cmd, mesh);
     apps::log_to(&mut cmd, log_dir, name);
     Ok(cluster.spawn_in_pod(ns, name, cmd)?)
 }
@@ -445,13 +444,20 @@ fn wait_gateway(cluster: &Cluster) -> Result<(), LabError> {
         })
 }
 
+/// The waypoint's and gateway's configuration: the mesh's directory, or in Kubernetes
+/// mode the test API server (`--kubernetes`, readiness on 15021 in their pod).
+fn config_source(cmd: &mut Command, mesh: &LocalMesh) {
+    match mesh.kubeconfig() {
+        Some(kubeconfig) => cmd.arg("--kubernetes").env("KUBECONFIG", kubeconfig),
+        None => cmd.arg("--config-dir").arg(mesh.config_dir()),
+    };
+}
+
 /// `mesh-waypoint run` in the waypoint pod, with the certificate it obtains from the CA.
 fn spawn_waypoint(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
     let ca_args = mesh.proxy_ca_args(cluster, NAMESPACE, WAYPOINT_POD)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
-        .arg("--config-dir")
-        .arg(mesh.config_dir())
         .args(["--namespace", NAMESPACE, "--listen", "127.0.0.1:15080", "--admin"])
         .arg(format!("127.0.0.1:{WAYPOINT_ADMIN}"))
         .args(&ca_args)
@@ -459,6 +465,7 @@ fn spawn_waypoint(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path
         .args(["--stats-addr", STATS_ADDR])
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .stdin(Stdio::null());
+    config_source(&mut cmd, mesh);
     apps::log_to(&mut cmd, log_dir, WAYPOINT_POD);
     Ok(cluster.spawn_in_pod(NAMESPACE, WAYPOINT_POD, cmd)?)
 }

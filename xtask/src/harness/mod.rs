@@ -92,7 +92,7 @@ pub use poll::{POLL_INTERVAL, Ticker, wait_for, wait_until};
 pub use process::{DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid};
 pub use shutdown::{Shutdown, install_shutdown_handler};
 pub use teardown::leftovers;
-pub use topology::{CLUSTER_CIDRS, LOCAL_IP_ANNOTATION, NodeSpec, PodSpec, Topology};
+pub use topology::{CLUSTER_CIDRS, FABRIC_SERVICE_IP, LOCAL_IP_ANNOTATION, NodeSpec, PodSpec, Topology};
 
 /// A Pod object for [`Cluster::add_pod`]: `namespace/name` on `node`. Add labels
 /// or annotations through its `metadata` before passing it in.

@@ -21,8 +21,12 @@ pub const LOCAL_IP_ANNOTATION: &str = "mesh.io/local-ip";
 /// `198.18.N.0/24` (N ≥ 1; `198.18.0.0/24` is the fabric, node addresses), Service
 /// VIPs in `198.19.0.0/16`.
 pub const CLUSTER_CIDRS: &str = "198.18.1.0/24,198.18.2.0/23,198.18.4.0/22,198.18.8.0/21,198.18.16.0/20,198.18.32.0/19,198.18.64.0/18,198.18.128.0/17,198.19.0.0/16";
-/// Most nodes a cluster can have (node N owns `198.18.N.0/24`).
-pub const MAX_NODES: usize = 254;
+/// Most nodes a cluster can have (node N owns `198.18.N.0/24`; fabric addresses above
+/// go to [`FABRIC_SERVICE_IP`]).
+pub const MAX_NODES: usize = 249;
+/// On the fabric bridge, outside every node: services a test runs for the whole
+/// cluster (the test API server), reachable from nodes and pods.
+pub const FABRIC_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 const LOCAL_IP_FIELD: &str = "metadata.annotations[\"mesh.io/local-ip\"]";
 
 /// A node of the topology.

@@ -11,8 +11,10 @@ pub mod objects;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::apiserver::{ApiServer, ApiServerError};
 use crate::harness::{Cluster, HarnessError, ProcessGuard, Signal, bin_path};
 
 pub use http::{HttpReply, http_get, http_get_from_pod};
@@ -26,6 +28,10 @@ pub struct MeshOptions {
     pub log: Option<String>,
     /// Write daemon logs here (one file per node) instead of discarding them.
     pub log_dir: Option<PathBuf>,
+    /// Kubernetes mode: the daemons run `--kubernetes` against this test API server
+    /// (a kubeconfig under the cluster's state dir points at it), which gets the
+    /// topology and every object applied; the directory keeps a copy of what was applied.
+    pub api_server: Option<Arc<ApiServer>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,14 @@ pub enum MeshError {
     Apply(#[from] objects::ApplyError),
     #[error("no daemon runs on node {0}")]
     NoDaemon(String),
+    #[error(transparent)]
+    ApiServer(#[from] ApiServerError),
+}
+
+/// The daemons' configuration source in Kubernetes mode.
+struct KubeSource {
+    api: Arc<ApiServer>,
+    kubeconfig: PathBuf,
 }
 
 /// Daemons of a running local mesh and its CA; dropping it stops them by PID.
@@ -54,6 +68,7 @@ pub struct LocalMesh {
     options: MeshOptions,
     daemons: BTreeMap<String, ProcessGuard>,
     pub ca: ca::LocalCa,
+    kube: Option<KubeSource>,
 }
 
 impl LocalMesh {
@@ -68,12 +83,25 @@ impl LocalMesh {
         cluster.write_config(&config_dir)?;
         let mut ca = ca::LocalCa::new(cluster, &config_dir)?;
         ca.start(cluster)?;
+        let kube = match &options.api_server {
+            Some(api) => {
+                let kubeconfig = cluster.state_dir().join("kubeconfig");
+                api.write_kubeconfig(&kubeconfig)?;
+                Some(KubeSource {
+                    api: api.clone(),
+                    kubeconfig,
+                })
+            }
+            None => None,
+        };
         let mut mesh = Self {
             config_dir,
             options,
             daemons: BTreeMap::new(),
             ca,
+            kube,
         };
+        mesh.sync_api_topology(cluster)?;
         for node in cluster.nodes() {
             mesh.start_node(cluster, &node.name)?;
         }
@@ -84,17 +112,48 @@ impl LocalMesh {
         &self.config_dir
     }
 
-    /// Rewrites the topology file (after pods were added/removed or namespaces annotated).
+    /// The kubeconfig of the test API server in Kubernetes mode.
+    pub fn kubeconfig(&self) -> Option<&Path> {
+        self.kube.as_ref().map(|k| k.kubeconfig.as_path())
+    }
+
+    /// Rewrites the topology file (after pods were added/removed or namespaces annotated);
+    /// in Kubernetes mode applies it to the API server and deletes removed pods there.
     pub fn sync_topology(&self, cluster: &Cluster) -> Result<(), MeshError> {
         cluster.write_config(&self.config_dir)?;
+        self.sync_api_topology(cluster)
+    }
+
+    fn sync_api_topology(&self, cluster: &Cluster) -> Result<(), MeshError> {
+        let Some(kube) = &self.kube else { return Ok(()) };
+        let rendered = crate::harness::render_config(cluster)?;
+        let applied = kube.api.apply_yaml(crate::harness::TOPOLOGY_FILE, &rendered)?;
+        let name = |o: &serde_json::Value| {
+            let m = &o["metadata"];
+            format!(
+                "{}/{}",
+                m["namespace"].as_str().unwrap_or(""),
+                m["name"].as_str().unwrap_or("")
+            )
+        };
+        let live: std::collections::BTreeSet<String> =
+            applied.iter().filter(|o| o["kind"] == "Pod").map(name).collect();
+        for pod in kube.api.objects("Pod").into_iter().filter(|p| !live.contains(&name(p))) {
+            let text = serde_json::to_string(&pod).unwrap_or_default();
+            kube.api.delete_yaml("removed pod", &text)?;
+        }
         Ok(())
     }
 
     /// Writes `yaml` as `<name>.yaml` in the watched directory (replacing that file).
     /// Written to a temp file and renamed, so the daemons never read half a file.
+    /// In Kubernetes mode the objects also go to the API server.
     pub fn apply(&self, name: &str, yaml: &str) -> Result<PathBuf, MeshError> {
         let path = self.config_dir.join(format!("{name}.yaml"));
         objects::write_atomic(&path, yaml)?;
+        if let Some(kube) = &self.kube {
+            kube.api.apply_yaml(name, yaml)?;
+        }
         Ok(path)
     }
 
@@ -104,13 +163,21 @@ impl LocalMesh {
         &self,
         source_name: &str,
         yaml: &str,
-    ) -> Result<Vec<mesh_common::model::ObjectRef>, objects::ApplyError> {
-        objects::apply_objects(&self.config_dir, source_name, yaml)
+    ) -> Result<Vec<mesh_common::model::ObjectRef>, MeshError> {
+        let refs = objects::apply_objects(&self.config_dir, source_name, yaml)?;
+        if let Some(kube) = &self.kube {
+            kube.api.apply_yaml(source_name, yaml)?;
+        }
+        Ok(refs)
     }
 
-    /// Removes `<name>.yaml` from the watched directory.
+    /// Removes `<name>.yaml` from the watched directory (in Kubernetes mode, its
+    /// objects from the API server).
     pub fn delete(&self, name: &str) -> Result<(), MeshError> {
         let path = self.config_dir.join(format!("{name}.yaml"));
+        if let (Some(kube), Ok(text)) = (&self.kube, std::fs::read_to_string(&path)) {
+            kube.api.delete_yaml(name, &text)?;
+        }
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(MeshError::Config { path, source: e }),
             _ => Ok(()),
@@ -142,10 +209,12 @@ impl LocalMesh {
         let info = cluster.node(node)?;
         let token = self.ca.issue_node_token(node)?;
         let mut cmd = Command::new(bin_path("mesh-node")?);
-        cmd.arg("run")
-            .arg("--config-dir")
-            .arg(&self.config_dir)
-            .args(["--node", node])
+        cmd.arg("run");
+        match &self.kube {
+            Some(kube) => cmd.arg("--kubernetes").env("KUBECONFIG", &kube.kubeconfig),
+            None => cmd.arg("--config-dir").arg(&self.config_dir),
+        };
+        cmd.args(["--node", node])
             .arg("--bpffs-dir")
             .arg(&info.bpf_dir)
             .arg("--state-dir")

@@ -1,11 +1,37 @@
 //! The network of a cluster: the fabric bridge, node uplinks and routes, pod veths
 //! and routes. Every `ip` command targets one of the cluster's own namespaces.
 
-use super::super::topology::{NodeSpec, PodSpec};
-use super::super::{HarnessError, ip, netns};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+
+use super::super::topology::{FABRIC_SERVICE_IP, NodeSpec, PodSpec};
+use super::super::{HarnessError, NETNS_DIR, ip, netns};
 use super::{Cluster, MAX_POD_INDEX, PodInfo};
 
 impl Cluster {
+    /// Puts [`FABRIC_SERVICE_IP`] on the fabric bridge, with routes back to every
+    /// node's pods, and returns a function that binds `FABRIC_SERVICE_IP:port` there
+    /// (callable again, e.g. to restart a server on the same address). Reachable from
+    /// every node and pod; only the cluster's own namespaces change.
+    pub fn fabric_binder(
+        &self,
+        port: u16,
+    ) -> Result<impl Fn() -> std::io::Result<TcpListener> + Send + Sync + 'static, HarnessError> {
+        let netns = self.names.fabric_netns();
+        let mut lines = vec![format!(
+            "addr replace {FABRIC_SERVICE_IP}/24 dev {}",
+            self.names.bridge()
+        )];
+        for node in self.topology.nodes() {
+            let (net, len) = node.pod_cidr();
+            lines.push(format!("route replace {net}/{len} via {}", node.fabric_ip()));
+        }
+        ip::batch(&netns, &lines)?;
+        let path = Path::new(NETNS_DIR).join(&netns);
+        let addr = SocketAddr::from((FABRIC_SERVICE_IP, port));
+        Ok(move || netns::in_netns(&path, || TcpListener::bind(addr)).map_err(std::io::Error::other)?)
+    }
+
     pub(super) fn create_fabric(&mut self) -> Result<(), HarnessError> {
         let netns = self.names.fabric_netns();
         tracing::info!(%netns, "fabric: bridge {}", self.names.bridge());
