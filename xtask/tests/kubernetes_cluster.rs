@@ -17,6 +17,8 @@ use xtask::harness::{Cluster, FABRIC_SERVICE_IP, FabricCapture, wait_for};
 use xtask::mesh::MeshOptions;
 
 const API_PORT: u16 = 6443;
+/// Clients of the API server: three node daemons, the waypoint, the ingress gateway.
+const CLIENTS: u64 = 5;
 /// `reviews` pods on node2 and node3 only, served without the waypoint: from
 /// productpage (node1) every endpoint is remote.
 const REVIEWS_REMOTE: &str = "
@@ -210,17 +212,23 @@ fn kubernetes_mode_meshes_traffic_across_three_nodes() {
     let (restarted, during) = std::thread::scope(|s| {
         let load = s.spawn(|| {
             let mut all = Vec::new();
-            while !stop.load(Ordering::Relaxed) && all.len() < 1000 {
+            while !stop.load(Ordering::Relaxed) && all.len() < 4000 {
                 all.extend(pages(&c, 8, 4, &[]));
                 done.store(all.len(), Ordering::Relaxed);
             }
             all
         });
+        let pod_lists = api.lists_served("Pod");
         let restarted = wait_for("pages before the restart", Duration::from_secs(30), || {
             (done.load(Ordering::Relaxed) >= 16).then_some(())
         })
         .map_err(|e| e.to_string())
         .and_then(|()| api.restart().map_err(|e| e.to_string()));
+        // Every client (three daemons, the waypoint, the gateway) resumes its pod watch,
+        // gets 410 Gone (the history is compacted) and relists.
+        let relisted = wait_for("every client relisted its pods", Duration::from_secs(60), || {
+            (api.lists_served("Pod") >= pod_lists + CLIENTS).then_some(())
+        });
         let reconnected = wait_for("every daemon reconnected", Duration::from_secs(60), || {
             ["node1", "node2", "node3"]
                 .iter()
@@ -235,10 +243,15 @@ fn kubernetes_mode_meshes_traffic_across_three_nodes() {
         stop.store(true, Ordering::Relaxed);
         let mut all = load.join().expect("load thread");
         all.extend(more);
-        (restarted.and(reconnected.map_err(|e| e.to_string())), all)
+        let relisted = relisted.map_err(|e| e.to_string());
+        (restarted.and(relisted).and(reconnected.map_err(|e| e.to_string())), all)
     });
     restarted.expect("restart and reconnect");
-    eprintln!("FIGURE API server restart: {} pages during and after it", during.len());
+    eprintln!(
+        "FIGURE API server restart: {} pages during and after it, pod lists {} in all",
+        during.len(),
+        api.lists_served("Pod")
+    );
     all_ok(&during).expect("no page fails across the API server restart");
     lab.apply_sample(&c, "virtual-service-reviews-v2-v3.yaml")
         .expect("a change after the restart applies");
@@ -248,27 +261,37 @@ fn kubernetes_mode_meshes_traffic_across_three_nodes() {
         "v2 and v3 after the restart: {t:?}"
     );
 
-    // Enrolling a namespace by annotation enrolls its pod on its node (node2), and
-    // removing the annotation un-enrolls it.
+    // Enrolling a namespace by annotation enrolls its pods on their node (node2), and
+    // removing the annotation un-enrolls them.
     let enrolled = |c: &Cluster, node: &str| {
         let m = lab.mesh.metrics(c, node).expect("metrics");
         metric_sum(&m, "mesh_capture_enrolled_pods", &[])
     };
+    let outside_pods = c
+        .pods()
+        .iter()
+        .filter(|p| p.namespace == "outside" && p.node == "node2")
+        .count() as f64;
+    assert!(outside_pods >= 1.0, "the sample topology has outside's pods on node2");
     let before = enrolled(&c, "node2");
     c.set_namespace_annotation("outside", "mesh.io/dataplane-mode", Some("ambient"))
         .expect("annotate");
     lab.mesh.sync_topology(&c).expect("namespace to the API server");
-    wait_for("node2 to enroll outside/client", Duration::from_secs(30), || {
-        (enrolled(&c, "node2") == before + 1.0).then_some(())
+    wait_for("node2 to enroll outside's pods", Duration::from_secs(30), || {
+        (enrolled(&c, "node2") == before + outside_pods).then_some(())
     })
     .expect("enrolled by annotation");
     c.set_namespace_annotation("outside", "mesh.io/dataplane-mode", None)
         .expect("remove annotation");
     lab.mesh.sync_topology(&c).expect("namespace to the API server");
-    wait_for("node2 to un-enroll outside/client", Duration::from_secs(30), || {
+    wait_for("node2 to un-enroll outside's pods", Duration::from_secs(30), || {
         (enrolled(&c, "node2") == before).then_some(())
     })
     .expect("un-enrolled when the annotation is removed");
+    eprintln!(
+        "FIGURE enrollment by annotation: node2 {before} → {} → {before} enrolled pods",
+        before + outside_pods
+    );
     all_ok(&pages(&c, 20, 4, &[])).expect("traffic after un-enrolling");
     drop(lab);
 }

@@ -27,6 +27,8 @@ pub struct Shared {
     pub store: Mutex<Store>,
     pub version: watch::Sender<u64>,
     pub bookmark_every: Duration,
+    /// Lists served, by kind: a test sees clients relist (after `410 Gone`).
+    pub lists: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl Shared {
@@ -222,6 +224,12 @@ fn list(shared: &Shared, target: &Target, q: &HashMap<String, String>) -> Respon
         Ok(f) => f,
         Err(r) => return r,
     };
+    *shared
+        .lists
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(target.kind.kind)
+        .or_default() += 1;
     let store = shared.lock();
     let requested: Option<u64> = q.get("resourceVersion").and_then(|v| v.parse().ok());
     let exact = q.get("resourceVersionMatch").is_some_and(|m| m == "Exact");

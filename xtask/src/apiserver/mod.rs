@@ -87,6 +87,7 @@ impl ApiServer {
             store: Mutex::new(Store::default()),
             version,
             bookmark_every: BOOKMARK_EVERY,
+            lists: Mutex::default(),
         });
         let listener = bind().map_err(ApiServerError::Listen)?;
         let addr = listener.local_addr().map_err(ApiServerError::Listen)?;
@@ -165,6 +166,13 @@ impl ApiServer {
             .filter(|k| k.kind == kind)
             .flat_map(|k| store.list(k, None))
             .collect()
+    }
+
+    /// How many lists of `kind` were served so far (every client's first list, and a
+    /// relist after `410 Gone`).
+    pub fn lists_served(&self, kind: &str) -> u64 {
+        let lists = self.shared.lists.lock().unwrap_or_else(|p| p.into_inner());
+        lists.get(kind).copied().unwrap_or(0)
     }
 
     /// A kubeconfig for clients of this server, written to `path`.

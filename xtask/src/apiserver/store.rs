@@ -78,6 +78,20 @@ fn key(kind: &'static Kind, object: &Value) -> Key {
     )
 }
 
+/// Equal but for what the server sets (`resourceVersion`, `uid`): an object applied again
+/// from the same YAML, which carries neither, is no change.
+fn same_content(stored: &Value, applied: &Value) -> bool {
+    let without_server_fields = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+            meta.remove("uid");
+        }
+        v
+    };
+    without_server_fields(stored) == without_server_fields(applied)
+}
+
 impl Store {
     pub fn resource_version(&self) -> u64 {
         self.rv
@@ -93,13 +107,8 @@ impl Store {
         }
         let k = key(kind, &object);
         let previous = self.objects.get(&k);
-        if let Some(prev) = previous {
-            let mut same = prev.clone();
-            same["metadata"]["resourceVersion"] = object["metadata"]["resourceVersion"].clone();
-            same["metadata"]["uid"] = object["metadata"]["uid"].clone();
-            if same == object {
-                return prev.clone();
-            }
+        if let Some(prev) = previous.filter(|p| same_content(p, &object)) {
+            return prev.clone();
         }
         let event = if previous.is_some() {
             EventType::Modified
@@ -144,9 +153,11 @@ impl Store {
         object
     }
 
-    /// Forgets every change so far: a watch resuming from before now gets `410 Gone`
-    /// and relists (what a restarted API server with a compacted etcd does).
+    /// Forgets every change so far and moves the version on, as a restarted API
+    /// server finds etcd compacted and written to meanwhile: every watch resuming
+    /// from a version it had seen gets `410 Gone` and relists.
     pub fn compact(&mut self) {
+        self.rv += 1;
         self.history.clear();
         self.compacted = self.rv;
     }

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{Cluster, HarnessError, ProcessGuard, bin_path, wait_for};
-use crate::mesh::objects::{self, Namespace};
+use crate::mesh::objects::Namespace;
 use crate::mesh::{HttpReply, LocalMesh, MeshError, MeshOptions, http_get_from_pod};
 
 pub const NAMESPACE: &str = "bookinfo";
@@ -156,8 +156,7 @@ impl Lab {
         let before = self.generations(cluster)?;
         // Like `cargo xtask demo apply`: objects without a namespace go to the app's.
         let ns = Namespace::Default(NAMESPACE.into());
-        let changes =
-            objects::apply(self.mesh.config_dir(), &path.display().to_string(), &text, &ns).map_err(MeshError::from)?;
+        let changes = self.mesh.apply_kubectl(&path.display().to_string(), &text, &ns)?;
         let names: Vec<String> = changes.iter().map(|c| c.object.to_string()).collect();
         self.wait_loaded(cluster, file, before, |d| names.iter().all(|n| lists(d, n)))
     }
@@ -166,8 +165,7 @@ impl Lab {
     /// until neither the waypoint nor the gateway has it any more.
     pub fn delete_object(&self, cluster: &Cluster, object: &mesh_common::model::ObjectRef) -> Result<(), LabError> {
         let before = self.generations(cluster)?;
-        let path = self.mesh.config_dir().join(objects::file_name(object));
-        std::fs::remove_file(&path).map_err(|source| LabError::Samples { path, source })?;
+        self.mesh.delete_object(object)?;
         let name = object.to_string();
         self.wait_loaded(cluster, &format!("delete {name}"), before, |d| !lists(d, &name))
     }

@@ -171,6 +171,40 @@ impl LocalMesh {
         Ok(refs)
     }
 
+    /// `kubectl apply -f` with kubectl's namespace rules ([`objects::apply`]): one file
+    /// per object in the watched directory and, in Kubernetes mode, the same objects
+    /// (namespace settled) on the API server.
+    pub fn apply_kubectl(
+        &self,
+        source_name: &str,
+        yaml: &str,
+        ns: &objects::Namespace,
+    ) -> Result<Vec<objects::Change>, MeshError> {
+        let changes = objects::apply(&self.config_dir, source_name, yaml, ns)?;
+        if let Some(kube) = &self.kube {
+            for c in &changes {
+                let path = self.config_dir.join(objects::file_name(&c.object));
+                let text = std::fs::read_to_string(&path).map_err(|source| MeshError::Config { path, source })?;
+                kube.api.apply_yaml(source_name, &text)?;
+            }
+        }
+        Ok(changes)
+    }
+
+    /// `kubectl delete` of one object: its file in the watched directory and, in
+    /// Kubernetes mode, the object on the API server.
+    pub fn delete_object(&self, object: &mesh_common::model::ObjectRef) -> Result<(), MeshError> {
+        let path = self.config_dir.join(objects::file_name(object));
+        let text = std::fs::read_to_string(&path).map_err(|source| MeshError::Config {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(kube) = &self.kube {
+            kube.api.delete_yaml(&object.to_string(), &text)?;
+        }
+        std::fs::remove_file(&path).map_err(|source| MeshError::Config { path, source })
+    }
+
     /// Removes `<name>.yaml` from the watched directory (in Kubernetes mode, its
     /// objects from the API server).
     pub fn delete(&self, name: &str) -> Result<(), MeshError> {
