@@ -201,8 +201,10 @@ struct Filter {
 }
 
 impl Filter {
-    fn new(target: &Target, q: &HashMap<String, String>) -> Result<Self, Response<Body>> {
-        let bad = |e: super::selector::SelectorError| status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
+    /// A bad selector is answered `400` (boxed: the response is large beside `Self`).
+    fn new(target: &Target, q: &HashMap<String, String>) -> Result<Self, Box<Response<Body>>> {
+        let bad =
+            |e: super::selector::SelectorError| Box::new(status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()));
         Ok(Self {
             namespace: target.namespace.clone(),
             labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(bad)?,
@@ -222,7 +224,7 @@ impl Filter {
 fn list(shared: &Shared, target: &Target, q: &HashMap<String, String>) -> Response<Body> {
     let filter = match Filter::new(target, q) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     *shared
         .lists
@@ -233,10 +235,10 @@ fn list(shared: &Shared, target: &Target, q: &HashMap<String, String>) -> Respon
     let store = shared.lock();
     let requested: Option<u64> = q.get("resourceVersion").and_then(|v| v.parse().ok());
     let exact = q.get("resourceVersionMatch").is_some_and(|m| m == "Exact");
-    if let (Some(rv), true) = (requested, exact) {
-        if rv != store.resource_version() {
-            return status(StatusCode::GONE, "Expired", &format!("resourceVersion {rv} is too old"));
-        }
+    if let (Some(rv), true) = (requested, exact)
+        && rv != store.resource_version()
+    {
+        return status(StatusCode::GONE, "Expired", &format!("resourceVersion {rv} is too old"));
     }
     let items: Vec<Value> = store
         .list(target.kind, target.namespace.as_deref())
@@ -316,7 +318,7 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 fn watch_stream(shared: Arc<Shared>, target: Target, q: &HashMap<String, String>) -> Response<Body> {
     let filter = match Filter::new(&target, q) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let since: u64 = q
         .get("resourceVersion")

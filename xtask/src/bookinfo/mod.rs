@@ -121,8 +121,7 @@ impl Lab {
             path: gateway_yaml.clone(),
             source,
         })?;
-        mesh.apply_objects(&gateway_yaml.display().to_string(), &text)
-            .map_err(MeshError::from)?;
+        mesh.apply_objects(&gateway_yaml.display().to_string(), &text)?;
         let gateway = spawn_gateway(cluster, &mut mesh, opts.log_dir.as_deref())?;
         pods.insert((GATEWAY_POD.0.to_owned(), GATEWAY_POD.1.to_owned()), gateway);
         wait_gateway(cluster)?;

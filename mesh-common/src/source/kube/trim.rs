@@ -211,4 +211,68 @@ mod tests {
         assert_eq!(annotations.keys().collect::<Vec<_>>(), ["x"]);
         assert_eq!(obj.data["spec"]["selector"]["app"], "s");
     }
+    /// An EndpointSlice as the EndpointSlice controller writes it, with `n` endpoints.
+    fn endpoint_slice(n: usize) -> Value {
+        let endpoints: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({
+                    "addresses": [format!("10.244.{}.{}", 1 + i / 250, 1 + i % 250)],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "nodeName": format!("worker-{}", i % 3),
+                    "targetRef": {"kind": "Pod", "name": format!("reviews-v2-7d79d5bd5d-{i:05x}"),
+                                  "namespace": "bookinfo", "uid": format!("9a0c2d1e-7b3f-4c6a-8e5d-{i:012x}")}
+                })
+            })
+            .collect();
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {
+                "name": "reviews-6xk2p", "generateName": "reviews-", "namespace": "bookinfo",
+                "resourceVersion": "1834480", "uid": "0e6d5c4b-3a29-4180-9f7e-6d5c4b3a2918",
+                "creationTimestamp": "2026-11-20T09:10:00Z", "generation": 42,
+                "labels": {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                           "kubernetes.io/service-name": "reviews", "app": "reviews", "service": "reviews"},
+                "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-20T09:14:09Z"},
+                "ownerReferences": [{"apiVersion": "v1", "blockOwnerDeletion": true, "controller": true,
+                                     "kind": "Service", "name": "reviews", "uid": "7c6b5a49-3827-4160-8f9e-0d1c2b3a4958"}],
+                "managedFields": [{"apiVersion": "discovery.k8s.io/v1", "fieldsType": "FieldsV1", "manager": "kube-controller-manager",
+                                   "operation": "Update", "time": "2026-11-20T09:14:09Z",
+                                   "fieldsV1": {"f:addressType": {}, "f:endpoints": {}, "f:ports": {},
+                                                "f:metadata": {"f:annotations": {".": {}, "f:endpoints.kubernetes.io/last-change-trigger-time": {}},
+                                                               "f:generateName": {}, "f:labels": {}, "f:ownerReferences": {}}}}]
+            },
+            "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
+            "endpoints": endpoints
+        })
+    }
+
+    /// README "Why every pod, and no EndpointSlices": what each choice costs per pod and
+    /// per change, on a pod as a cluster returns it (testdata/pod-full.json: a Bookinfo
+    /// Deployment pod with its managedFields, container spec, volumes and statuses).
+    #[test]
+    fn watch_cost_of_every_pod_vs_endpoint_slices() {
+        let full: Value = serde_json::from_str(include_str!("testdata/pod-full.json")).unwrap();
+        let full_bytes = full.to_string().len();
+        let mut obj: DynamicObject = serde_json::from_value(full).unwrap();
+        trim("Pod", &mut obj);
+        let trimmed = serde_json::to_value(&obj).unwrap();
+        let trimmed_bytes = trimmed.to_string().len();
+        let slice = endpoint_slice(100);
+        let slice_bytes = slice.to_string().len();
+        let entry_bytes = slice["endpoints"][0].to_string().len();
+        println!("FIGURE pod as served: {full_bytes} B; kept after trim: {trimmed_bytes} B");
+        println!("FIGURE EndpointSlice of 100 endpoints: {slice_bytes} B ({entry_bytes} B per endpoint)");
+        let small_bytes = endpoint_slice(10).to_string().len();
+        println!(
+            "FIGURE one pod turns ready: the every-pod watch sends {full_bytes} B to each daemon; \
+             EndpointSlices resend the whole slice: {small_bytes} B (10 endpoints) to {slice_bytes} B (100)"
+        );
+        // The trimmed pod is what every daemon keeps per pod of the cluster.
+        assert!(trimmed_bytes * 5 < full_bytes, "{trimmed_bytes} of {full_bytes} B kept");
+        // What decides: the endpoint carries no identity, the pod does. A daemon that
+        // knew remote pods only through slices could not name the peer's SPIFFE id.
+        let entry = slice["endpoints"][0].to_string();
+        assert!(!entry.contains("serviceAccount"), "{entry}");
+        assert_eq!(trimmed["spec"]["serviceAccountName"], "bookinfo-reviews");
+    }
 }
