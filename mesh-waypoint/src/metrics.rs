@@ -258,6 +258,7 @@ mod tests {
             service_account: "bookinfo-reviews".into(),
             ip: "198.18.1.2".parse().unwrap(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            named_ports: Vec::new(),
         }
     }
 

@@ -81,6 +81,7 @@ fn setup() -> Setup {
             ..MeshOptions::default()
         },
         log_dir,
+        prometheus: false,
     };
     let lab = Lab::start(&cluster, options).expect("Bookinfo on the API server");
     Setup { cluster, api, lab }
