@@ -14,3 +14,5 @@ pub mod authz;
 pub mod model;
 #[cfg(feature = "std")]
 pub mod source;
+#[cfg(feature = "std")]
+pub mod view;

@@ -1,6 +1,6 @@
 //! Admin endpoint (loopback only): `/config_dump` (workloads, services, namespaces,
 //! rejected configuration, authorization policies, readiness, and whatever sections subsystems add, such as
-//! certificates) and `/workloads`.
+//! certificates), `/workloads` and `/summary` (generation and sizes of the view).
 
 use std::sync::{Arc, Mutex};
 
@@ -43,13 +43,26 @@ impl Admin {
         match req.uri().path() {
             "/config_dump" => http_server::json(&self.config_dump()),
             "/workloads" => http_server::json(&self.workloads()),
-            _ => http_server::text(StatusCode::NOT_FOUND, "endpoints: /config_dump /workloads\n"),
+            "/summary" => http_server::json(&self.summary()),
+            _ => http_server::text(StatusCode::NOT_FOUND, "endpoints: /config_dump /workloads /summary\n"),
         }
+    }
+
+    /// Sizes and generation of the view in force: cheap at any cluster size.
+    fn summary(&self) -> Value {
+        let state = self.state.borrow().clone();
+        json!({
+            "node": state.node,
+            "generation": state.generation,
+            "workloads": state.view.workload_count(),
+            "services": state.view.service_count(),
+            "namespaces": state.view.namespaces().count(),
+        })
     }
 
     fn workloads(&self) -> Value {
         let state = self.state.borrow().clone();
-        let mut list: Vec<_> = state.workloads.values().cloned().collect();
+        let mut list: Vec<_> = state.view.workloads().cloned().collect();
         list.sort_by_key(|w| w.key());
         let rows: Vec<Value> = list
             .iter()
@@ -76,8 +89,8 @@ impl Admin {
             "generation": state.generation,
             "readiness": readiness,
             "workloads": self.workloads(),
-            "services": state.services.values().collect::<Vec<_>>(),
-            "namespaces": state.namespaces,
+            "services": state.view.services().collect::<Vec<_>>(),
+            "namespaces": state.view.namespaces().map(|(_, n)| n).collect::<Vec<_>>(),
             "config_errors": state.config_errors,
             "authorization": crate::policy::authz::dump(&state),
         });

@@ -6,10 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_common::model::store::ConfigStore;
+use mesh_common::model::store::{Changes, ConfigStore};
 use mesh_common::source::dir::DirSource;
 use tokio::sync::watch;
 
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::Metrics;
 use crate::readiness::{Condition, Readiness};
 use crate::state::{MeshState, StateParams};
 
@@ -20,12 +25,22 @@ pub type StateRx = watch::Receiver<Arc<MeshState>>;
 pub struct Publisher {
     params: StateParams,
     tx: watch::Sender<Arc<MeshState>>,
+    /// `mesh_config_last_apply_seconds`.
+    last_apply: Gauge<f64, AtomicU64>,
 }
 
 impl Publisher {
-    pub fn new(params: StateParams) -> (Self, StateRx) {
+    pub fn new(params: StateParams, metrics: &Metrics) -> (Self, StateRx) {
         let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
-        (Self { params, tx }, rx)
+        let last_apply = Gauge::<f64, AtomicU64>::default();
+        metrics.register(|r| {
+            r.register(
+                "mesh_config_last_apply_seconds",
+                "Seconds the last configuration change took to take effect once in the store: cluster view update, policy compilation when a policy changed, publication",
+                last_apply.clone(),
+            )
+        });
+        (Self { params, tx, last_apply }, rx)
     }
 
     /// The generation last published (0: nothing yet).
@@ -33,17 +48,30 @@ impl Publisher {
         self.tx.borrow().generation
     }
 
+    /// Publishes the state after what changed in `store` since the last publish.
     pub fn publish(&self, store: &ConfigStore) {
-        let state = MeshState::build(store, &self.params);
+        let started = std::time::Instant::now();
+        let prev = self.tx.borrow().clone();
+        let changes = store.changes_since(prev.generation);
+        let state = MeshState::next(&prev, store, &changes, &self.params);
+        let took = started.elapsed();
         tracing::info!(
             generation = state.generation,
-            workloads = state.workloads.len(),
-            services = state.services.len(),
+            workloads = state.view.workload_count(),
+            services = state.view.service_count(),
+            changed = match &changes {
+                Changes::All => "all".to_owned(),
+                Changes::Some(c) => c.len().to_string(),
+            },
+            apply_ms = took.as_secs_f64() * 1000.0,
             authorization_policies = state.authz.policies().len(),
             "configuration applied"
         );
-        crate::policy::authz::log_unenforceable(&state.authz);
+        if !Arc::ptr_eq(&prev.authz, &state.authz) {
+            crate::policy::authz::log_unenforceable(&state.authz);
+        }
         self.tx.send_replace(Arc::new(state));
+        self.last_apply.set(took.as_secs_f64());
     }
 }
 
@@ -56,8 +84,8 @@ pub struct ConfigLoop {
 }
 
 impl ConfigLoop {
-    pub fn new(source: DirSource, params: StateParams) -> (Self, StateRx) {
-        let (publisher, rx) = Publisher::new(params);
+    pub fn new(source: DirSource, params: StateParams, metrics: &Metrics) -> (Self, StateRx) {
+        let (publisher, rx) = Publisher::new(params, metrics);
         (
             Self {
                 source,

@@ -70,7 +70,7 @@ async fn start_config(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) 
         .config_dir
         .as_ref()
         .context("--config-dir is required without --kubernetes")?;
-    let (mut config, state) = ConfigLoop::new(DirSource::new(dir), args.state_params());
+    let (mut config, state) = ConfigLoop::new(DirSource::new(dir), args.state_params(), metrics);
     config.poll_once(readiness);
     tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
     Ok(state)

@@ -45,7 +45,7 @@ pub fn spawn(
     readiness: &Readiness,
     metrics: &Metrics,
 ) -> StateRx {
-    let (publisher, state) = Publisher::new(params);
+    let (publisher, state) = Publisher::new(params, metrics);
     readiness.set(
         "config",
         Condition::Pending("waiting for the first list from the Kubernetes API server".into()),

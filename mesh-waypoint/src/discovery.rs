@@ -1,13 +1,14 @@
-//! Endpoint discovery from the config directory: a Service's endpoints are the
-//! ready Pods of its namespace whose labels contain its selector, at
-//! `status.podIP:targetPort`. (The Kubernetes source will feed EndpointSlices into
-//! the same shape.)
+//! Endpoint discovery, read from the cluster view the node daemon also uses
+//! ([`mesh_common::view`]): a Service's endpoints are the ready pods its selector picks
+//! there, at `status.podIP:targetPort`; this module only adds what the waypoint needs
+//! on top (FQDN keys, upstream protocol per port).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use mesh_common::model::Resource;
-use mesh_common::model::k8s::{Pod, Service, TargetPort, USE_WAYPOINT_LABEL};
+use mesh_common::model::k8s::TargetPort;
+use mesh_common::view::{ClusterView, ServiceEntry};
 
 use crate::config::hosts::service_fqdn;
 
@@ -43,26 +44,8 @@ fn protocol_of(p: &mesh_common::model::k8s::ServicePort) -> UpstreamProtocol {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PodInfo {
-    pub name: String,
-    pub namespace: String,
-    /// Its identity is `spiffe://<trust domain>/ns/<namespace>/sa/<service_account>`.
-    pub service_account: String,
-    pub ip: IpAddr,
-    pub labels: BTreeMap<String, String>,
-    /// Named container ports, for a `targetPort` that names one.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub named_ports: Vec<(String, u16)>,
-}
-
-impl PodInfo {
-    /// The pod port a Service's `target` means here; `None` when the pod has no
-    /// container port of that name (it is then no endpoint of that port).
-    pub fn port(&self, target: &TargetPort) -> Option<u16> {
-        target.resolve(|name| self.named_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p))
-    }
-}
+/// A pod as the waypoint sees it: the shared view's workload.
+pub type PodInfo = mesh_common::view::Workload;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ServiceInfo {
@@ -99,77 +82,36 @@ pub struct Discovery {
     pub pods_by_ip: HashMap<IpAddr, PodInfo>,
 }
 
+/// The waypoint reads no identity from the view (its peers prove theirs with their
+/// certificates), so the view's trust domain is a placeholder.
+const VIEW_TRUST_DOMAIN: &str = "cluster.local";
+
 pub fn discover(resources: &[Resource]) -> Discovery {
-    let pods: Vec<PodInfo> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Pod(p) if p.is_ready() => pod_info(p),
-            _ => None,
-        })
-        .collect();
+    let view = ClusterView::from_resources(VIEW_TRUST_DOMAIN, resources);
     let mut d = Discovery {
-        pods_by_ip: pods.iter().map(|p| (p.ip, p.clone())).collect(),
+        pods_by_ip: view
+            .workloads()
+            .filter(|w| w.ready)
+            .map(|w| (IpAddr::V4(w.ip), w.as_ref().clone()))
+            .collect(),
         ..Discovery::default()
     };
-    let namespaces: HashMap<&str, &BTreeMap<String, String>> = resources
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Namespace(n) => Some((n.metadata.name.as_str(), &n.metadata.labels)),
-            _ => None,
-        })
-        .collect();
-    for r in resources {
-        if let Resource::Service(s) = r {
-            let ns_labels = namespaces.get(s.metadata.namespace_or_default()).copied();
-            let info = service_info(s, &pods, ns_labels);
-            if let Some(ip) = info.cluster_ip {
-                d.by_cluster_ip.insert(ip, info.fqdn.clone());
-            }
-            d.services.insert(info.fqdn.clone(), info);
+    for svc in view.services() {
+        let info = service_info(&view, svc);
+        if let Some(ip) = info.cluster_ip {
+            d.by_cluster_ip.insert(ip, info.fqdn.clone());
         }
+        d.services.insert(info.fqdn.clone(), info);
     }
     d
 }
 
-fn pod_info(p: &Pod) -> Option<PodInfo> {
-    Some(PodInfo {
-        name: p.metadata.name.clone(),
-        namespace: p.metadata.namespace_or_default().to_owned(),
-        service_account: p.service_account().to_owned(),
-        ip: IpAddr::V4(p.ipv4()?),
-        labels: p.metadata.labels.clone(),
-        named_ports: p.named_ports().map(|(n, port)| (n.to_owned(), port)).collect(),
-    })
-}
-
-/// Istio's label sending ingress gateway traffic for a Service through its waypoint.
-pub const INGRESS_USE_WAYPOINT_LABEL: &str = "istio.io/ingress-use-waypoint";
-
-/// A label on the Service, else on its namespace.
-fn label<'a>(s: &'a Service, ns: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a String> {
-    s.metadata.labels.get(key).or_else(|| ns.and_then(|l| l.get(key)))
-}
-
-fn service_info(s: &Service, pods: &[PodInfo], ns_labels: Option<&BTreeMap<String, String>>) -> ServiceInfo {
-    let ns = s.metadata.namespace_or_default();
-    let waypoint = label(s, ns_labels, USE_WAYPOINT_LABEL)
-        .filter(|w| *w != "none" && **w != s.metadata.name)
-        .cloned();
-    let ingress_use_waypoint = label(s, ns_labels, INGRESS_USE_WAYPOINT_LABEL).is_some_and(|v| v == "true");
-    let selector = &s.spec.selector;
-    let selected = pods
-        .iter()
-        .filter(|p| {
-            p.namespace == ns && !selector.is_empty() && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-        })
-        .cloned()
-        .collect();
+fn service_info(view: &ClusterView, s: &ServiceEntry) -> ServiceInfo {
     ServiceInfo {
-        fqdn: service_fqdn(&s.metadata.name, ns),
-        namespace: ns.to_owned(),
-        cluster_ip: s.vip().map(IpAddr::V4),
+        fqdn: service_fqdn(&s.name, &s.namespace),
+        namespace: s.namespace.clone(),
+        cluster_ip: s.vip.map(IpAddr::V4),
         ports: s
-            .spec
             .ports
             .iter()
             .map(|p| ServicePortInfo {
@@ -179,9 +121,9 @@ fn service_info(s: &Service, pods: &[PodInfo], ns_labels: Option<&BTreeMap<Strin
                 protocol: protocol_of(p),
             })
             .collect(),
-        pods: selected,
-        waypoint,
-        ingress_use_waypoint,
+        pods: view.ready_endpoints(s).map(|w| w.as_ref().clone()).collect(),
+        waypoint: s.waypoint.clone(),
+        ingress_use_waypoint: s.ingress_use_waypoint,
     }
 }
 
@@ -190,8 +132,5 @@ pub fn subset_pods<'a>(
     service: &'a ServiceInfo,
     labels: &'a BTreeMap<String, String>,
 ) -> impl Iterator<Item = &'a PodInfo> {
-    service
-        .pods
-        .iter()
-        .filter(move |p| labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+    service.pods.iter().filter(move |p| p.has_labels(labels))
 }

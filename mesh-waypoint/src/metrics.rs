@@ -259,6 +259,14 @@ mod tests {
             ip: "198.18.1.2".parse().unwrap(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             named_ports: Vec::new(),
+            node: "n1".into(),
+            ready: true,
+            enrolled: true,
+            proxy: false,
+            trust_domain: "cluster.local".into(),
+            netns: None,
+            cgroup: None,
+            uid: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The configuration store both sources feed: objects by reference, with the
 //! "last good version stays in force" rule applied in one place.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 use super::{ConfigError, ObjectRef, Resource};
 
@@ -24,6 +25,28 @@ impl ApplyReport {
     }
 }
 
+/// How many object changes the store remembers for [`ConfigStore::changes_since`]: a
+/// consumer further behind than this (the first list of a large cluster) rebuilds
+/// from everything instead. 64k references are a few MiB.
+pub const JOURNAL_CAPACITY: usize = 65_536;
+
+/// What changed since a generation: these objects (added, updated or removed), or more
+/// than the journal holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    All,
+    Some(BTreeSet<ObjectRef>),
+}
+
+impl Changes {
+    pub fn any(&self, mut f: impl FnMut(&ObjectRef) -> bool) -> bool {
+        match self {
+            Changes::All => true,
+            Changes::Some(refs) => refs.iter().any(&mut f),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ConfigStore {
     objects: BTreeMap<ObjectRef, Resource>,
@@ -31,6 +54,10 @@ pub struct ConfigStore {
     /// Current problems, per source, for readiness detail and config dumps.
     errors: BTreeMap<String, Vec<String>>,
     generation: u64,
+    /// `(generation, object)` for the last [`JOURNAL_CAPACITY`] changes, oldest first.
+    journal: VecDeque<(u64, ObjectRef)>,
+    /// Changes at or below this generation have left the journal.
+    forgotten: u64,
 }
 
 impl ConfigStore {
@@ -45,6 +72,26 @@ impl ConfigStore {
     /// Increases on every apply that changed something; consumers rebuild on change.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Objects of `kind` in `namespace`, by name.
+    pub fn in_namespace<'a>(&'a self, kind: &str, namespace: &str) -> impl Iterator<Item = &'a Resource> + 'a {
+        let from = ObjectRef::new(kind, Some(namespace), "");
+        let (kind, namespace) = (kind.to_owned(), namespace.to_owned());
+        self.objects
+            .range((Bound::Included(from), Bound::Unbounded))
+            .take_while(move |(r, _)| r.kind == kind && r.namespace.as_deref() == Some(namespace.as_str()))
+            .map(|(_, o)| o)
+    }
+
+    /// Objects changed after generation `since` (what a consumer that last saw `since`
+    /// must look at again).
+    pub fn changes_since(&self, since: u64) -> Changes {
+        if since < self.forgotten || since == 0 {
+            return Changes::All;
+        }
+        let start = self.journal.partition_point(|(g, _)| *g <= since);
+        Changes::Some(self.journal.range(start..).map(|(_, r)| r.clone()).collect())
     }
 
     pub fn errors(&self) -> impl Iterator<Item = (&str, &[String])> {
@@ -130,6 +177,15 @@ impl ConfigStore {
         }
         if !report.added.is_empty() || !report.updated.is_empty() || !report.removed.is_empty() {
             self.generation += 1;
+            let changed = report.added.iter().chain(&report.updated).chain(&report.removed);
+            for r in changed {
+                self.journal.push_back((self.generation, r.clone()));
+            }
+            while self.journal.len() > JOURNAL_CAPACITY {
+                if let Some((g, _)) = self.journal.pop_front() {
+                    self.forgotten = self.forgotten.max(g);
+                }
+            }
         }
     }
 }

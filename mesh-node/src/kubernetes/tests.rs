@@ -108,7 +108,7 @@ impl Daemon {
     }
 
     fn workloads(&self) -> Vec<String> {
-        let mut pods: Vec<String> = self.now().workloads.values().map(|w| w.key()).collect();
+        let mut pods: Vec<String> = self.now().view.workloads().map(|w| w.key()).collect();
         pods.sort();
         pods
     }
@@ -197,7 +197,7 @@ async fn enrollment_follows_the_namespace_annotation_through_gone_and_dropped_st
     let d = start(&r);
     let final_pods = strings(&["bookinfo/productpage-v1", "bookinfo/ratings-v1", "other/tools-0"]);
     until("the API's final state", || {
-        let namespaces: Vec<String> = d.now().namespaces.keys().cloned().collect();
+        let namespaces: Vec<String> = d.now().view.namespaces().map(|(n, _)| n.clone()).collect();
         (namespaces == strings(&["bookinfo", "other"]) && d.workloads() == final_pods).then_some(())
     })
     .await;

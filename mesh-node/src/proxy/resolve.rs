@@ -5,7 +5,7 @@
 
 use mesh_hbone::RefusalReason;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use mesh_common::abi::PORT_HBONE as HBONE_PORT;
@@ -13,6 +13,7 @@ use mesh_common::abi::PORT_HBONE as HBONE_PORT;
 use super::metrics::PassthroughReason;
 use crate::identity::SpiffeId;
 use crate::state::{MeshState, ServiceEntry, Workload};
+use mesh_common::view::NamespacedName;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
@@ -32,7 +33,8 @@ pub enum Route {
 
 #[derive(Default)]
 pub struct Resolver {
-    next: Mutex<HashMap<Ipv4Addr, usize>>,
+    /// Round-robin position per Service.
+    next: Mutex<HashMap<NamespacedName, usize>>,
 }
 
 impl Resolver {
@@ -53,8 +55,8 @@ impl Resolver {
             return self.to_waypoint(state, svc, wp, dst);
         }
         // A named targetPort may differ per pod; a pod without that name is no endpoint.
-        let serving = svc.ready_endpoints(state).filter(|w| w.port(&target).is_some());
-        match self.pick(svc.vip, serving) {
+        let serving = state.view.ready_endpoints(svc).filter(|w| w.port(&target).is_some());
+        match self.pick(svc, serving) {
             Some(ep) => {
                 let port = ep.port(&target).unwrap_or(dst.port());
                 to_workload(&ep, SocketAddrV4::new(ep.ip, port), Some(svc.hostname()))
@@ -64,14 +66,10 @@ impl Resolver {
     }
 
     fn to_waypoint(&self, state: &MeshState, svc: &ServiceEntry, waypoint: &str, dst: SocketAddrV4) -> Route {
-        let wp_svc = state
-            .services
-            .values()
-            .find(|s| s.namespace == svc.namespace && s.name == waypoint);
-        let Some(wp_svc) = wp_svc else {
+        let Some(wp_svc) = state.view.service_named(&svc.namespace, waypoint) else {
             return Route::Refuse(RefusalReason::WaypointUnknown);
         };
-        match self.pick(wp_svc.vip, wp_svc.ready_endpoints(state)) {
+        match self.pick(wp_svc, state.view.ready_endpoints(wp_svc)) {
             Some(wp) => Route::Tunnel {
                 hbone: SocketAddrV4::new(wp.ip, HBONE_PORT),
                 identity: SpiffeId::new(&wp.trust_domain, &wp.namespace, &wp.service_account),
@@ -83,14 +81,15 @@ impl Resolver {
         }
     }
 
-    /// Round-robin over the ready endpoints, per VIP.
-    fn pick<'a>(&self, vip: Ipv4Addr, ready: impl Iterator<Item = &'a Arc<Workload>>) -> Option<Arc<Workload>> {
+    /// Round-robin over the ready endpoints, per Service.
+    fn pick<'a>(&self, svc: &ServiceEntry, ready: impl Iterator<Item = &'a Arc<Workload>>) -> Option<Arc<Workload>> {
         let ready: Vec<&Arc<Workload>> = ready.collect();
         if ready.is_empty() {
             return None;
         }
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let n = next.entry(vip).or_default();
+        let key = NamespacedName::new(&svc.namespace, &svc.name);
+        let n = next.entry(key).or_default();
         let chosen = ready[*n % ready.len()].clone();
         *n = n.wrapping_add(1);
         Some(chosen)

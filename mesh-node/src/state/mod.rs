@@ -1,21 +1,15 @@
-//! The daemon's view of the mesh, rebuilt from the configuration store on every change
-//! and published through a `watch` channel: workloads by IP, services by VIP.
+//! The daemon's view of the mesh: the shared cluster view ([`ClusterView`], kept current
+//! change by change) plus what only the node daemon reads (its node, PeerAuthentication,
+//! AuthorizationPolicies), published as one immutable [`MeshState`] through a `watch`
+//! channel.
 
-mod service;
-mod workload;
-
-use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use mesh_common::authz::PolicySet;
-use mesh_common::model::Resource;
-use mesh_common::model::k8s::Namespace;
-use mesh_common::model::store::ConfigStore;
+use mesh_common::model::store::{Changes, ConfigStore};
+pub use mesh_common::view::{ClusterView, ServiceEntry, Workload};
 use serde::Serialize;
-
-pub use service::ServiceEntry;
-pub use workload::Workload;
 
 /// What a daemon's view depends on besides the store (its flags).
 #[derive(Clone, Debug)]
@@ -44,56 +38,70 @@ pub struct MeshState {
     /// The node this daemon serves.
     pub node: String,
     pub trust_domain: String,
-    pub workloads: HashMap<Ipv4Addr, Arc<Workload>>,
-    pub services: HashMap<Ipv4Addr, Arc<ServiceEntry>>,
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub view: ClusterView,
     /// Store generation this view was built from.
     pub generation: u64,
     /// Objects currently rejected (they keep their last good version), one line each.
     pub config_errors: Vec<String>,
     /// PeerAuthentication policies in force.
-    pub peer_authn: crate::policy::PeerAuthn,
+    pub peer_authn: Arc<crate::policy::PeerAuthn>,
     /// AuthorizationPolicies in force (compiled), with the root namespace.
-    pub authz: PolicySet,
+    pub authz: Arc<PolicySet>,
 }
 
 impl MeshState {
-    pub fn build(store: &ConfigStore, params: &StateParams) -> Self {
-        let (node, trust_domain) = (params.node.as_str(), params.trust_domain.as_str());
-        let namespaces: BTreeMap<String, Namespace> = store
-            .iter()
-            .filter_map(|r| match r {
-                Resource::Namespace(n) => Some((n.metadata.name.clone(), n.clone())),
-                _ => None,
-            })
-            .collect();
-        let workloads = workload::collect(store, &namespaces, trust_domain);
-        let services = service::collect(store, &namespaces, &workloads);
+    /// The state after `changes` to `store`, from `prev` (the last published one):
+    /// the view is updated incrementally, policies are recompiled only when an object
+    /// the view does not hold changed.
+    pub fn next(prev: &MeshState, store: &ConfigStore, changes: &Changes, params: &StateParams) -> Self {
+        let (mut view, changes) = match prev.generation {
+            0 => (ClusterView::new(&params.trust_domain), &Changes::All),
+            _ => (prev.view.clone(), changes),
+        };
+        view.apply(store, changes);
+        let policies_changed = changes.any(|r| !is_view_kind(&r.kind));
+        let (peer_authn, authz) = if policies_changed {
+            (
+                Arc::new(crate::policy::PeerAuthn::from_store(store)),
+                Arc::new(PolicySet::from_store(store, &params.root_namespace)),
+            )
+        } else {
+            (prev.peer_authn.clone(), prev.authz.clone())
+        };
         Self {
-            node: node.to_owned(),
-            trust_domain: trust_domain.to_owned(),
-            workloads,
-            services,
-            namespaces,
+            node: params.node.clone(),
+            trust_domain: params.trust_domain.clone(),
+            view,
             generation: store.generation(),
-            peer_authn: crate::policy::PeerAuthn::from_store(store),
-            authz: PolicySet::from_store(store, &params.root_namespace),
+            peer_authn,
+            authz,
             config_errors: store.errors().flat_map(|(_, e)| e.iter().cloned()).collect(),
         }
     }
 
+    /// The state of everything in `store`.
+    #[cfg(test)]
+    pub fn build(store: &ConfigStore, params: &StateParams) -> Self {
+        Self::next(&MeshState::default(), store, &Changes::All, params)
+    }
+
     /// Enrolled pods scheduled on this node: the ones whose traffic this daemon captures.
     pub fn local_enrolled(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        self.workloads.values().filter(|w| w.enrolled && w.node == self.node)
+        self.view.workloads().filter(|w| w.enrolled && w.node == self.node)
     }
 
     pub fn workload(&self, ip: Ipv4Addr) -> Option<&Arc<Workload>> {
-        self.workloads.get(&ip)
+        self.view.workload(ip)
     }
 
     pub fn service(&self, vip: Ipv4Addr) -> Option<&Arc<ServiceEntry>> {
-        self.services.get(&vip)
+        self.view.service(vip)
     }
+}
+
+/// Kinds the cluster view holds; any other change may be a policy.
+fn is_view_kind(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "Pod" | "Service")
 }
 
 #[cfg(test)]
@@ -101,6 +109,7 @@ pub(crate) mod tests {
     use super::*;
     use mesh_common::model::k8s::TargetPort;
     use mesh_common::model::parse_documents;
+    use mesh_common::model::store::ConfigStore;
 
     pub(crate) fn state_from(yaml: &str, node: &str) -> MeshState {
         let mut store = ConfigStore::default();
@@ -156,7 +165,7 @@ spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{port: 80, targetPo
         let s = state_from(TOPOLOGY, "n1");
         let svc = s.service("198.19.0.10".parse().unwrap()).unwrap();
         assert_eq!(svc.endpoints.len(), 2);
-        let ready: Vec<_> = svc.ready_endpoints(&s).map(|w| w.name.as_str()).collect();
+        let ready: Vec<_> = s.view.ready_endpoints(svc).map(|w| w.name.as_str()).collect();
         assert_eq!(ready, vec!["a"]);
         assert_eq!(svc.target_port(80), Some(TargetPort::Number(8080)));
     }

@@ -237,7 +237,7 @@ fn service_resolver(config: std::sync::Weak<Config>) -> crate::authn::jwks::Reso
         // A named targetPort resolves per pod: the first pod that has it.
         svc.pods
             .iter()
-            .find_map(|pod| Some(std::net::SocketAddr::new(pod.ip, pod.port(target)?)))
+            .find_map(|pod| Some(std::net::SocketAddr::new(pod.ip.into(), pod.port(target)?)))
     })
 }
 

@@ -210,7 +210,7 @@ fn build_backends(
                 let empty = BTreeMap::new();
                 let labels = sub.map_or(&empty, |s| &s.labels);
                 let addrs: Vec<SocketAddr> = discovery::subset_pods(svc, labels)
-                    .filter_map(|p| Some(SocketAddr::new(p.ip, p.port(&port.target_port)?)))
+                    .filter_map(|p| Some(SocketAddr::new(p.ip.into(), p.port(&port.target_port)?)))
                     .collect();
                 let key = BackendKey {
                     host: svc.fqdn.clone(),

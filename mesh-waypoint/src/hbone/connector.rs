@@ -3,7 +3,7 @@
 //! requiring the identity of the pod at that address.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock, Weak};
 
 use mesh_hbone::RefusalReason;
@@ -56,7 +56,7 @@ impl HboneConnector {
                         format!("no ready pod is known at {}: its identity cannot be checked", addr.ip()),
                     )
                 })?;
-                (pod, pod.ip)
+                (pod, IpAddr::V4(pod.ip))
             }
         };
         Ok(TunnelTarget {

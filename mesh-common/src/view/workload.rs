@@ -1,15 +1,14 @@
-//! A pod as the mesh sees it: address, identity, node, and where it lives on the host.
+//! A pod as the mesh sees it: address, identity, node, labels, and where it lives on
+//! the host.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use mesh_common::model::Resource;
-use mesh_common::model::enrollment::is_enrolled;
-use mesh_common::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, Namespace, Pod, TargetPort};
-use mesh_common::model::store::ConfigStore;
 use serde::Serialize;
+
+use crate::model::enrollment::is_enrolled;
+use crate::model::k8s::{LOCAL_CGROUP_ANNOTATION, LOCAL_NETNS_ANNOTATION, Namespace, Pod, TargetPort};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Workload {
@@ -20,10 +19,11 @@ pub struct Workload {
     pub ip: Ipv4Addr,
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
-    /// Its namespace opts into the mesh and the pod does not opt out: captured.
+    /// Its namespace opts into the mesh and the pod does not opt out: captured by the
+    /// daemon of its node.
     pub enrolled: bool,
-    /// A waypoint or gateway pod: not captured, speaks HBONE itself with a certificate
-    /// this daemon issues into its certificate directory.
+    /// A waypoint or gateway pod: not captured, speaks HBONE itself with the
+    /// certificate it obtains from the mesh CA.
     pub proxy: bool,
     pub trust_domain: String,
     /// Network namespace path (local mode annotation, or discovered in Kubernetes mode).
@@ -46,23 +46,36 @@ impl Workload {
         )
     }
 
+    /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The pod port a Service's `target` means on this pod.
+    pub fn is(&self, key: &super::NamespacedName) -> bool {
+        self.namespace == key.namespace && self.name == key.name
+    }
+
+    /// The pod port a Service's `target` means on this pod; `None` when the pod has no
+    /// container port of that name (it is then no endpoint of that Service port).
     pub fn port(&self, target: &TargetPort) -> Option<u16> {
         target.resolve(|name| self.named_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p))
     }
 
-    fn from_pod(pod: &Pod, namespaces: &BTreeMap<String, Namespace>, trust_domain: &str) -> Option<Self> {
+    /// Whether `selector` (a Service selector, a DestinationRule subset) is a subset of
+    /// this pod's labels. An empty selector matches.
+    pub fn has_labels(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+
+    /// `None` for a pod without an IPv4 address yet: nothing the mesh captures can
+    /// address it; it becomes a workload with the update that gives it one.
+    pub fn from_pod(pod: &Pod, namespace: Option<&Namespace>, trust_domain: &str) -> Option<Self> {
         let ip = pod.ipv4()?;
-        let namespace = pod.metadata.namespace_or_default().to_owned();
         let annotation = |k: &str| pod.metadata.annotations.get(k).map(PathBuf::from);
         Some(Self {
-            enrolled: is_enrolled(pod, namespaces.get(&namespace)),
+            enrolled: is_enrolled(pod, namespace),
             proxy: pod.is_mesh_proxy(),
-            namespace,
+            namespace: pod.metadata.namespace_or_default().to_owned(),
             name: pod.metadata.name.clone(),
             service_account: pod.service_account().to_owned(),
             node: pod.spec.node_name.clone().unwrap_or_default(),
@@ -76,21 +89,4 @@ impl Workload {
             named_ports: pod.named_ports().map(|(n, p)| (n.to_owned(), p)).collect(),
         })
     }
-}
-
-/// Pods without an IPv4 address yet are not workloads (nothing the mesh captures can
-/// address them); they become workloads when the update with their address arrives.
-pub(super) fn collect(
-    store: &ConfigStore,
-    namespaces: &BTreeMap<String, Namespace>,
-    trust_domain: &str,
-) -> HashMap<Ipv4Addr, Arc<Workload>> {
-    store
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Pod(p) => Workload::from_pod(p, namespaces, trust_domain),
-            _ => None,
-        })
-        .map(|w| (w.ip, Arc::new(w)))
-        .collect()
 }
