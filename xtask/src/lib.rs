@@ -6,3 +6,4 @@ pub mod bench;
 pub mod bookinfo;
 pub mod harness;
 pub mod mesh;
+pub mod traffic_map;

@@ -4,18 +4,17 @@
 //! Needs root (netns, cgroups, eBPF) and `/usr/bin/chromium` (`cargo xtask bootstrap`
 //! installs it); without either the tests fail with the reason.
 
-use std::ffi::OsStr;
+mod browser;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use browser::{chromium, screenshot_path};
+use headless_chrome::Tab;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
-use headless_chrome::{Browser, LaunchOptions, Tab};
 use xtask::bookinfo::supervise::{Event, Supervisor, Unit};
 use xtask::bookinfo::{self, Lab, LabOptions, pages, publish, reviews_version, tally};
 use xtask::harness::{Cluster, Signal, wait_for};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn lab() -> (Cluster, Lab) {
     assert!(
@@ -25,37 +24,6 @@ fn lab() -> (Cluster, Lab) {
     let cluster = bookinfo::cluster().expect("bookinfo cluster");
     let lab = Lab::start(&cluster, LabOptions::default()).expect("bookinfo lab");
     (cluster, lab)
-}
-
-/// Chromium as the workplace runs it: headless, no sandbox (root), nothing that
-/// reaches out to the network by itself, a fresh profile.
-fn chromium(profile: &Path) -> Browser {
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: `cargo xtask bootstrap` installs Debian's chromium"
-    );
-    let flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ];
-    let options = LaunchOptions {
-        path: Some(PathBuf::from(CHROMIUM)),
-        headless: true,
-        sandbox: false,
-        window_size: Some((1280, 860)),
-        user_data_dir: Some(profile.to_path_buf()),
-        disable_default_args: true,
-        args: flags.iter().map(OsStr::new).collect(),
-        idle_browser_timeout: Duration::from_secs(120),
-        ..LaunchOptions::default()
-    };
-    Browser::new(options).expect("start headless chromium")
 }
 
 /// The page's HTML once `check` accepts it (the browser follows redirects and loads on its own).
@@ -88,13 +56,6 @@ fn stars_in(tab: &Tab, color: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn screenshot_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("screenshots/bookinfo-jason.png")
-}
-
 #[test]
 fn browser_signs_in_as_jason_through_the_form_and_sees_reviews_v2_then_v1_after_signing_out() {
     let (c, lab) = lab();
@@ -104,7 +65,7 @@ fn browser_signs_in_as_jason_through_the_form_and_sees_reviews_v2_then_v1_after_
     // The demo's relay on host loopback, on a free port so parallel runs do not collide.
     let published = publish::publish(&c, SocketAddr::from(([127, 0, 0, 1], 0))).expect("publish");
     let profile = tempfile::tempdir().expect("profile dir");
-    let browser = chromium(profile.path());
+    let browser = chromium(profile.path(), (1280, 860));
     let tab = browser.new_tab().expect("tab");
     tab.navigate_to(&published.url()).expect("open productpage");
 
@@ -160,8 +121,7 @@ fn browser_signs_in_as_jason_through_the_form_and_sees_reviews_v2_then_v1_after_
     let png = tab
         .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
         .expect("screenshot");
-    let path = screenshot_path();
-    std::fs::create_dir_all(path.parent().expect("screenshot dir")).expect("create target/screenshots");
+    let path = screenshot_path("bookinfo-jason.png");
     std::fs::write(&path, &png).expect("write screenshot");
     eprintln!("FIGURE browser: screenshot {} ({} bytes)", path.display(), png.len());
 

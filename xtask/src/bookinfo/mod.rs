@@ -152,12 +152,18 @@ impl Lab {
             path: path.clone(),
             source,
         })?;
+        self.apply_yaml(cluster, &path.display().to_string(), &text)
+    }
+
+    /// Like [`Lab::apply_sample`] for YAML that is not one of the samples (`source`
+    /// names it in errors).
+    pub fn apply_yaml(&self, cluster: &Cluster, source: &str, text: &str) -> Result<(), LabError> {
         let before = self.generations(cluster)?;
         // Like `cargo xtask demo apply`: objects without a namespace go to the app's.
         let ns = Namespace::Default(NAMESPACE.into());
-        let changes = self.mesh.apply_kubectl(&path.display().to_string(), &text, &ns)?;
+        let changes = self.mesh.apply_kubectl(source, text, &ns)?;
         let names: Vec<String> = changes.iter().map(|c| c.object.to_string()).collect();
-        self.wait_loaded(cluster, file, before, |d| names.iter().all(|n| lists(d, n)))
+        self.wait_loaded(cluster, source, before, |d| names.iter().all(|n| lists(d, n)))
     }
 
     /// Deletes one object from the watched directory (like `kubectl delete`) and waits

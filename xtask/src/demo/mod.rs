@@ -28,6 +28,8 @@ const ISSUER_DIR: &str = "/run/mesh-demo/issuer-dir";
 const PUBLISHED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9080);
 /// Host address the demo publishes Prometheus on (loopback only).
 const PROMETHEUS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+/// Host address the demo serves the traffic map on (loopback only; Kiali's usual port).
+const MAP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 20001);
 /// The demo stops by itself after this long, so a forgotten terminal does not run forever.
 const MAX_RUN: Duration = Duration::from_secs(8 * 3600);
 
@@ -63,9 +65,16 @@ pub fn run() -> Result<()> {
             publish_to(&cluster, SocketAddr::new(PROMETHEUS.ip(), 0), prometheus)
         })
         .context("publishing Prometheus on the host's loopback")?;
+    let map = xtask::traffic_map::serve(MAP, published_prometheus.addr())
+        .or_else(|e| {
+            eprintln!("[demo] {MAP} is taken ({e}); serving the traffic map on a free loopback port");
+            xtask::traffic_map::serve(SocketAddr::new(MAP.ip(), 0), published_prometheus.addr())
+        })
+        .context("serving the traffic map on the host's loopback")?;
     let info = status::Info {
         url: published.url(),
         prometheus: format!("http://{}/", published_prometheus.addr()),
+        map: map.url(),
         config_dir: lab.mesh.config_dir().display().to_string(),
         log_dir: log_dir.display().to_string(),
     };
@@ -75,10 +84,11 @@ pub fn run() -> Result<()> {
         "Prometheus (scraping the waypoint and the gateway): {}",
         info.prometheus
     );
+    println!("Traffic map (live, from Prometheus): {}", info.map);
     println!("Press Ctrl-C to stop and clean up.\n");
     live(&cluster, &mut lab, &info, &shutdown)?;
     eprintln!("\n[demo] stopping: daemons, apps, namespaces, cgroups, pins");
-    drop((published, published_prometheus));
+    drop((map, published, published_prometheus));
     let _ = std::fs::remove_file(CURRENT);
     let _ = std::fs::remove_file(ISSUER_DIR);
     drop(lab);

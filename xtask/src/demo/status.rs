@@ -19,6 +19,8 @@ pub struct Info {
     pub url: String,
     /// Prometheus' web UI and API, published on the host's loopback.
     pub prometheus: String,
+    /// The live traffic map (xtask::traffic_map), on the host's loopback.
+    pub map: String,
     pub config_dir: String,
     pub log_dir: String,
 }
@@ -91,6 +93,7 @@ fn block(
         format!("== Bookinfo on the mesh, up {} ==", age(up)),
         format!("open     {}   (Sign in as jason: reviews v2 once virtual-service-reviews-test-v2.yaml is applied)", info.url),
         format!("metrics  {}   (Prometheus: sum(rate(istio_requests_total{{destination_service=~\"reviews.*\"}}[1m])) by (destination_version))", info.prometheus),
+        format!("map      {}   (live traffic map: services, versions, requests/s, errors, p99, mutual TLS)", info.map),
         "apply    cargo xtask demo apply samples/bookinfo/virtual-service-reviews-v2-v3.yaml   (kubectl apply -f; -n NS)".into(),
         "delete   cargo xtask demo delete samples/bookinfo/virtual-service-reviews-v2-v3.yaml  (kubectl delete -f)".into(),
         "block    cargo xtask demo block reviews v3   /   cargo xtask demo restore reviews".into(),
@@ -223,6 +226,7 @@ mod tests {
         let info = Info {
             url: "http://127.0.0.1:9080/productpage".into(),
             prometheus: "http://127.0.0.1:9090/".into(),
+            map: "http://127.0.0.1:20001/".into(),
             config_dir: "/c".into(),
             log_dir: "/l".into(),
         };
@@ -238,6 +242,7 @@ mod tests {
         for needle in [
             "http://127.0.0.1:9080/productpage",
             "http://127.0.0.1:9090/",
+            "http://127.0.0.1:20001/",
             "demo apply",
             "demo delete",
             "demo block",
