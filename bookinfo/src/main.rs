@@ -90,6 +90,7 @@ pub const PROPAGATED: &[&str] = &[
     "x-b3-spanid",
     "x-b3-parentspanid",
     "x-b3-sampled",
+    "x-b3-flags",
     "user-agent",
 ];
 

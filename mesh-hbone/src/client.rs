@@ -72,6 +72,8 @@ pub struct TunnelTarget {
     pub authority: SocketAddr,
     /// The original client, sent as `forwarded: for=`; `None` when unknown.
     pub forwarded_for: Option<IpAddr>,
+    /// Sent as `traceparent` (the node daemon sends one per connection, as ztunnel does).
+    pub traceparent: Option<crate::TraceParent>,
 }
 
 /// Makes the TCP connection to the HBONE endpoint (from the source pod's netns).
@@ -149,6 +151,9 @@ impl HboneClient {
             .uri(target.authority.to_string());
         if let Some(ip) = target.forwarded_for {
             req = req.header(FORWARDED, format!("for={}", forwarded_ip(ip)));
+        }
+        if let Some(tp) = &target.traceparent {
+            req = req.header(crate::traceparent::TRACEPARENT, tp.to_string());
         }
         let req = req.body(()).map_err(|e| {
             HboneError::Status {

@@ -18,10 +18,12 @@ pub mod server;
 pub mod spiffe;
 pub mod stream;
 pub mod tls;
+pub mod traceparent;
 
 pub use cert::{CertResolver, Current, WorkloadCert};
 pub use reason::RefusalReason;
 pub use spiffe::SpiffeId;
+pub use traceparent::TraceParent;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -42,6 +42,8 @@ pub struct InboundRequest {
     pub target: SocketAddr,
     /// `for=` of the `forwarded` header: the original client, when the peer says so.
     pub forwarded_for: Option<String>,
+    /// The connection's `traceparent`, when the peer sent a valid one.
+    pub traceparent: Option<crate::TraceParent>,
 }
 
 /// A CONNECT the server will not carry, with the status it answers.
@@ -213,10 +215,16 @@ fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundReq
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').find_map(|p| p.trim().strip_prefix("for=")))
         .map(|v| v.trim_matches('"').to_owned());
+    let traceparent = parts
+        .headers
+        .get(crate::traceparent::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::TraceParent::parse);
     Ok(InboundRequest {
         conn,
         target,
         forwarded_for,
+        traceparent,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ pub struct Options {
     pub jwks_refresh: Duration,
     /// Where mesh-wide AuthorizationPolicy and RequestAuthentication live.
     pub root_namespace: String,
+    /// Spans exported over OTLP; `None` (the default): no tracing at all.
+    pub otlp: Option<trace::OtlpOptions>,
 }
 
 impl Options {
@@ -70,6 +73,7 @@ impl Options {
             waypoint_name: crate::config::DEFAULT_WAYPOINT_NAME.into(),
             jwks_refresh: crate::authn::jwks::DEFAULT_REFRESH,
             root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.into(),
+            otlp: None,
         }
     }
 }
@@ -90,6 +94,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot load configuration: {0}")]
     Config(#[from] mesh_common::model::ConfigError),
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
 }
 
 impl Waypoint {
@@ -120,6 +126,7 @@ impl Waypoint {
             gateways,
             metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::waypoint)),
             access_log: opts.access_log,
+            tracer: trace::start(opts.otlp.as_ref())?,
         });
         tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {

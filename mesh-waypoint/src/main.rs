@@ -110,6 +110,16 @@ struct RunArgs {
     /// per request on stdout, Envoy's field names).
     #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", value_enum, default_value = "text")]
     access_log_format: mesh_waypoint::proxy::access_log::AccessLogFormat,
+    /// Tracing: export a span per request over OTLP/gRPC to this collector
+    /// (`http://host:4317`), propagating W3C trace context (and B3 when the request used
+    /// it) upstream. Off when unset: no span is created.
+    #[arg(long, env = "MESH_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Tracing: finished spans waiting for export at most; spans beyond it are dropped,
+    /// requests never wait for the collector.
+    #[arg(long, env = "MESH_OTLP_QUEUE_SIZE", default_value_t = mesh_waypoint::trace::DEFAULT_QUEUE_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
+    otlp_queue_size: usize,
     /// Gateway names this proxy serves (repeatable); VirtualServices bound to other gateways are ignored.
     #[arg(long = "gateway", default_value = "mesh")]
     gateways: Vec<String>,
@@ -238,6 +248,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let service = service_name(&args);
     runtime.block_on(async {
         let opts = Options {
             listen: args.listen,
@@ -251,6 +262,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             waypoint_name: args.waypoint_name,
             jwks_refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
             root_namespace: args.gateway.root_namespace.clone(),
+            otlp: args
+                .otlp_endpoint
+                .clone()
+                .map(|endpoint| mesh_waypoint::trace::OtlpOptions {
+                    endpoint,
+                    queue_size: args.otlp_queue_size,
+                    service_name: service,
+                }),
         };
         let hbone = match args.hbone.options(&opts.namespace)? {
             Some(o) => Some(
@@ -301,6 +320,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         Ok(())
     })
+}
+
+/// `service.name` of the spans, `<workload>.<namespace>` as Istio's proxies report it:
+/// the waypoint's Gateway name, or the gateway pod's `app` / `istio` label.
+fn service_name(args: &RunArgs) -> String {
+    let workload = match args.gateway.mode {
+        Mode::Waypoint => args.waypoint_name.clone(),
+        Mode::Gateway => ["app", "istio"]
+            .iter()
+            .find_map(|k| args.gateway.pod_labels.iter().find(|(l, _)| l == k))
+            .map_or_else(|| "ingress-gateway".to_owned(), |(_, v)| v.clone()),
+    };
+    format!("{workload}.{}", args.namespace)
 }
 
 /// Ctrl-C or SIGTERM (how Kubernetes and the netns harness stop a pod).

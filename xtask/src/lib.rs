@@ -6,4 +6,5 @@ pub mod bench;
 pub mod bookinfo;
 pub mod harness;
 pub mod mesh;
+pub mod otlp;
 pub mod traffic_map;

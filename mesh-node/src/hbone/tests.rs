@@ -80,6 +80,8 @@ struct TestInbound {
     refusals: tokio::sync::watch::Sender<Vec<&'static str>>,
     peers: Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>,
     closed: Mutex<Vec<Copied>>,
+    /// The `traceparent` of each CONNECT carried.
+    traceparents: Mutex<Vec<Option<mesh_hbone::TraceParent>>>,
 }
 
 impl Inbound for TestInbound {
@@ -96,6 +98,7 @@ impl Inbound for TestInbound {
     fn connect(&self, req: &InboundRequest) -> crate::capture::handler::BoxFuture<'static, io::Result<Upstream>> {
         let target = req.target;
         self.peers.lock().unwrap().push(req.conn.peer_cert.clone());
+        self.traceparents.lock().unwrap().push(req.traceparent);
         Box::pin(async move { TcpStream::connect(target).await.map(Upstream::Tcp) })
     }
     fn refused(&self, reason: mesh_hbone::RefusalReason) {
@@ -166,6 +169,7 @@ fn target(hbone: SocketAddr, identity: SpiffeId, app: SocketAddr) -> TunnelTarge
         identity,
         authority: app,
         forwarded_for: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
+        traceparent: None,
     }
 }
 
@@ -239,6 +243,24 @@ async fn large_transfer_is_intact_and_streams_share_one_connection() {
     tokio::join!(echo_roundtrip(s1, 32 << 20), echo_roundtrip(s2, 1 << 20));
     assert_eq!(c.pooled(), 1);
     assert!(inbound.refusals.borrow().is_empty());
+}
+
+#[tokio::test]
+async fn connect_carries_the_connections_traceparent_as_ztunnel_does() {
+    let pki = Pki::new();
+    let (a, b) = (pki.valid(&id("a")), pki.valid(&id("b")));
+    let inbound = Arc::new(TestInbound::default());
+    let srv = start_server(&pki, &b, inbound.clone(), Duration::from_secs(5)).await;
+    let app = start_echo().await;
+    let c = client(&pki);
+    let tp = mesh_hbone::TraceParent::random();
+    let with = TunnelTarget {
+        traceparent: Some(tp),
+        ..target(srv, id("b"), app)
+    };
+    echo_roundtrip(tunneled_socket(&c, &a, &with).await.unwrap(), 1024).await;
+    echo_roundtrip(tunneled_socket(&c, &a, &target(srv, id("b"), app)).await.unwrap(), 1024).await;
+    assert_eq!(*inbound.traceparents.lock().unwrap(), vec![Some(tp), None]);
 }
 
 #[tokio::test]

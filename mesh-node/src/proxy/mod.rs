@@ -234,11 +234,14 @@ impl MeshHandler {
                         return reset(stream);
                     }
                 };
+                // One trace context per connection on CONNECT, as ztunnel sends.
+                let traceparent = mesh_hbone::TraceParent::random();
                 let target = TunnelTarget {
                     hbone_addr: v4(hbone),
                     identity,
                     authority: v4(authority),
                     forwarded_for: Some(IpAddr::V4(pod.workload.ip)),
+                    traceparent: Some(traceparent),
                 };
                 match self.client.open(&source, &target, dial_from(&pod)).await {
                     Ok(tunnel) => {
@@ -248,12 +251,12 @@ impl MeshHandler {
                         self.metrics.opened(&labels);
                         let (copied, err) = relay(stream, tunnel.send, tunnel.recv).await;
                         if let Some(e) = err {
-                            tracing::debug!(pod = %pod.workload.key(), dst = %orig_dst, "tunnel ended with error: {e}");
+                            tracing::debug!(pod = %pod.workload.key(), dst = %orig_dst, %traceparent, "tunnel ended with error: {e}");
                         }
                         self.metrics.closed(&labels, copied.sent, copied.received);
                     }
                     Err(e) => {
-                        tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, via = %hbone, "HBONE tunnel failed: {e}");
+                        tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, via = %hbone, %traceparent, "HBONE tunnel failed: {e}");
                         self.metrics.refused(Direction::outbound, e.reason());
                         reset(stream);
                     }

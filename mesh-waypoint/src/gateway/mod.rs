@@ -111,6 +111,7 @@ impl IngressGateway {
             gateways: Vec::new(),
             metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::source)),
             access_log: opts.access_log,
+            tracer: crate::trace::start(opts.otlp.as_ref())?,
         });
         tokio::spawn(listeners::run(
             gateway.bind_ip,

@@ -64,6 +64,7 @@ impl HboneConnector {
             identity: SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account),
             authority: addr,
             forwarded_for: None,
+            traceparent: None,
         })
     }
 }

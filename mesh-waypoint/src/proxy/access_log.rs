@@ -36,6 +36,8 @@ pub struct AccessLog {
     pub service_host: Option<String>,
     /// Size of the buffered request body.
     pub request_bytes: u64,
+    /// The request's span, when tracing is on.
+    pub span: Option<crate::trace::RequestSpan>,
 }
 
 /// What the line says about the request and its answer besides [`AccessLog`]'s fields.

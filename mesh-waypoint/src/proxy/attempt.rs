@@ -50,6 +50,9 @@ pub async fn run(
             }
         }
         drop(resp);
+        if let Some(span) = log.span.as_mut() {
+            span.retry(attempt + 1, result, log.endpoint.as_deref());
+        }
         let wait = route.retries.backoff_for(attempt, &mut rand::thread_rng());
         tokio::time::sleep(wait).await;
         attempt += 1;

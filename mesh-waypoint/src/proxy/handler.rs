@@ -39,14 +39,16 @@ pub struct Proxy {
     /// Istio's request metrics, one observation per answered request.
     pub metrics: Arc<crate::metrics::RequestMetrics>,
     pub access_log: super::access_log::AccessLogFormat,
+    /// `--otlp-endpoint`: a span per request; `None` creates nothing.
+    pub tracer: Option<Arc<crate::trace::RequestTracer>>,
 }
 
 /// What routing needs to know about the request, computed once.
 pub(super) struct Ctx {
-    authority: String,
+    pub(super) authority: String,
     pub(super) host_fqdn: String,
-    port: u16,
-    scheme: String,
+    pub(super) port: u16,
+    pub(super) scheme: String,
     source: Source,
     pub(super) peer: SocketAddr,
 }
@@ -64,6 +66,9 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let mut log = AccessLog::default();
         let ctx = context(&snap, &parts, peer, local);
+        if let Some(t) = &self.tracer {
+            log.span = Some(t.begin(&parts.headers, span_name(&ctx), start_time));
+        }
         let origin = admission::Origin {
             host_fqdn: &ctx.host_fqdn,
             authority: &ctx.authority,
@@ -101,6 +106,9 @@ impl Proxy {
             start_time,
         };
         log.emit(self.access_log, &exchange);
+        if let Some(span) = log.span.take() {
+            span.finish(super::telemetry::finished(&snap, &exchange, &ctx, &log));
+        }
         self.metrics
             .record(super::telemetry::observe(&snap, &parts, &ctx, &log, &resp, started));
         match downstream_upgrade {
@@ -264,7 +272,7 @@ impl Proxy {
         log.backend = Some(backend.key.to_string());
         log.service_host = Some(backend.key.host.clone());
         let (path, authority) = rewritten(parts, ctx, sel);
-        let req = match upstream_request::build(
+        let mut req = match upstream_request::build(
             parts,
             &path,
             &authority,
@@ -280,6 +288,9 @@ impl Proxy {
                 );
             }
         };
+        if let Some(span) = &log.span {
+            span.inject(req.headers_mut());
+        }
         self.mirror(snap, route, &req, ctx.port);
         let (hash_key, set_cookie) = hash_key(&backend.policy.lb, parts, ctx);
         let inputs = AttemptInputs {
@@ -435,6 +446,11 @@ fn context(snap: &Snapshot, parts: &Parts, peer: SocketAddr, local: SocketAddr) 
         source,
         peer,
     }
+}
+
+/// Envoy's operation name for a route without a decorator: `<host>:<port>/*`.
+fn span_name(ctx: &Ctx) -> String {
+    format!("{}:{}/*", ctx.host_fqdn, ctx.port)
 }
 
 fn rewritten(parts: &Parts, ctx: &Ctx, sel: &Selected<'_>) -> (String, String) {

@@ -90,3 +90,28 @@ pub(super) fn body_size(body: &Body) -> u64 {
     let hint = hyper::body::Body::size_hint(body);
     hint.exact().unwrap_or(hint.lower())
 }
+
+/// The span's closing tags: the same facts as the access log line, plus the peers' identities.
+pub(super) fn finished<'a>(
+    snap: &Snapshot,
+    x: &'a super::access_log::Exchange<'a>,
+    ctx: &Ctx,
+    log: &'a AccessLog,
+) -> crate::trace::Finished<'a> {
+    let destination = log.endpoint_ip.and_then(|ip| snap.discovery.pods_by_ip.get(&ip));
+    crate::trace::Finished {
+        method: x.method.as_str(),
+        url: format!("{}://{}{}", ctx.scheme, ctx.authority, x.path),
+        protocol: x.version,
+        status: x.status,
+        route: log.route.as_deref(),
+        upstream_cluster: log.backend.as_deref(),
+        upstream_address: log.endpoint.as_deref(),
+        flags: log.flags_text(),
+        request_id: x.request_id,
+        request_size: log.request_bytes,
+        response_size: x.response_bytes,
+        source_principal: x.peer_principal.map(|p| format!("spiffe://{p}")),
+        destination_principal: destination.map(|p| Peer::of_pod(p).principal),
+    }
+}

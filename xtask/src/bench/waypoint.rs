@@ -6,7 +6,10 @@
 //! Figures: requests/s (closed loop, 16 keep-alive connections), p50/p99 at 1,000
 //! requests/s (open loop), CPU per request and RSS of the proxy. A second mesh-waypoint
 //! on :15082 has the same rules plus 100 L7 AuthorizationPolicies attached to it
-//! ([`super::policy::l7_policies`]): its rows compare it with the one without.
+//! ([`super::policy::l7_policies`]): its rows compare it with the one without. A third
+//! on :15083 has the plain rules with tracing on (`--otlp-endpoint`, a span per request
+//! exported to a real OTLP/gRPC receiver, [`crate::otlp`], on the pod's 127.0.0.1:4317):
+//! its rows compare it with tracing off.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -25,6 +28,8 @@ const BACKEND_PORT: u16 = 8080;
 const WAYPOINT: &str = "127.0.0.1:15080";
 const HAPROXY: &str = "127.0.0.1:15081";
 const WAYPOINT_POLICIES: &str = "127.0.0.1:15082";
+const WAYPOINT_TRACING: &str = "127.0.0.1:15083";
+const OTLP_RECEIVER: &str = "127.0.0.1:4317";
 const DIRECT: &str = "127.0.0.2:8080";
 
 const RULES: &str = "
@@ -120,10 +125,13 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         lab.spawn(POD, lab.tool(&["serve", "--listen", &listen, "--name", v]))?;
         lab.wait_tcp(POD, listen.parse()?)?;
     }
-    let waypoint = start_waypoint(lab, WAYPOINT, 15000, "")?;
+    let waypoint = start_waypoint(lab, WAYPOINT, 15000, "", &[])?;
     let haproxy = start_haproxy(lab)?;
     let policies = super::policy::l7_policies("wp", super::policy::POLICIES);
-    let with_policies = start_waypoint(lab, WAYPOINT_POLICIES, 15002, &policies)?;
+    let with_policies = start_waypoint(lab, WAYPOINT_POLICIES, 15002, &policies, &[])?;
+    let receiver = start_receiver(lab)?;
+    let endpoint = format!("http://{OTLP_RECEIVER}");
+    let with_tracing = start_waypoint(lab, WAYPOINT_TRACING, 15003, "", &["--otlp-endpoint", &endpoint])?;
     let targets = [
         Target {
             label: "direct to one backend",
@@ -144,6 +152,11 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             label: "mesh-waypoint + 100 L7 AuthorizationPolicies",
             addr: WAYPOINT_POLICIES,
             pid: Some(with_policies.pid()),
+        },
+        Target {
+            label: "mesh-waypoint + tracing (OTLP export)",
+            addr: WAYPOINT_TRACING,
+            pid: Some(with_tracing.pid()),
         },
     ];
     let secs = if opts.quick { "2" } else { "5" };
@@ -179,7 +192,11 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    drop((waypoint, haproxy, with_policies));
+    drop((waypoint, haproxy, with_policies, with_tracing));
+    progress(&format!("waypoint: the OTLP receiver got {} spans", receiver.count()));
+    if receiver.count() == 0 {
+        anyhow::bail!("tracing row: the waypoint exported no span to {endpoint}");
+    }
     let stat = |i: usize, pick: fn(&Figures) -> &Vec<f64>| Stat::of(pick(&figs[i]));
     let mut rows = Vec::new();
     let metrics: [Metric; 3] = [
@@ -199,6 +216,12 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             policy_row = policy_row.target(super::report::Target::RatioAtLeast(0.95));
         }
         rows.push(policy_row);
+        let mut tracing_row = Row::new("waypoint", metric, targets[4].label, unit, stat(4, pick), better)
+            .vs(targets[1].label, &stat(1, pick));
+        if better == Better::Higher {
+            tracing_row = tracing_row.target(super::report::Target::RatioAtLeast(0.95));
+        }
+        rows.push(tracing_row);
         for i in [1, 2] {
             rows.push(
                 Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better)
@@ -235,8 +258,21 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// A mesh-waypoint in the lab pod on `listen` with [`RULES`] plus `extra` YAML.
-fn start_waypoint(lab: &Lab, listen: &str, admin_port: u16, extra: &str) -> anyhow::Result<ProcessGuard> {
+/// The OTLP/gRPC receiver the tracing waypoint exports to, listening in the lab pod.
+fn start_receiver(lab: &Lab) -> anyhow::Result<crate::otlp::Receiver> {
+    let netns = lab.cluster.pod(POD.0, POD.1)?.netns_path;
+    let listener = crate::harness::in_netns(&netns, || std::net::TcpListener::bind(OTLP_RECEIVER))??;
+    Ok(crate::otlp::Receiver::start(listener)?)
+}
+
+/// A mesh-waypoint in the lab pod on `listen` with [`RULES`] plus `extra` YAML and `args`.
+fn start_waypoint(
+    lab: &Lab,
+    listen: &str,
+    admin_port: u16,
+    extra: &str,
+    args: &[&str],
+) -> anyhow::Result<ProcessGuard> {
     let dir = lab.cluster.state_dir().join(format!("bench-waypoint-{admin_port}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("reviews.yaml"), RULES)?;
@@ -247,6 +283,7 @@ fn start_waypoint(lab: &Lab, listen: &str, admin_port: u16, extra: &str) -> anyh
         .arg("--config-dir")
         .arg(&dir)
         .args(["--namespace", "wp", "--listen", listen, "--admin", &admin])
+        .args(args)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod block;
+pub mod collector;
 pub mod jwt;
 pub mod prometheus;
 pub mod publish;
@@ -56,6 +57,9 @@ pub struct LabOptions {
     pub log_dir: Option<PathBuf>,
     /// Also run Prometheus (see [`prometheus`]), as the demo does.
     pub prometheus: bool,
+    /// The waypoint and the gateway export a span per request to this OTLP/gRPC
+    /// collector (`--otlp-endpoint`; see [`collector`] for one in the lab).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A running Bookinfo; dropping it stops every process (the cluster is the caller's).
@@ -71,6 +75,8 @@ pub struct Lab {
     jwks_server: Option<ProcessGuard>,
     /// Prometheus, when [`LabOptions::prometheus`] asked for it (not supervised).
     _prometheus: Option<ProcessGuard>,
+    /// [`LabOptions::otlp_endpoint`], for restarted proxies.
+    otlp_endpoint: Option<String>,
 }
 
 /// `samples/bookinfo/` of this workspace.
@@ -113,7 +119,8 @@ impl Lab {
         }
         let issuer = jwt::Issuer::generate(&cluster.state_dir().join("jwt"))?;
         let jwks_server = issuer.serve(cluster, opts.log_dir.as_deref())?;
-        let waypoint = spawn_waypoint(cluster, &mut mesh, opts.log_dir.as_deref())?;
+        let otlp = opts.otlp_endpoint.as_deref();
+        let waypoint = spawn_waypoint(cluster, &mut mesh, opts.log_dir.as_deref(), otlp)?;
         pods.insert((NAMESPACE.to_owned(), WAYPOINT_POD.to_owned()), waypoint);
         wait_waypoint(cluster)?;
         let gateway_yaml = samples.join("bookinfo-gateway.yaml");
@@ -122,7 +129,7 @@ impl Lab {
             source,
         })?;
         mesh.apply_objects(&gateway_yaml.display().to_string(), &text)?;
-        let gateway = spawn_gateway(cluster, &mut mesh, opts.log_dir.as_deref())?;
+        let gateway = spawn_gateway(cluster, &mut mesh, opts.log_dir.as_deref(), otlp)?;
         pods.insert((GATEWAY_POD.0.to_owned(), GATEWAY_POD.1.to_owned()), gateway);
         wait_gateway(cluster)?;
         let prometheus = match opts.prometheus {
@@ -137,6 +144,7 @@ impl Lab {
             issuer,
             jwks_server: Some(jwks_server),
             _prometheus: prometheus,
+            otlp_endpoint: opts.otlp_endpoint.clone(),
         };
         lab.wait_serving(cluster)?;
         Ok(lab)
@@ -412,7 +420,12 @@ pub const JWKS_REFRESH_SECS: u64 = 2;
 /// `mesh-waypoint run --mode gateway` in the ingress gateway pod: serves the Gateways
 /// selecting `istio=ingressgateway`, forwards into the mesh over HBONE. Its certificate
 /// comes from the mesh CA by CSR, with a token bound to the pod.
-fn spawn_gateway(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+fn spawn_gateway(
+    cluster: &Cluster,
+    mesh: &mut LocalMesh,
+    log_dir: Option<&Path>,
+    otlp: Option<&str>,
+) -> Result<ProcessGuard, LabError> {
     let (ns, name) = GATEWAY_POD;
     let ca_args = mesh.proxy_ca_args(cluster, ns, name)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
@@ -431,6 +444,7 @@ fn spawn_gateway(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path>
         .args(&ca_args)
         .stdin(Stdio::null());
     config_source(&mut cmd, mesh);
+    export_spans(&mut cmd, otlp);
     apps::log_to(&mut cmd, log_dir, name);
     Ok(cluster.spawn_in_pod(ns, name, cmd)?)
 }
@@ -457,7 +471,12 @@ fn config_source(cmd: &mut Command, mesh: &LocalMesh) {
 }
 
 /// `mesh-waypoint run` in the waypoint pod, with the certificate it obtains from the CA.
-fn spawn_waypoint(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path>) -> Result<ProcessGuard, LabError> {
+fn spawn_waypoint(
+    cluster: &Cluster,
+    mesh: &mut LocalMesh,
+    log_dir: Option<&Path>,
+    otlp: Option<&str>,
+) -> Result<ProcessGuard, LabError> {
     let ca_args = mesh.proxy_ca_args(cluster, NAMESPACE, WAYPOINT_POD)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
     cmd.arg("run")
@@ -469,8 +488,17 @@ fn spawn_waypoint(cluster: &Cluster, mesh: &mut LocalMesh, log_dir: Option<&Path
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .stdin(Stdio::null());
     config_source(&mut cmd, mesh);
+    export_spans(&mut cmd, otlp);
     apps::log_to(&mut cmd, log_dir, WAYPOINT_POD);
     Ok(cluster.spawn_in_pod(NAMESPACE, WAYPOINT_POD, cmd)?)
+}
+
+/// `--otlp-endpoint`, with the SDK's batch delay shortened so spans arrive within a second.
+fn export_spans(cmd: &mut Command, otlp: Option<&str>) {
+    if let Some(endpoint) = otlp {
+        cmd.args(["--otlp-endpoint", endpoint])
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    }
 }
 
 fn wait_waypoint(cluster: &Cluster) -> Result<(), LabError> {

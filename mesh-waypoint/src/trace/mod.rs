@@ -1,0 +1,111 @@
+//! Request tracing (`--otlp-endpoint`): one span per request on the waypoint and the
+//! ingress gateway, exported over OTLP/gRPC by opentelemetry's batch processor. The
+//! caller's context (W3C or B3, see [`propagation`]) is the span's parent; a request
+//! without one starts a trace. Upstream requests carry this proxy's span as parent.
+//!
+//! Off unless configured: the proxy then holds `None` and creates no span, context or
+//! header. On, a request never waits for export: finished spans go into a bounded
+//! queue ([`OtlpOptions::queue_size`]) that a background thread drains; spans that find
+//! it full are dropped.
+
+mod b3;
+mod export;
+pub mod propagation;
+mod span;
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+
+pub use span::{Finished, RequestSpan};
+
+/// `--otlp-queue-size` default (the SDK's own default).
+pub const DEFAULT_QUEUE_SIZE: usize = 2048;
+/// How long one export may take before it counts as failed.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct OtlpOptions {
+    /// The collector's OTLP/gRPC address, `http://host:4317`.
+    pub endpoint: String,
+    /// Finished spans waiting for export; more are dropped.
+    pub queue_size: usize,
+    /// `service.name` of the exported spans (`<workload>.<namespace>`, as Istio's proxies).
+    pub service_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("--otlp-endpoint {endpoint}: cannot set up the OTLP/gRPC exporter: {reason}")]
+    Exporter { endpoint: String, reason: String },
+    #[error("--otlp-endpoint {0}: expected http://host:port (OTLP over gRPC)")]
+    Endpoint(String),
+}
+
+/// The proxy's tracer when `opts` asks for one.
+pub fn start(opts: Option<&OtlpOptions>) -> Result<Option<std::sync::Arc<RequestTracer>>, TraceError> {
+    let Some(opts) = opts else { return Ok(None) };
+    let tracer = RequestTracer::start(opts)?;
+    tracing::info!(
+        endpoint = opts.endpoint,
+        queue = opts.queue_size,
+        service = opts.service_name,
+        "exporting request spans over OTLP/gRPC"
+    );
+    Ok(Some(std::sync::Arc::new(tracer)))
+}
+
+pub struct RequestTracer {
+    // Kept so the batch processor lives as long as the proxy.
+    _provider: SdkTracerProvider,
+    tracer: opentelemetry_sdk::trace::Tracer,
+}
+
+impl RequestTracer {
+    /// Sets up the exporter; call inside the tokio runtime (the gRPC channel lives there).
+    pub fn start(opts: &OtlpOptions) -> Result<Self, TraceError> {
+        if !opts.endpoint.starts_with("http://") && !opts.endpoint.starts_with("https://") {
+            return Err(TraceError::Endpoint(opts.endpoint.clone()));
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&opts.endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| TraceError::Exporter {
+                endpoint: opts.endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(opts.queue_size.max(1))
+            .with_max_export_batch_size(opts.queue_size.clamp(1, 512))
+            .build();
+        let processor = BatchSpanProcessor::builder(export::LoggedExporter::new(exporter, &opts.endpoint))
+            .with_batch_config(batch)
+            .build();
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(opts.service_name.clone())
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_resource(resource)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .build();
+        Ok(Self::with_provider(provider))
+    }
+
+    pub fn with_provider(provider: SdkTracerProvider) -> Self {
+        Self {
+            tracer: provider.tracer("mesh-waypoint"),
+            _provider: provider,
+        }
+    }
+
+    /// Starts the request's span, named like Envoy's (`<host>:<port>/*`).
+    pub fn begin(&self, headers: &HeaderMap, name: String, start: SystemTime) -> RequestSpan {
+        RequestSpan::start(&self.tracer, propagation::extract(headers), name, start)
+    }
+}

@@ -1,0 +1,220 @@
+//! One request's span: started when the request arrives, parent of the upstream
+//! request, a `retry` event per extra attempt, Envoy's tags when the answer is known.
+
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{Span, Tracer};
+
+use super::propagation::{self, Incoming};
+use crate::route::retry::AttemptResult;
+
+pub struct RequestSpan {
+    span: Span,
+    /// The caller's context with this span as the active one: what goes upstream.
+    upstream: Context,
+    b3: bool,
+}
+
+/// What the span records once the response is known (Envoy's tag names).
+pub struct Finished<'a> {
+    pub method: &'a str,
+    /// `scheme://authority/path` as received.
+    pub url: String,
+    pub protocol: http::Version,
+    pub status: u16,
+    pub route: Option<&'a str>,
+    pub upstream_cluster: Option<&'a str>,
+    pub upstream_address: Option<&'a str>,
+    /// Envoy's response flags, `-` when none.
+    pub flags: String,
+    pub request_id: Option<&'a str>,
+    pub request_size: u64,
+    pub response_size: u64,
+    /// `spiffe://...` when mutual TLS proved the caller.
+    pub source_principal: Option<String>,
+    /// The answering pod's identity, when it is a known pod.
+    pub destination_principal: Option<String>,
+}
+
+impl RequestSpan {
+    pub(super) fn start(tracer: &Tracer, incoming: Incoming, name: String, start: SystemTime) -> Self {
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(start)
+            .start_with_context(tracer, &incoming.parent);
+        let upstream = incoming.parent.with_remote_span_context(span.span_context().clone());
+        Self {
+            span,
+            upstream,
+            b3: incoming.b3,
+        }
+    }
+
+    /// Sets the upstream request's trace headers: W3C always, B3 when the caller used it.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        propagation::inject(&self.upstream, self.b3, headers);
+    }
+
+    /// Attempt `attempt` (1-based) failed with `result` at `endpoint` and is retried.
+    pub fn retry(&mut self, attempt: u32, result: AttemptResult, endpoint: Option<&str>) {
+        self.span.add_event(
+            "retry",
+            vec![
+                KeyValue::new("attempt", i64::from(attempt)),
+                KeyValue::new("result", format!("{result:?}")),
+                KeyValue::new("upstream_address", endpoint.unwrap_or("-").to_owned()),
+            ],
+        );
+    }
+
+    pub fn trace_id(&self) -> String {
+        self.span.span_context().trace_id().to_string()
+    }
+
+    pub fn finish(mut self, f: Finished<'_>) {
+        let mut tags = vec![
+            KeyValue::new("component", "proxy"),
+            KeyValue::new("http.method", f.method.to_owned()),
+            KeyValue::new("http.url", f.url),
+            KeyValue::new("http.protocol", format!("{:?}", f.protocol)),
+            KeyValue::new("http.status_code", i64::from(f.status)),
+            KeyValue::new("response_flags", f.flags.clone()),
+            KeyValue::new("request_size", f.request_size as i64),
+            KeyValue::new("response_size", f.response_size as i64),
+        ];
+        let optional = [
+            ("route_name", f.route.map(str::to_owned)),
+            ("upstream_cluster", f.upstream_cluster.map(str::to_owned)),
+            ("upstream_address", f.upstream_address.map(str::to_owned)),
+            ("guid:x-request-id", f.request_id.map(str::to_owned)),
+            ("source.principal", f.source_principal),
+            ("destination.principal", f.destination_principal),
+        ];
+        tags.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| KeyValue::new(k, v))));
+        self.span.set_attributes(tags);
+        // As Envoy: a 5xx or a local failure (response flag) marks the span an error.
+        if f.status >= 500 || f.flags != "-" {
+            self.span.set_status(Status::error(format!("{} {}", f.status, f.flags)));
+        }
+        self.span.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+
+    use super::*;
+    use crate::trace::RequestTracer;
+
+    /// Keeps what it is given (the SDK's in-memory exporter needs its `testing` feature).
+    #[derive(Clone, Debug, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().expect("lock").extend(batch);
+            Ok(())
+        }
+    }
+
+    impl Kept {
+        fn get_finished_spans(&self) -> Option<Vec<SpanData>> {
+            Some(self.0.lock().ok()?.clone())
+        }
+    }
+
+    fn tracer() -> (RequestTracer, Kept) {
+        let exporter = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        (RequestTracer::with_provider(provider), exporter)
+    }
+
+    fn finished(status: u16, flags: &str) -> Finished<'static> {
+        Finished {
+            method: "GET",
+            url: "http://reviews:9080/reviews/0".into(),
+            protocol: http::Version::HTTP_11,
+            status,
+            route: Some("VirtualService bookinfo/reviews http[0]"),
+            upstream_cluster: Some("reviews.bookinfo.svc.cluster.local:9080/v2"),
+            upstream_address: Some("198.18.2.2:9080"),
+            flags: flags.into(),
+            request_id: Some("abc"),
+            request_size: 0,
+            response_size: 10,
+            source_principal: Some("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage".into()),
+            destination_principal: None,
+        }
+    }
+
+    #[test]
+    fn child_of_the_callers_span_and_parent_of_the_upstream_request() {
+        let (t, exported) = tracer();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            http::HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        let mut span = t.begin(&h, "reviews:9080/*".into(), SystemTime::now());
+        let mut up = h.clone();
+        span.inject(&mut up);
+        span.retry(1, AttemptResult::Status(503), Some("198.18.2.2:9080"));
+        span.finish(finished(200, "-"));
+        let spans = exported.get_finished_spans().expect("spans");
+        let s = &spans[0];
+        assert_eq!(s.name, "reviews:9080/*");
+        assert_eq!(
+            s.span_context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(s.parent_span_id.to_string(), "b7ad6b7169203331");
+        let tp = up
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .expect("traceparent upstream");
+        assert_eq!(
+            tp,
+            format!("00-0af7651916cd43dd8448eb211c80319c-{}-01", s.span_context.span_id())
+        );
+        assert!(up.get("b3").is_none(), "no B3 unless the caller used it");
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].name, "retry");
+        let tag = |k: &str| {
+            s.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(tag("http.status_code").as_deref(), Some("200"));
+        assert_eq!(
+            tag("route_name").as_deref(),
+            Some("VirtualService bookinfo/reviews http[0]")
+        );
+        assert_eq!(tag("upstream_address").as_deref(), Some("198.18.2.2:9080"));
+        assert_eq!(tag("destination.principal"), None);
+        assert_eq!(s.status, Status::Unset);
+    }
+
+    #[test]
+    fn a_request_without_context_starts_a_trace_and_errors_are_marked() {
+        let (t, exported) = tracer();
+        let span = t.begin(&HeaderMap::new(), "productpage:9080/*".into(), SystemTime::now());
+        let mut up = HeaderMap::new();
+        span.inject(&mut up);
+        span.finish(finished(503, "UH"));
+        let spans = exported.get_finished_spans().expect("spans");
+        assert_eq!(spans[0].parent_span_id, opentelemetry::trace::SpanId::INVALID);
+        assert!(up.contains_key("traceparent"));
+        assert!(matches!(spans[0].status, Status::Error { .. }));
+    }
+}
