@@ -82,6 +82,7 @@ fn setup() -> Setup {
         },
         log_dir,
         prometheus: false,
+        otlp_endpoint: None,
     };
     let lab = Lab::start(&cluster, options).expect("Bookinfo on the API server");
     Setup { cluster, api, lab }
