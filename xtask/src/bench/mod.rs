@@ -16,6 +16,7 @@ pub mod policy;
 pub mod procstat;
 pub mod report;
 pub mod resources;
+pub mod scale;
 pub mod tool;
 pub mod tunnel;
 pub mod waypoint;

@@ -1,14 +1,13 @@
 //! `resources`: memory and CPU of the daemons — idle, at 1,000 requests/s through the
-//! mesh, with 1,000 concurrent connections held, and as the configuration grows to
-//! 10 / 100 / 1,000 / 10,000 workloads + services (RSS and time until applied).
+//! mesh, with 1,000 concurrent connections held, and at cluster scale (10k / 50k / 100k
+//! pods: RSS, time to apply the whole set and one change; [`super::scale`]).
 //!
 //! Baselines: where no competitor runs in the same harness, the ztunnel figures measured
 //! on this machine kind (docs/architecture.md "Performance targets": 17 MB idle, 69 MB peak, ~70 µs
 //! CPU per request per side) — labelled as such, not from this run.
 
-use std::fmt::Write as _;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -16,7 +15,6 @@ use super::lab::{HTTP_PORT, Lab, PodRef};
 use super::procstat::{self, ProcSample};
 use super::report::{Better, Row, Stat, Target};
 use super::{BenchOptions, progress};
-use crate::harness::wait_for;
 
 const ZTUNNEL: &str = "ztunnel on this machine kind (docs/architecture.md; not this run)";
 const CLIENT: PodRef = ("mesh", "client");
@@ -53,11 +51,11 @@ pub fn idle(lab: &Lab, window: Duration) -> Idle {
 }
 
 pub fn run(lab: &Lab, opts: &BenchOptions, idle: &Idle) -> anyhow::Result<Vec<Row>> {
-    // Growth first: memory the held connections leave in the allocator would blur it.
     let mut rows = idle_rows(idle);
-    rows.extend(growth(lab, opts)?);
     rows.extend(per_request(lab, opts)?);
     rows.extend(held_connections(lab, opts)?);
+    // Last: the peak RSS rows above are about traffic, not about a 100k-pod view.
+    rows.extend(super::scale::rows(lab, opts)?);
     Ok(rows)
 }
 
@@ -212,93 +210,4 @@ fn read_line(child: &mut Child) -> anyhow::Result<String> {
         bail!("exited before opening its connections");
     }
     Ok(line)
-}
-
-/// N remote workloads (on a node without a daemon) and N Services selecting them.
-fn growth_yaml(n: usize) -> String {
-    let mut y = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: growth}\n");
-    for i in 0..n {
-        let (hi, lo) = (100 + i / 250, 1 + i % 250);
-        let _ = write!(
-            y,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: w{i}, namespace: growth, labels: {{app: s{i}}}}}\nspec: {{nodeName: n3, serviceAccountName: sa{i}}}\nstatus: {{podIP: 198.18.{hi}.{lo}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: growth}}\nspec: {{clusterIP: 198.19.{}.{}, selector: {{app: s{i}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n",
-            10 + i / 250,
-            1 + i % 250
-        );
-    }
-    y
-}
-
-fn growth(lab: &Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
-    let sizes: &[usize] = if opts.quick {
-        &[10, 100, 1000]
-    } else {
-        &[10, 100, 1000, 10_000]
-    };
-    let n1 = lab.mesh.pid("n1").context("no daemon on n1")?;
-    let base = procstat::sample(n1).map(|s| s.rss_mib).unwrap_or(f64::NAN);
-    let wp = lab.waypoint.as_ref().map(|g| g.pid());
-    let wp_base = wp.and_then(procstat::sample).map(|s| s.rss_mib).unwrap_or(f64::NAN);
-    let base_workloads = workload_count(lab)?;
-    let mut rows = Vec::new();
-    let mut first_apply = None;
-    for &n in sizes {
-        progress(&format!("resources: configuration with {n} workloads + {n} services"));
-        let t = Instant::now();
-        lab.mesh.apply("bench-growth", &growth_yaml(n))?;
-        wait_for("config applied", Duration::from_secs(120), || {
-            (workload_count(lab).ok()? >= base_workloads + n).then_some(())
-        })?;
-        let apply_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let first = *first_apply.get_or_insert(apply_ms);
-        std::thread::sleep(Duration::from_millis(300)); // let the waypoint's poll see it too
-        let rss = procstat::sample(n1).map(|s| s.rss_mib).unwrap_or(f64::NAN);
-        let label = format!("{n} workloads + {n} services");
-        rows.push(
-            Row::new(
-                "resources",
-                &format!("RSS, {label}"),
-                "mesh-node n1",
-                "MiB",
-                Stat::of(&[rss]),
-                Better::Lower,
-            )
-            .vs("same daemon just before (bench topology only)", &Stat::of(&[base])),
-        );
-        rows.push(
-            Row::new(
-                "resources",
-                &format!("config apply, {label}"),
-                "mesh-node n1 (write → /workloads shows it)",
-                "ms",
-                Stat::of(&[apply_ms]),
-                Better::Lower,
-            )
-            .vs(&format!("apply of {} objects", sizes[0]), &Stat::of(&[first])),
-        );
-        if let Some(s) = wp.and_then(procstat::sample) {
-            rows.push(
-                Row::new(
-                    "resources",
-                    &format!("RSS, {label}"),
-                    "mesh-waypoint (pod)",
-                    "MiB",
-                    Stat::of(&[s.rss_mib]),
-                    Better::Lower,
-                )
-                .vs("same waypoint just before", &Stat::of(&[wp_base])),
-            );
-        }
-    }
-    lab.mesh.delete("bench-growth")?;
-    wait_for("growth config removed", Duration::from_secs(60), || {
-        (workload_count(lab).ok()? <= base_workloads).then_some(())
-    })?;
-    Ok(rows)
-}
-
-fn workload_count(lab: &Lab) -> anyhow::Result<usize> {
-    let r = crate::mesh::http_get(&lab.cluster, "n1", "127.0.0.1:15000", "/workloads")?;
-    let v: serde_json::Value = serde_json::from_str(&r.body).context("/workloads JSON")?;
-    Ok(v.as_array().map_or(0, Vec::len))
 }
