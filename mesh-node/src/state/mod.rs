@@ -107,7 +107,6 @@ fn is_view_kind(kind: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use mesh_common::model::k8s::TargetPort;
     use mesh_common::model::parse_documents;
     use mesh_common::model::store::ConfigStore;
 
@@ -118,37 +117,24 @@ pub(crate) mod tests {
         MeshState::build(&store, &StateParams::new(node))
     }
 
+    /// Selection and enrollment themselves are mesh-common's (view::tests); what is
+    /// the daemon's: which pods are its own, and when policies are recompiled.
     const TOPOLOGY: &str = "
 apiVersion: v1
 kind: Namespace
 metadata: {name: shop, annotations: {mesh.io/dataplane-mode: ambient}}
 ---
 apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
-apiVersion: v1
 kind: Pod
-metadata: {name: a, namespace: shop, labels: {app: web}}
+metadata: {name: a, namespace: shop}
 spec: {nodeName: n1, serviceAccountName: web}
 status: {podIP: 198.18.1.2}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: b, namespace: shop, labels: {app: web}}
+metadata: {name: remote, namespace: shop}
 spec: {nodeName: n2}
-status: {podIP: 198.18.2.2, conditions: [{type: Ready, status: 'False'}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: plain}
-spec: {nodeName: n1}
-status: {podIP: 198.18.1.3}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+status: {podIP: 198.18.2.9}
 ";
 
     #[test]
@@ -161,12 +147,26 @@ spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{port: 80, targetPo
     }
 
     #[test]
-    fn service_endpoints_follow_the_selector() {
-        let s = state_from(TOPOLOGY, "n1");
-        let svc = s.service("198.19.0.10".parse().unwrap()).unwrap();
-        assert_eq!(svc.endpoints.len(), 2);
-        let ready: Vec<_> = s.view.ready_endpoints(svc).map(|w| w.name.as_str()).collect();
-        assert_eq!(ready, vec!["a"]);
-        assert_eq!(svc.target_port(80), Some(TargetPort::Number(8080)));
+    fn policies_are_recompiled_only_when_a_policy_changes() {
+        let params = StateParams::new("n1");
+        let mut store = ConfigStore::default();
+        store.apply_source("t", parse_documents("t", TOPOLOGY), &|_| Ok(()));
+        let first = MeshState::build(&store, &params);
+        let step = |store: &mut ConfigStore, prev: &MeshState, source: &str, yaml: &str| {
+            let since = store.generation();
+            store.apply_source(source, parse_documents(source, yaml), &|_| Ok(()));
+            MeshState::next(prev, store, &store.changes_since(since), &params)
+        };
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: shop}\nspec: {nodeName: n1}\nstatus: {podIP: 198.18.1.3}\n";
+        let second = step(&mut store, &first, "pod", pod);
+        assert!(
+            Arc::ptr_eq(&first.authz, &second.authz),
+            "a pod change recompiled the policies"
+        );
+        assert_eq!(second.local_enrolled().count(), 2);
+        let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n";
+        let third = step(&mut store, &second, "policy", policy);
+        assert!(!Arc::ptr_eq(&second.authz, &third.authz));
+        assert_eq!(third.authz.policies().len(), 1);
     }
 }
