@@ -1,7 +1,7 @@
 //! The real kube-runtime watcher against a replayed API server ([`super::replay`]).
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -57,14 +57,18 @@ fn start(r: &Replay, node: Option<&str>, validator: SharedValidator) -> Running 
 }
 
 async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
+    let poll = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            if let Some(v) = f() {
+                return v;
+            }
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    tokio::time::timeout(DEADLINE, poll)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 fn enrolled(run: &Running, node: &str) -> Vec<String> {
