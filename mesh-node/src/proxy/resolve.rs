@@ -5,7 +5,7 @@
 
 use mesh_hbone::RefusalReason;
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
 use mesh_common::abi::PORT_HBONE as HBONE_PORT;
@@ -13,7 +13,6 @@ use mesh_common::abi::PORT_HBONE as HBONE_PORT;
 use super::metrics::PassthroughReason;
 use crate::identity::SpiffeId;
 use crate::state::{MeshState, ServiceEntry, Workload};
-use mesh_common::view::NamespacedName;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
@@ -33,8 +32,9 @@ pub enum Route {
 
 #[derive(Default)]
 pub struct Resolver {
-    /// Round-robin position per Service.
-    next: Mutex<HashMap<NamespacedName, usize>>,
+    /// Round-robin position per Service VIP (headless Services share one position):
+    /// a `Copy` key, so picking allocates nothing per connection.
+    next: Mutex<HashMap<Option<Ipv4Addr>, usize>>,
 }
 
 impl Resolver {
@@ -88,8 +88,7 @@ impl Resolver {
             return None;
         }
         let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let key = NamespacedName::new(&svc.namespace, &svc.name);
-        let n = next.entry(key).or_default();
+        let n = next.entry(svc.vip).or_default();
         let chosen = ready[*n % ready.len()].clone();
         *n = n.wrapping_add(1);
         Some(chosen)
