@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::kinds::{KINDS, Kind};
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{Change, Store};
+use super::tokenreview::{self, TokenSubject};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -27,8 +28,11 @@ pub struct Shared {
     pub store: Mutex<Store>,
     pub version: watch::Sender<u64>,
     pub bookmark_every: Duration,
-    /// Lists served, by kind: a test sees clients relist (after `410 Gone`).
-    pub lists: Mutex<HashMap<&'static str, u64>>,
+    /// Lists served, by kind and namespace (`None`: cluster-wide): a test sees clients
+    /// relist (after `410 Gone`), and which namespaces a client reads a kind in.
+    pub lists: Mutex<HashMap<(&'static str, Option<String>), u64>>,
+    /// Tokens a TokenReview authenticates, and whom for.
+    pub tokens: Mutex<HashMap<String, TokenSubject>>,
 }
 
 impl Shared {
@@ -44,6 +48,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if let Some(reply) = discovery(&segments) {
         return Ok(reply);
+    }
+    if method == Method::POST && segments == ["apis", "authentication.k8s.io", "v1", "tokenreviews"] {
+        return Ok(token_review(&shared, req.into_body()).await);
     }
     let Some(target) = Target::parse(&segments) else {
         return Ok(status(
@@ -230,7 +237,7 @@ fn list(shared: &Shared, target: &Target, q: &HashMap<String, String>) -> Respon
         .lists
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry(target.kind.kind)
+        .entry((target.kind.kind, target.namespace.clone()))
         .or_default() += 1;
     let store = shared.lock();
     let requested: Option<u64> = q.get("resourceVersion").and_then(|v| v.parse().ok());
@@ -299,6 +306,23 @@ fn write(shared: &Shared, target: &Target, body: &Bytes) -> Response<Body> {
         v
     };
     json_reply(StatusCode::CREATED, &stored)
+}
+
+/// A TokenReview, answered from the tokens the test registered (`201 Created`).
+async fn token_review(shared: &Shared, body: Incoming) -> Response<Body> {
+    let request: Value = match body.collect().await.map(|b| serde_json::from_slice(&b.to_bytes())) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("the body is not JSON: {e}"),
+            );
+        }
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+    };
+    let tokens = shared.tokens.lock().unwrap_or_else(|p| p.into_inner());
+    json_reply(StatusCode::CREATED, &tokenreview::review(&tokens, &request))
 }
 
 fn get_value(shared: &Shared, target: &Target, name: &str) -> Option<Value> {

@@ -3,10 +3,11 @@
 //! discovery endpoints (`/api`, `/apis`, `/apis/<group>[/<version>]`, `/version`), list
 //! and watch with resourceVersions, label and field selectors, bookmarks, `410 Gone`
 //! for versions older than its bounded history, get, and create/patch for Events — so
-//! `mesh-node --kubernetes` and `mesh-waypoint --kubernetes` run against it unchanged
-//! with a kubeconfig that points at it. Objects are applied from YAML (like
-//! `kubectl apply`). It is for tests only: no authentication, no admission, no
-//! validation beyond what a client needs, plain HTTP.
+//! `mesh-node --kubernetes`, `mesh-waypoint --kubernetes` and `mesh-ca --kubernetes`
+//! run against it unchanged with a kubeconfig that points at it. TokenReviews are
+//! answered for the tokens a test registers ([`ApiServer::add_token`]). Objects are
+//! applied from YAML (like `kubectl apply`). It is for tests only: no authentication of
+//! its own clients, no admission, no validation beyond what a client needs, plain HTTP.
 //!
 //! [`ApiServer::restart`] drops every connection and serves again on the same address
 //! with the same objects and a compacted history, so clients resuming their watches
@@ -16,6 +17,7 @@ mod http;
 mod kinds;
 mod selector;
 mod store;
+mod tokenreview;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,6 +32,7 @@ use tokio::sync::watch;
 pub use kinds::{KINDS, Kind};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 use store::Store;
+pub use tokenreview::TokenSubject;
 
 /// How long [`ApiServer::stop`] waits for the listener to close.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +91,7 @@ impl ApiServer {
             version,
             bookmark_every: BOOKMARK_EVERY,
             lists: Mutex::default(),
+            tokens: Mutex::default(),
         });
         let listener = bind().map_err(ApiServerError::Listen)?;
         let addr = listener.local_addr().map_err(ApiServerError::Listen)?;
@@ -172,7 +176,25 @@ impl ApiServer {
     /// relist after `410 Gone`).
     pub fn lists_served(&self, kind: &str) -> u64 {
         let lists = self.shared.lists.lock().unwrap_or_else(|p| p.into_inner());
-        lists.get(kind).copied().unwrap_or(0)
+        lists.iter().filter(|((k, _), _)| *k == kind).map(|(_, n)| n).sum()
+    }
+
+    /// Lists of `kind` served per namespace (`None`: cluster-wide lists), e.g. to
+    /// prove that only one client reads Secrets, and only in its own namespace.
+    pub fn lists_by_namespace(&self, kind: &str) -> std::collections::BTreeMap<Option<String>, u64> {
+        let lists = self.shared.lists.lock().unwrap_or_else(|p| p.into_inner());
+        lists
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|((_, ns), n)| (ns.clone(), *n))
+            .collect()
+    }
+
+    /// From now on a TokenReview of `token` authenticates it as `subject` (a projected
+    /// ServiceAccount token bound to a pod); any other token is not authenticated.
+    pub fn add_token(&self, token: &str, subject: TokenSubject) {
+        let mut tokens = self.shared.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.insert(token.to_owned(), subject);
     }
 
     /// A kubeconfig for clients of this server, written to `path`.
