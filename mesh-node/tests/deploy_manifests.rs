@@ -189,6 +189,7 @@ fn manifests_pass_only_flags_the_binaries_accept() {
     let daemonset = documents(&deploy_dir().join("install/daemonset.yaml"));
     let waypoint = documents(&deploy_dir().join("waypoint/waypoint.yaml"));
     let ca = documents(&deploy_dir().join("install/ca.yaml"));
+    let gateway = documents(&deploy_dir().join("gateway/gateway.yaml"));
     let containers = |docs: &[Value]| -> Vec<Value> {
         docs.iter()
             .filter(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment")
@@ -206,6 +207,7 @@ fn manifests_pass_only_flags_the_binaries_accept() {
         .into_iter()
         .chain(containers(&waypoint))
         .chain(containers(&ca))
+        .chain(containers(&gateway))
     {
         let command = c["command"][0].as_str().unwrap();
         let binary = bin_dir.join(Path::new(command).file_name().unwrap());
@@ -308,6 +310,82 @@ fn only_the_ca_can_read_the_ca_key() {
         })
         .collect();
     assert_eq!(mounting, vec![("mesh-ca".to_owned(), "mesh-ca".to_owned())]);
+}
+
+/// Issue 15: the ingress gateway reads its `credentialName` Secrets in its own namespace
+/// only. The one rule in deploy/ that reaches `secrets` (besides the CA's `cacerts`
+/// mount) is a namespace-scoped Role in the gateway's namespace (get/list/watch), bound
+/// by a RoleBinding there to the gateway Deployment's ServiceAccount alone; no
+/// ClusterRole grants `secrets`.
+#[test]
+fn only_the_gateway_reads_secrets_and_only_in_its_namespace() {
+    let docs: Vec<Value> = all_yaml()
+        .iter()
+        .filter(|p| !is_kustomization(p))
+        .flat_map(|p| documents(p))
+        .collect();
+    let grants_secrets = |d: &Value| {
+        d["rules"].as_sequence().into_iter().flatten().any(|rule| {
+            rule["resources"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|r| r == "secrets" || r == "*")
+        })
+    };
+    for d in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
+        assert!(
+            !grants_secrets(d),
+            "ClusterRole {} grants secrets",
+            str_of(&d["metadata"]["name"])
+        );
+    }
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" && grants_secrets(d))
+        .collect();
+    assert_eq!(roles.len(), 1, "exactly one Role grants secrets: {roles:?}");
+    let role = roles[0];
+    let (role_name, ns) = (
+        str_of(&role["metadata"]["name"]),
+        str_of(&role["metadata"]["namespace"]),
+    );
+    for rule in role["rules"].as_sequence().into_iter().flatten() {
+        assert_eq!(rule["resources"], Value::from(vec!["secrets"]), "{rule:?}");
+        assert_eq!(rule["verbs"], Value::from(vec!["get", "list", "watch"]), "{rule:?}");
+    }
+    let gateway = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["spec"]["template"]["spec"]["containers"][0]["args"]
+                    .as_sequence()
+                    .is_some_and(|a| a.iter().any(|x| x == "gateway"))
+        })
+        .expect("the gateway Deployment");
+    assert_eq!(
+        str_of(&gateway["metadata"]["namespace"]),
+        ns,
+        "the Role is in the gateway's namespace"
+    );
+    let gateway_sa = str_of(&gateway["spec"]["template"]["spec"]["serviceAccountName"]);
+    let bindings: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+        .filter(|d| d["roleRef"]["name"] == role_name.as_str())
+        .collect();
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    let b = bindings[0];
+    assert_eq!(b["kind"], "RoleBinding");
+    assert_eq!(str_of(&b["metadata"]["namespace"]), ns);
+    assert_eq!(b["roleRef"]["kind"], "Role");
+    let subjects: Vec<(String, String)> = b["subjects"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|s| (str_of(&s["name"]), str_of(&s["namespace"])))
+        .collect();
+    assert_eq!(subjects, vec![(gateway_sa, ns)]);
 }
 
 /// The plural names in the `WATCHED` table: the second string literal of each

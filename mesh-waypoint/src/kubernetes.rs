@@ -21,10 +21,13 @@ use crate::body::{self, Body};
 use crate::config::Config;
 
 /// Connects with the pod's service account and follows the API server into `config`.
-/// `instance` (the pod name) is the reporting instance of our Events.
+/// `instance` (the pod name) is the reporting instance of our Events. The ingress
+/// gateway passes its namespace as `secrets_namespace`: its `credentialName` Secrets are
+/// watched there (and only there); a waypoint passes `None` and reads no Secret.
 pub async fn start(
     config: Arc<Config>,
     instance: Option<String>,
+    secrets_namespace: Option<String>,
 ) -> Result<watch::Receiver<KubeStatus>, KubeSourceError> {
     let store = SharedStore::default();
     let source_config = KubeSourceConfig {
@@ -32,6 +35,7 @@ pub async fn start(
         instance,
         record_events: true,
         retry: Retry::Default,
+        secrets_namespace,
     };
     let source = KubeSource::connect(source_config, store.clone(), Arc::new(crate::config::validate)).await?;
     Ok(follow(source, store, config))

@@ -290,6 +290,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 pod_labels: args.gateway.pod_labels.into_iter().collect(),
                 bind_ip: args.bind_ip,
             };
+            let own_namespace = opts.namespace.clone();
             let gateway = IngressGateway::start_with(opts, gw, connector)
                 .await
                 .context("cannot start the ingress gateway")?;
@@ -298,7 +299,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 h.connector.bind(&gateway.config);
             }
             if args.kubernetes {
-                start_kubernetes(gateway.config.clone(), args.readiness_addr).await?;
+                // The gateway alone reads Secrets: its credentialNames, in its namespace.
+                let secrets = Some(own_namespace);
+                start_kubernetes(gateway.config.clone(), args.readiness_addr, secrets).await?;
             }
             shutdown_signal().await?;
             tracing::info!("shutting down");
@@ -314,7 +317,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .context("cannot serve HBONE")?;
         }
         if args.kubernetes {
-            start_kubernetes(waypoint.config.clone(), args.readiness_addr).await?;
+            start_kubernetes(waypoint.config.clone(), args.readiness_addr, None).await?;
         }
         shutdown_signal().await?;
         tracing::info!("shutting down");
@@ -349,8 +352,9 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 async fn start_kubernetes(
     config: std::sync::Arc<mesh_waypoint::config::Config>,
     readiness: SocketAddr,
+    secrets_namespace: Option<String>,
 ) -> anyhow::Result<()> {
-    let status = mesh_waypoint::kubernetes::start(config, std::env::var("POD_NAME").ok())
+    let status = mesh_waypoint::kubernetes::start(config, std::env::var("POD_NAME").ok(), secrets_namespace)
         .await
         .context("Kubernetes mode (--kubernetes)")?;
     let listener = tokio::net::TcpListener::bind(readiness)
@@ -362,7 +366,11 @@ async fn start_kubernetes(
 }
 
 #[cfg(not(feature = "kubernetes"))]
-async fn start_kubernetes(_: std::sync::Arc<mesh_waypoint::config::Config>, _: SocketAddr) -> anyhow::Result<()> {
+async fn start_kubernetes(
+    _: std::sync::Arc<mesh_waypoint::config::Config>,
+    _: SocketAddr,
+    _: Option<String>,
+) -> anyhow::Result<()> {
     anyhow::bail!("--kubernetes: this mesh-waypoint was built without the `kubernetes` feature")
 }
 

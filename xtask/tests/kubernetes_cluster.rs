@@ -143,6 +143,14 @@ fn kubernetes_mode_meshes_traffic_across_three_nodes() {
     let first = pages(&c, 60, 4, &[]);
     let (lines, _) = capture.finish().expect("fabric capture");
     all_ok(&first).expect("Bookinfo through the mesh");
+    // Secrets: only the gateway lists them, and only in its own namespace (the
+    // daemons and the waypoint never; nobody cluster-wide).
+    let secret_lists = api.lists_by_namespace("Secret");
+    assert_eq!(
+        secret_lists.keys().cloned().collect::<Vec<_>>(),
+        vec![Some(bookinfo::GATEWAY_POD.0.to_owned())],
+        "{secret_lists:?}"
+    );
     let api_ip = format!("{FABRIC_SERVICE_IP}.{API_PORT}");
     let entry_ip = format!("{}.{}", entry.ip(), entry.port());
     let mut hbone = 0;

@@ -115,6 +115,17 @@ pub struct ProcessGuard {
 }
 
 impl ProcessGuard {
+    /// Owns a child spawned in the caller's own netns and cgroup (a loopback test's
+    /// server), so it is stopped by its PID like the others.
+    pub fn adopt(child: Child, label: &str) -> Self {
+        Self {
+            child,
+            label: label.to_owned(),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            status: None,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

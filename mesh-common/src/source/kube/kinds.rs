@@ -76,6 +76,34 @@ pub const WATCHED: &[WatchedKind] = &[
     ),
 ];
 
+/// Secrets hold the ingress gateway's `credentialName` certificates. Not in [`WATCHED`]:
+/// only the gateway reads them, and only in its own namespace (where Istio looks them
+/// up, and all a namespace-scoped Role grants it); the node daemons and waypoints never
+/// see a Secret. See [`watches`].
+pub const SECRET: WatchedKind = core("Secret", "secrets");
+
+/// One watch of the Kubernetes source: a kind, cluster-wide or in one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub kind: WatchedKind,
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+}
+
+/// What a source watches: every kind of [`WATCHED`] cluster-wide, and with
+/// `secrets_namespace` (the gateway's own namespace) the Secrets of that namespace.
+pub fn watches(secrets_namespace: Option<&str>) -> Vec<Watch> {
+    let all = WATCHED.iter().map(|k| Watch {
+        kind: *k,
+        namespace: None,
+    });
+    let secrets = secrets_namespace.map(|ns| Watch {
+        kind: SECRET,
+        namespace: Some(ns.to_owned()),
+    });
+    all.chain(secrets).collect()
+}
+
 impl WatchedKind {
     /// Needs API discovery to pick a version (a CRD group whose installed versions vary).
     pub fn needs_discovery(&self) -> bool {
@@ -115,5 +143,25 @@ mod tests {
         assert_eq!(vs.pick_version(&served(&["v1alpha3", "v1beta1"])), Some("v1beta1"));
         assert_eq!(vs.pick_version(&served(&["v2"])), None);
         assert_eq!(vs.api_resource("v1beta1").api_version, "networking.istio.io/v1beta1");
+    }
+
+    #[test]
+    fn secrets_only_for_the_gateway_and_only_in_its_namespace() {
+        let secrets = |w: &[Watch]| -> Vec<Option<String>> {
+            w.iter()
+                .filter(|w| w.kind.kind == "Secret")
+                .map(|w| w.namespace.clone())
+                .collect()
+        };
+        let node = watches(None);
+        assert_eq!(node.len(), WATCHED.len());
+        assert!(
+            secrets(&node).is_empty(),
+            "the node daemon and waypoints never watch Secrets"
+        );
+        assert!(node.iter().all(|w| w.namespace.is_none()));
+        let gateway = watches(Some("istio-system"));
+        assert_eq!(secrets(&gateway), vec![Some("istio-system".to_owned())]);
+        assert_eq!(gateway.len(), WATCHED.len() + 1);
     }
 }

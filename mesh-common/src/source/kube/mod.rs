@@ -1,7 +1,8 @@
 //! Kubernetes mode: kube-rs watchers feeding the same [`ConfigStore`] as the local
 //! directory source.
 //!
-//! Every kind in [`kinds::WATCHED`] is watched with kube-runtime's `watcher` (list, then
+//! Every kind in [`kinds::WATCHED`] is watched cluster-wide (and, for the ingress
+//! gateway, Secrets in its own namespace: [`KubeSourceConfig::secrets_namespace`]), with kube-runtime's `watcher` (list, then
 //! watch from the list's resourceVersion; relist on `410 Gone`; re-watch when a stream
 //! drops) behind an exponential backoff. Objects are read as `DynamicObject`, turned
 //! back into the YAML a user would write, and decoded by [`Resource::from_value`], so
@@ -43,7 +44,7 @@ use tracing::{debug, info, warn};
 use crate::model::store::ConfigStore;
 use crate::model::{ConfigError, Resource};
 use apply::{KindSync, Rejection};
-use kinds::{WATCHED, WatchedKind};
+use kinds::{Watch, WatchedKind};
 pub use status::KubeStatus;
 use status::StatusTracker;
 
@@ -61,6 +62,9 @@ pub struct KubeSourceConfig {
     /// Create a Kubernetes Event on each rejected object.
     pub record_events: bool,
     pub retry: Retry,
+    /// The ingress gateway's namespace: also watch the Secrets there (its
+    /// `credentialName`s), namespace-scoped. `None` (node daemon, waypoint): no Secret.
+    pub secrets_namespace: Option<String>,
 }
 
 impl KubeSourceConfig {
@@ -70,6 +74,7 @@ impl KubeSourceConfig {
             instance: Some(node_name.to_owned()),
             record_events: true,
             retry: Retry::Default,
+            secrets_namespace: None,
         }
     }
 }
@@ -136,6 +141,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct KubeSource {
     client: Client,
     config: KubeSourceConfig,
+    /// What is watched: [`kinds::watches`] of the config.
+    watches: Vec<Watch>,
     store: SharedStore,
     validator: SharedValidator,
     status: StatusTracker,
@@ -172,11 +179,13 @@ impl KubeSource {
     {
         let (observer, opened) = observe::WatchOpened::new();
         let client = http.with_layer(&observer).build();
-        let (status, status_rx) = StatusTracker::new(WATCHED.iter().map(|k| k.kind.to_owned()));
+        let watches = kinds::watches(config.secrets_namespace.as_deref());
+        let (status, status_rx) = StatusTracker::new(watches.iter().map(|w| w.kind.kind.to_owned()));
         let (generation, _) = watch::channel(0);
         Self {
             client,
             config,
+            watches,
             store,
             validator,
             status,
@@ -201,17 +210,17 @@ impl KubeSource {
     pub async fn run(mut self) {
         let (tx, mut rx) = mpsc::channel(256);
         let mut tasks = tokio::task::JoinSet::new();
-        for (index, kind) in WATCHED.iter().enumerate() {
+        for (index, watch) in self.watches.iter().enumerate() {
             tasks.spawn(watch_kind(
                 self.client.clone(),
                 index,
-                *kind,
+                watch.clone(),
                 self.config.clone(),
                 tx.clone(),
             ));
         }
         drop(tx);
-        let mut syncs: Vec<Option<KindSync>> = WATCHED.iter().map(|_| None).collect();
+        let mut syncs: Vec<Option<KindSync>> = self.watches.iter().map(|_| None).collect();
         let recorder = Recorder::new(
             self.client.clone(),
             Reporter {
@@ -236,13 +245,14 @@ impl KubeSource {
                     syncs[i] = Some(KindSync::new(resource));
                 }
                 Update::Failed(i, error) => {
-                    warn!(kind = WATCHED[i].kind, %error, "Kubernetes watch failed; serving the last known state and retrying");
-                    self.status.failed(WATCHED[i].kind, error);
+                    let kind = self.watches[i].kind.kind;
+                    warn!(kind, %error, "Kubernetes watch failed; serving the last known state and retrying");
+                    self.status.failed(kind, error);
                 }
                 Update::Watched(i, event) => {
                     let Some(sync) = syncs[i].as_mut() else { continue };
                     let rejected = self.handle(sync, *event);
-                    self.status.ok(WATCHED[i].kind, sync.synced());
+                    self.status.ok(self.watches[i].kind.kind, sync.synced());
                     for r in rejected {
                         self.report(&recorder, r);
                     }
@@ -253,7 +263,8 @@ impl KubeSource {
 
     /// A watch (re)opened: that kind is connected again, even if nothing changed.
     fn watch_opened(&mut self, path: &str, syncs: &[Option<KindSync>]) {
-        for (kind, sync) in WATCHED.iter().zip(syncs) {
+        for (watch, sync) in self.watches.iter().zip(syncs) {
+            let kind = &watch.kind;
             if observe::addresses(path, kind.group, kind.plural) {
                 self.status.ok(kind.kind, sync.as_ref().is_some_and(KindSync::synced));
             }
@@ -320,7 +331,7 @@ impl KubeSource {
 async fn watch_kind(
     client: Client,
     index: usize,
-    kind: WatchedKind,
+    Watch { kind, namespace }: Watch,
     config: KubeSourceConfig,
     tx: mpsc::Sender<Update>,
 ) {
@@ -339,7 +350,10 @@ async fn watch_kind(
     if tx.send(Update::Resolved(index, resource.clone())).await.is_err() {
         return;
     }
-    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let api: Api<DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
+    };
     let wc = watcher::Config::default();
     let mut events = watcher::watcher(api, wc).backoff(config.retry.backoff()).boxed();
     while let Some(item) = events.next().await {

@@ -20,6 +20,7 @@ fn config(node: Option<&str>) -> KubeSourceConfig {
         instance: node.map(str::to_owned),
         record_events: true,
         retry: Retry::Fixed(Duration::from_millis(20)),
+        secrets_namespace: None,
     }
 }
 
