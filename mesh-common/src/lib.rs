@@ -14,5 +14,7 @@ pub mod authz;
 pub mod model;
 #[cfg(feature = "std")]
 pub mod source;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 #[cfg(feature = "std")]
 pub mod view;

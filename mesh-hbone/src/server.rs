@@ -76,10 +76,15 @@ pub enum Upstream {
 pub trait Inbound: Send + Sync + 'static {
     fn authorize(&self, req: &InboundRequest) -> Result<(), Refused>;
     fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>>;
-    fn refused(&self, reason: RefusalReason);
-    fn opened(&self, req: &InboundRequest);
-    fn closed(&self, req: &InboundRequest, copied: Copied);
+    /// A connection or stream refused; `req` when the CONNECT itself was readable.
+    fn refused(&self, reason: RefusalReason, req: Option<&InboundRequest>);
+    /// A stream carried from here on; what it returns is called with the byte counts
+    /// when it ends (so what was decided at the open, labels say, holds at the close).
+    fn opened(&self, req: &InboundRequest) -> Closed;
 }
+
+/// Called once when an accepted stream ends.
+pub type Closed = Box<dyn FnOnce(Copied) + Send>;
 
 pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, inbound: Arc<dyn Inbound>) {
     let _ = tcp.set_nodelay(true);
@@ -144,7 +149,7 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
 
 fn refuse_conn(inbound: &dyn Inbound, peer: SocketAddr, reason: RefusalReason, detail: &str) {
     tracing::info!(%peer, %reason, "HBONE connection refused: {detail}");
-    inbound.refused(reason);
+    inbound.refused(reason, None);
 }
 
 async fn stream(
@@ -156,10 +161,10 @@ async fn stream(
     let (parts, body) = req.into_parts();
     let request = match parse(&parts, conn.clone()) {
         Ok(r) => r,
-        Err(refused) => return answer(&mut respond, &*inbound, &conn, refused),
+        Err(refused) => return answer(&mut respond, &*inbound, &conn, refused, None),
     };
     if let Err(refused) = inbound.authorize(&request) {
-        return answer(&mut respond, &*inbound, &conn, refused);
+        return answer(&mut respond, &*inbound, &conn, refused, Some(&request));
     }
     let upstream = match inbound.connect(&request).await {
         Ok(s) => s,
@@ -169,14 +174,14 @@ async fn stream(
                 RefusalReason::UpstreamRefused,
                 format!("{}: {e}", request.target),
             );
-            return answer(&mut respond, &*inbound, &conn, refused);
+            return answer(&mut respond, &*inbound, &conn, refused, Some(&request));
         }
     };
     let send = match respond.send_response(status(StatusCode::OK), false) {
         Ok(s) => s,
         Err(e) => return tracing::debug!(peer = %conn.peer_addr, "client went away before 200: {e}"),
     };
-    inbound.opened(&request);
+    let closed = inbound.opened(&request);
     let copied = match upstream {
         Upstream::Tcp(tcp) => {
             let (copied, err) = relay(tcp, send, body).await;
@@ -190,7 +195,7 @@ async fn stream(
             Copied::default()
         }
     };
-    inbound.closed(&request, copied);
+    closed(copied);
 }
 
 fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundRequest, Refused> {
@@ -228,10 +233,16 @@ fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundReq
     })
 }
 
-fn answer(respond: &mut SendResponse<Bytes>, inbound: &dyn Inbound, conn: &ConnInfo, refused: Refused) {
+fn answer(
+    respond: &mut SendResponse<Bytes>,
+    inbound: &dyn Inbound,
+    conn: &ConnInfo,
+    refused: Refused,
+    req: Option<&InboundRequest>,
+) {
     tracing::info!(peer = %conn.peer_addr, peer_id = %conn.peer_id, status = refused.status.as_u16(), reason = %refused.reason,
         "HBONE stream refused: {}", refused.detail);
-    inbound.refused(refused.reason);
+    inbound.refused(refused.reason, req);
     let _ = respond.send_response(status(refused.status), true);
 }
 

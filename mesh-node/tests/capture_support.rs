@@ -81,7 +81,8 @@ pub fn start_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGua
         .arg(&n.state_dir)
         .args(&ca)
         .args(extra)
-        .stdout(Stdio::null())
+        // The daemon logs (and writes its text access log) on stdout.
+        .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let guard = cluster.spawn_on_node(node, cmd).expect("spawn mesh-node");
     if let Err(e) = cluster.wait_tcp_on_node(node, ([127, 0, 0, 1], 15021).into(), Duration::from_secs(60)) {

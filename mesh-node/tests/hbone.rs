@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use xtask::harness::{Cluster, FabricCapture};
+use xtask::harness::{Cluster, FabricCapture, metric_sum};
 
 /// Entry point for the in-pod clients (does nothing in a normal test run).
 #[test]
@@ -263,18 +263,9 @@ fn vip_connections_spread_over_all_endpoints_on_both_nodes() {
         "only the three endpoints, no errors"
     );
     let count = |node: &str, pod: &str| -> u64 {
-        poll("destination metrics", Duration::from_secs(10), || {
-            let m = metrics(&c, node);
-            Some(
-                m.lines()
-                    .filter(|l| {
-                        l.starts_with("istio_tcp_connections_opened_total{") && l.contains("reporter=\"destination\"")
-                    })
-                    .filter(|l| l.contains(&format!("destination_workload=\"{pod}\"")))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                    .sum(),
-            )
-        })
+        let pod = format!("destination_workload=\"{pod}\"");
+        let filters = ["reporter=\"destination\"", pod.as_str()];
+        metric_sum(&metrics(&c, node), "istio_tcp_connections_opened_total", &filters)
     };
     let total = || count("n2", "b") + count("n2", "b2") + count("n1", "b3");
     // Counters lag the connections a little; the assertion below reports a shortfall.
@@ -284,6 +275,94 @@ fn vip_connections_spread_over_all_endpoints_on_both_nodes() {
     assert!(
         b > 0 && b2 > 0 && b3 > 0,
         "every endpoint gets connections: {b} {b2} {b3}"
+    );
+    istio_labels_of_300_vip_connections(&c);
+    plaintext_passthrough_is_counted_as_none(&c);
+}
+
+/// Both reporters count each of the 300 connections exactly once, with Istio's labels
+/// filled from the view: the Service whose VIP was dialled, both workloads' app labels
+/// and principals; each client sent `hello\n` (6 bytes).
+fn istio_labels_of_300_vip_connections(c: &Cluster) {
+    let web = [
+        "destination_service=\"web.shop.svc.cluster.local\"",
+        "destination_service_name=\"web\"",
+        "destination_service_namespace=\"shop\"",
+        "source_workload=\"a\"",
+        "source_workload_namespace=\"shop\"",
+        "source_app=\"client\"",
+        "source_canonical_service=\"client\"",
+        "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+        "destination_app=\"web\"",
+        "destination_principal=\"spiffe://cluster.local/ns/shop/sa/web\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "request_protocol=\"tcp\"",
+    ];
+    let sum = |nodes: &[&str], metric: &str, reporter: &str| -> u64 {
+        let reporter = format!("reporter=\"{reporter}\"");
+        let filters: Vec<&str> = web.iter().copied().chain([reporter.as_str()]).collect();
+        nodes.iter().map(|n| metric_sum(&metrics(c, n), metric, &filters)).sum()
+    };
+    // The closes are counted when both directions end: poll for them, then compare exactly.
+    let _ = xtask::harness::wait_until("300 closes on both sides", Duration::from_secs(30), || {
+        sum(&["n1"], "istio_tcp_connections_closed_total", "source") >= 300
+            && sum(&["n1", "n2"], "istio_tcp_connections_closed_total", "destination") >= 300
+    });
+    for reporter in ["source", "destination"] {
+        let nodes: &[&str] = if reporter == "source" { &["n1"] } else { &["n1", "n2"] };
+        for metric in [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+        ] {
+            assert_eq!(
+                sum(nodes, metric, reporter),
+                300,
+                "{metric} reporter={reporter}:\n{}",
+                metrics(c, "n1")
+            );
+        }
+        assert_eq!(
+            sum(nodes, "istio_tcp_sent_bytes_total", reporter),
+            300 * 6,
+            "{reporter}"
+        );
+    }
+}
+
+/// Pod `c` is outside the mesh: a's connection to it leaves as plain TCP, counted by
+/// the source as `none` with c's labels, and logged (text access log, the default).
+fn plaintext_passthrough_is_counted_as_none(c: &Cluster) {
+    let _srv = serve(c.listen_in_pod("plain", "c", 8080).expect("listen"));
+    let to_c = SocketAddr::from((ip(c, "plain", "c"), 8080));
+    let r = kv(&run_helper(c, "shop", "a", "hello", &[to_c.to_string()])[0]);
+    assert!(r.contains_key("app_peer"), "passthrough reaches c: {r:?}");
+    let labels = [
+        "reporter=\"source\"",
+        "source_workload=\"a\"",
+        "destination_workload=\"c\"",
+        "destination_workload_namespace=\"plain\"",
+        "connection_security_policy=\"none\"",
+    ];
+    assert_eq!(opened_once(c, "n1", &labels), 1, "{}", metrics(c, "n1"));
+    let logged = xtask::harness::wait_for("the passthrough's access-log line", Duration::from_secs(10), || {
+        daemon_log(c, "n1")
+            .lines()
+            .any(|l| {
+                l.contains("mesh_node::access")
+                    && l.contains("security=none")
+                    && l.contains("dst_workload=c")
+                    && l.contains(&format!("dst={to_c}"))
+            })
+            .then_some(())
+    });
+    let log = daemon_log(c, "n1");
+    let access: Vec<&str> = log.lines().filter(|l| l.contains("mesh_node::access")).collect();
+    assert!(
+        logged.is_ok(),
+        "{} access lines, last: {:?}\n{}",
+        access.len(),
+        access.last(),
+        log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -414,6 +493,8 @@ fn strict_refuses_plaintext_from_a_non_enrolled_pod_and_permissive_allows_it() {
         "PERMISSIVE (default) forwards plaintext: {r:?}"
     );
 
+    permissive_plaintext_is_counted_as_none(&c);
+
     let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n";
     std::fs::write(config_dir(&c).join("zz-strict.yaml"), strict).expect("policy");
     poll("STRICT to take effect", Duration::from_secs(15), || {
@@ -426,6 +507,36 @@ fn strict_refuses_plaintext_from_a_non_enrolled_pod_and_permissive_allows_it() {
             .any(|l| l.starts_with("mesh_connections_refused_total{") && l.contains("reason=\"strict_mtls\"")),
         "{m}"
     );
+    // Each refusal has its access-log line with Envoy's RBAC flag.
+    let log = daemon_log(&c, "n2");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("mesh_node::access") && l.contains("flags=RBAC") && l.contains("src_workload=c")),
+        "{log}"
+    );
+}
+
+/// The one PERMISSIVE connection is counted by the destination as plaintext with the
+/// Service selecting b on 8080.
+fn permissive_plaintext_is_counted_as_none(c: &Cluster) {
+    let plaintext = [
+        "reporter=\"destination\"",
+        "connection_security_policy=\"none\"",
+        "source_workload=\"c\"",
+        "source_workload_namespace=\"plain\"",
+        "source_principal=\"unknown\"",
+        "destination_workload=\"b\"",
+        "destination_service=\"web.shop.svc.cluster.local\"",
+    ];
+    assert_eq!(opened_once(c, "n2", &plaintext), 1, "{}", metrics(c, "n2"));
+}
+
+/// `istio_tcp_connections_opened_total` with `labels` on `node`, once it is counted.
+fn opened_once(c: &Cluster, node: &str, labels: &[&str]) -> u64 {
+    poll("the connection counted", Duration::from_secs(10), || {
+        let n = metric_sum(&metrics(c, node), "istio_tcp_connections_opened_total", labels);
+        (n > 0).then_some(n)
+    })
 }
 
 #[test]

@@ -106,8 +106,8 @@ struct RunArgs {
     /// metrics, nothing else), e.g. `0.0.0.0:15020` as Istio's proxies; off when unset.
     #[arg(long, env = "MESH_STATS_ADDR")]
     stats_addr: Option<SocketAddr>,
-    /// Access log: `text` (key=value lines in the log on stderr) or `json` (one JSON object
-    /// per request on stdout, Envoy's field names).
+    /// Access log: `text` (key=value lines in the log on stderr), `json` (one JSON object
+    /// per request on stdout, Envoy's field names) or `off`.
     #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", value_enum, default_value = "text")]
     access_log_format: mesh_waypoint::proxy::access_log::AccessLogFormat,
     /// Tracing: export a span per request over OTLP/gRPC to this collector

@@ -9,15 +9,13 @@
 //! from the configuration (unknown peers collapse into `unknown`), response codes are
 //! HTTP's, flags Envoy's short set. The duration is measured to the response headers.
 
-use std::collections::BTreeMap;
-
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::discovery::PodInfo;
+pub use mesh_common::telemetry::{Peer, PeerLabels, Security, ServiceLabels};
 
 /// Who reports: Istio says `waypoint` for a waypoint and `source` for a gateway.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -29,107 +27,22 @@ pub enum Reporter {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Security {
-    mutual_tls,
-    none,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
 pub enum Protocol {
     http,
     grpc,
 }
 
-/// One side of a request as Istio labels it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub workload: String,
-    pub namespace: String,
-    pub principal: String,
-    pub app: String,
-    pub version: String,
-    pub canonical_service: String,
-    pub canonical_revision: String,
-}
-
-const UNKNOWN: &str = "unknown";
-
-impl Peer {
-    pub fn unknown() -> Self {
-        Self {
-            workload: UNKNOWN.into(),
-            namespace: UNKNOWN.into(),
-            principal: UNKNOWN.into(),
-            app: UNKNOWN.into(),
-            version: UNKNOWN.into(),
-            canonical_service: UNKNOWN.into(),
-            canonical_revision: UNKNOWN.into(),
-        }
-    }
-
-    /// Istio's label rules: canonical service from `service.istio.io/canonical-name`,
-    /// `app.kubernetes.io/name`, `app`, else the workload; revision from
-    /// `service.istio.io/canonical-revision`, `app.kubernetes.io/version`, `version`,
-    /// else `latest`.
-    pub fn of_pod(pod: &PodInfo) -> Self {
-        let label = |keys: &[&str]| keys.iter().find_map(|k| pod.labels.get(*k)).cloned();
-        let workload = workload_name(&pod.name, &pod.labels);
-        Self {
-            principal: format!("spiffe://cluster.local/ns/{}/sa/{}", pod.namespace, pod.service_account),
-            namespace: pod.namespace.clone(),
-            app: label(&["app"]).unwrap_or_else(|| UNKNOWN.into()),
-            version: label(&["version"]).unwrap_or_else(|| UNKNOWN.into()),
-            canonical_service: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
-                .unwrap_or_else(|| workload.clone()),
-            canonical_revision: label(&[
-                "service.istio.io/canonical-revision",
-                "app.kubernetes.io/version",
-                "version",
-            ])
-            .unwrap_or_else(|| "latest".into()),
-            workload,
-        }
-    }
-}
-
-/// The owning workload's name: a Deployment's pod `reviews-v1-7d4b9c-x2x9q` (label
-/// `pod-template-hash: 7d4b9c`) is workload `reviews-v1`; other pods are their own.
-pub fn workload_name(pod: &str, labels: &BTreeMap<String, String>) -> String {
-    if let Some(hash) = labels.get("pod-template-hash")
-        && let Some(at) = pod.rfind(&format!("-{hash}-"))
-        && at > 0
-    {
-        return pod[..at].to_owned();
-    }
-    pod.to_owned()
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub reporter: Reporter,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub source_canonical_service: String,
-    pub source_canonical_revision: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_canonical_service: String,
-    pub destination_canonical_revision: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
     pub request_protocol: Protocol,
     pub response_code: String,
     pub grpc_response_status: String,
     pub response_flags: String,
     pub connection_security_policy: Security,
+    /// Last: the derive can flatten only the last field.
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
 }
 
 /// What one finished request contributes.
@@ -138,7 +51,7 @@ pub struct Observation {
     pub destination: Peer,
     /// `reviews.bookinfo.svc.cluster.local`, its name and namespace (`unknown` when
     /// the host is no Service of the configuration).
-    pub service: (String, String, String),
+    pub service: ServiceLabels,
     pub protocol: Protocol,
     pub code: u16,
     pub grpc_status: Option<String>,
@@ -208,27 +121,9 @@ impl RequestMetrics {
 
     /// Moves the observation's strings into the label set (no copy per request).
     fn labels(&self, o: Observation) -> RequestLabels {
-        let (s, d) = (o.source, o.destination);
-        let (svc, svc_name, svc_ns) = o.service;
         RequestLabels {
             reporter: self.reporter,
-            source_workload: s.workload,
-            source_workload_namespace: s.namespace,
-            source_principal: s.principal,
-            source_app: s.app,
-            source_version: s.version,
-            source_canonical_service: s.canonical_service,
-            source_canonical_revision: s.canonical_revision,
-            destination_workload: d.workload,
-            destination_workload_namespace: d.namespace,
-            destination_principal: d.principal,
-            destination_app: d.app,
-            destination_version: d.version,
-            destination_canonical_service: d.canonical_service,
-            destination_canonical_revision: d.canonical_revision,
-            destination_service: svc,
-            destination_service_name: svc_name,
-            destination_service_namespace: svc_ns,
+            peers: PeerLabels::new(o.source, o.destination, o.service),
             request_protocol: o.protocol,
             response_code: o.code.to_string(),
             grpc_response_status: o.grpc_status.unwrap_or_default(),
@@ -251,43 +146,17 @@ impl RequestMetrics {
 mod tests {
     use super::*;
 
-    fn pod(name: &str, labels: &[(&str, &str)]) -> PodInfo {
-        PodInfo {
-            name: name.into(),
+    /// A pod's labels as [`Peer::of_workload`] derives them (tested in mesh-common).
+    fn peer(app: &str, version: &str) -> Peer {
+        Peer {
+            workload: format!("{app}-{version}"),
             namespace: "bookinfo".into(),
-            service_account: "bookinfo-reviews".into(),
-            ip: "198.18.1.2".parse().unwrap(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            named_ports: Vec::new(),
-            node: "n1".into(),
-            ready: true,
-            enrolled: true,
-            proxy: false,
-            trust_domain: "cluster.local".into(),
-            netns: None,
-            cgroup: None,
-            uid: None,
+            app: app.into(),
+            version: version.into(),
+            canonical_service: app.into(),
+            canonical_revision: version.into(),
+            ..Peer::unknown()
         }
-    }
-
-    #[test]
-    fn workload_and_canonical_labels_follow_istio() {
-        let p = Peer::of_pod(&pod(
-            "reviews-v2-7d4b9c-x2x9q",
-            &[("app", "reviews"), ("version", "v2"), ("pod-template-hash", "7d4b9c")],
-        ));
-        assert_eq!(p.workload, "reviews-v2");
-        assert_eq!((p.app.as_str(), p.version.as_str()), ("reviews", "v2"));
-        assert_eq!(
-            (p.canonical_service.as_str(), p.canonical_revision.as_str()),
-            ("reviews", "v2")
-        );
-        assert_eq!(p.principal, "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews");
-        let bare = Peer::of_pod(&pod("job-1", &[("service.istio.io/canonical-name", "batch")]));
-        assert_eq!(bare.workload, "job-1");
-        assert_eq!(bare.canonical_service, "batch");
-        assert_eq!(bare.canonical_revision, "latest");
-        assert_eq!(bare.app, "unknown");
     }
 
     #[test]
@@ -295,13 +164,13 @@ mod tests {
         let m = RequestMetrics::new(Reporter::waypoint);
         for _ in 0..3 {
             m.record(Observation {
-                source: Peer::of_pod(&pod("productpage-v1", &[("app", "productpage"), ("version", "v1")])),
-                destination: Peer::of_pod(&pod("reviews-v1", &[("app", "reviews"), ("version", "v1")])),
-                service: (
-                    "reviews.bookinfo.svc.cluster.local".into(),
-                    "reviews".into(),
-                    "bookinfo".into(),
-                ),
+                source: peer("productpage", "v1"),
+                destination: peer("reviews", "v1"),
+                service: ServiceLabels {
+                    host: "reviews.bookinfo.svc.cluster.local".into(),
+                    name: "reviews".into(),
+                    namespace: "bookinfo".into(),
+                },
                 protocol: Protocol::http,
                 code: 200,
                 grpc_status: None,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use xtask::bookinfo::{self, Lab, LabOptions, Page, pages, tally};
-use xtask::harness::{Cluster, FabricCapture, wait_for};
+use xtask::harness::{Cluster, FabricCapture, metric_sum, wait_for};
 
 const JASON: &[(&str, &str)] = &[("end-user", "jason")];
 
@@ -31,13 +31,6 @@ fn only(version: &str, n: usize) -> BTreeMap<String, usize> {
 
 fn share(t: &BTreeMap<String, usize>, version: &str, total: usize) -> f64 {
     100.0 * *t.get(version).unwrap_or(&0) as f64 / total as f64
-}
-
-fn metric_sum(text: &str, name: &str, filters: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[test]

@@ -148,6 +148,25 @@ impl ClusterView {
             .filter(|w| w.ready)
     }
 
+    /// The Service a connection to `w`'s `port` is for: among the Services whose
+    /// endpoints include `w` and whose port targets `port` on it, the first by
+    /// namespace/name (the label index finds the candidates; no scan of every Service).
+    pub fn service_of(&self, w: &Workload, port: u16) -> Option<&Arc<ServiceEntry>> {
+        let mut candidates = BTreeSet::new();
+        for (k, v) in &w.labels {
+            if let Some(keys) = self.selectors.get(&w.namespace, k, v) {
+                candidates.extend(keys.iter());
+            }
+        }
+        candidates
+            .into_iter()
+            .filter_map(|key| self.services.get(key))
+            .find(|svc| {
+                svc.endpoints.binary_search(&w.ip).is_ok()
+                    && svc.ports.iter().any(|p| w.port(&p.target()) == Some(port))
+            })
+    }
+
     /// Workloads in `namespace` whose labels contain `selector`, by IP. An empty
     /// selector selects nothing (a Service without one has no automatic endpoints).
     pub fn select(&self, namespace: &str, selector: &std::collections::BTreeMap<String, String>) -> Vec<Ipv4Addr> {

@@ -78,6 +78,19 @@ fn selectors_pick_pods_of_the_same_namespace_only() {
     assert!(!v.workload(ip("198.18.1.3")).unwrap().enrolled);
 }
 
+#[test]
+fn the_service_of_a_connection_is_the_one_selecting_the_pod_on_that_port() {
+    let v = full(&store_of(TOPOLOGY));
+    let b = v.workload(ip("198.18.2.2")).unwrap();
+    let name = |port| v.service_of(b, port).map(|s| s.name.clone());
+    // Both select b; only `web` targets 8080, only the headless `web-v2` targets 80.
+    assert_eq!(name(8080).as_deref(), Some("web"));
+    assert_eq!(name(80).as_deref(), Some("web-v2"));
+    assert_eq!(name(9090), None);
+    let c = v.workload(ip("198.18.1.3")).unwrap();
+    assert_eq!(v.service_of(c, 8080), None, "selectors are namespaced");
+}
+
 /// Applies `change` as one more source and returns the incrementally updated view
 /// next to a rebuilt one.
 fn after(store: &mut ConfigStore, view: &mut ClusterView, source: &str, change: &str) -> ClusterView {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::hbone::relay::Copied;
 use crate::netns::PodNetns;
 use crate::state::Workload;
 
@@ -55,7 +56,7 @@ impl ConnectionHandler for DirectHandler {
         Box::pin(async move {
             let key = pod.workload.key();
             match connect_from(&pod.netns, orig_dst).await {
-                Ok(upstream) => relay(stream, upstream, &key, orig_dst).await,
+                Ok(upstream) => drop(relay(stream, upstream, &key, orig_dst).await),
                 Err(e) => reject(stream, &key, orig_dst, &e).await,
             }
         })
@@ -70,14 +71,11 @@ impl ConnectionHandler for DirectHandler {
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let key = pod.workload.key();
-            // Loop guard: our own app connections come from the pod IP and are never
-            // steered (sk_lookup skips them); if one arrives anyway, do not re-forward it.
-            if peer.ip() == std::net::IpAddr::V4(pod.workload.ip) {
-                tracing::warn!(pod = %key, %peer, %orig_dst, "inbound from the pod's own address refused (steering loop)");
+            if is_steering_loop(&pod, peer, orig_dst) {
                 return;
             }
             match connect_from(&pod.netns, orig_dst).await {
-                Ok(app) => relay(stream, app, &key, orig_dst).await,
+                Ok(app) => drop(relay(stream, app, &key, orig_dst).await),
                 Err(e) => reject(stream, &key, orig_dst, &e).await,
             }
         })
@@ -91,7 +89,17 @@ impl ConnectionHandler for DirectHandler {
     }
 }
 
-async fn connect_from(netns: &PodNetns, dst: SocketAddrV4) -> io::Result<TcpStream> {
+/// Loop guard: the pod's own app connections come from the pod IP and are never
+/// steered (sk_lookup skips them); one that arrives anyway must not be forwarded back.
+pub fn is_steering_loop(pod: &CapturedPod, peer: SocketAddr, orig_dst: SocketAddrV4) -> bool {
+    let looped = peer.ip() == std::net::IpAddr::V4(pod.workload.ip);
+    if looped {
+        tracing::warn!(pod = %pod.workload.key(), %peer, %orig_dst, "inbound from the pod's own address refused (steering loop)");
+    }
+    looped
+}
+
+pub async fn connect_from(netns: &PodNetns, dst: SocketAddrV4) -> io::Result<TcpStream> {
     let sock = netns.tcp_socket().await?;
     let s = sock.connect(SocketAddr::V4(dst)).await?;
     s.set_nodelay(true)?;
@@ -100,16 +108,23 @@ async fn connect_from(netns: &PodNetns, dst: SocketAddrV4) -> io::Result<TcpStre
 
 /// Copies both ways until both sides are done; an EOF on one side becomes a write
 /// shutdown on the other (half-close), as the client would see without the mesh.
-pub async fn relay(mut down: TcpStream, mut up: TcpStream, pod: &str, dst: SocketAddrV4) {
+/// `sent` is what the client (`down`) sent; a relay that ended in an error counts 0.
+pub async fn relay(mut down: TcpStream, mut up: TcpStream, pod: &str, dst: SocketAddrV4) -> Copied {
     let _ = down.set_nodelay(true);
     match tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, RELAY_BUF, RELAY_BUF).await {
-        Ok((tx, rx)) => tracing::debug!(%pod, %dst, tx, rx, "connection closed"),
-        Err(e) => tracing::debug!(%pod, %dst, "connection ended with error: {e}"),
+        Ok((sent, received)) => {
+            tracing::debug!(%pod, %dst, sent, received, "connection closed");
+            Copied { sent, received }
+        }
+        Err(e) => {
+            tracing::debug!(%pod, %dst, "connection ended with error: {e}");
+            Copied::default()
+        }
     }
 }
 
 /// The upstream refused: reset the client so it sees a failure, not a clean EOF.
-async fn reject(mut stream: TcpStream, pod: &str, dst: SocketAddrV4, e: &io::Error) {
+pub async fn reject(mut stream: TcpStream, pod: &str, dst: SocketAddrV4, e: &io::Error) {
     tracing::debug!(%pod, %dst, "upstream connect failed: {e}");
     // Linger 0 turns the close into a RST; closing a non-blocking socket never blocks.
     let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));

@@ -79,7 +79,7 @@ struct TestInbound {
     /// A watch so tests wait for a refusal instead of polling for it.
     refusals: tokio::sync::watch::Sender<Vec<&'static str>>,
     peers: Mutex<Vec<rustls_pki_types::CertificateDer<'static>>>,
-    closed: Mutex<Vec<Copied>>,
+    closed: Arc<Mutex<Vec<Copied>>>,
     /// The `traceparent` of each CONNECT carried.
     traceparents: Mutex<Vec<Option<mesh_hbone::TraceParent>>>,
 }
@@ -101,12 +101,12 @@ impl Inbound for TestInbound {
         self.traceparents.lock().unwrap().push(req.traceparent);
         Box::pin(async move { TcpStream::connect(target).await.map(Upstream::Tcp) })
     }
-    fn refused(&self, reason: mesh_hbone::RefusalReason) {
+    fn refused(&self, reason: mesh_hbone::RefusalReason, _: Option<&InboundRequest>) {
         self.refusals.send_modify(|r| r.push(reason.as_str()));
     }
-    fn opened(&self, _: &InboundRequest) {}
-    fn closed(&self, _: &InboundRequest, copied: Copied) {
-        self.closed.lock().unwrap().push(copied);
+    fn opened(&self, _: &InboundRequest) -> mesh_hbone::server::Closed {
+        let closed = self.closed.clone();
+        Box::new(move |copied| closed.lock().unwrap().push(copied))
     }
 }
 

@@ -81,6 +81,12 @@ pub struct MeshArgs {
     /// the view to learn it before passthrough, in milliseconds.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub unknown_destination_wait_ms: u64,
+
+    /// One line per connection the mesh data path carries or refuses (the waypoint's
+    /// flag): `text` through the log (target `mesh_node::access`), `json` one object per
+    /// line on stdout, `off` none.
+    #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub access_log_format: mesh_common::telemetry::access_log::AccessLogFormat,
 }
 
 fn fraction(s: &str) -> Result<f64, String> {

@@ -9,31 +9,43 @@ use http::StatusCode;
 
 use mesh_hbone::RefusalReason;
 
-use super::metrics::{Direction, Reporter, Security, TcpLabels, TcpMetrics};
+use super::metrics::{Direction, Reporter, Security};
+use super::peers;
+use super::telemetry::{Conn, Telemetry};
 use crate::capture::handler::{BoxFuture, CapturedPod};
 use crate::config::StateRx;
-use crate::hbone::relay::Copied;
-use crate::hbone::server::{Inbound, InboundRequest, Refused, Upstream};
+use crate::hbone::server::{Closed, Inbound, InboundRequest, Refused, Upstream};
 use crate::policy::authz::{self, Connection};
 use crate::state::{MeshState, Workload};
 
 pub struct PodInbound {
     pod: Arc<CapturedPod>,
     state: StateRx,
-    metrics: TcpMetrics,
+    telemetry: Telemetry,
 }
 
 impl PodInbound {
-    pub fn new(pod: Arc<CapturedPod>, state: StateRx, metrics: TcpMetrics) -> Self {
-        Self { pod, state, metrics }
+    pub fn new(pod: Arc<CapturedPod>, state: StateRx, telemetry: Telemetry) -> Self {
+        Self { pod, state, telemetry }
     }
 
-    fn labels(&self, req: &InboundRequest) -> TcpLabels {
+    /// The stream as the destination reports it: the source the TLS peer proved (or the
+    /// client a waypoint names), this pod, the Service selecting it on the target port.
+    fn conn(&self, req: &InboundRequest) -> Conn {
         let state = self.state.borrow();
-        let source = forwarded_source(&state, req);
-        TcpLabels::new(Reporter::destination, Security::mutual_tls)
-            .source(source.map(|w| &**w), Some(req.conn.peer_id.to_string()))
-            .destination(Some(&self.pod.workload), None)
+        let peer_id = req.conn.peer_id.to_string();
+        let source = peers::hbone_source(&state, req.conn.peer_addr, &peer_id, req.forwarded_for.as_deref());
+        let (destination, service) = peers::local_destination(&state, &self.pod.workload, req.target.port());
+        Conn {
+            reporter: Reporter::destination,
+            security: Security::mutual_tls,
+            source,
+            destination,
+            service,
+            downstream: req.conn.peer_addr,
+            requested: req.target,
+            upstream: req.target,
+        }
     }
 
     /// AuthorizationPolicy for this stream: the peer's principal, its address (the
@@ -111,16 +123,16 @@ impl Inbound for PodInbound {
         })
     }
 
-    fn refused(&self, reason: RefusalReason) {
-        self.metrics.refused(Direction::inbound, reason);
+    fn refused(&self, reason: RefusalReason, req: Option<&InboundRequest>) {
+        self.telemetry.metrics.refused(Direction::inbound, reason);
+        if let Some(req) = req {
+            self.telemetry.failed(self.conn(req), reason);
+        }
     }
 
-    fn opened(&self, req: &InboundRequest) {
-        self.metrics.opened(&self.labels(req));
-    }
-
-    fn closed(&self, req: &InboundRequest, copied: Copied) {
+    fn opened(&self, req: &InboundRequest) -> Closed {
+        let open = self.telemetry.open(self.conn(req));
         // Istio counts bytes from the client's side: what the client sent arrived here.
-        self.metrics.closed(&self.labels(req), copied.received, copied.sent);
+        Box::new(move |copied| open.close(copied.received, copied.sent))
     }
 }

@@ -1,5 +1,5 @@
-//! Istio's TCP metrics (same names and labels, so dashboards carry over) and refusal
-//! counters by reason.
+//! Istio's TCP metrics (same names and labels as Istio's, so Kiali's and Grafana's
+//! queries carry over) and refusal counters by reason.
 
 use std::fmt::Write as _;
 
@@ -9,78 +9,47 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::state::Workload;
+use mesh_common::telemetry::PeerLabels;
+pub use mesh_common::telemetry::Security;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)] // label values as Istio spells them
 pub enum Reporter {
     source,
     destination,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Security {
-    mutual_tls,
+pub enum Protocol {
+    tcp,
 }
 
+/// Istio's TCP label set: the reporter, both peers and the Service (the waypoint's
+/// shared [`PeerLabels`]), the protocol, flags and whether mutual TLS carried it.
+/// `response_flags` is `-`: connections that fail are not counted as opened (they are
+/// in `mesh_connections_refused_total` and the access log, with their flag).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: Reporter,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_service: String,
-    pub request_protocol: String,
+    pub request_protocol: Protocol,
+    pub response_flags: &'static str,
     pub connection_security_policy: Security,
+    /// Last: the derive can flatten only the last field.
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
 }
 
 impl TcpLabels {
-    pub fn new(reporter: Reporter, security: Security) -> Self {
+    pub fn new(reporter: Reporter, security: Security, peers: PeerLabels) -> Self {
         Self {
             reporter,
-            source_workload: unknown(),
-            source_workload_namespace: unknown(),
-            source_principal: unknown(),
-            destination_workload: unknown(),
-            destination_workload_namespace: unknown(),
-            destination_principal: unknown(),
-            destination_service: unknown(),
-            request_protocol: "tcp".into(),
+            peers,
+            request_protocol: Protocol::tcp,
+            response_flags: "-",
             connection_security_policy: security,
         }
     }
-
-    pub fn source(mut self, w: Option<&Workload>, principal: Option<String>) -> Self {
-        if let Some(w) = w {
-            self.source_workload = w.name.clone();
-            self.source_workload_namespace = w.namespace.clone();
-            self.source_principal = w.identity();
-        }
-        if let Some(p) = principal {
-            self.source_principal = p;
-        }
-        self
-    }
-
-    pub fn destination(mut self, w: Option<&Workload>, service: Option<String>) -> Self {
-        if let Some(w) = w {
-            self.destination_workload = w.name.clone();
-            self.destination_workload_namespace = w.namespace.clone();
-            self.destination_principal = w.identity();
-        }
-        if let Some(s) = service {
-            self.destination_service = s;
-        }
-        self
-    }
-}
-
-fn unknown() -> String {
-    "unknown".into()
 }
 
 /// Where a refusal happened.

@@ -8,7 +8,9 @@ pub mod args;
 pub mod inbound;
 pub mod metrics;
 pub mod passthrough;
+pub mod peers;
 pub mod resolve;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -18,7 +20,10 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use tokio::net::TcpStream;
 
-use crate::capture::handler::{BoxFuture, CapturedPod, ConnectionHandler, DirectHandler};
+use crate::capture::handler::{
+    BoxFuture, CapturedPod, ConnectionHandler, DirectHandler, connect_from, is_steering_loop, reject,
+    relay as relay_plain,
+};
 use crate::config::StateRx;
 use crate::hbone::client::{Dial, HboneClient, TunnelTarget};
 use crate::hbone::relay::relay;
@@ -28,12 +33,15 @@ use crate::identity::source::RemoteCa;
 use crate::identity::{CertManager, ManagerConfig};
 use crate::policy::Mode;
 use crate::policy::authz::{self, Connection};
+use crate::state::ServiceEntry;
+use mesh_common::telemetry::{Peer, ServiceLabels};
 use mesh_hbone::RefusalReason;
 use mesh_hbone::ca::Backoff;
 use mesh_hbone::ca::{CaClient, CaClientConfig};
 pub use metrics::TcpMetrics;
-use metrics::{Direction, PassthroughReason, Reporter, Security, TcpLabels};
+use metrics::{Direction, PassthroughReason, Reporter, Security};
 use resolve::{Resolver, Route, v4};
+use telemetry::{Conn, Telemetry};
 
 /// The handler capture hands connections to: the mesh, or plain forwarding with
 /// `--data-path direct`.
@@ -76,6 +84,7 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
         idle_timeout: Duration::from_secs(m.hbone_idle_timeout_secs),
         cluster_cidrs: a.mesh.cluster_cidrs.clone(),
         unknown_destination_wait: Duration::from_millis(a.mesh.unknown_destination_wait_ms),
+        access_log: a.mesh.access_log_format,
     };
     if a.kubernetes && a.mesh.cluster_cidrs.is_empty() {
         tracing::warn!(
@@ -110,6 +119,8 @@ pub struct MeshSettings {
     /// Pod and Service CIDRs: an unknown destination there waits for the view.
     pub cluster_cidrs: Vec<crate::cli::Cidr>,
     pub unknown_destination_wait: Duration,
+    /// One line per connection (`--access-log-format`).
+    pub access_log: mesh_common::telemetry::access_log::AccessLogFormat,
 }
 
 pub struct MeshHandler {
@@ -118,7 +129,7 @@ pub struct MeshHandler {
     client: Arc<HboneClient>,
     roots: Arc<RootCertStore>,
     resolver: Resolver,
-    metrics: TcpMetrics,
+    telemetry: Telemetry,
     passthrough: passthrough::Passthrough,
     settings: MeshSettings,
     server_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
@@ -174,7 +185,10 @@ impl MeshHandler {
             roots,
             resolver: Resolver::default(),
             passthrough: passthrough::Passthrough::new(metrics.clone()),
-            metrics,
+            telemetry: Telemetry {
+                metrics,
+                access_log: settings.access_log,
+            },
             settings,
             server_configs: Mutex::new(HashMap::new()),
         }))
@@ -196,27 +210,45 @@ impl MeshHandler {
                 return route;
             }
             if self.settings.cluster_cidrs.is_empty() {
-                return Route::Passthrough(dst, PassthroughReason::unknown_no_cluster_cidrs);
+                return Route::Passthrough(dst, PassthroughReason::unknown_no_cluster_cidrs, None);
             }
             if !in_cluster {
-                return Route::Passthrough(dst, PassthroughReason::outside_cluster);
+                return Route::Passthrough(dst, PassthroughReason::outside_cluster, None);
             }
             match tokio::time::timeout_at(deadline, state.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => return Route::Passthrough(dst, PassthroughReason::unknown_in_cluster),
+                Ok(Err(_)) | Err(_) => return Route::Passthrough(dst, PassthroughReason::unknown_in_cluster, None),
             }
         }
     }
 
     async fn outbound(self: Arc<Self>, pod: Arc<CapturedPod>, orig_dst: SocketAddrV4, stream: TcpStream) {
-        match self.route(orig_dst).await {
-            Route::Passthrough(dst, reason) => {
+        let downstream = stream
+            .peer_addr()
+            .unwrap_or(SocketAddr::V4(SocketAddrV4::new(pod.workload.ip, 0)));
+        let route = self.route(orig_dst).await;
+        let conn = |upstream: SocketAddrV4, security, destination, service: Option<&Arc<ServiceEntry>>| Conn {
+            reporter: Reporter::source,
+            security,
+            source: self.local_source(&pod),
+            destination,
+            service: service.map_or_else(ServiceLabels::unknown, |s| ServiceLabels::of(s)),
+            downstream,
+            requested: v4(orig_dst),
+            upstream: v4(upstream),
+        };
+        match route {
+            Route::Passthrough(dst, reason, service) => {
                 self.passthrough.record(&pod, dst, reason);
-                DirectHandler.outbound(pod, dst, stream).await;
+                let destination = peers::remote(&self.state.borrow(), IpAddr::V4(*dst.ip()));
+                let c = conn(dst, Security::none, destination, service.as_ref());
+                self.forward_plaintext(stream, &pod, dst, c).await;
             }
             Route::Refuse(reason) => {
                 tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, %reason, "outbound connection refused");
-                self.metrics.refused(Direction::outbound, reason);
+                self.telemetry.metrics.refused(Direction::outbound, reason);
+                let c = conn(orig_dst, Security::mutual_tls, Peer::unknown(), None);
+                self.telemetry.failed(c, reason);
                 reset(stream);
             }
             Route::Tunnel {
@@ -226,43 +258,74 @@ impl MeshHandler {
                 workload,
                 service,
             } => {
-                let source = match self.certs.obtain(&pod.workload).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(pod = %pod.workload.key(), dst = %orig_dst, "outbound refused: {e}");
-                        self.metrics.refused(Direction::outbound, e.reason());
-                        return reset(stream);
-                    }
-                };
-                // One trace context per connection on CONNECT, as ztunnel sends.
-                let traceparent = mesh_hbone::TraceParent::random();
+                let c = conn(
+                    hbone,
+                    Security::mutual_tls,
+                    Peer::of_workload(&workload),
+                    service.as_ref(),
+                );
                 let target = TunnelTarget {
                     hbone_addr: v4(hbone),
                     identity,
                     authority: v4(authority),
                     forwarded_for: Some(IpAddr::V4(pod.workload.ip)),
-                    traceparent: Some(traceparent),
+                    // One trace context per connection on CONNECT, as ztunnel sends.
+                    traceparent: Some(mesh_hbone::TraceParent::random()),
                 };
-                match self.client.open(&source, &target, dial_from(&pod)).await {
-                    Ok(tunnel) => {
-                        let labels = TcpLabels::new(Reporter::source, Security::mutual_tls)
-                            .source(Some(&pod.workload), None)
-                            .destination(Some(&workload), service);
-                        self.metrics.opened(&labels);
-                        let (copied, err) = relay(stream, tunnel.send, tunnel.recv).await;
-                        if let Some(e) = err {
-                            tracing::debug!(pod = %pod.workload.key(), dst = %orig_dst, %traceparent, "tunnel ended with error: {e}");
-                        }
-                        self.metrics.closed(&labels, copied.sent, copied.received);
-                    }
-                    Err(e) => {
-                        tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, via = %hbone, %traceparent, "HBONE tunnel failed: {e}");
-                        self.metrics.refused(Direction::outbound, e.reason());
-                        reset(stream);
-                    }
-                }
+                self.tunnel(stream, &pod, target, c).await;
             }
         }
+    }
+
+    /// The source pod's labels from the current view (they may have changed since it
+    /// was enrolled).
+    fn local_source(&self, pod: &CapturedPod) -> Peer {
+        let state = self.state.borrow();
+        Peer::of_workload(state.workload(pod.workload.ip).unwrap_or(&pod.workload))
+    }
+
+    async fn tunnel(&self, stream: TcpStream, pod: &Arc<CapturedPod>, target: TunnelTarget, c: Conn) {
+        let key = pod.workload.key();
+        let source = match self.certs.obtain(&pod.workload).await {
+            Ok(cert) => cert,
+            Err(e) => {
+                tracing::warn!(pod = %key, dst = %target.authority, "outbound refused: {e}");
+                self.telemetry.metrics.refused(Direction::outbound, e.reason());
+                self.telemetry.failed(c, e.reason());
+                return reset(stream);
+            }
+        };
+        let traceparent = target.traceparent;
+        match self.client.open(&source, &target, dial_from(pod)).await {
+            Ok(tunnel) => {
+                let open = self.telemetry.open(c);
+                let (copied, err) = relay(stream, tunnel.send, tunnel.recv).await;
+                if let Some(e) = err {
+                    tracing::debug!(pod = %key, dst = %target.authority, ?traceparent, "tunnel ended with error: {e}");
+                }
+                open.close(copied.sent, copied.received);
+            }
+            Err(e) => {
+                tracing::info!(pod = %key, dst = %target.authority, via = %target.hbone_addr, ?traceparent, "HBONE tunnel failed: {e}");
+                self.telemetry.metrics.refused(Direction::outbound, e.reason());
+                self.telemetry.failed(c, e.reason());
+                reset(stream);
+            }
+        }
+    }
+
+    /// Plain TCP from the pod's netns to `dst` (passthrough), counted as `none`.
+    async fn forward_plaintext(&self, stream: TcpStream, pod: &CapturedPod, dst: SocketAddrV4, c: Conn) {
+        let upstream = match connect_from(&pod.netns, dst).await {
+            Ok(up) => up,
+            Err(e) => {
+                self.telemetry.failed(c, RefusalReason::ConnectFailed);
+                return reject(stream, &pod.workload.key(), dst, &e).await;
+            }
+        };
+        let open = self.telemetry.open(c);
+        let copied = relay_plain(stream, upstream, &pod.workload.key(), dst).await;
+        open.close(copied.sent, copied.received);
     }
 
     /// Plaintext on 15006: PeerAuthentication STRICT refuses it, then AuthorizationPolicy
@@ -281,6 +344,22 @@ impl MeshHandler {
         };
         let eval = authz::evaluate(&state, workload, conn);
         (!authz::allowed(&eval, workload, conn)).then_some(RefusalReason::Authorization)
+    }
+
+    /// PERMISSIVE plaintext arriving at a local pod: reported by the destination, `none`.
+    fn plaintext_conn(&self, pod: &CapturedPod, orig_dst: SocketAddrV4, peer: SocketAddr) -> Conn {
+        let state = self.state.borrow();
+        let (destination, service) = peers::local_destination(&state, &pod.workload, orig_dst.port());
+        Conn {
+            reporter: Reporter::destination,
+            security: Security::none,
+            source: peers::plaintext_source(&state, peer),
+            destination,
+            service,
+            downstream: peer,
+            requested: v4(orig_dst),
+            upstream: v4(orig_dst),
+        }
     }
 
     /// TLS settings for the pod's 15008, or the refusal reason when it has no valid certificate.
@@ -326,12 +405,19 @@ impl ConnectionHandler for SharedMeshHandler {
         peer: SocketAddr,
         stream: TcpStream,
     ) -> BoxFuture<'static, ()> {
-        if let Some(reason) = self.0.plaintext_refusal(&pod, orig_dst, peer) {
-            self.0.metrics.refused(Direction::plaintext, reason);
-            reset(stream);
-            return Box::pin(async {});
-        }
-        DirectHandler.inbound_plaintext(pod, orig_dst, peer, stream)
+        let mesh = self.0.clone();
+        Box::pin(async move {
+            let c = mesh.plaintext_conn(&pod, orig_dst, peer);
+            if let Some(reason) = mesh.plaintext_refusal(&pod, orig_dst, peer) {
+                mesh.telemetry.metrics.refused(Direction::plaintext, reason);
+                mesh.telemetry.failed(c, reason);
+                return reset(stream);
+            }
+            if is_steering_loop(&pod, peer, orig_dst) {
+                return;
+            }
+            mesh.forward_plaintext(stream, &pod, orig_dst, c).await;
+        })
     }
 
     fn hbone(&self, pod: Arc<CapturedPod>, peer: SocketAddr, stream: TcpStream) -> BoxFuture<'static, ()> {
@@ -341,11 +427,15 @@ impl ConnectionHandler for SharedMeshHandler {
                 Ok(s) => s,
                 Err(reason) => {
                     // Fail closed: no certificate, no TLS, no plaintext either.
-                    mesh.metrics.refused(Direction::inbound, reason);
+                    mesh.telemetry.metrics.refused(Direction::inbound, reason);
                     return reset(stream);
                 }
             };
-            let inbound = Arc::new(inbound::PodInbound::new(pod, mesh.state.clone(), mesh.metrics.clone()));
+            let inbound = Arc::new(inbound::PodInbound::new(
+                pod,
+                mesh.state.clone(),
+                mesh.telemetry.clone(),
+            ));
             server::serve(settings, stream, peer, inbound).await
         })
     }

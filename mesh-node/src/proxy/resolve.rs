@@ -22,10 +22,12 @@ pub enum Route {
         identity: SpiffeId,
         authority: SocketAddrV4,
         workload: Arc<Workload>,
-        service: Option<String>,
+        /// The Service whose VIP was asked for (its endpoint's or waypoint's).
+        service: Option<Arc<ServiceEntry>>,
     },
-    /// Plain TCP from the source pod, for the reason given (counted and logged).
-    Passthrough(SocketAddrV4, PassthroughReason),
+    /// Plain TCP from the source pod, for the reason given (counted and logged), with
+    /// the Service when a VIP led there.
+    Passthrough(SocketAddrV4, PassthroughReason, Option<Arc<ServiceEntry>>),
     /// Nothing can serve it: the client gets a reset.
     Refuse(RefusalReason),
 }
@@ -47,7 +49,7 @@ impl Resolver {
         Some(self.to_service(state, svc, dst))
     }
 
-    fn to_service(&self, state: &MeshState, svc: &ServiceEntry, dst: SocketAddrV4) -> Route {
+    fn to_service(&self, state: &MeshState, svc: &Arc<ServiceEntry>, dst: SocketAddrV4) -> Route {
         let Some(target) = svc.target_port(dst.port()) else {
             return Route::Refuse(RefusalReason::ServicePortUnknown);
         };
@@ -59,13 +61,13 @@ impl Resolver {
         match self.pick(svc, serving) {
             Some(ep) => {
                 let port = ep.port(&target).unwrap_or(dst.port());
-                to_workload(&ep, SocketAddrV4::new(ep.ip, port), Some(svc.hostname()))
+                to_workload(&ep, SocketAddrV4::new(ep.ip, port), Some(svc.clone()))
             }
             None => Route::Refuse(RefusalReason::NoHealthyUpstream),
         }
     }
 
-    fn to_waypoint(&self, state: &MeshState, svc: &ServiceEntry, waypoint: &str, dst: SocketAddrV4) -> Route {
+    fn to_waypoint(&self, state: &MeshState, svc: &Arc<ServiceEntry>, waypoint: &str, dst: SocketAddrV4) -> Route {
         let Some(wp_svc) = state.view.service_named(&svc.namespace, waypoint) else {
             return Route::Refuse(RefusalReason::WaypointUnknown);
         };
@@ -75,7 +77,7 @@ impl Resolver {
                 identity: SpiffeId::new(&wp.trust_domain, &wp.namespace, &wp.service_account),
                 authority: dst,
                 workload: wp,
-                service: Some(svc.hostname()),
+                service: Some(svc.clone()),
             },
             None => Route::Refuse(RefusalReason::WaypointUnavailable),
         }
@@ -95,9 +97,9 @@ impl Resolver {
     }
 }
 
-fn to_workload(w: &Arc<Workload>, dst: SocketAddrV4, service: Option<String>) -> Route {
+fn to_workload(w: &Arc<Workload>, dst: SocketAddrV4, service: Option<Arc<ServiceEntry>>) -> Route {
     if !w.enrolled && !w.proxy {
-        return Route::Passthrough(dst, PassthroughReason::not_in_mesh);
+        return Route::Passthrough(dst, PassthroughReason::not_in_mesh, service);
     }
     Route::Tunnel {
         hbone: SocketAddrV4::new(w.ip, HBONE_PORT),
@@ -240,7 +242,8 @@ spec: {clusterIP: 198.19.0.30, selector: {app: web}, ports: [{port: 80, targetPo
             r.resolve(&state, addr("198.18.1.9:80")),
             Some(Route::Passthrough(
                 addr("198.18.1.9:80"),
-                PassthroughReason::not_in_mesh
+                PassthroughReason::not_in_mesh,
+                None
             ))
         );
         assert_eq!(r.resolve(&state, addr("198.18.200.1:80")), None, "not in the view");

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
-use mesh_hbone::relay::Copied;
-use mesh_hbone::server::{self, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
+use mesh_hbone::server::{self, Closed, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
 use mesh_hbone::{BoxFuture, RefusalReason};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -66,7 +65,7 @@ impl Inbound for WaypointInbound {
         })
     }
 
-    fn refused(&self, reason: RefusalReason) {
+    fn refused(&self, reason: RefusalReason, _req: Option<&InboundRequest>) {
         *self
             .stats
             .refused
@@ -76,11 +75,10 @@ impl Inbound for WaypointInbound {
             .or_default() += 1;
     }
 
-    fn opened(&self, _req: &InboundRequest) {
+    fn opened(&self, _req: &InboundRequest) -> Closed {
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        Box::new(|_| {})
     }
-
-    fn closed(&self, _req: &InboundRequest, _copied: Copied) {}
 }
 
 /// Accepts HBONE until `stop` flips.

@@ -1,23 +1,15 @@
 //! One structured line per request: route, backend, endpoint, attempts, flags, timing.
 //! `text` goes through the log (key=value); `json` writes one JSON object per line on
-//! stdout with Envoy's usual access-log fields, for log pipelines.
+//! stdout with Envoy's usual access-log fields, for log pipelines; `off` writes nothing.
 
-use std::io::Write as _;
 use std::time::{Instant, SystemTime};
 
 use serde_json::json;
 
 use super::local_reply::Flag;
 
-/// `--access-log-format`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum AccessLogFormat {
-    /// key=value through the log (stderr), target `mesh_waypoint::access`.
-    #[default]
-    Text,
-    /// One JSON object per line on stdout.
-    Json,
-}
+pub use mesh_common::telemetry::access_log::AccessLogFormat;
+use mesh_common::telemetry::access_log::{rfc3339, write_json};
 
 #[derive(Default)]
 pub struct AccessLog {
@@ -64,21 +56,14 @@ impl AccessLog {
 
     /// Envoy's response flags, comma-separated, `-` when none.
     pub fn flags_text(&self) -> String {
-        let flags: Vec<&str> = self.flags.iter().map(|f| f.code()).collect();
-        if flags.is_empty() {
-            "-".to_owned()
-        } else {
-            flags.join(",")
-        }
+        mesh_common::telemetry::flags_text(&self.flags)
     }
 
     pub fn emit(&self, format: AccessLogFormat, x: &Exchange<'_>) {
         match format {
             AccessLogFormat::Text => self.emit_text(x),
-            AccessLogFormat::Json => {
-                // A failed stdout write (closed pipe) must not fail the request.
-                let _ = writeln!(std::io::stdout().lock(), "{}", self.json_line(x));
-            }
+            AccessLogFormat::Json => write_json(&self.json_line(x)),
+            AccessLogFormat::Off => {}
         }
     }
 
@@ -101,12 +86,9 @@ impl AccessLog {
     }
 
     /// Envoy's default access-log fields, by their usual JSON names.
-    pub fn json_line(&self, x: &Exchange<'_>) -> String {
-        let start = time::OffsetDateTime::from(x.start_time)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+    pub fn json_line(&self, x: &Exchange<'_>) -> serde_json::Value {
         json!({
-            "start_time": start,
+            "start_time": rfc3339(x.start_time),
             "method": x.method.as_str(),
             "path": x.path,
             "protocol": format!("{:?}", x.version),
@@ -125,7 +107,6 @@ impl AccessLog {
             "authorization_policy": self.policy,
             "jwt_refusal": self.jwt,
         })
-        .to_string()
     }
 }
 
@@ -156,7 +137,7 @@ mod tests {
             started: Instant::now(),
             start_time: SystemTime::UNIX_EPOCH,
         };
-        let v: serde_json::Value = serde_json::from_str(&log.json_line(&x)).expect("one JSON object");
+        let v = log.json_line(&x);
         assert_eq!(v["start_time"], "1970-01-01T00:00:00Z");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["protocol"], "HTTP/1.1");

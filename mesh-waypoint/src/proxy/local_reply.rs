@@ -8,50 +8,8 @@ use crate::body::{self, Body};
 pub const REASON_HEADER: &str = "x-mesh-reason";
 pub const FLAGS_HEADER: &str = "x-mesh-flags";
 
-/// Envoy-style response flags, so operators' habits carry over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flag {
-    /// No route matched (or the host is unknown).
-    NoRoute,
-    /// Fault injection: delay.
-    DelayInjected,
-    /// Fault injection: abort.
-    FaultInjected,
-    /// Circuit breaker overflow.
-    Overflow,
-    /// No healthy upstream endpoint.
-    NoHealthy,
-    /// Upstream connect failure.
-    ConnectFailure,
-    /// Upstream reset.
-    Reset,
-    /// Per-try or route timeout.
-    Timeout,
-    /// A retry was wanted but `maxRetries` was reached.
-    RetryOverflow,
-    /// Refused by an AuthorizationPolicy (Envoy's RBAC filter code).
-    Rbac,
-    /// A JWT that RequestAuthentication could not verify (401).
-    JwtInvalid,
-}
-
-impl Flag {
-    pub fn code(self) -> &'static str {
-        match self {
-            Flag::NoRoute => "NR",
-            Flag::DelayInjected => "DI",
-            Flag::FaultInjected => "FI",
-            Flag::Overflow => "UO",
-            Flag::NoHealthy => "UH",
-            Flag::ConnectFailure => "UF",
-            Flag::Reset => "UR",
-            Flag::Timeout => "UT",
-            Flag::RetryOverflow => "URX",
-            Flag::Rbac => "RBAC",
-            Flag::JwtInvalid => "JWT",
-        }
-    }
-}
+/// Envoy-style response flags (shared with the node daemon's access log).
+pub use mesh_common::telemetry::Flag;
 
 pub fn reply(status: StatusCode, flag: Flag, reason: &str) -> Response<Body> {
     let mut resp = Response::new(body::full(format!("{reason}\n")));

@@ -11,7 +11,7 @@ use super::handler::Ctx;
 use super::server::PeerIdentity;
 use crate::body::Body;
 use crate::config::snapshot::Snapshot;
-use crate::metrics::{Observation, Peer, Protocol, Security};
+use crate::metrics::{Observation, Peer, Protocol, Security, ServiceLabels};
 
 pub(super) fn observe(
     snap: &Snapshot,
@@ -26,7 +26,7 @@ pub(super) fn observe(
         .discovery
         .pods_by_ip
         .get(&ctx.peer.ip())
-        .map(Peer::of_pod)
+        .map(Peer::of_workload)
         .unwrap_or_else(Peer::unknown);
     // Istio reports a principal only when mutual TLS proved it.
     source.principal = match identity {
@@ -36,7 +36,7 @@ pub(super) fn observe(
     let destination = log
         .endpoint_ip
         .and_then(|ip| snap.discovery.pods_by_ip.get(&ip))
-        .map(Peer::of_pod)
+        .map(Peer::of_workload)
         .unwrap_or_else(Peer::unknown);
     let grpc = is_grpc(parts.headers.get(http::header::CONTENT_TYPE));
     Observation {
@@ -73,14 +73,17 @@ fn is_grpc(content_type: Option<&http::HeaderValue>) -> bool {
 
 /// `destination_service`, `_name`, `_namespace`; a host that is no Service of the
 /// configuration keeps its name and gets `unknown` for the other two.
-fn service_labels(snap: &Snapshot, fqdn: &str) -> (String, String, String) {
+fn service_labels(snap: &Snapshot, fqdn: &str) -> ServiceLabels {
     match snap.service(fqdn) {
-        Some(svc) => (
-            fqdn.to_owned(),
-            fqdn.split('.').next().unwrap_or(fqdn).to_owned(),
-            svc.namespace.clone(),
-        ),
-        None => (fqdn.to_owned(), "unknown".into(), "unknown".into()),
+        Some(svc) => ServiceLabels {
+            host: fqdn.to_owned(),
+            name: fqdn.split('.').next().unwrap_or(fqdn).to_owned(),
+            namespace: svc.namespace.clone(),
+        },
+        None => ServiceLabels {
+            host: fqdn.to_owned(),
+            ..ServiceLabels::unknown()
+        },
     }
 }
 
@@ -112,6 +115,6 @@ pub(super) fn finished<'a>(
         request_size: log.request_bytes,
         response_size: x.response_bytes,
         source_principal: x.peer_principal.map(|p| format!("spiffe://{p}")),
-        destination_principal: destination.map(|p| Peer::of_pod(p).principal),
+        destination_principal: destination.map(|p| Peer::of_workload(p).principal),
     }
 }
