@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::BoxFuture;
 use crate::tls::{self, TLS_BUFFER_LIMIT};
-use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
+use crate::{BAGGAGE, CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
 use crate::{RefusalReason, SpiffeId, WorkloadCert};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,9 @@ pub struct TunnelTarget {
     pub forwarded_for: Option<IpAddr>,
     /// Sent as `traceparent` (the node daemon sends one per connection, as ztunnel does).
     pub traceparent: Option<crate::TraceParent>,
+    /// Sent as `baggage`: the source workload's metadata, as ztunnel sends it
+    /// (`k8s.cluster.name=…,k8s.namespace.name=…,k8s.deployment.name=…,service.name=…,service.version=…`).
+    pub baggage: Option<String>,
 }
 
 /// Makes the TCP connection to the HBONE endpoint (from the source pod's netns).
@@ -154,6 +157,9 @@ impl HboneClient {
         }
         if let Some(tp) = &target.traceparent {
             req = req.header(crate::traceparent::TRACEPARENT, tp.to_string());
+        }
+        if let Some(b) = &target.baggage {
+            req = req.header(BAGGAGE, b.as_str());
         }
         let req = req.body(()).map_err(|e| {
             HboneError::Status {

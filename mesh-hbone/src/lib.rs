@@ -45,6 +45,8 @@ pub const READ_CHUNK: usize = 256 << 10;
 pub const FIRST_READ_CHUNK: usize = 8 << 10;
 /// The `forwarded` header carries the original client address (RFC 7239).
 pub const FORWARDED: &str = "forwarded";
+/// W3C baggage on CONNECT: the source workload's metadata (ztunnel's keys).
+pub const BAGGAGE: &str = "baggage";
 
 /// glibc 2.36's `rep movsb` memcpy crawls on the misaligned copies rustls makes for every
 /// record (docs/tunnel-tuning.md, "The glibc finding": +28% one-stream throughput). The tunable

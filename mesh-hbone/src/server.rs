@@ -18,7 +18,7 @@ use crate::BoxFuture;
 use crate::relay::{Copied, relay};
 use crate::stream::H2Stream;
 use crate::tls::{self, TLS_BUFFER_LIMIT};
-use crate::{CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
+use crate::{BAGGAGE, CONNECTION_WINDOW, FORWARDED, MAX_FRAME, STREAM_WINDOW};
 use crate::{RefusalReason, SpiffeId};
 
 #[derive(Clone)]
@@ -44,6 +44,8 @@ pub struct InboundRequest {
     pub forwarded_for: Option<String>,
     /// The connection's `traceparent`, when the peer sent a valid one.
     pub traceparent: Option<crate::TraceParent>,
+    /// The `baggage` the peer sent (its word about the source workload; unverified).
+    pub baggage: Option<String>,
 }
 
 /// A CONNECT the server will not carry, with the status it answers.
@@ -225,11 +227,17 @@ fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundReq
         .get(crate::traceparent::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::TraceParent::parse);
+    let baggage = parts
+        .headers
+        .get(BAGGAGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     Ok(InboundRequest {
         conn,
         target,
         forwarded_for,
         traceparent,
+        baggage,
     })
 }
 

@@ -120,6 +120,12 @@ struct RunArgs {
     #[arg(long, env = "MESH_OTLP_QUEUE_SIZE", default_value_t = mesh_waypoint::trace::DEFAULT_QUEUE_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
     otlp_queue_size: usize,
+    /// Tracing: the share of new traces recorded, 0.0–1.0 (default 1.0: all). A request
+    /// that arrives with a trace context follows its sampled flag. Istio's default is 1%:
+    /// `0.01`.
+    #[arg(long, env = "MESH_TRACE_SAMPLING", default_value_t = mesh_waypoint::trace::DEFAULT_SAMPLING,
+          value_parser = mesh_waypoint::trace::parse_sampling)]
+    trace_sampling: f64,
     /// Gateway names this proxy serves (repeatable); VirtualServices bound to other gateways are ignored.
     #[arg(long = "gateway", default_value = "mesh")]
     gateways: Vec<String>,
@@ -269,6 +275,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     endpoint,
                     queue_size: args.otlp_queue_size,
                     service_name: service,
+                    sampling: args.trace_sampling,
                 }),
         };
         let hbone = match args.hbone.options(&opts.namespace)? {

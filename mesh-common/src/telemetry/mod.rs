@@ -106,16 +106,32 @@ impl Peer {
 /// `pod-template-hash: 7d4b9c`) is workload `reviews-v1`; a Job's pod is its `job-name`
 /// label; other pods are their own.
 pub fn workload_name(pod: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+    owner(pod, labels).1
+}
+
+/// The owning workload's kind (`deployment`, `job`, `pod`) and name.
+fn owner(pod: &str, labels: &std::collections::BTreeMap<String, String>) -> (&'static str, String) {
     if let Some(hash) = labels.get("pod-template-hash")
         && let Some(at) = pod.rfind(&format!("-{hash}-"))
         && at > 0
     {
-        return pod[..at].to_owned();
+        return ("deployment", pod[..at].to_owned());
     }
     if let Some(job) = labels.get("job-name").filter(|j| !j.is_empty()) {
-        return job.clone();
+        return ("job", job.clone());
     }
-    pod.to_owned()
+    ("pod", pod.to_owned())
+}
+
+/// The W3C `baggage` ztunnel sends on CONNECT for a source workload: cluster,
+/// namespace, owning workload by kind, canonical service and revision.
+pub fn baggage(w: &Workload, cluster: &str) -> String {
+    let (kind, name) = owner(&w.name, &w.labels);
+    let p = Peer::of_workload(w);
+    format!(
+        "k8s.cluster.name={cluster},k8s.namespace.name={},k8s.{kind}.name={name},service.name={},service.version={}",
+        w.namespace, p.canonical_service, p.canonical_revision
+    )
 }
 
 /// `destination_service`, `_name`, `_namespace`.

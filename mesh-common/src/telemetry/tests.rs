@@ -45,6 +45,22 @@ fn workload_and_canonical_labels_follow_istio() {
 }
 
 #[test]
+fn baggage_names_the_source_as_ztunnel_does() {
+    let w = workload(
+        "reviews-v2-7d4b9c-x2x9q",
+        &[("app", "reviews"), ("version", "v2"), ("pod-template-hash", "7d4b9c")],
+    );
+    assert_eq!(
+        baggage(&w, "Kubernetes"),
+        "k8s.cluster.name=Kubernetes,k8s.namespace.name=bookinfo,k8s.deployment.name=reviews-v2,\
+         service.name=reviews,service.version=v2"
+    );
+    assert!(
+        baggage(&workload("solo", &[]), "c1").contains(",k8s.pod.name=solo,service.name=solo,service.version=latest")
+    );
+}
+
+#[test]
 fn a_hash_that_is_not_in_the_name_keeps_the_pod_name() {
     let labels = [("pod-template-hash".to_string(), "abc".to_string())].into();
     assert_eq!(workload_name("web-1", &labels), "web-1");

@@ -82,6 +82,8 @@ struct TestInbound {
     closed: Arc<Mutex<Vec<Copied>>>,
     /// The `traceparent` of each CONNECT carried.
     traceparents: Mutex<Vec<Option<mesh_hbone::TraceParent>>>,
+    /// The `baggage` of each CONNECT carried.
+    baggage: Mutex<Vec<Option<String>>>,
 }
 
 impl Inbound for TestInbound {
@@ -99,6 +101,7 @@ impl Inbound for TestInbound {
         let target = req.target;
         self.peers.lock().unwrap().push(req.conn.peer_cert.clone());
         self.traceparents.lock().unwrap().push(req.traceparent);
+        self.baggage.lock().unwrap().push(req.baggage.clone());
         Box::pin(async move { TcpStream::connect(target).await.map(Upstream::Tcp) })
     }
     fn refused(&self, reason: mesh_hbone::RefusalReason, _: Option<&InboundRequest>) {
@@ -170,6 +173,7 @@ fn target(hbone: SocketAddr, identity: SpiffeId, app: SocketAddr) -> TunnelTarge
         authority: app,
         forwarded_for: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))),
         traceparent: None,
+        baggage: None,
     }
 }
 
@@ -246,7 +250,7 @@ async fn large_transfer_is_intact_and_streams_share_one_connection() {
 }
 
 #[tokio::test]
-async fn connect_carries_the_connections_traceparent_as_ztunnel_does() {
+async fn connect_carries_the_connections_traceparent_and_baggage_as_ztunnel_does() {
     let pki = Pki::new();
     let (a, b) = (pki.valid(&id("a")), pki.valid(&id("b")));
     let inbound = Arc::new(TestInbound::default());
@@ -254,13 +258,16 @@ async fn connect_carries_the_connections_traceparent_as_ztunnel_does() {
     let app = start_echo().await;
     let c = client(&pki);
     let tp = mesh_hbone::TraceParent::random();
+    let baggage = "k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=a,service.name=a,service.version=v1";
     let with = TunnelTarget {
         traceparent: Some(tp),
+        baggage: Some(baggage.into()),
         ..target(srv, id("b"), app)
     };
     echo_roundtrip(tunneled_socket(&c, &a, &with).await.unwrap(), 1024).await;
     echo_roundtrip(tunneled_socket(&c, &a, &target(srv, id("b"), app)).await.unwrap(), 1024).await;
     assert_eq!(*inbound.traceparents.lock().unwrap(), vec![Some(tp), None]);
+    assert_eq!(*inbound.baggage.lock().unwrap(), vec![Some(baggage.to_owned()), None]);
 }
 
 #[tokio::test]

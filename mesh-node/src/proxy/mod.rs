@@ -269,8 +269,10 @@ impl MeshHandler {
                     identity,
                     authority: v4(authority),
                     forwarded_for: Some(IpAddr::V4(pod.workload.ip)),
-                    // One trace context per connection on CONNECT, as ztunnel sends.
+                    // One trace context per connection on CONNECT, and the source's
+                    // metadata as baggage, as ztunnel sends them.
                     traceparent: Some(mesh_hbone::TraceParent::random()),
+                    baggage: Some(self.source_baggage(&pod)),
                 };
                 self.tunnel(stream, &pod, target, c).await;
             }
@@ -282,6 +284,12 @@ impl MeshHandler {
     fn local_source(&self, pod: &CapturedPod) -> Peer {
         let state = self.state.borrow();
         Peer::of_workload(state.workload(pod.workload.ip).unwrap_or(&pod.workload))
+    }
+
+    fn source_baggage(&self, pod: &CapturedPod) -> String {
+        let state = self.state.borrow();
+        let w = state.workload(pod.workload.ip).unwrap_or(&pod.workload);
+        mesh_common::telemetry::baggage(w, &self.settings.ca.cluster_id)
     }
 
     async fn tunnel(&self, stream: TcpStream, pod: &Arc<CapturedPod>, target: TunnelTarget, c: Conn) {

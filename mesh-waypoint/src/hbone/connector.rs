@@ -65,6 +65,7 @@ impl HboneConnector {
             authority: addr,
             forwarded_for: None,
             traceparent: None,
+            baggage: None,
         })
     }
 }

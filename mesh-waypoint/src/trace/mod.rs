@@ -35,6 +35,30 @@ pub struct OtlpOptions {
     pub queue_size: usize,
     /// `service.name` of the exported spans (`<workload>.<namespace>`, as Istio's proxies).
     pub service_name: String,
+    /// Share of new traces recorded (`--trace-sampling`, 0.0–1.0); a request whose
+    /// caller sent a trace context follows the caller's sampled flag instead.
+    pub sampling: f64,
+}
+
+/// `--trace-sampling` default: every new trace (Istio's mesh default is 1%, `1.0`
+/// percent in its `meshConfig`; set `0.01` for the same).
+pub const DEFAULT_SAMPLING: f64 = 1.0;
+
+/// The sampler: the parent's decision when there is one, else `ratio` of new traces.
+pub(crate) fn sampler(ratio: f64) -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio.clamp(0.0, 1.0))))
+}
+
+/// Parses `--trace-sampling`: a fraction from 0.0 to 1.0.
+pub fn parse_sampling(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!(
+            "{f} is not between 0.0 and 1.0 (a share of new traces, not a percentage)"
+        ))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +76,7 @@ pub fn start(opts: Option<&OtlpOptions>) -> Result<Option<std::sync::Arc<Request
     tracing::info!(
         endpoint = opts.endpoint,
         queue = opts.queue_size,
+        sampling = opts.sampling,
         service = opts.service_name,
         "exporting request spans over OTLP/gRPC"
     );
@@ -92,7 +117,7 @@ impl RequestTracer {
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_resource(resource)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .with_sampler(sampler(opts.sampling))
             .build();
         Ok(Self::with_provider(provider))
     }

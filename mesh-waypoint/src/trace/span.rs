@@ -132,11 +132,42 @@ mod tests {
     }
 
     fn tracer() -> (RequestTracer, Kept) {
+        sampling_tracer(crate::trace::DEFAULT_SAMPLING)
+    }
+
+    fn sampling_tracer(ratio: f64) -> (RequestTracer, Kept) {
         let exporter = Kept::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
+            .with_sampler(crate::trace::sampler(ratio))
             .build();
         (RequestTracer::with_provider(provider), exporter)
+    }
+
+    /// `--trace-sampling` decides new traces only; a caller's sampled flag wins.
+    #[test]
+    fn sampling_ratio_applies_to_new_traces_and_the_parent_decides_otherwise() {
+        let count = |ratio: f64, traceparent: Option<&'static str>| {
+            let (t, exported) = sampling_tracer(ratio);
+            let mut h = HeaderMap::new();
+            if let Some(tp) = traceparent {
+                h.insert("traceparent", http::HeaderValue::from_static(tp));
+            }
+            for _ in 0..20 {
+                t.begin(&h, "reviews:9080/*".into(), SystemTime::now())
+                    .finish(finished(200, "-"));
+            }
+            exported.get_finished_spans().map_or(0, |s| s.len())
+        };
+        const SAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        const NOT_SAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        assert_eq!(count(1.0, None), 20);
+        assert_eq!(count(0.0, None), 0);
+        assert_eq!(count(0.0, Some(SAMPLED)), 20, "the caller sampled it");
+        assert_eq!(count(1.0, Some(NOT_SAMPLED)), 0, "the caller did not");
+        assert!(crate::trace::parse_sampling("0.01").is_ok());
+        assert!(crate::trace::parse_sampling("1.5").is_err());
+        assert!(crate::trace::parse_sampling("-0.1").is_err());
     }
 
     fn finished(status: u16, flags: &str) -> Finished<'static> {
