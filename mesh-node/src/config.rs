@@ -1,37 +1,83 @@
-//! Keeps [`MeshState`] current: polls the configuration directory, applies changes
-//! to the store (bad objects keep their last good version) and publishes a new
-//! state to every subsystem through a `watch` channel. Kubernetes mode
-//! ([`crate::kubernetes`]) feeds the same [`Publisher`] from the API server.
+//! Keeps [`MeshState`] current from either configuration source (a directory, or the
+//! API server with `--kubernetes`): mesh-common's [`Feed`] follows the source, and the
+//! [`Publisher`] — the node daemon's [`Sink`] — builds each new state from the store
+//! and publishes it to every subsystem through a `watch` channel, with the source's
+//! health in readiness detail and `mesh_config_source_*` metrics.
 
+mod source_gauges;
+
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 use mesh_common::model::store::{Changes, ConfigStore};
-use mesh_common::source::dir::DirSource;
-use tokio::sync::watch;
-
-use std::sync::atomic::AtomicU64;
-
+use mesh_common::source::SharedStore;
+use mesh_common::source::dir::DirPoller;
+use mesh_common::source::runner::{Feed, Sink, Source};
+use mesh_common::source::status::SourceStatus;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::readiness::{Condition, Readiness};
 use crate::state::{MeshState, StateParams};
+use source_gauges::SourceGauges;
 
 pub type StateRx = watch::Receiver<Arc<MeshState>>;
 
-/// Builds a [`MeshState`] from the store and publishes it: the one reconcile path
-/// both configuration sources (directory, Kubernetes) go through.
+/// How often `mesh_config_source_last_sync_timestamp_seconds` advances while in sync.
+const SYNC_TICK: Duration = Duration::from_secs(1);
+
+/// Local mode: polls `dir` every `every`. The directory is read once before this
+/// returns, so capture starts from the configuration on disk.
+pub fn start_dir(
+    dir: &Path,
+    every: Duration,
+    params: StateParams,
+    readiness: &Readiness,
+    metrics: &Metrics,
+) -> StateRx {
+    let store = SharedStore::default();
+    // Decoding already validates every kind the node daemon reads.
+    let poller = DirPoller::new(dir, store.clone(), Arc::new(|_| Ok(())), every);
+    // An unreadable directory is logged and shown in readiness by the feed.
+    let _ = poller.poll_once();
+    let what = format!("the directory {}", dir.display());
+    start(poller, store, Publisher::new(params, what, readiness, metrics))
+}
+
+/// Runs `source` (which writes `store`) and keeps the published state current.
+pub fn start(source: impl Source, store: SharedStore, publisher: Publisher) -> StateRx {
+    let state = publisher.subscribe();
+    let feed = Feed::start(source, store, publisher);
+    // The ticker owns the feed: the daemon follows its source for its whole life.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SYNC_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            feed.sink().gauges.tick(&feed.status().borrow());
+        }
+    });
+    state
+}
+
+/// Builds a [`MeshState`] from the store and publishes it: the node daemon's end of
+/// the one reconcile path both sources go through.
 pub struct Publisher {
     params: StateParams,
     tx: watch::Sender<Arc<MeshState>>,
     /// `mesh_config_last_apply_seconds`.
     last_apply: Gauge<f64, AtomicU64>,
+    /// The source, as readiness detail names it.
+    what: String,
+    readiness: Readiness,
+    gauges: SourceGauges,
 }
 
 impl Publisher {
-    pub fn new(params: StateParams, metrics: &Metrics) -> (Self, StateRx) {
-        let (tx, rx) = watch::channel(Arc::new(MeshState::default()));
+    pub fn new(params: StateParams, what: String, readiness: &Readiness, metrics: &Metrics) -> Self {
         let last_apply = Gauge::<f64, AtomicU64>::default();
         metrics.register(|r| {
             r.register(
@@ -40,16 +86,28 @@ impl Publisher {
                 last_apply.clone(),
             )
         });
-        (Self { params, tx, last_apply }, rx)
+        readiness.set(
+            "config",
+            Condition::Pending(format!("waiting for the first complete list from {what}")),
+        );
+        Self {
+            params,
+            tx: watch::channel(Arc::new(MeshState::default())).0,
+            last_apply,
+            what,
+            readiness: readiness.clone(),
+            gauges: SourceGauges::register(metrics),
+        }
     }
 
-    /// The generation last published (0: nothing yet).
-    pub fn generation(&self) -> u64 {
-        self.tx.borrow().generation
+    pub fn subscribe(&self) -> StateRx {
+        self.tx.subscribe()
     }
+}
 
+impl Sink for Publisher {
     /// Publishes the state after what changed in `store` since the last publish.
-    pub fn publish(&self, store: &ConfigStore) {
+    fn publish(&self, store: &ConfigStore) {
         let started = std::time::Instant::now();
         let prev = self.tx.borrow().clone();
         let changes = store.changes_since(prev.generation);
@@ -73,65 +131,37 @@ impl Publisher {
         self.tx.send_replace(Arc::new(state));
         self.last_apply.set(took.as_secs_f64());
     }
+
+    fn status(&self, status: &SourceStatus, objects: usize) {
+        self.readiness.set("config", condition(status, objects, &self.what));
+        self.gauges.show(status);
+    }
 }
 
-pub struct ConfigLoop {
-    source: DirSource,
-    store: ConfigStore,
-    publisher: Publisher,
-    /// The last poll succeeded and readiness says so.
-    healthy: bool,
+/// The readiness line of the configuration. Once the model is complete the daemon
+/// stays ready through a source outage (it serves its last known state, like ztunnel
+/// without its control plane); the detail says so.
+fn condition(s: &SourceStatus, objects: usize, what: &str) -> Condition {
+    let last_error = s
+        .last_error
+        .as_deref()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default();
+    if !s.synced {
+        return Condition::Pending(format!("waiting for the first complete list from {what}{last_error}"));
+    }
+    if s.connected {
+        return Condition::Ok(format!("{objects} objects from {what}, connected"));
+    }
+    Condition::Ok(format!(
+        "{what} unreachable since {} (failing: {}): serving the last known state of {objects} objects{last_error}",
+        rfc3339(s.since),
+        s.failing.join(", "),
+    ))
 }
 
-impl ConfigLoop {
-    pub fn new(source: DirSource, params: StateParams, metrics: &Metrics) -> (Self, StateRx) {
-        let (publisher, rx) = Publisher::new(params, metrics);
-        (
-            Self {
-                source,
-                store: ConfigStore::default(),
-                publisher,
-                healthy: false,
-            },
-            rx,
-        )
-    }
-
-    /// One poll: re-reads changed files and publishes a new state if anything changed.
-    pub fn poll_once(&mut self, readiness: &Readiness) {
-        match self.source.poll(&mut self.store, &|_| Ok(())) {
-            Ok(report) => {
-                for line in &report.rejected {
-                    tracing::warn!("configuration rejected, last good version kept: {line}");
-                }
-                let first = self.publisher.generation() == 0 && self.store.generation() > 0;
-                if !report.is_noop() || first {
-                    self.publisher.publish(&self.store);
-                }
-                if !report.is_noop() || !self.healthy {
-                    // Counted on change only: a poll that found nothing new costs no scan.
-                    let objects = self.store.iter().count();
-                    readiness.set(
-                        "config",
-                        Condition::Ok(format!("{objects} objects from {}", self.source.root().display())),
-                    );
-                    self.healthy = true;
-                }
-            }
-            Err(e) => {
-                tracing::error!("{e}; serving the last good configuration");
-                readiness.set("config", Condition::Failed(e.to_string()));
-                self.healthy = false;
-            }
-        }
-    }
-
-    pub async fn run(mut self, every: Duration, readiness: Readiness) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.poll_once(&readiness);
-        }
-    }
+fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

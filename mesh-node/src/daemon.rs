@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_common::source::dir::DirSource;
 
 use crate::admin::{Admin, Sections};
 use crate::cli::RunArgs;
-use crate::config::{ConfigLoop, StateRx};
+use crate::config::StateRx;
 use crate::http_server;
 use crate::metrics::Metrics;
 use crate::readiness::{Condition, Readiness};
@@ -70,10 +69,14 @@ async fn start_config(args: &RunArgs, readiness: &Readiness, metrics: &Metrics) 
         .config_dir
         .as_ref()
         .context("--config-dir is required without --kubernetes")?;
-    let (mut config, state) = ConfigLoop::new(DirSource::new(dir), args.state_params(), metrics);
-    config.poll_once(readiness);
-    tokio::spawn(config.run(Duration::from_millis(args.config_poll_ms), readiness.clone()));
-    Ok(state)
+    let every = Duration::from_millis(args.config_poll_ms);
+    Ok(crate::config::start_dir(
+        dir,
+        every,
+        args.state_params(),
+        readiness,
+        metrics,
+    ))
 }
 
 #[cfg(feature = "kubernetes")]

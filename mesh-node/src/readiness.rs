@@ -13,7 +13,6 @@ use crate::http_server::{self, Body};
 pub enum Condition {
     Pending(String),
     Ok(String),
-    Failed(String),
 }
 
 #[derive(Clone, Default)]
@@ -42,7 +41,6 @@ impl Readiness {
             .map(|(name, c)| match c {
                 Condition::Ok(d) => format!("{name}: ok ({d})\n"),
                 Condition::Pending(d) => format!("{name}: pending ({d})\n"),
-                Condition::Failed(d) => format!("{name}: FAILED ({d})\n"),
             })
             .collect()
     }
@@ -72,8 +70,8 @@ mod tests {
         r.set("config", Condition::Ok("3 objects".into()));
         r.set("ebpf", Condition::Ok("loaded".into()));
         assert!(r.is_ready());
-        r.set("ebpf", Condition::Failed("verifier".into()));
+        r.set("ebpf", Condition::Pending("verifier".into()));
         assert!(!r.is_ready());
-        assert!(r.report().contains("ebpf: FAILED (verifier)"));
+        assert!(r.report().contains("ebpf: pending (verifier)"));
     }
 }

@@ -7,28 +7,31 @@
 //! outage with detail saying so.
 
 use std::convert::Infallible;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use mesh_common::source::kube::{KubeSource, KubeSourceConfig, KubeSourceError, KubeStatus, Retry, SharedStore};
+use mesh_common::source::kube::{KubeSource, KubeSourceConfig, KubeSourceError, Retry, SharedStore, SourceStatus};
+use mesh_common::source::runner::Feed;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{self, Body};
 use crate::config::Config;
 
-/// Connects with the pod's service account and follows the API server into `config`.
+/// Connects with the pod's service account and follows the API server into `config`
+/// (mesh-common's source runner: a snapshot per change, once every kind is listed).
 /// `instance` (the pod name) is the reporting instance of our Events. The ingress
 /// gateway passes its namespace as `secrets_namespace`: its `credentialName` Secrets are
-/// watched there (and only there); a waypoint passes `None` and reads no Secret.
+/// watched there (and only there); a waypoint passes `None` and reads no Secret. The
+/// returned feed runs as long as it is held.
 pub async fn start(
     config: Arc<Config>,
     instance: Option<String>,
     secrets_namespace: Option<String>,
-) -> Result<watch::Receiver<KubeStatus>, KubeSourceError> {
+) -> Result<Arc<Feed<Arc<Config>>>, KubeSourceError> {
     let store = SharedStore::default();
     let source_config = KubeSourceConfig {
         controller: "mesh.io/mesh-waypoint".into(),
@@ -38,37 +41,11 @@ pub async fn start(
         secrets_namespace,
     };
     let source = KubeSource::connect(source_config, store.clone(), Arc::new(crate::config::validate)).await?;
-    Ok(follow(source, store, config))
-}
-
-/// Runs `source` (which writes `store`) and publishes a new snapshot on every change,
-/// starting once every kind has been listed.
-pub fn follow(source: KubeSource, store: SharedStore, config: Arc<Config>) -> watch::Receiver<KubeStatus> {
-    let status = source.status();
-    let (mut generation, mut changes) = (source.generation(), status.clone());
-    tokio::spawn(source.run());
-    tokio::spawn(async move {
-        let mut published = None;
-        loop {
-            tokio::select! {
-                c = generation.changed() => if c.is_err() { return },
-                c = changes.changed() => if c.is_err() { return },
-            }
-            if !changes.borrow_and_update().synced {
-                continue;
-            }
-            let store = store.lock().unwrap_or_else(PoisonError::into_inner);
-            if published != Some(store.generation()) {
-                config.publish(&store);
-                published = Some(store.generation());
-            }
-        }
-    });
-    status
+    Ok(Feed::start(source, store, config))
 }
 
 /// `GET /healthz/ready`: 200 once the configuration is complete, 503 before.
-pub async fn serve_readiness(listener: TcpListener, status: watch::Receiver<KubeStatus>) {
+pub async fn serve_readiness(listener: TcpListener, status: watch::Receiver<SourceStatus>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -86,7 +63,7 @@ pub async fn serve_readiness(listener: TcpListener, status: watch::Receiver<Kube
     }
 }
 
-fn readiness(path: &str, s: &KubeStatus) -> Response<Body> {
+fn readiness(path: &str, s: &SourceStatus) -> Response<Body> {
     let (code, text) = match path {
         "/healthz/ready" => {
             let error = s
@@ -127,9 +104,9 @@ mod tests {
 
     #[test]
     fn ready_once_synced_and_through_an_outage() {
-        let mut s = KubeStatus {
+        let mut s = SourceStatus {
             last_error: Some("Pod: connection refused".into()),
-            ..KubeStatus::default()
+            ..SourceStatus::default()
         };
         assert_eq!(
             readiness("/healthz/ready", &s).status(),

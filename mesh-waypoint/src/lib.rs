@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::config::feed::DirFeed;
 use crate::endpoint::connector::{Connector, PlainTcp};
 use crate::proxy::Proxy;
 
@@ -85,6 +86,8 @@ pub struct Waypoint {
     pub proxy: Arc<Proxy>,
     pub admin_addr: Option<SocketAddr>,
     pub config: Arc<Config>,
+    /// Local mode's configuration directory, polled until the waypoint is dropped.
+    dir_feed: Option<DirFeed>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -106,9 +109,11 @@ impl Waypoint {
     /// Like [`Waypoint::start`] with a custom upstream [`Connector`] (HBONE later).
     pub async fn start_with(opts: Options, connector: Arc<dyn Connector>) -> Result<Self, StartError> {
         let config = Config::for_waypoint(&opts.namespace, &opts.waypoint_name, &opts.root_namespace, connector);
-        if let Some(dir) = &opts.config_dir {
-            config.poll_dir(dir)?;
-        }
+        let dir_feed = opts
+            .config_dir
+            .as_deref()
+            .map(|dir| DirFeed::start(dir, opts.poll_interval, config.clone()))
+            .transpose()?;
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -136,9 +141,6 @@ impl Waypoint {
         if let Some(a) = opts.stats {
             admin::spawn_stats(a, proxy.metrics.clone(), rx.clone()).await?;
         }
-        if let Some(dir) = opts.config_dir.clone() {
-            tokio::spawn(watch_dir(config.clone(), dir, opts.poll_interval, rx.clone()));
-        }
         spawn_jwks_refresher(&config, opts.jwks_refresh, rx);
         tracing::info!(%addr, namespace = opts.namespace, "waypoint listening");
         Ok(Self {
@@ -146,8 +148,15 @@ impl Waypoint {
             proxy,
             admin_addr,
             config,
+            dir_feed,
             shutdown,
         })
+    }
+
+    /// Reads the configuration directory now (tests; the poller does it every
+    /// `poll_interval`). True if anything changed.
+    pub fn reload_config(&self) -> Result<bool, mesh_common::model::ConfigError> {
+        self.dir_feed.as_ref().map_or(Ok(false), DirFeed::reload)
     }
 }
 
@@ -166,19 +175,4 @@ pub(crate) fn spawn_jwks_refresher(config: &Arc<Config>, every: Duration, mut st
     tokio::spawn(async move {
         tokio::select! { _ = refresher => {}, _ = stop.changed() => {} }
     });
-}
-
-pub(crate) async fn watch_dir(config: Arc<Config>, dir: PathBuf, every: Duration, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
-        let (c, d) = (config.clone(), dir.clone());
-        match tokio::task::spawn_blocking(move || c.poll_dir(&d)).await {
-            Ok(Err(e)) => tracing::warn!("configuration directory: {e}"),
-            Err(e) => tracing::warn!("configuration poll task failed: {e}"),
-            Ok(Ok(_)) => {}
-        }
-    }
 }

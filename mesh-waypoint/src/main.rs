@@ -361,13 +361,19 @@ async fn start_kubernetes(
     readiness: SocketAddr,
     secrets_namespace: Option<String>,
 ) -> anyhow::Result<()> {
-    let status = mesh_waypoint::kubernetes::start(config, std::env::var("POD_NAME").ok(), secrets_namespace)
+    let feed = mesh_waypoint::kubernetes::start(config, std::env::var("POD_NAME").ok(), secrets_namespace)
         .await
         .context("Kubernetes mode (--kubernetes)")?;
     let listener = tokio::net::TcpListener::bind(readiness)
         .await
         .with_context(|| format!("cannot listen on {readiness}"))?;
-    tokio::spawn(mesh_waypoint::kubernetes::serve_readiness(listener, status));
+    let status = feed.status();
+    // The readiness server holds the feed: the process follows the API server for its
+    // whole life.
+    tokio::spawn(async move {
+        let _feed = feed;
+        mesh_waypoint::kubernetes::serve_readiness(listener, status).await
+    });
     tracing::info!(%readiness, "configuration from the Kubernetes API server");
     Ok(())
 }
@@ -395,8 +401,7 @@ fn check(dir: PathBuf, namespace: &str, waypoint_name: &str, gateway: &GatewayAr
             mesh_waypoint::config::Config::for_gateway(identity, &gateway.root_namespace, connector)
         }
     };
-    config
-        .poll_dir(&dir)
+    mesh_waypoint::config::feed::DirFeed::read_once(&dir, &config)
         .with_context(|| format!("cannot read {}", dir.display()))?;
     let dump = mesh_waypoint::admin::config_dump(&config);
     println!("{}", serde_json::to_string_pretty(&dump)?);

@@ -87,18 +87,12 @@ impl GatewayLab {
         let path = self.dir.path().join(name);
         std::fs::write(&path, yaml).expect("write config");
         bump_mtime(&path);
-        self.gateway
-            .config
-            .poll_dir(self.dir.path())
-            .expect("config dir readable");
+        self.gateway.reload_config().expect("config dir readable");
     }
 
     fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.dir.path().join(name));
-        self.gateway
-            .config
-            .poll_dir(self.dir.path())
-            .expect("config dir readable");
+        self.gateway.reload_config().expect("config dir readable");
     }
 
     async fn wait_listening(&self, port: u16) {

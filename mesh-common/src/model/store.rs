@@ -69,6 +69,14 @@ impl ConfigStore {
         self.objects.values()
     }
 
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
     /// Increases on every apply that changed something; consumers rebuild on change.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -169,13 +177,18 @@ impl ConfigStore {
         }
     }
 
+    /// A new set of errors is a change too: consumers show what was rejected
+    /// (`/config_dump`, readiness) and must see it even when every object kept its
+    /// last good version.
     fn record_errors(&mut self, source: &str, report: &ApplyReport) {
-        if report.rejected.is_empty() {
-            self.errors.remove(source);
+        let errors_changed = if report.rejected.is_empty() {
+            self.errors.remove(source).is_some()
         } else {
-            self.errors.insert(source.to_owned(), report.rejected.clone());
-        }
-        if !report.added.is_empty() || !report.updated.is_empty() || !report.removed.is_empty() {
+            let old = self.errors.insert(source.to_owned(), report.rejected.clone());
+            old.as_ref() != Some(&report.rejected)
+        };
+        let objects_changed = !report.added.is_empty() || !report.updated.is_empty() || !report.removed.is_empty();
+        if objects_changed || errors_changed {
             self.generation += 1;
             let changed = report.added.iter().chain(&report.updated).chain(&report.removed);
             for r in changed {
@@ -231,6 +244,20 @@ mod tests {
         assert_eq!(r.rejected.len(), 1);
         assert_eq!(store.iter().count(), 1);
         assert_eq!(store.errors().count(), 1);
+    }
+
+    #[test]
+    fn new_errors_are_a_change_the_same_errors_again_are_not() {
+        let mut store = ConfigStore::default();
+        store.apply_source("f", parse_documents("f", POD), &ok);
+        let g = store.generation();
+        store.apply_source("f", parse_documents("f", "{{{"), &ok);
+        assert_eq!(store.generation(), g + 1, "a rejection must reach the consumers");
+        store.apply_source("f", parse_documents("f", "{{{"), &ok);
+        assert_eq!(store.generation(), g + 1, "the same rejection again is no change");
+        store.apply_source("f", parse_documents("f", POD), &ok);
+        assert_eq!(store.generation(), g + 2, "the error cleared is a change");
+        assert_eq!(store.errors().count(), 0);
     }
 
     #[test]

@@ -61,6 +61,101 @@ impl DirSource {
     }
 }
 
+/// A [`DirSource`] polled every `every` into a shared store: the directory as a
+/// [`crate::source::runner::Source`].
+#[cfg(feature = "runner")]
+#[derive(Clone)]
+pub struct DirPoller {
+    inner: std::sync::Arc<PollerInner>,
+}
+
+#[cfg(feature = "runner")]
+struct PollerInner {
+    source: std::sync::Mutex<DirSource>,
+    store: super::SharedStore,
+    validate: super::SharedValidator,
+    every: std::time::Duration,
+    generation: tokio::sync::watch::Sender<u64>,
+    status: tokio::sync::watch::Sender<super::status::SourceStatus>,
+}
+
+#[cfg(feature = "runner")]
+impl DirPoller {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        store: super::SharedStore,
+        validate: super::SharedValidator,
+        every: std::time::Duration,
+    ) -> Self {
+        let inner = PollerInner {
+            source: std::sync::Mutex::new(DirSource::new(root)),
+            store,
+            validate,
+            every,
+            generation: tokio::sync::watch::channel(0).0,
+            status: tokio::sync::watch::channel(Default::default()).0,
+        };
+        Self {
+            inner: std::sync::Arc::new(inner),
+        }
+    }
+
+    /// Reads what changed now. A file that does not parse or validate is logged and
+    /// keeps its last good objects; an unreadable directory keeps the whole last good
+    /// configuration and is reported in the status.
+    pub fn poll_once(&self) -> Result<ApplyReport, ConfigError> {
+        let i = &*self.inner;
+        let mut source = i.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let root = source.root().display().to_string();
+        let polled = {
+            let mut store = i.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            source.poll(&mut store, &*i.validate).map(|r| (r, store.generation()))
+        };
+        match polled {
+            Ok((report, generation)) => {
+                for line in &report.rejected {
+                    tracing::warn!("configuration rejected, last good version kept: {line}");
+                }
+                i.status.send_if_modified(|s| {
+                    let before = (s.connected, s.synced);
+                    s.record(&root, Ok(()));
+                    before != (s.connected, s.synced)
+                });
+                i.generation
+                    .send_if_modified(|g| std::mem::replace(g, generation) != generation);
+                Ok(report)
+            }
+            Err(e) => {
+                tracing::error!("{e}; serving the last good configuration");
+                i.status.send_modify(|s| s.record(&root, Err(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(feature = "runner")]
+impl super::runner::Source for DirPoller {
+    fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    fn status(&self) -> tokio::sync::watch::Receiver<super::status::SourceStatus> {
+        self.inner.status.subscribe()
+    }
+
+    async fn run(self) {
+        let mut tick = tokio::time::interval(self.inner.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // Reading files and compiling what they hold blocks: off the async workers.
+            let poller = self.clone();
+            let _ = tokio::task::spawn_blocking(move || poller.poll_once()).await;
+        }
+    }
+}
+
 fn scan(root: &Path) -> Result<BTreeMap<PathBuf, Fingerprint>, ConfigError> {
     let mut out = BTreeMap::new();
     scan_into(root, &mut out)?;
@@ -138,5 +233,39 @@ mod tests {
         let mut src = DirSource::new("/nonexistent/mesh-config");
         let err = src.poll(&mut ConfigStore::default(), &ok).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/mesh-config"), "{err}");
+    }
+
+    #[cfg(feature = "runner")]
+    #[test]
+    fn poller_announces_generations_and_keeps_the_last_good_state_when_the_directory_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("config");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(
+            root.join("a.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+        )
+        .unwrap();
+        let store = crate::source::SharedStore::default();
+        let poller = DirPoller::new(
+            &root,
+            store.clone(),
+            std::sync::Arc::new(ok),
+            std::time::Duration::from_secs(1),
+        );
+        let (generation, status) = {
+            use crate::source::runner::Source;
+            (poller.generation(), poller.status())
+        };
+        poller.poll_once().unwrap();
+        assert_eq!(*generation.borrow(), store.lock().unwrap().generation());
+        assert!(status.borrow().synced && status.borrow().connected);
+
+        std::fs::remove_dir_all(&root).unwrap();
+        let err = poller.poll_once().unwrap_err().to_string();
+        let s = status.borrow().clone();
+        assert!(s.synced && !s.connected, "{s:?}");
+        assert_eq!(s.last_error.as_deref(), Some(err.as_str()));
+        assert_eq!(store.lock().unwrap().len(), 1, "the last good configuration is kept");
     }
 }

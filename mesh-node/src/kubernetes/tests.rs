@@ -4,8 +4,9 @@
 //! capture enrolls), readiness detail and metrics.
 
 use std::io::Write;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use mesh_common::source::kube::Retry;
 use mesh_common::source::kube::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};

@@ -1,19 +1,21 @@
 //! Configuration: Istio objects validated once into internal types, published as
-//! immutable [`Snapshot`]s swapped atomically on reload.
+//! immutable [`Snapshot`]s swapped atomically on reload. [`Config`] is the waypoint's
+//! and gateway's [`Sink`] of mesh-common's source runner ([`feed`] for a directory,
+//! [`crate::kubernetes`] for the API server).
 
 pub mod destination_rule;
 pub mod duration;
+pub mod feed;
 pub mod hosts;
 pub mod snapshot;
 pub mod virtual_service;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use mesh_common::model::store::ConfigStore;
 use mesh_common::model::{ConfigError, Resource};
-use mesh_common::source::dir::DirSource;
+use mesh_common::source::runner::Sink;
 use tokio::sync::watch;
 
 pub use snapshot::Snapshot;
@@ -47,7 +49,6 @@ pub fn validate(r: &Resource) -> Result<(), ConfigError> {
 /// The live configuration of one waypoint.
 pub struct Config {
     current: ArcSwap<Snapshot>,
-    state: Mutex<State>,
     namespace: String,
     connector: Arc<dyn Connector>,
     /// Ingress gateway mode: whose Gateways to serve, and the listeners' state.
@@ -60,11 +61,6 @@ pub struct Config {
     jwks: Arc<JwksCache>,
     /// Where mesh-wide AuthorizationPolicy / RequestAuthentication live (`--root-namespace`).
     root_namespace: String,
-}
-
-struct State {
-    store: ConfigStore,
-    dir: Option<DirSource>,
 }
 
 impl Config {
@@ -114,10 +110,6 @@ impl Config {
         }
         Arc::new_cyclic(|me: &std::sync::Weak<Self>| Self {
             current: ArcSwap::from_pointee(empty),
-            state: Mutex::new(State {
-                store: ConfigStore::default(),
-                dir: None,
-            }),
             namespace: namespace.to_owned(),
             connector,
             gateway,
@@ -149,40 +141,11 @@ impl Config {
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
+}
 
-    /// Polls the configuration directory; publishes a new snapshot if anything changed.
-    pub fn poll_dir(&self, dir: &std::path::Path) -> Result<bool, ConfigError> {
-        let mut state = self.state.lock().map_err(|_| poisoned())?;
-        let state = &mut *state;
-        let source = state.dir.get_or_insert_with(|| DirSource::new(PathBuf::from(dir)));
-        let report = source.poll(&mut state.store, &validate)?;
-        for line in &report.rejected {
-            tracing::warn!("rejected: {line}");
-        }
-        let changed = !report.is_noop();
-        if changed {
-            self.publish(&state.store);
-        }
-        Ok(changed)
-    }
-
-    /// Applies one named YAML text (a file's content) directly.
-    pub fn apply_text(&self, source_name: &str, text: &str) -> bool {
-        let Ok(mut state) = self.state.lock() else { return false };
-        let report = state.store.apply_source(
-            source_name,
-            mesh_common::model::parse_documents(source_name, text),
-            &validate,
-        );
-        let changed = !report.is_noop();
-        if changed {
-            self.publish(&state.store);
-        }
-        changed
-    }
-
-    /// Publishes a snapshot of `store` (a store another source fills: Kubernetes mode).
-    pub fn publish(&self, store: &ConfigStore) {
+impl Sink for Config {
+    /// Publishes a snapshot of `store`.
+    fn publish(&self, store: &ConfigStore) {
         let resources: Vec<Resource> = store.iter().cloned().collect();
         let rejected = store.errors().flat_map(|(_, lines)| lines.iter().cloned()).collect();
         let prev = self.current.load();
@@ -239,11 +202,4 @@ fn service_resolver(config: std::sync::Weak<Config>) -> crate::authn::jwks::Reso
             .iter()
             .find_map(|pod| Some(std::net::SocketAddr::new(pod.ip.into(), pod.port(target)?)))
     })
-}
-
-fn poisoned() -> ConfigError {
-    ConfigError::Io {
-        path: "<config state>".into(),
-        source: std::io::Error::other("configuration lock poisoned by a panic"),
-    }
 }

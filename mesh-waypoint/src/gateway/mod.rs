@@ -30,6 +30,7 @@ pub use identity::GatewayIdentity;
 pub use listeners::ListenerStatus;
 pub use plan::Plan;
 
+use crate::config::feed::DirFeed;
 use crate::config::{Config, Snapshot};
 use crate::endpoint::connector::{Connector, PlainTcp};
 use crate::proxy::Proxy;
@@ -79,6 +80,8 @@ pub struct IngressGateway {
     pub proxy: Arc<Proxy>,
     pub admin_addr: Option<SocketAddr>,
     status: listeners::StatusMap,
+    /// Local mode's configuration directory, polled until the gateway is dropped.
+    dir_feed: Option<DirFeed>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -101,9 +104,11 @@ impl IngressGateway {
             labels: gateway.pod_labels,
         };
         let config = Config::for_gateway(identity, &opts.root_namespace, connector);
-        if let Some(dir) = &opts.config_dir {
-            config.poll_dir(dir)?;
-        }
+        let dir_feed = opts
+            .config_dir
+            .as_deref()
+            .map(|dir| DirFeed::start(dir, opts.poll_interval, config.clone()))
+            .transpose()?;
         let status = config.gateway_state().map(|g| g.listeners.clone()).unwrap_or_default();
         let (shutdown, rx) = watch::channel(false);
         let proxy = Arc::new(Proxy {
@@ -127,9 +132,6 @@ impl IngressGateway {
         if let Some(a) = opts.stats {
             crate::admin::spawn_stats(a, proxy.metrics.clone(), rx.clone()).await?;
         }
-        if let Some(dir) = opts.config_dir.clone() {
-            tokio::spawn(crate::watch_dir(config.clone(), dir, opts.poll_interval, rx.clone()));
-        }
         crate::spawn_jwks_refresher(&config, opts.jwks_refresh, rx);
         tracing::info!(bind_ip = %gateway.bind_ip, namespace = opts.namespace, "ingress gateway started");
         Ok(Self {
@@ -137,8 +139,15 @@ impl IngressGateway {
             proxy,
             admin_addr,
             status,
+            dir_feed,
             shutdown,
         })
+    }
+
+    /// Reads the configuration directory now (tests; the poller does it every
+    /// `poll_interval`). True if anything changed.
+    pub fn reload_config(&self) -> Result<bool, mesh_common::model::ConfigError> {
+        self.dir_feed.as_ref().map_or(Ok(false), DirFeed::reload)
     }
 
     /// Ports listening right now, and where.

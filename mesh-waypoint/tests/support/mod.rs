@@ -266,18 +266,12 @@ impl Lab {
         std::fs::write(self.dir.path().join(name), yaml).expect("write config");
         // Same size and mtime within the timestamp granularity would look unchanged.
         bump_mtime(&self.dir.path().join(name));
-        self.waypoint
-            .config
-            .poll_dir(self.dir.path())
-            .expect("config dir readable");
+        self.waypoint.reload_config().expect("config dir readable");
     }
 
     pub fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.dir.path().join(name));
-        self.waypoint
-            .config
-            .poll_dir(self.dir.path())
-            .expect("config dir readable");
+        self.waypoint.reload_config().expect("config dir readable");
     }
 
     pub fn request(&self, host: &str, path: &str) -> http::request::Builder {

@@ -25,7 +25,7 @@ pub mod replay;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -41,17 +41,12 @@ use kube::runtime::watcher::{self, DefaultBackoff};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::model::store::ConfigStore;
-use crate::model::{ConfigError, Resource};
 use apply::{KindSync, Rejection};
 use kinds::{Watch, WatchedKind};
-pub use status::KubeStatus;
+pub use status::SourceStatus;
 use status::StatusTracker;
 
-/// The store both sources write and the daemons read.
-pub type SharedStore = Arc<Mutex<ConfigStore>>;
-/// The consumer's semantic validation (see [`crate::model::store::Validator`]).
-pub type SharedValidator = Arc<dyn Fn(&Resource) -> Result<(), ConfigError> + Send + Sync>;
+pub use crate::source::{SharedStore, SharedValidator};
 
 #[derive(Clone, Debug)]
 pub struct KubeSourceConfig {
@@ -146,9 +141,23 @@ pub struct KubeSource {
     store: SharedStore,
     validator: SharedValidator,
     status: StatusTracker,
-    status_rx: watch::Receiver<KubeStatus>,
+    status_rx: watch::Receiver<SourceStatus>,
     generation: watch::Sender<u64>,
     opened: mpsc::UnboundedReceiver<String>,
+}
+
+impl crate::source::runner::Source for KubeSource {
+    fn generation(&self) -> watch::Receiver<u64> {
+        KubeSource::generation(self)
+    }
+
+    fn status(&self) -> watch::Receiver<SourceStatus> {
+        KubeSource::status(self)
+    }
+
+    fn run(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        KubeSource::run(self)
+    }
 }
 
 impl KubeSource {
@@ -196,7 +205,7 @@ impl KubeSource {
     }
 
     /// Connected / synced / last error / since: for readiness detail and metrics.
-    pub fn status(&self) -> watch::Receiver<KubeStatus> {
+    pub fn status(&self) -> watch::Receiver<SourceStatus> {
         self.status_rx.clone()
     }
 

@@ -1,38 +1,13 @@
-//! Connection status of the Kubernetes source, for readiness detail and metrics.
-//! While the API server is unreachable the store keeps its last known state; this
-//! status is how the daemon says so.
+//! The Kubernetes source's [`SourceStatus`], folded from the health of every watched
+//! kind. While the API server is unreachable the store keeps its last known state; this
+//! status is how the daemons say so.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-/// Aggregated over every watched kind.
-#[derive(Clone, Debug, PartialEq)]
-pub struct KubeStatus {
-    /// Every watch is up (its last step succeeded).
-    pub connected: bool,
-    /// Every kind has completed at least one full list: the model is complete.
-    pub synced: bool,
-    /// The most recent error from any watch, with the kind it came from.
-    pub last_error: Option<String>,
-    /// When `connected` last changed.
-    pub since: SystemTime,
-    /// Kinds whose watch is currently failing.
-    pub failing: Vec<String>,
-}
-
-impl Default for KubeStatus {
-    fn default() -> Self {
-        Self {
-            connected: false,
-            synced: false,
-            last_error: None,
-            since: SystemTime::now(),
-            failing: Vec::new(),
-        }
-    }
-}
+pub use crate::source::status::SourceStatus;
 
 #[derive(Default)]
 struct KindHealth {
@@ -40,15 +15,15 @@ struct KindHealth {
     synced: bool,
 }
 
-/// Per-kind health folded into one [`KubeStatus`], published on a watch channel.
+/// Per-kind health folded into one [`SourceStatus`], published on a watch channel.
 pub(crate) struct StatusTracker {
     kinds: BTreeMap<String, KindHealth>,
-    tx: watch::Sender<KubeStatus>,
+    tx: watch::Sender<SourceStatus>,
 }
 
 impl StatusTracker {
-    pub fn new(kinds: impl IntoIterator<Item = String>) -> (Self, watch::Receiver<KubeStatus>) {
-        let (tx, rx) = watch::channel(KubeStatus::default());
+    pub fn new(kinds: impl IntoIterator<Item = String>) -> (Self, watch::Receiver<SourceStatus>) {
+        let (tx, rx) = watch::channel(SourceStatus::default());
         let kinds = kinds.into_iter().map(|k| (k, KindHealth::default())).collect();
         (Self { kinds, tx }, rx)
     }

@@ -1,5 +1,6 @@
 //! The real kube-runtime watcher against a replayed API server ([`super::replay`]).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -7,8 +8,9 @@ use serde_json::{Value, json};
 
 use super::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};
 use super::*;
-use crate::model::FieldError;
 use crate::model::enrollment::enrolled_pods;
+use crate::model::store::ConfigStore;
+use crate::model::{ConfigError, FieldError, Resource};
 use crate::source::dir::DirSource;
 
 const BOOKINFO: &str = include_str!("testdata/bookinfo.yaml");
@@ -36,7 +38,7 @@ fn replay() -> Replay {
 
 struct Running {
     store: SharedStore,
-    status: watch::Receiver<KubeStatus>,
+    status: watch::Receiver<SourceStatus>,
     task: tokio::task::JoinHandle<()>,
 }
 
