@@ -50,6 +50,8 @@ pub struct Options {
     pub stats: Option<SocketAddr>,
     /// One line per request: key=value in the log, or JSON on stdout.
     pub access_log: proxy::access_log::AccessLogFormat,
+    /// Istio's request metrics recorded (`--request-metrics`, default on).
+    pub request_metrics: bool,
     /// This waypoint's Gateway name (what `targetRefs` kind `Gateway` names).
     pub waypoint_name: String,
     /// How often `jwksUri` key sets are fetched again.
@@ -71,6 +73,7 @@ impl Options {
             admin: None,
             stats: None,
             access_log: Default::default(),
+            request_metrics: true,
             waypoint_name: crate::config::DEFAULT_WAYPOINT_NAME.into(),
             jwks_refresh: crate::authn::jwks::DEFAULT_REFRESH,
             root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.into(),
@@ -129,7 +132,9 @@ impl Waypoint {
         let proxy = Arc::new(Proxy {
             config: config.clone(),
             gateways,
-            metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::waypoint)),
+            metrics: Arc::new(
+                crate::metrics::RequestMetrics::new(crate::metrics::Reporter::waypoint).recording(opts.request_metrics),
+            ),
             access_log: opts.access_log,
             tracer: trace::start(opts.otlp.as_ref())?,
         });

@@ -110,6 +110,10 @@ struct RunArgs {
     /// per request on stdout, Envoy's field names) or `off`.
     #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", value_enum, default_value = "text")]
     access_log_format: mesh_waypoint::proxy::access_log::AccessLogFormat,
+    /// Istio's request metrics (`istio_requests_total`, ...): `false` records none (the
+    /// endpoints then serve empty families).
+    #[arg(long, env = "MESH_REQUEST_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    request_metrics: bool,
     /// Tracing: export a span per request over OTLP/gRPC to this collector
     /// (`http://host:4317`), propagating W3C trace context (and B3 when the request used
     /// it) upstream. Off when unset: no span is created.
@@ -265,6 +269,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             admin: Some(args.admin),
             stats: args.stats_addr,
             access_log: args.access_log_format,
+            request_metrics: args.request_metrics,
             waypoint_name: args.waypoint_name,
             jwks_refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
             root_namespace: args.gateway.root_namespace.clone(),

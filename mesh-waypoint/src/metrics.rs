@@ -65,6 +65,8 @@ pub struct Observation {
 
 pub struct RequestMetrics {
     reporter: Reporter,
+    /// `--request-metrics false`: nothing is observed (the families stay empty).
+    recording: bool,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
@@ -100,6 +102,7 @@ impl RequestMetrics {
         registry.register("istio_response_bytes", "Response body sizes", response_bytes.clone());
         Self {
             reporter,
+            recording: true,
             registry,
             requests,
             duration,
@@ -108,7 +111,21 @@ impl RequestMetrics {
         }
     }
 
+    /// Observes requests only when `on` (`--request-metrics`).
+    pub fn recording(mut self, on: bool) -> Self {
+        self.recording = on;
+        self
+    }
+
+    /// Whether requests are observed: when not, the caller skips building observations.
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
     pub fn record(&self, o: Observation) {
+        if !self.recording {
+            return;
+        }
         let (duration_ms, request_bytes, response_bytes) = (o.duration_ms, o.request_bytes, o.response_bytes);
         let labels = self.labels(o);
         self.requests.get_or_create(&labels).inc();
@@ -159,27 +176,39 @@ mod tests {
         }
     }
 
+    fn observation() -> Observation {
+        Observation {
+            source: peer("productpage", "v1"),
+            destination: peer("reviews", "v1"),
+            service: ServiceLabels {
+                host: "reviews.bookinfo.svc.cluster.local".into(),
+                name: "reviews".into(),
+                namespace: "bookinfo".into(),
+            },
+            protocol: Protocol::http,
+            code: 200,
+            grpc_status: None,
+            flags: "-".into(),
+            security: Security::mutual_tls,
+            duration_ms: 3.0,
+            request_bytes: 0,
+            response_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn request_metrics_off_records_nothing() {
+        let m = RequestMetrics::new(Reporter::waypoint).recording(false);
+        assert!(!m.is_recording());
+        m.record(observation());
+        assert!(!m.encode().contains("istio_requests_total{"), "{}", m.encode());
+    }
+
     #[test]
     fn one_request_is_one_count_with_every_label() {
         let m = RequestMetrics::new(Reporter::waypoint);
         for _ in 0..3 {
-            m.record(Observation {
-                source: peer("productpage", "v1"),
-                destination: peer("reviews", "v1"),
-                service: ServiceLabels {
-                    host: "reviews.bookinfo.svc.cluster.local".into(),
-                    name: "reviews".into(),
-                    namespace: "bookinfo".into(),
-                },
-                protocol: Protocol::http,
-                code: 200,
-                grpc_status: None,
-                flags: "-".into(),
-                security: Security::mutual_tls,
-                duration_ms: 3.0,
-                request_bytes: 0,
-                response_bytes: 1024,
-            });
+            m.record(observation());
         }
         let text = m.encode();
         let line = text

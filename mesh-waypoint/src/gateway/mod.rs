@@ -114,7 +114,9 @@ impl IngressGateway {
         let proxy = Arc::new(Proxy {
             config: config.clone(),
             gateways: Vec::new(),
-            metrics: Arc::new(crate::metrics::RequestMetrics::new(crate::metrics::Reporter::source)),
+            metrics: Arc::new(
+                crate::metrics::RequestMetrics::new(crate::metrics::Reporter::source).recording(opts.request_metrics),
+            ),
             access_log: opts.access_log,
             tracer: crate::trace::start(opts.otlp.as_ref())?,
         });

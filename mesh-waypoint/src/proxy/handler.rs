@@ -109,8 +109,10 @@ impl Proxy {
         if let Some(span) = log.span.take() {
             span.finish(super::telemetry::finished(&snap, &exchange, &ctx, &log));
         }
-        self.metrics
-            .record(super::telemetry::observe(&snap, &parts, &ctx, &log, &resp, started));
+        if self.metrics.is_recording() {
+            self.metrics
+                .record(super::telemetry::observe(&snap, &parts, &ctx, &log, &resp, started));
+        }
         match downstream_upgrade {
             Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => splice_upgrade(down, resp),
             _ => resp,

@@ -7,9 +7,12 @@
 //! requests/s (open loop), CPU per request and RSS of the proxy. A second mesh-waypoint
 //! on :15082 has the same rules plus 100 L7 AuthorizationPolicies attached to it
 //! ([`super::policy::l7_policies`]): its rows compare it with the one without. A third
-//! on :15083 has the plain rules with tracing on (`--otlp-endpoint`, a span per request
-//! exported to a real OTLP/gRPC receiver, [`crate::otlp`], on the pod's 127.0.0.1:4317):
-//! its rows compare it with tracing off.
+//! on :15083 has the plain rules with all its telemetry on — request metrics, the JSON
+//! access log (to stdout, here /dev/null) and tracing (`--otlp-endpoint`, a span per
+//! request exported to a real OTLP/gRPC receiver, [`crate::otlp`], on the pod's
+//! 127.0.0.1:4317) — and a fourth on :15084 the same rules with all of it off
+//! (`--request-metrics false --access-log-format off`, no tracing): their rows compare
+//! the two, measured in the same run.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -28,7 +31,8 @@ const BACKEND_PORT: u16 = 8080;
 const WAYPOINT: &str = "127.0.0.1:15080";
 const HAPROXY: &str = "127.0.0.1:15081";
 const WAYPOINT_POLICIES: &str = "127.0.0.1:15082";
-const WAYPOINT_TRACING: &str = "127.0.0.1:15083";
+const WAYPOINT_TELEMETRY: &str = "127.0.0.1:15083";
+const WAYPOINT_BARE: &str = "127.0.0.1:15084";
 const OTLP_RECEIVER: &str = "127.0.0.1:4317";
 const DIRECT: &str = "127.0.0.2:8080";
 
@@ -131,34 +135,31 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let with_policies = start_waypoint(lab, WAYPOINT_POLICIES, 15002, &policies, &[])?;
     let receiver = start_receiver(lab)?;
     let endpoint = format!("http://{OTLP_RECEIVER}");
-    let with_tracing = start_waypoint(lab, WAYPOINT_TRACING, 15003, "", &["--otlp-endpoint", &endpoint])?;
+    let telemetry_on = ["--otlp-endpoint", &endpoint, "--access-log-format", "json"];
+    let with_telemetry = start_waypoint(lab, WAYPOINT_TELEMETRY, 15003, "", &telemetry_on)?;
+    let telemetry_off = ["--request-metrics", "false", "--access-log-format", "off"];
+    let bare = start_waypoint(lab, WAYPOINT_BARE, 15004, "", &telemetry_off)?;
     let targets = [
-        Target {
-            label: "direct to one backend",
-            addr: DIRECT,
-            pid: None,
-        },
-        Target {
-            label: "mesh-waypoint",
-            addr: WAYPOINT,
-            pid: Some(waypoint.pid()),
-        },
-        Target {
-            label: "HAProxy 2.6 (same rules)",
-            addr: HAPROXY,
-            pid: Some(haproxy.pid()),
-        },
-        Target {
-            label: "mesh-waypoint + 100 L7 AuthorizationPolicies",
-            addr: WAYPOINT_POLICIES,
-            pid: Some(with_policies.pid()),
-        },
-        Target {
-            label: "mesh-waypoint + tracing (OTLP export)",
-            addr: WAYPOINT_TRACING,
-            pid: Some(with_tracing.pid()),
-        },
-    ];
+        ("direct to one backend", DIRECT, None),
+        ("mesh-waypoint", WAYPOINT, Some(waypoint.pid())),
+        ("HAProxy 2.6 (same rules)", HAPROXY, Some(haproxy.pid())),
+        (
+            "mesh-waypoint + 100 L7 AuthorizationPolicies",
+            WAYPOINT_POLICIES,
+            Some(with_policies.pid()),
+        ),
+        (
+            "mesh-waypoint, metrics + JSON access log + tracing (OTLP) on",
+            WAYPOINT_TELEMETRY,
+            Some(with_telemetry.pid()),
+        ),
+        (
+            "mesh-waypoint, metrics + access log + tracing off",
+            WAYPOINT_BARE,
+            Some(bare.pid()),
+        ),
+    ]
+    .map(|(label, addr, pid)| Target { label, addr, pid });
     let secs = if opts.quick { "2" } else { "5" };
     let mut figs: Vec<Figures> = targets.iter().map(|_| Figures::default()).collect();
     for rep in 0..opts.reps() {
@@ -192,10 +193,10 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    drop((waypoint, haproxy, with_policies, with_tracing));
+    drop((waypoint, haproxy, with_policies, with_telemetry, bare));
     progress(&format!("waypoint: the OTLP receiver got {} spans", receiver.count()));
     if receiver.count() == 0 {
-        anyhow::bail!("tracing row: the waypoint exported no span to {endpoint}");
+        anyhow::bail!("telemetry row: the waypoint exported no span to {endpoint}");
     }
     let stat = |i: usize, pick: fn(&Figures) -> &Vec<f64>| Stat::of(pick(&figs[i]));
     let mut rows = Vec::new();
@@ -216,12 +217,12 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             policy_row = policy_row.target(super::report::Target::RatioAtLeast(0.95));
         }
         rows.push(policy_row);
-        let mut tracing_row = Row::new("waypoint", metric, targets[4].label, unit, stat(4, pick), better)
-            .vs(targets[1].label, &stat(1, pick));
+        let mut telemetry_row = Row::new("waypoint", metric, targets[4].label, unit, stat(4, pick), better)
+            .vs(targets[5].label, &stat(5, pick));
         if better == Better::Higher {
-            tracing_row = tracing_row.target(super::report::Target::RatioAtLeast(0.95));
+            telemetry_row = telemetry_row.target(super::report::Target::RatioAtLeast(0.95));
         }
-        rows.push(tracing_row);
+        rows.push(telemetry_row);
         for i in [1, 2] {
             rows.push(
                 Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better)
