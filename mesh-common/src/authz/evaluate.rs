@@ -275,7 +275,7 @@ impl PolicySet {
                     && (p.namespace == namespace || p.namespace == self.root_namespace)
                     && p.selector
                         .as_ref()
-                        .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                        .is_none_or(|s| crate::model::k8s::selects(s, labels))
             })
             .map(|p| &**p)
     }

@@ -1,11 +1,8 @@
-//! Which pods the mesh captures: those on this node whose namespace is enrolled,
-//! except pods that opt out and the mesh's own proxies (waypoints, gateways).
+//! Which pods the mesh captures: those whose namespace is enrolled, except pods that
+//! opt out and the mesh's own proxies (waypoints, gateways). The cluster view marks
+//! each workload with it; the node daemon captures the marked ones on its node.
 
-use std::collections::BTreeMap;
-
-use super::Resource;
 use super::k8s::{Namespace, Pod};
-use super::store::ConfigStore;
 
 /// The enrollment rule, the only copy: the pod's namespace opts in
 /// ([`Namespace::is_enrolled`]) and the pod does not opt out ([`Pod::opts_out`]).
@@ -14,37 +11,14 @@ pub fn is_enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
     namespace.is_some_and(Namespace::is_enrolled) && !pod.opts_out()
 }
 
-/// Pods scheduled on `node` (`spec.nodeName`) that [`is_enrolled`], in store order
-/// (namespace, name).
-pub fn enrolled_pods(store: &ConfigStore, node: &str) -> Vec<Pod> {
-    let namespaces: BTreeMap<&str, &Namespace> = store
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Namespace(ns) => Some((ns.metadata.name.as_str(), ns)),
-            _ => None,
-        })
-        .collect();
-    store
-        .iter()
-        .filter_map(|r| match r {
-            Resource::Pod(p)
-                if p.spec.node_name.as_deref() == Some(node)
-                    && is_enrolled(p, namespaces.get(p.metadata.namespace_or_default()).copied()) =>
-            {
-                Some(p.clone())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::parse_documents;
+    use crate::model::store::ConfigStore;
+    use crate::model::{Resource, parse_documents};
 
     #[test]
-    fn only_this_nodes_pods_of_enrolled_namespaces() {
+    fn pods_of_enrolled_namespaces_except_opt_outs_and_proxies() {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: in, annotations: {mesh.io/dataplane-mode: ambient}}\n---\n\
                     apiVersion: v1\nkind: Namespace\nmetadata: {name: out}\n---\n\
                     apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: in}\nspec: {nodeName: n1}\n---\n\
@@ -54,10 +28,21 @@ mod tests {
                     apiVersion: v1\nkind: Pod\nmetadata: {name: wp, namespace: in, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}\nspec: {nodeName: n1}\n";
         let mut store = ConfigStore::default();
         store.apply_source("f", parse_documents("f", text), &|_| Ok(()));
-        let names: Vec<_> = enrolled_pods(&store, "n1")
-            .into_iter()
-            .map(|p| p.metadata.name)
+        let namespace = |name: &str| {
+            store.iter().find_map(|r| match r {
+                Resource::Namespace(ns) if ns.metadata.name == name => Some(ns),
+                _ => None,
+            })
+        };
+        let names: Vec<_> = store
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Pod(p) if is_enrolled(p, namespace(p.metadata.namespace_or_default())) => {
+                    Some(p.metadata.name.as_str())
+                }
+                _ => None,
+            })
             .collect();
-        assert_eq!(names, vec!["a".to_string()]);
+        assert_eq!(names, ["a", "b"]);
     }
 }

@@ -30,6 +30,12 @@ pub struct Namespace {
     pub metadata: ObjectMeta,
 }
 
+/// Whether `selector` (`matchLabels` of a Service, a subset, a policy) is a subset of
+/// `labels`: the one label-selector rule. An empty selector matches everything.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 impl Namespace {
     /// True when the namespace opts in, by our annotation or Istio's label.
     pub fn is_enrolled(&self) -> bool {

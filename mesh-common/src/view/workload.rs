@@ -64,7 +64,7 @@ impl Workload {
     /// Whether `selector` (a Service selector, a DestinationRule subset) is a subset of
     /// this pod's labels. An empty selector matches.
     pub fn has_labels(&self, selector: &BTreeMap<String, String>) -> bool {
-        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+        crate::model::k8s::selects(selector, &self.labels)
     }
 
     /// `None` for a pod without an IPv4 address yet: nothing the mesh captures can

@@ -44,7 +44,7 @@ impl PeerAuthn {
             PeerAuthnScope::Workload {
                 namespace,
                 match_labels,
-            } => *namespace == w.namespace && match_labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
+            } => *namespace == w.namespace && w.has_labels(match_labels),
             _ => false,
         });
         let namespace = self

@@ -41,8 +41,5 @@ fn l7_behind_waypoint(p: &Policy, root: &str, discovery: &Discovery) -> Option<S
 }
 
 fn selects(p: &Policy, root: &str, pod: &PodInfo) -> bool {
-    (p.namespace == pod.namespace || p.namespace == root)
-        && p.selector
-            .as_ref()
-            .is_none_or(|s| s.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+    (p.namespace == pod.namespace || p.namespace == root) && p.selector.as_ref().is_none_or(|s| pod.has_labels(s))
 }

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::replay::{End, Replay, bookmark, event, gone, item, objects, path_of, with_rv};
 use super::*;
-use crate::model::enrollment::enrolled_pods;
+use crate::model::enrollment::is_enrolled;
 use crate::model::store::ConfigStore;
-use crate::model::{ConfigError, FieldError, Resource};
+use crate::model::{ConfigError, FieldError, ObjectRef, Resource};
 use crate::source::dir::DirSource;
 
 const BOOKINFO: &str = include_str!("testdata/bookinfo.yaml");
@@ -76,9 +76,20 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 fn enrolled(run: &Running, node: &str) -> Vec<String> {
     let store = run.store.lock().unwrap();
-    enrolled_pods(&store, node)
-        .into_iter()
-        .map(|p| format!("{}/{}", p.metadata.namespace_or_default(), p.metadata.name))
+    let namespace = |name: &str| store.get(&ObjectRef::new("Namespace", None, name)).cloned();
+    store
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Pod(p) if p.spec.node_name.as_deref() == Some(node) => {
+                let ns = match namespace(p.metadata.namespace_or_default()) {
+                    Some(Resource::Namespace(ns)) => Some(ns),
+                    _ => None,
+                };
+                is_enrolled(p, ns.as_ref())
+                    .then(|| format!("{}/{}", p.metadata.namespace_or_default(), p.metadata.name))
+            }
+            _ => None,
+        })
         .collect()
 }
 
