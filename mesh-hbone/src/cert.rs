@@ -30,6 +30,16 @@ pub struct Current {
     pub generation: u64,
 }
 
+impl Current {
+    /// The leaf's serial number, colon-separated hex as `openssl x509 -serial` shows it
+    /// (for admin dumps); `None` if the leaf does not parse.
+    pub fn serial(&self) -> Option<String> {
+        let leaf = self.certified.cert.first()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        Some(parsed.raw_serial_as_string())
+    }
+}
+
 /// Hands rustls whichever certificate is current, on both sides of a handshake.
 pub struct CertResolver {
     current: ArcSwap<Current>,

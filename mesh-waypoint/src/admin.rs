@@ -1,7 +1,9 @@
 //! Admin endpoint (loopback): `/config_dump` shows what is in force, what was
 //! rejected and which references dangle; `/ready` answers 200 once config is loaded;
 //! `/stats/prometheus` and `/metrics` serve Istio's request metrics, which
-//! [`serve_stats`] also serves alone on the pod's stats port (15020) for Prometheus.
+//! [`serve_stats`] also serves alone on the pod's stats port (15020) for Prometheus
+//! (with `--ca-address` also this proxy's CA metrics, and its certificate under
+//! `certificate` of `/config_dump`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
 use crate::config::Config;
+use crate::hbone::identity::ProxyIdentity;
 use crate::metrics::RequestMetrics;
 
 pub fn config_dump(config: &Config) -> serde_json::Value {
@@ -64,11 +67,12 @@ pub async fn spawn(
     addr: std::net::SocketAddr,
     config: Arc<Config>,
     metrics: Arc<RequestMetrics>,
+    identity: Option<Arc<ProxyIdentity>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<std::net::SocketAddr, crate::StartError> {
     let (l, bound) = bind(addr).await?;
     tokio::spawn(async move {
-        tokio::select! { _ = serve(l, config, metrics) => {}, _ = stop.changed() => {} }
+        tokio::select! { _ = serve(l, config, metrics, identity) => {}, _ = stop.changed() => {} }
     });
     Ok(bound)
 }
@@ -93,8 +97,16 @@ async fn bind(addr: std::net::SocketAddr) -> Result<(TcpListener, std::net::Sock
     Ok((l, bound))
 }
 
-pub async fn serve(listener: TcpListener, config: Arc<Config>, metrics: Arc<RequestMetrics>) {
-    serve_with(listener, move |path| route(path, &config, &metrics)).await
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<Config>,
+    metrics: Arc<RequestMetrics>,
+    identity: Option<Arc<ProxyIdentity>>,
+) {
+    serve_with(listener, move |path| {
+        route(path, &config, &metrics, identity.as_deref())
+    })
+    .await
 }
 
 /// The stats port: metrics only (it listens on the pod's address, unlike the admin port).
@@ -141,14 +153,16 @@ fn not_found(text: &'static str) -> Response<Body> {
     r
 }
 
-fn route(path: &str, config: &Config, metrics: &RequestMetrics) -> Response<Body> {
+fn route(path: &str, config: &Config, metrics: &RequestMetrics, identity: Option<&ProxyIdentity>) -> Response<Body> {
     if let Some(r) = stats(path, metrics) {
         return r;
     }
     match path {
         "/config_dump" => {
-            let text = serde_json::to_string_pretty(&config_dump(config))
-                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+            let mut dump = config_dump(config);
+            // This proxy's mesh certificate (null without --ca-address).
+            dump["certificate"] = identity.map_or(serde_json::Value::Null, ProxyIdentity::dump);
+            let text = serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
             let mut r = Response::new(body::full(text));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -60,9 +60,19 @@ pub struct Options {
     pub root_namespace: String,
     /// Spans exported over OTLP; `None` (the default): no tracing at all.
     pub otlp: Option<trace::OtlpOptions>,
+    /// This proxy's mesh certificate (with `--ca-address`): its CA metrics on the stats
+    /// and admin ports, its identity, serial and expiry in `/config_dump`.
+    pub identity: Option<Arc<hbone::identity::ProxyIdentity>>,
 }
 
 impl Options {
+    /// Request metrics (recorded unless `request_metrics` is off), with this proxy's
+    /// certificate metrics when it has a certificate.
+    fn build_metrics(&self, reporter: crate::metrics::Reporter) -> crate::metrics::RequestMetrics {
+        let certs = self.identity.as_deref().map(hbone::identity::ProxyIdentity::metrics);
+        crate::metrics::RequestMetrics::with_certificates(reporter, certs).recording(self.request_metrics)
+    }
+
     pub fn new(listen: SocketAddr, namespace: &str) -> Self {
         Self {
             listen,
@@ -78,6 +88,7 @@ impl Options {
             jwks_refresh: crate::authn::jwks::DEFAULT_REFRESH,
             root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.into(),
             otlp: None,
+            identity: None,
         }
     }
 }
@@ -132,15 +143,22 @@ impl Waypoint {
         let proxy = Arc::new(Proxy {
             config: config.clone(),
             gateways,
-            metrics: Arc::new(
-                crate::metrics::RequestMetrics::new(crate::metrics::Reporter::waypoint).recording(opts.request_metrics),
-            ),
+            metrics: Arc::new(opts.build_metrics(crate::metrics::Reporter::waypoint)),
             access_log: opts.access_log,
             tracer: trace::start(opts.otlp.as_ref())?,
         });
         tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {
-            Some(a) => Some(admin::spawn(a, config.clone(), proxy.metrics.clone(), rx.clone()).await?),
+            Some(a) => Some(
+                admin::spawn(
+                    a,
+                    config.clone(),
+                    proxy.metrics.clone(),
+                    opts.identity.clone(),
+                    rx.clone(),
+                )
+                .await?,
+            ),
             None => None,
         };
         if let Some(a) = opts.stats {

@@ -217,6 +217,10 @@ impl HboneArgs {
                 timeout: Duration::from_secs(5),
             },
             identity: mesh_hbone::SpiffeId::new(&self.trust_domain, namespace, &self.service_account),
+            workload: format!(
+                "{namespace}/{}",
+                std::env::var("POD_NAME").unwrap_or_else(|_| self.service_account.clone())
+            ),
             lifetime: Duration::from_secs(self.cert_lifetime_secs),
             rotate_fraction: 0.5,
             backoff: mesh_hbone::ca::Backoff {
@@ -260,7 +264,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     let service = service_name(&args);
     runtime.block_on(async {
-        let opts = Options {
+        let mut opts = Options {
             listen: args.listen,
             namespace: args.namespace,
             gateways: args.gateways,
@@ -282,6 +286,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     service_name: service,
                     sampling: args.trace_sampling,
                 }),
+            identity: None,
         };
         let hbone = match args.hbone.options(&opts.namespace)? {
             Some(o) => Some(
@@ -291,6 +296,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        opts.identity = hbone.as_ref().map(|h| h.identity.clone());
         let connector: std::sync::Arc<dyn mesh_waypoint::endpoint::connector::Connector> = match &hbone {
             Some(h) => h.connector.clone(),
             None => std::sync::Arc::new(mesh_waypoint::endpoint::connector::PlainTcp),

@@ -86,6 +86,12 @@ fn size_buckets() -> Histogram {
 
 impl RequestMetrics {
     pub fn new(reporter: Reporter) -> Self {
+        Self::with_certificates(reporter, None)
+    }
+
+    /// Also exposes `certs` (this proxy's CA requests and certificate expiry, the node
+    /// daemon's metrics) beside the request metrics.
+    pub fn with_certificates(reporter: Reporter, certs: Option<&mesh_hbone::ca::CertMetrics>) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION_BUCKETS_MS));
         let request_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(size_buckets as fn() -> Histogram);
@@ -100,6 +106,9 @@ impl RequestMetrics {
         );
         registry.register("istio_request_bytes", "Request body sizes", request_bytes.clone());
         registry.register("istio_response_bytes", "Response body sizes", response_bytes.clone());
+        if let Some(certs) = certs {
+            certs.register(&mut registry);
+        }
         Self {
             reporter,
             recording: true,

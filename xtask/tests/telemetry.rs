@@ -179,4 +179,62 @@ fn request_metrics_count_every_request_with_istios_labels() {
     )
     .expect("stats port");
     assert_eq!(dump.status, 404, "the stats port serves metrics only");
+
+    // Issue 15: the waypoint's and the gateway's own certificate, as the node daemon
+    // reports its pods': CA requests by result and seconds left on the stats port, the
+    // certificate (identity, serial, expiry) in /config_dump.
+    let waypoint_dump = bookinfo::waypoint_dump(&c).expect("waypoint config_dump");
+    let gateway_dump = bookinfo::gateway_dump(&c).expect("gateway config_dump");
+    for (pod, dump, sa) in [
+        (waypoint, waypoint_dump, "/ns/bookinfo/sa/"),
+        (GATEWAY_POD, gateway_dump, "/ns/istio-system/sa/"),
+    ] {
+        let ip = c.pod(pod.0, pod.1).expect("pod").ip;
+        let text = http_get_from_pod(
+            &c,
+            pod,
+            SocketAddr::from((ip, STATS_PORT)),
+            "/metrics",
+            &[],
+            Duration::from_secs(5),
+        )
+        .expect("stats port")
+        .body;
+        certificate_reported(pod.1, &text, &dump["certificate"], sa);
+    }
+}
+
+/// `text` (a stats page) counts issued CA requests and gives the certificate of `cert`
+/// (a `/config_dump` section) a positive number of seconds left.
+fn certificate_reported(pod: &str, text: &str, cert: &serde_json::Value, sa: &str) {
+    let identity = cert["identity"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{pod}: no certificate in config_dump: {cert}"));
+    assert!(
+        identity.starts_with("spiffe://cluster.local") && identity.contains(sa),
+        "{pod}: {cert}"
+    );
+    assert!(cert["serial"].as_str().is_some_and(|s| !s.is_empty()), "{pod}: {cert}");
+    assert!(cert["expiry_unix"].as_u64().is_some_and(|e| e > 0), "{pod}: {cert}");
+    let issued: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("mesh_ca_requests_total{result=\"issued\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(issued >= 1.0, "{pod}: no issued CA request in:\n{text}");
+    let left: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("mesh_certificate_expiry_seconds{") && l.contains(&format!("identity=\"{identity}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    eprintln!(
+        "FIGURE {pod}: certificate {identity} serial {} expires in {left:?} s",
+        cert["serial"]
+    );
+    assert!(
+        left.len() == 1 && left[0] > 0.0,
+        "{pod}: expiry gauge {left:?} in:\n{text}"
+    );
 }

@@ -7,7 +7,9 @@
 pub mod backoff;
 pub mod client;
 pub mod csr;
+pub mod metrics;
 pub mod proto;
 
 pub use backoff::Backoff;
 pub use client::{CaClient, CaClientConfig, CaClientError, CaResult};
+pub use metrics::CertMetrics;

@@ -9,6 +9,7 @@
 //! it. A workload without a valid certificate gets none ([`CertError`]): its
 //! connections are refused, never sent in plaintext.
 
+pub use mesh_hbone::ca::CertMetrics;
 pub use mesh_hbone::cert::{CertResolver, WorkloadCert};
 
 use std::collections::HashMap;
@@ -16,11 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use mesh_hbone::RefusalReason;
-use mesh_hbone::ca::{Backoff, CaClientError, CaResult};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use mesh_hbone::ca::{Backoff, CaClientError};
 use serde_json::{Value, json};
 
 use super::{CertSource, SpiffeId};
@@ -51,38 +48,6 @@ impl CertError {
             Self::Missing { .. } => RefusalReason::NoCertificate,
             Self::Expired { .. } => RefusalReason::CertExpired,
         }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: CaResult,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CertLabels {
-    workload: String,
-    identity: String,
-}
-
-#[derive(Clone, Default)]
-pub struct CertMetrics {
-    requests: Family<ResultLabels, Counter>,
-    expiry: Family<CertLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-}
-
-impl CertMetrics {
-    pub fn register(&self, reg: &mut prometheus_client::registry::Registry) {
-        reg.register(
-            "mesh_ca_requests",
-            "Certificate requests to the mesh CA, by result (issued, denied, unreachable, invalid)",
-            self.requests.clone(),
-        );
-        reg.register(
-            "mesh_certificate_expiry_seconds",
-            "Seconds until each workload certificate expires (negative: expired)",
-            self.expiry.clone(),
-        );
     }
 }
 
@@ -168,11 +133,7 @@ impl CertManager {
         let existing = self.lock().get(&key).and_then(|e| e.cert.clone());
         let generation = existing.as_ref().map_or(1, |c| c.resolver.current().generation + 1);
         let result = self.source.fetch(&identity, generation).await;
-        let outcome = result.as_ref().map_or_else(CaClientError::result, |_| CaResult::issued);
-        self.metrics
-            .requests
-            .get_or_create(&ResultLabels { result: outcome })
-            .inc();
+        self.metrics.request(&result);
         let mut entries = self.lock();
         let entry = entries.entry(key.clone()).or_default();
         match result {
@@ -241,10 +202,7 @@ impl CertManager {
         };
         for (key, cert) in gone {
             if let Some(c) = cert {
-                self.metrics.expiry.remove(&CertLabels {
-                    workload: key,
-                    identity: c.identity.to_string(),
-                });
+                self.metrics.forget(&key, &c.identity);
             }
         }
         let now = (SystemTime::now(), Instant::now());
@@ -262,21 +220,12 @@ impl CertManager {
 
     /// Expiry gauges and the `certificates` readiness condition, from the entries.
     pub fn report(&self, readiness: &Readiness) {
-        let now = SystemTime::now();
         let (mut valid, mut missing, mut soonest) = (0usize, Vec::new(), None::<SystemTime>);
         for (key, e) in self.lock().iter() {
             match &e.cert {
                 Some(c) => {
                     let not_after = c.resolver.current().not_after;
-                    let left = match not_after.duration_since(now) {
-                        Ok(d) => d.as_secs_f64(),
-                        Err(e) => -e.duration().as_secs_f64(),
-                    };
-                    let labels = CertLabels {
-                        workload: key.clone(),
-                        identity: c.identity.to_string(),
-                    };
-                    self.metrics.expiry.get_or_create(&labels).set(left);
+                    let left = self.metrics.expiry(key, &c.identity, not_after);
                     if left > 0.0 {
                         valid += 1;
                         soonest = Some(soonest.map_or(not_after, |s| s.min(not_after)));
@@ -330,6 +279,7 @@ impl CertManager {
                 if let Some(c) = &e.cert {
                     let cur = c.resolver.current();
                     row["identity"] = json!(c.identity.to_string());
+                    row["serial"] = json!(cur.serial());
                     row["not_before"] = json!(rfc3339(cur.not_before));
                     row["expiry"] = json!(rfc3339(cur.not_after));
                     row["generation"] = json!(cur.generation);

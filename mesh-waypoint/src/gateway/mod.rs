@@ -114,9 +114,7 @@ impl IngressGateway {
         let proxy = Arc::new(Proxy {
             config: config.clone(),
             gateways: Vec::new(),
-            metrics: Arc::new(
-                crate::metrics::RequestMetrics::new(crate::metrics::Reporter::source).recording(opts.request_metrics),
-            ),
+            metrics: Arc::new(opts.build_metrics(crate::metrics::Reporter::source)),
             access_log: opts.access_log,
             tracer: crate::trace::start(opts.otlp.as_ref())?,
         });
@@ -128,7 +126,16 @@ impl IngressGateway {
             rx.clone(),
         ));
         let admin_addr = match opts.admin {
-            Some(a) => Some(crate::admin::spawn(a, config.clone(), proxy.metrics.clone(), rx.clone()).await?),
+            Some(a) => Some(
+                crate::admin::spawn(
+                    a,
+                    config.clone(),
+                    proxy.metrics.clone(),
+                    opts.identity.clone(),
+                    rx.clone(),
+                )
+                .await?,
+            ),
             None => None,
         };
         if let Some(a) = opts.stats {
