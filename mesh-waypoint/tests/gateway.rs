@@ -709,7 +709,7 @@ async fn no_request_lost_during_reloads_under_200_concurrent_requests() {
             let mut statuses = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let req = lab
-                    .request(port, "shop.example.com", "/?sleep_ms=2")
+                    .request(port, "shop.example.com", "/")
                     .body(Full::new(Bytes::new()))
                     .expect("request");
                 statuses.push(match lab.client.request(req).await {

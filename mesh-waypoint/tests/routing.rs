@@ -150,12 +150,12 @@ fn cases() -> Vec<(&'static str, String, Vec<Probe>)> {
             get("/", &[], "x-dest on both sides", |r| v(r, "v2") && r.echoed("x-dest") == "v2" && r.header("x-dest-resp") == "yes"),
         ]),
         ("timeout", "  - timeout: 200ms\n    retries: {attempts: 0}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
-            // 504 itself proves the timeout fired: the backend would have answered 200 after 2 s.
-            get("/?sleep_ms=2000", &[], "504 UT", |r| r.status == 504 && r.header("x-mesh-flags").contains("UT")),
+            // 504 itself proves the timeout fired: the held backend never answers.
+            get("/?hold=1", &[], "504 UT", |r| r.status == 504 && r.header("x-mesh-flags").contains("UT")),
             get("/", &[], "fast requests pass", |r| v(r, "v1")),
         ]),
         ("perTryTimeout retried within route timeout", "  - timeout: 5s\n    retries: {attempts: 2, perTryTimeout: 100ms, retryOn: 5xx}\n    route: [{destination: {host: reviews, subset: v1}}]\n".into(), vec![
-            get("/?sleep_ms=1000", &[], "504 after 3 per-try timeouts", |r| r.status == 504 && r.header("x-mesh-reason").contains("per-try timeout")),
+            get("/?hold=1", &[], "504 after 3 per-try timeouts", |r| r.status == 504 && r.header("x-mesh-reason").contains("per-try timeout")),
         ]),
         ("retries on 5xx give up after attempts", "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n".into(), vec![
             get("/?status=503", &[], "503 after retries (all endpoints fail)", |r| r.status == 503 && r.version() != "-"),

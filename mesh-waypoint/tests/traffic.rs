@@ -279,7 +279,7 @@ async fn reload_under_load_loses_no_request() {
     let l = lab.clone();
     let load = tokio::spawn(async move {
         let l2 = l.clone();
-        burst(&l, 3000, 200, move |_| l2.request("reviews:9080", "/?sleep_ms=20")).await
+        burst(&l, 3000, 200, move |_| l2.request("reviews:9080", "/")).await
     });
     let dr = |n: u32| {
         format!(

@@ -38,7 +38,7 @@ pub fn ip(block: [u8; 3], last: u8) -> IpAddr {
 }
 
 /// A backend that answers with JSON naming its version, and echoes the request.
-/// Query parameters steer it: `status=N`, `sleep_ms=N`, `hold=1` (wait for a permit
+/// Query parameters steer it: `status=N`, `hold=1` (wait for a permit
 /// on `gate`).
 pub struct Backend {
     pub addr: SocketAddr,
@@ -143,9 +143,6 @@ async fn echo(
                 .map(str::to_owned)
         })
     };
-    if let Some(ms) = q("sleep_ms").and_then(|v| v.parse().ok()) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
     if q("hold").is_some() {
         let _ = gate.acquire().await.map(|p| p.forget());
     }
