@@ -142,6 +142,10 @@ pub struct RunArgs {
     /// this name in every namespace, as istiod publishes `istio-ca-root-cert`.
     #[arg(long, requires = "kubernetes")]
     pub publish_root_configmap: Option<String>,
+    /// How often that ConfigMap is applied again in every namespace (new namespaces,
+    /// edited or deleted copies), in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub root_configmap_resync_secs: u64,
     /// Local mode: the token file the cluster harness writes (token → ServiceAccount, pod, node).
     #[arg(long, requires = "config_dir")]
     pub token_review_file: Option<PathBuf>,
@@ -215,7 +219,8 @@ async fn kube_backends(args: &RunArgs) -> anyhow::Result<(Arc<dyn TokenReviewer>
         .context("connecting to the API server")?;
     if let Some(name) = &args.publish_root_configmap {
         let root = Authority::load(&args.cacerts_dir)?.root_pem().to_owned();
-        tokio::spawn(crate::publish::run(client.clone(), name.clone(), root));
+        let every = std::time::Duration::from_secs(args.root_configmap_resync_secs);
+        tokio::spawn(crate::publish::run(client.clone(), name.clone(), root, every));
     }
     let k = Arc::new(crate::auth::kube::KubeAuth::new(client, args.audience.clone()));
     Ok((k.clone(), k))

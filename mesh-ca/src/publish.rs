@@ -1,7 +1,7 @@
 //! Kubernetes mode: the root certificate alone, in a ConfigMap of every namespace
 //! (`mesh-ca-root-cert`, key `root-cert.pem`, as istiod publishes `istio-ca-root-cert`),
 //! so clients can trust the mesh root without any access to the CA Secret. Server-side
-//! apply, re-applied every minute (new namespaces, edits).
+//! apply, re-applied every `--root-configmap-resync-secs` (new namespaces, edits).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,14 +12,14 @@ use kube::{Api, Client};
 
 pub const ROOT_KEY: &str = "root-cert.pem";
 const FIELD_MANAGER: &str = "mesh-ca";
-const EVERY: Duration = Duration::from_secs(60);
 
-pub async fn run(client: Client, name: String, root_pem: String) {
+/// Publishes `root_pem` as ConfigMap `name` in every namespace, again every `every`.
+pub async fn run(client: Client, name: String, root_pem: String, every: Duration) {
     loop {
         if let Err(e) = publish_all(&client, &name, &root_pem).await {
-            tracing::warn!(configmap = %name, "publishing the root certificate failed (retrying in {EVERY:?}): {e}");
+            tracing::warn!(configmap = %name, "publishing the root certificate failed (retrying in {every:?}): {e}");
         }
-        tokio::time::sleep(EVERY).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -9,7 +9,7 @@ mod source_gauges;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use mesh_common::model::store::{Changes, ConfigStore};
 use mesh_common::source::SharedStore;
@@ -133,35 +133,7 @@ impl Sink for Publisher {
     }
 
     fn status(&self, status: &SourceStatus, objects: usize) {
-        self.readiness.set("config", condition(status, objects, &self.what));
+        self.readiness.set("config", status.condition(objects, &self.what));
         self.gauges.show(status);
     }
-}
-
-/// The readiness line of the configuration. Once the model is complete the daemon
-/// stays ready through a source outage (it serves its last known state, like ztunnel
-/// without its control plane); the detail says so.
-fn condition(s: &SourceStatus, objects: usize, what: &str) -> Condition {
-    let last_error = s
-        .last_error
-        .as_deref()
-        .map(|e| format!("; last error: {e}"))
-        .unwrap_or_default();
-    if !s.synced {
-        return Condition::Pending(format!("waiting for the first complete list from {what}{last_error}"));
-    }
-    if s.connected {
-        return Condition::Ok(format!("{objects} objects from {what}, connected"));
-    }
-    Condition::Ok(format!(
-        "{what} unreachable since {} (failing: {}): serving the last known state of {objects} objects{last_error}",
-        rfc3339(s.since),
-        s.failing.join(", "),
-    ))
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

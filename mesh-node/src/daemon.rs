@@ -114,7 +114,7 @@ async fn serve_endpoints(p: &ProxyInputs) -> anyhow::Result<()> {
     let l = http_server::bind(p.args.readiness_addr, "readiness").await?;
     tokio::spawn(http_server::serve(l, "readiness", move |req| {
         let r = readiness.clone();
-        async move { r.handle(req).await }
+        async move { crate::readiness::handle(&r, req).await }
     }));
     let metrics = p.metrics.clone();
     let l = http_server::bind(p.args.metrics_addr, "metrics").await?;

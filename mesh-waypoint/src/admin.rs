@@ -1,5 +1,5 @@
 //! Admin endpoint (loopback): `/config_dump` shows what is in force, what was
-//! rejected and which references dangle; `/ready` answers 200 once config is loaded;
+//! rejected and which references dangle; `/ready` is [`crate::readiness::check`];
 //! `/stats/prometheus` and `/metrics` serve Istio's request metrics, which
 //! [`serve_stats`] also serves alone on the pod's stats port (15020) for Prometheus
 //! (with `--ca-address` also this proxy's CA metrics, and its certificate under
@@ -118,7 +118,10 @@ pub async fn serve_stats(listener: TcpListener, metrics: Arc<RequestMetrics>) {
     .await
 }
 
-async fn serve_with(listener: TcpListener, route: impl Fn(&str) -> Response<Body> + Clone + Send + Sync + 'static) {
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    route: impl Fn(&str) -> Response<Body> + Clone + Send + Sync + 'static,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -147,7 +150,7 @@ fn stats(path: &str, metrics: &RequestMetrics) -> Option<Response<Body>> {
     })
 }
 
-fn not_found(text: &'static str) -> Response<Body> {
+pub(crate) fn not_found(text: &'static str) -> Response<Body> {
     let mut r = Response::new(body::full(text));
     *r.status_mut() = StatusCode::NOT_FOUND;
     r
@@ -170,7 +173,7 @@ fn route(path: &str, config: &Config, metrics: &RequestMetrics, identity: Option
             );
             r
         }
-        "/ready" | "/healthz/ready" => Response::new(body::full("ready\n")),
+        "/ready" | "/healthz/ready" => crate::readiness::check(config, identity),
         _ => not_found("endpoints: /config_dump /ready /stats/prometheus /metrics\n"),
     }
 }

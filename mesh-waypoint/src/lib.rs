@@ -21,6 +21,7 @@ pub mod hbone;
 pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;
+pub mod readiness;
 pub mod route;
 pub mod trace;
 

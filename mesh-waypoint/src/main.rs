@@ -319,7 +319,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             if args.kubernetes {
                 // The gateway alone reads Secrets: its credentialNames, in its namespace.
                 let secrets = Some(own_namespace);
-                start_kubernetes(gateway.config.clone(), args.readiness_addr, secrets).await?;
+                let identity = hbone.as_ref().map(|h| h.identity.clone());
+                start_kubernetes(gateway.config.clone(), identity, args.readiness_addr, secrets).await?;
             }
             shutdown_signal().await?;
             tracing::info!("shutting down");
@@ -335,7 +336,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .context("cannot serve HBONE")?;
         }
         if args.kubernetes {
-            start_kubernetes(waypoint.config.clone(), args.readiness_addr, None).await?;
+            let identity = hbone.as_ref().map(|h| h.identity.clone());
+            start_kubernetes(waypoint.config.clone(), identity, args.readiness_addr, None).await?;
         }
         shutdown_signal().await?;
         tracing::info!("shutting down");
@@ -369,21 +371,21 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 #[cfg(feature = "kubernetes")]
 async fn start_kubernetes(
     config: std::sync::Arc<mesh_waypoint::config::Config>,
+    identity: Option<std::sync::Arc<mesh_waypoint::hbone::identity::ProxyIdentity>>,
     readiness: SocketAddr,
     secrets_namespace: Option<String>,
 ) -> anyhow::Result<()> {
-    let feed = mesh_waypoint::kubernetes::start(config, std::env::var("POD_NAME").ok(), secrets_namespace)
+    let feed = mesh_waypoint::kubernetes::start(config.clone(), std::env::var("POD_NAME").ok(), secrets_namespace)
         .await
         .context("Kubernetes mode (--kubernetes)")?;
     let listener = tokio::net::TcpListener::bind(readiness)
         .await
         .with_context(|| format!("cannot listen on {readiness}"))?;
-    let status = feed.status();
     // The readiness server holds the feed: the process follows the API server for its
     // whole life.
     tokio::spawn(async move {
         let _feed = feed;
-        mesh_waypoint::kubernetes::serve_readiness(listener, status).await
+        mesh_waypoint::readiness::serve(listener, config, identity).await
     });
     tracing::info!(%readiness, "configuration from the Kubernetes API server");
     Ok(())
@@ -392,6 +394,7 @@ async fn start_kubernetes(
 #[cfg(not(feature = "kubernetes"))]
 async fn start_kubernetes(
     _: std::sync::Arc<mesh_waypoint::config::Config>,
+    _: Option<std::sync::Arc<mesh_waypoint::hbone::identity::ProxyIdentity>>,
     _: SocketAddr,
     _: Option<String>,
 ) -> anyhow::Result<()> {

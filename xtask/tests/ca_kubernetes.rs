@@ -23,6 +23,16 @@ const PODS: &[(&str, &str, &str, &str)] = &[
     ("shop", "waypoint-1", "n2", "waypoint"),
 ];
 
+const NAMESPACES: &[&str] = &["mesh-system", "shop", "istio-system"];
+
+fn namespaces_yaml(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 fn pods_yaml() -> String {
     PODS.iter()
         .map(|(ns, name, node, sa)| {
@@ -35,6 +45,7 @@ fn pods_yaml() -> String {
         .join("---\n")
 }
 
+const ROOT_CONFIGMAP: &str = "mesh-ca-root-cert";
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
 const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
@@ -51,6 +62,8 @@ impl Lab {
     fn start() -> Lab {
         let api = ApiServer::start(|| TcpListener::bind("127.0.0.1:0")).expect("test API server");
         api.apply_yaml("pods.yaml", &pods_yaml()).expect("apply pods");
+        api.apply_yaml("namespaces.yaml", &namespaces_yaml(NAMESPACES))
+            .expect("apply namespaces");
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
@@ -62,6 +75,12 @@ impl Lab {
         let ca = ProcessGuard::adopt(
             Command::new(bin_path("mesh-ca").expect("mesh-ca is built"))
                 .args(["run", "--kubernetes", "--create-root", "--listen", &listen.to_string()])
+                .args([
+                    "--publish-root-configmap",
+                    ROOT_CONFIGMAP,
+                    "--root-configmap-resync-secs",
+                    "1",
+                ])
                 .arg("--cacerts-dir")
                 .arg(dir.path().join("cacerts"))
                 .env("KUBECONFIG", &kubeconfig)
@@ -128,6 +147,31 @@ impl Lab {
         (out.status.code().unwrap_or(-1), text.trim().to_owned())
     }
 
+    /// The `root-cert.pem` of the root ConfigMap in each namespace that has one.
+    fn published_roots(&self) -> std::collections::BTreeMap<String, String> {
+        self.api
+            .objects("ConfigMap")
+            .iter()
+            .filter(|c| c["metadata"]["name"] == ROOT_CONFIGMAP)
+            .map(|c| {
+                let ns = c["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+                (ns, c["data"]["root-cert.pem"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+
+    /// Waits until every namespace in `namespaces` holds exactly `root` in the ConfigMap.
+    fn wait_published(&self, namespaces: &[&str], root: &str) {
+        wait_for("the root ConfigMap in every namespace", Duration::from_secs(20), || {
+            let roots = self.published_roots();
+            namespaces
+                .iter()
+                .all(|ns| roots.get(*ns).is_some_and(|r| r == root))
+                .then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}\nCA log:\n{}", self.published_roots(), self.log()));
+    }
+
     /// The CA's log line refusing `identity`, once it is written.
     fn refusal(&self, identity: &str) -> String {
         wait_for("the refusal in the CA's log", Duration::from_secs(10), || {
@@ -187,4 +231,32 @@ fn kubernetes_mode_scopes_node_tokens_to_their_node_and_proxies_to_themselves() 
     assert_eq!(code, 1, "{out}");
     let bad_tokens = lab.log().lines().filter(|l| l.contains("bad_token")).count();
     assert_eq!(bad_tokens, 2, "CA log:\n{}", lab.log());
+}
+
+#[test]
+fn kubernetes_mode_publishes_the_root_alone_in_every_namespace_and_keeps_it() {
+    let lab = Lab::start();
+    let root = std::fs::read_to_string(lab.dir.path().join("cacerts/root-cert.pem")).expect("root-cert.pem");
+    assert!(root.contains("BEGIN CERTIFICATE"), "{root}");
+    lab.wait_published(NAMESPACES, &root);
+    for c in lab.api.objects("ConfigMap") {
+        let data = c["data"].as_object().expect("data");
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["root-cert.pem"], "{c}");
+        assert!(!c.to_string().contains("PRIVATE KEY"), "{c}");
+    }
+
+    // A namespace created later gets it; an edited copy is put back.
+    lab.api
+        .apply_yaml("late.yaml", &namespaces_yaml(&["late"]))
+        .expect("apply namespace");
+    let tampered = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {ROOT_CONFIGMAP}, namespace: shop}}\n\
+         data: {{root-cert.pem: not-the-root}}\n"
+    );
+    lab.api
+        .apply_yaml("tampered.yaml", &tampered)
+        .expect("apply tampered copy");
+    let mut all = NAMESPACES.to_vec();
+    all.push("late");
+    lab.wait_published(&all, &root);
 }

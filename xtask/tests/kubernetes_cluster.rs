@@ -81,8 +81,7 @@ fn setup() -> Setup {
             ..MeshOptions::default()
         },
         log_dir,
-        prometheus: false,
-        otlp_endpoint: None,
+        ..LabOptions::default()
     };
     let lab = Lab::start(&cluster, options).expect("Bookinfo on the API server");
     Setup { cluster, api, lab }

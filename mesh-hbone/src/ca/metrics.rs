@@ -1,14 +1,18 @@
 //! Certificate metrics of a CA client, the same on every process that obtains
 //! certificates (the node daemon for its pods, a waypoint or gateway for itself):
 //! `mesh_ca_requests_total{result}` and `mesh_certificate_expiry_seconds{workload,identity}`.
+//! The seconds left are computed when Prometheus scrapes, from each certificate's
+//! expiry: nothing has to wake up to keep the gauge current.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::{CaClientError, CaResult};
@@ -19,7 +23,7 @@ struct ResultLabels {
     result: CaResult,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct CertLabels {
     workload: String,
     identity: String,
@@ -29,7 +33,35 @@ struct CertLabels {
 #[derive(Clone, Default)]
 pub struct CertMetrics {
     requests: Family<ResultLabels, Counter>,
-    expiry: Family<CertLabels, Gauge<f64, AtomicU64>>,
+    expiry: Expiries,
+}
+
+/// Each certificate's expiry, encoded as seconds left at scrape time.
+#[derive(Clone, Debug, Default)]
+struct Expiries(Arc<Mutex<BTreeMap<CertLabels, SystemTime>>>);
+
+impl Expiries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<CertLabels, SystemTime>> {
+        // Single inserts and removes: a panic elsewhere cannot leave the map half-updated.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+const EXPIRY_HELP: &str = "Seconds until each workload certificate expires (negative: expired)";
+
+impl Collector for Expiries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = SystemTime::now();
+        let entries = self.lock().clone();
+        let mut gauge =
+            encoder.encode_descriptor("mesh_certificate_expiry_seconds", EXPIRY_HELP, None, MetricType::Gauge)?;
+        for (labels, not_after) in &entries {
+            gauge
+                .encode_family(labels)?
+                .encode_gauge(&seconds_left(*not_after, now))?;
+        }
+        Ok(())
+    }
 }
 
 impl CertMetrics {
@@ -39,11 +71,7 @@ impl CertMetrics {
             "Certificate requests to the mesh CA, by result (issued, denied, unreachable, invalid)",
             self.requests.clone(),
         );
-        reg.register(
-            "mesh_certificate_expiry_seconds",
-            "Seconds until each workload certificate expires (negative: expired)",
-            self.expiry.clone(),
-        );
+        reg.register_collector(Box::new(self.expiry.clone()));
     }
 
     /// Counts one CA request by its outcome.
@@ -54,21 +82,20 @@ impl CertMetrics {
         self.requests.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// Sets the seconds until `not_after` for `workload`'s certificate, and returns them
-    /// (negative once expired).
+    /// Records `not_after` as `workload`'s certificate expiry, and returns the seconds
+    /// until then (negative once expired).
     pub fn expiry(&self, workload: &str, identity: &SpiffeId, not_after: SystemTime) -> f64 {
-        let left = seconds_left(not_after, SystemTime::now());
         let labels = CertLabels {
             workload: workload.to_owned(),
             identity: identity.to_string(),
         };
-        self.expiry.get_or_create(&labels).set(left);
-        left
+        self.expiry.lock().insert(labels, not_after);
+        seconds_left(not_after, SystemTime::now())
     }
 
     /// Drops the gauge of a workload that is gone.
     pub fn forget(&self, workload: &str, identity: &SpiffeId) {
-        self.expiry.remove(&CertLabels {
+        self.expiry.lock().remove(&CertLabels {
             workload: workload.to_owned(),
             identity: identity.to_string(),
         });
@@ -115,5 +142,12 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("shop/old"), "{text}");
+        // Computed at scrape: the seconds left, not a value stored earlier.
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("mesh_certificate_expiry_seconds{workload=\"shop/web\""))
+            .unwrap();
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((90.0..=100.0).contains(&value), "{line}");
     }
 }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use mesh_common::rfc3339;
 use mesh_hbone::RefusalReason;
 use mesh_hbone::ca::{Backoff, CaClientError};
 use serde_json::{Value, json};
@@ -299,12 +300,6 @@ impl CertManager {
 
 fn identity_of(w: &Workload) -> SpiffeId {
     SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account)
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

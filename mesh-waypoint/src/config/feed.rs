@@ -23,6 +23,7 @@ impl DirFeed {
     /// configuration), then polls it every `every`.
     pub fn start(dir: &Path, every: Duration, config: Arc<Config>) -> Result<Self, ConfigError> {
         let store = SharedStore::default();
+        config.follow_source(format!("directory {}", dir.display()));
         let poller = DirPoller::new(dir, store.clone(), Arc::new(validate), every);
         poller.poll_once()?;
         let feed = Feed::start(poller.clone(), store, config);

@@ -10,12 +10,14 @@ pub mod hosts;
 pub mod snapshot;
 pub mod virtual_service;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use mesh_common::model::store::ConfigStore;
 use mesh_common::model::{ConfigError, Resource};
+use mesh_common::readiness::{Condition, Readiness};
 use mesh_common::source::runner::Sink;
+use mesh_common::source::status::SourceStatus;
 use tokio::sync::watch;
 
 pub use snapshot::Snapshot;
@@ -61,6 +63,10 @@ pub struct Config {
     jwks: Arc<JwksCache>,
     /// Where mesh-wide AuthorizationPolicy / RequestAuthentication live (`--root-namespace`).
     root_namespace: String,
+    /// The `config` readiness line (and the proxy's other conditions, see [`crate::readiness`]).
+    readiness: Readiness,
+    /// What the configuration is read from, for the readiness detail.
+    source: OnceLock<String>,
 }
 
 impl Config {
@@ -117,7 +123,31 @@ impl Config {
             scope,
             jwks: JwksCache::new(service_resolver(me.clone())),
             root_namespace: root_namespace.to_owned(),
+            readiness: {
+                let r = Readiness::default();
+                r.set(
+                    "config",
+                    Condition::Ok("no configuration source: empty configuration".into()),
+                );
+                r
+            },
+            source: OnceLock::new(),
         })
+    }
+
+    /// Announces the source about to feed this configuration (`what`, as the readiness
+    /// detail names it): not ready until it has been read completely once.
+    pub fn follow_source(&self, what: String) {
+        self.readiness.set(
+            "config",
+            Condition::Pending(format!("waiting for the first complete list from {what}")),
+        );
+        let _ = self.source.set(what);
+    }
+
+    /// This proxy's readiness conditions.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     pub fn scope(&self) -> &ProxyScope {
@@ -182,6 +212,11 @@ impl Sink for Config {
         let generation = snap.generation;
         self.current.store(Arc::new(snap));
         self.changes.send_replace(generation);
+    }
+
+    fn status(&self, status: &SourceStatus, objects: usize) {
+        let what = self.source.get().map_or("the configuration source", String::as_str);
+        self.readiness.set("config", status.condition(objects, what));
     }
 }
 

@@ -39,6 +39,7 @@ pub const KINDS: &[Kind] = &[
     core("Service", "services", true),
     core("ServiceAccount", "serviceaccounts", true),
     core("Secret", "secrets", true),
+    core("ConfigMap", "configmaps", true),
     grouped("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     grouped("events.k8s.io", "v1", "Event", "events"),
     grouped("networking.istio.io", "v1", "VirtualService", "virtualservices"),

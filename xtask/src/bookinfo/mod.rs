@@ -60,6 +60,8 @@ pub struct LabOptions {
     /// The waypoint and the gateway export a span per request to this OTLP/gRPC
     /// collector (`--otlp-endpoint`; see [`collector`] for one in the lab).
     pub otlp_endpoint: Option<String>,
+    /// Extra `mesh-waypoint run` flags for the waypoint and the gateway.
+    pub proxy_args: Vec<String>,
 }
 
 /// A running Bookinfo; dropping it stops every process (the cluster is the caller's).
@@ -77,6 +79,8 @@ pub struct Lab {
     _prometheus: Option<ProcessGuard>,
     /// [`LabOptions::otlp_endpoint`], for restarted proxies.
     otlp_endpoint: Option<String>,
+    /// [`LabOptions::proxy_args`], for restarted proxies.
+    proxy_args: Vec<String>,
 }
 
 /// `samples/bookinfo/` of this workspace.
@@ -119,8 +123,11 @@ impl Lab {
         }
         let issuer = jwt::Issuer::generate(&cluster.state_dir().join("jwt"))?;
         let jwks_server = issuer.serve(cluster, opts.log_dir.as_deref())?;
-        let otlp = opts.otlp_endpoint.as_deref();
-        let waypoint = spawn_waypoint(cluster, &mut mesh, opts.log_dir.as_deref(), otlp)?;
+        let extra = ProxyExtras {
+            otlp: opts.otlp_endpoint.as_deref(),
+            args: &opts.proxy_args,
+        };
+        let waypoint = spawn_waypoint(cluster, &mut mesh, opts.log_dir.as_deref(), extra)?;
         pods.insert((NAMESPACE.to_owned(), WAYPOINT_POD.to_owned()), waypoint);
         wait_waypoint(cluster)?;
         let gateway_yaml = samples.join("bookinfo-gateway.yaml");
@@ -129,7 +136,7 @@ impl Lab {
             source,
         })?;
         mesh.apply_objects(&gateway_yaml.display().to_string(), &text)?;
-        let gateway = spawn_gateway(cluster, &mut mesh, opts.log_dir.as_deref(), otlp)?;
+        let gateway = spawn_gateway(cluster, &mut mesh, opts.log_dir.as_deref(), extra)?;
         pods.insert((GATEWAY_POD.0.to_owned(), GATEWAY_POD.1.to_owned()), gateway);
         wait_gateway(cluster)?;
         let prometheus = match opts.prometheus {
@@ -145,6 +152,7 @@ impl Lab {
             jwks_server: Some(jwks_server),
             _prometheus: prometheus,
             otlp_endpoint: opts.otlp_endpoint.clone(),
+            proxy_args: opts.proxy_args.clone(),
         };
         lab.wait_serving(cluster)?;
         Ok(lab)
@@ -424,7 +432,7 @@ fn spawn_gateway(
     cluster: &Cluster,
     mesh: &mut LocalMesh,
     log_dir: Option<&Path>,
-    otlp: Option<&str>,
+    extra: ProxyExtras,
 ) -> Result<ProcessGuard, LabError> {
     let (ns, name) = GATEWAY_POD;
     let ca_args = mesh.proxy_ca_args(cluster, ns, name)?;
@@ -444,7 +452,7 @@ fn spawn_gateway(
         .args(&ca_args)
         .stdin(Stdio::null());
     config_source(&mut cmd, mesh);
-    export_spans(&mut cmd, otlp);
+    extra.apply(&mut cmd);
     apps::log_to(&mut cmd, log_dir, name);
     Ok(cluster.spawn_in_pod(ns, name, cmd)?)
 }
@@ -475,7 +483,7 @@ fn spawn_waypoint(
     cluster: &Cluster,
     mesh: &mut LocalMesh,
     log_dir: Option<&Path>,
-    otlp: Option<&str>,
+    extra: ProxyExtras,
 ) -> Result<ProcessGuard, LabError> {
     let ca_args = mesh.proxy_ca_args(cluster, NAMESPACE, WAYPOINT_POD)?;
     let mut cmd = Command::new(bin_path("mesh-waypoint")?);
@@ -488,16 +496,27 @@ fn spawn_waypoint(
         .args(["--jwks-refresh-secs", &JWKS_REFRESH_SECS.to_string()])
         .stdin(Stdio::null());
     config_source(&mut cmd, mesh);
-    export_spans(&mut cmd, otlp);
+    extra.apply(&mut cmd);
     apps::log_to(&mut cmd, log_dir, WAYPOINT_POD);
     Ok(cluster.spawn_in_pod(NAMESPACE, WAYPOINT_POD, cmd)?)
 }
 
-/// `--otlp-endpoint`, with the SDK's batch delay shortened so spans arrive within a second.
-fn export_spans(cmd: &mut Command, otlp: Option<&str>) {
-    if let Some(endpoint) = otlp {
-        cmd.args(["--otlp-endpoint", endpoint])
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+/// What [`LabOptions`] adds to the waypoint's and the gateway's command line.
+#[derive(Clone, Copy)]
+pub(crate) struct ProxyExtras<'a> {
+    otlp: Option<&'a str>,
+    args: &'a [String],
+}
+
+impl ProxyExtras<'_> {
+    /// `--otlp-endpoint` (with the SDK's batch delay shortened so spans arrive within a
+    /// second), then the extra flags.
+    fn apply(self, cmd: &mut Command) {
+        if let Some(endpoint) = self.otlp {
+            cmd.args(["--otlp-endpoint", endpoint])
+                .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+        }
+        cmd.args(self.args);
     }
 }
 

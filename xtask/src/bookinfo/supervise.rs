@@ -69,11 +69,15 @@ impl Lab {
             Unit::Node(n) => return Ok(self.mesh.start_node(cluster, n)?),
             Unit::Pod(ns, name) => (ns.as_str(), name.as_str()),
         };
-        let (log_dir, otlp) = (self.log_dir.as_deref(), self.otlp_endpoint.as_deref());
+        let log_dir = self.log_dir.as_deref();
+        let extra = super::ProxyExtras {
+            otlp: self.otlp_endpoint.as_deref(),
+            args: &self.proxy_args,
+        };
         let guard = if (ns, name) == (NAMESPACE, WAYPOINT_POD) {
-            super::spawn_waypoint(cluster, &mut self.mesh, log_dir, otlp)?
+            super::spawn_waypoint(cluster, &mut self.mesh, log_dir, extra)?
         } else if (ns, name) == GATEWAY_POD {
-            super::spawn_gateway(cluster, &mut self.mesh, log_dir, otlp)?
+            super::spawn_gateway(cluster, &mut self.mesh, log_dir, extra)?
         } else {
             apps::start_one(cluster, &cluster.pod(ns, name)?, log_dir)?
         };
