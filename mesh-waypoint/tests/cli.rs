@@ -185,3 +185,64 @@ fn help_documents_every_flag() {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }
 }
+
+/// Indices written `[]`: `spec.subsets[0].trafficPolicy` → `spec.subsets[].trafficPolicy`.
+fn pattern_of(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push_str("[]");
+            }
+            ']' => in_index = false,
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn check_reports_every_accepted_but_unenforced_field_with_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/unsupported-fields.yaml");
+    std::fs::copy(&sample, dir.path().join("unsupported-fields.yaml")).expect("copy sample");
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-waypoint"))
+        .args(["check", "--namespace", "bookinfo", "--config-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert!(!out.status.success(), "check exits 1 when something is ignored: {dump}");
+    assert_eq!(
+        dump["rejected"],
+        serde_json::json!([]),
+        "the sample is valid Istio YAML"
+    );
+    let reported: std::collections::BTreeSet<(String, String)> = dump["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| w.contains(": not supported, ignored: "))
+        .filter_map(|w| {
+            let (object, rest) = w.split_once(": ")?;
+            let (path, _) = rest.split_once(": ")?;
+            let kind = object.split(' ').next()?;
+            Some((kind.to_owned(), pattern_of(path)))
+        })
+        .collect();
+    let missing: Vec<_> = mesh_common::model::istio::unsupported::patterns()
+        .into_iter()
+        .map(|(kind, p)| (kind.to_owned(), p))
+        .filter(|k| !reported.contains(k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not reported: {missing:?}\nwarnings: {:#}",
+        dump["warnings"]
+    );
+    eprintln!("FIGURE check reported {} unenforced field patterns", reported.len());
+}

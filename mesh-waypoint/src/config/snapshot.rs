@@ -77,6 +77,8 @@ impl Snapshot {
         let mut rules: BTreeMap<String, CompiledRule> = BTreeMap::new();
         let mut warnings = Vec::new();
         for r in resources {
+            let ignored = mesh_common::model::istio::unsupported::fields(r);
+            warnings.extend(ignored.iter().map(ToString::to_string));
             match r {
                 Resource::VirtualService(v) => match virtual_service::compile(v) {
                     Ok(t) if t.visible_from(namespace) => tables.push(Arc::new(t)),

@@ -2,3 +2,4 @@
 
 pub mod networking;
 pub mod security;
+pub mod unsupported;

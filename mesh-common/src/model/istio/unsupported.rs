@@ -1,0 +1,330 @@
+//! Fields of Istio's kinds that this mesh accepts (Istio YAML applies unchanged) but does
+//! not enforce. Nothing is ignored silently: each such field, when set, is reported with
+//! its path and the reason (the waypoint's `/config_dump` `warnings`, its log, and
+//! `mesh-waypoint check`). The tables below are the list; a field that starts being
+//! enforced leaves them in the same change.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::{ObjectRef, Resource};
+
+/// One set field that is not enforced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    pub object: ObjectRef,
+    /// Where it is, with indices: `spec.subsets[1].trafficPolicy.tls`.
+    pub path: String,
+    pub why: &'static str,
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: not supported, ignored: {}",
+            self.object, self.path, self.why
+        )
+    }
+}
+
+/// Paths relative to a DestinationRule traffic policy (`spec.trafficPolicy`, a subset's,
+/// and their `portLevelSettings[]`).
+const TRAFFIC_POLICY: &[(&str, &str)] = &[
+    (
+        "tls",
+        "TLS origination from the waypoint is not implemented; between meshed workloads the mesh's own mutual TLS (ISTIO_MUTUAL) always applies",
+    ),
+    ("tunnel", "tunneling the upstream connection is not implemented"),
+    ("proxyProtocol", "the PROXY protocol to the upstream is not implemented"),
+    (
+        "loadBalancer.localityLbSetting",
+        "locality-aware load balancing is not implemented; endpoints are balanced regardless of locality",
+    ),
+    (
+        "loadBalancer.warmupDurationSecs",
+        "slow start is not implemented; new endpoints get their full share at once",
+    ),
+    (
+        "loadBalancer.consistentHash.ringHash",
+        "the ring hash algorithm is not implemented; consistent hashing uses the waypoint's own hash",
+    ),
+    (
+        "loadBalancer.consistentHash.maglev",
+        "the Maglev algorithm is not implemented; consistent hashing uses the waypoint's own hash",
+    ),
+    (
+        "loadBalancer.consistentHash.minimumRingSize",
+        "the ring hash algorithm is not implemented; consistent hashing uses the waypoint's own hash",
+    ),
+    (
+        "loadBalancer.consistentHash.httpCookie.attributes",
+        "cookie attributes are not set on the generated cookie",
+    ),
+    (
+        "connectionPool.tcp.tcpKeepalive",
+        "TCP keepalive settings are not applied to upstream connections",
+    ),
+    (
+        "connectionPool.tcp.maxConnectionDuration",
+        "upstream connections are not closed after a maximum duration",
+    ),
+    (
+        "connectionPool.http.h2UpgradePolicy",
+        "upstream HTTP/1.1 connections are not upgraded to HTTP/2",
+    ),
+    (
+        "connectionPool.http.useClientProtocol",
+        "the upstream protocol follows the Service port, not the client's",
+    ),
+    (
+        "connectionPool.http.maxConcurrentStreams",
+        "the upstream HTTP/2 stream limit is the peer's, not this setting",
+    ),
+    (
+        "outlierDetection.splitExternalLocalOriginErrors",
+        "local-origin errors are counted with the upstream's errors",
+    ),
+    (
+        "outlierDetection.consecutiveLocalOriginFailures",
+        "local-origin errors are counted with the upstream's errors",
+    ),
+    (
+        "outlierDetection.minHealthPercent",
+        "ejection continues below this share of healthy endpoints (maxEjectionPercent bounds it)",
+    ),
+];
+
+const TRAFFIC_POLICY_AT: &[&str] = &[
+    "spec.trafficPolicy",
+    "spec.trafficPolicy.portLevelSettings[]",
+    "spec.subsets[].trafficPolicy",
+    "spec.subsets[].trafficPolicy.portLevelSettings[]",
+];
+
+const DESTINATION_RULE: &[(&str, &str)] = &[(
+    "spec.workloadSelector",
+    "a DestinationRule applies to every client of its host (a workloadSelector narrows sidecars only)",
+)];
+
+const VIRTUAL_SERVICE: &[(&str, &str)] = &[
+    (
+        "spec.tls",
+        "tls routes (by SNI) are not implemented; such traffic is routed by the Service alone",
+    ),
+    ("spec.tcp[].match[].destinationSubnets", "tcp routes match on port only"),
+    ("spec.tcp[].match[].sourceSubnet", "tcp routes match on port only"),
+    ("spec.tcp[].match[].sourceLabels", "tcp routes match on port only"),
+    ("spec.tcp[].match[].sourceNamespace", "tcp routes match on port only"),
+    ("spec.tcp[].match[].gateways", "tcp routes match on port only"),
+    ("spec.http[].match[].statPrefix", "per-match statistics are not kept"),
+    (
+        "spec.http[].retries.retryRemoteLocalities",
+        "retries do not consider locality",
+    ),
+];
+
+/// The set fields of `resource` that are not enforced, by path.
+pub fn fields(resource: &Resource) -> Vec<Unsupported> {
+    let object = resource.object_ref();
+    let found = match resource {
+        Resource::DestinationRule(d) => scan(&d.spec, &destination_rule_paths()),
+        Resource::VirtualService(v) => {
+            let table: Vec<_> = VIRTUAL_SERVICE.iter().map(|(p, w)| (p.to_string(), *w)).collect();
+            scan(&v.spec, &table)
+        }
+        _ => Vec::new(),
+    };
+    found
+        .into_iter()
+        .map(|(path, why)| Unsupported {
+            object: object.clone(),
+            path,
+            why,
+        })
+        .collect()
+}
+
+/// Every field pattern reported, by kind (indices written `[]`): what a test uses to
+/// prove that a sample setting each of them gets each reported.
+pub fn patterns() -> Vec<(&'static str, String)> {
+    let dr = destination_rule_paths()
+        .into_iter()
+        .map(|(p, _)| ("DestinationRule", p));
+    let vs = VIRTUAL_SERVICE.iter().map(|(p, _)| ("VirtualService", p.to_string()));
+    dr.chain(vs).collect()
+}
+
+/// Every not-enforced DestinationRule path, the traffic-policy ones at each level (a
+/// port-level policy has no `tunnel` or `proxyProtocol`).
+fn destination_rule_paths() -> Vec<(String, &'static str)> {
+    let mut out: Vec<(String, &'static str)> = DESTINATION_RULE.iter().map(|(p, w)| (p.to_string(), *w)).collect();
+    for at in TRAFFIC_POLICY_AT {
+        let port_level = at.ends_with("portLevelSettings[]");
+        out.extend(
+            TRAFFIC_POLICY
+                .iter()
+                .filter(|(p, _)| !(port_level && matches!(*p, "tunnel" | "proxyProtocol")))
+                .map(|(p, w)| (format!("{at}.{p}"), *w)),
+        );
+    }
+    out
+}
+
+/// The paths of `spec` (as `spec.…`) whose pattern (indices written `[]`) is in `table`
+/// and whose value is set. `tls` set to the mesh's own `ISTIO_MUTUAL` alone is enforced
+/// (ambient's mutual TLS), not reported.
+fn scan(spec: &impl Serialize, table: &[(String, &'static str)]) -> Vec<(String, &'static str)> {
+    let Ok(value) = serde_json::to_value(spec) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk(&value, "spec", "spec", table, &mut out);
+    out.sort();
+    out
+}
+
+fn walk(v: &Value, path: &str, pattern: &str, table: &[(String, &'static str)], out: &mut Vec<(String, &'static str)>) {
+    if !is_set(v) {
+        return;
+    }
+    if let Some((_, why)) = table.iter().find(|(p, _)| p == pattern) {
+        if !is_mesh_mutual_tls(pattern, v) {
+            out.push((path.to_owned(), *why));
+        }
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                walk(child, &format!("{path}.{k}"), &format!("{pattern}.{k}"), table, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                walk(child, &format!("{path}[{i}]"), &format!("{pattern}[]"), table, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Unset as far as behaviour goes: absent, `false`, `0`, empty.
+fn is_set(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => m.values().any(is_set),
+    }
+}
+
+fn is_mesh_mutual_tls(pattern: &str, v: &Value) -> bool {
+    pattern.ends_with(".tls")
+        && v.as_object().is_some_and(|m| {
+            m.iter()
+                .filter(|(_, x)| is_set(x))
+                .all(|(k, x)| k == "mode" && x == "ISTIO_MUTUAL")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_documents;
+
+    fn reported(yaml: &str) -> Vec<String> {
+        parse_documents("test.yaml", yaml)
+            .into_iter()
+            .map(|r| r.expect("valid object"))
+            .flat_map(|r| fields(&r))
+            .map(|u| u.path)
+            .collect()
+    }
+
+    #[test]
+    fn every_traffic_policy_level_reports_its_unenforced_fields() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  workloadSelector: {matchLabels: {app: web}}
+  trafficPolicy:
+    tls: {mode: SIMPLE, sni: reviews.example}
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 1024}}
+    outlierDetection: {consecutive5xxErrors: 3, minHealthPercent: 50}
+    portLevelSettings:
+    - port: {number: 9080}
+      connectionPool: {tcp: {maxConnections: 5, tcpKeepalive: {time: 10s}}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}
+";
+        assert_eq!(
+            reported(yaml),
+            [
+                "spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting",
+                "spec.trafficPolicy.loadBalancer.consistentHash.ringHash",
+                "spec.trafficPolicy.outlierDetection.minHealthPercent",
+                "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.tcpKeepalive",
+                "spec.trafficPolicy.tls",
+                "spec.workloadSelector",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_mesh_own_mutual_tls_and_unset_fields_are_not_reported() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    outlierDetection: {minHealthPercent: 0}
+    loadBalancer: {simple: LEAST_REQUEST}
+";
+        assert!(reported(yaml).is_empty(), "{:?}", reported(yaml));
+    }
+
+    #[test]
+    fn virtual_service_tls_routes_and_l4_source_matches_are_reported() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{port: 5432, sourceLabels: {app: web}}]
+    route: [{destination: {host: db}}]
+  tls:
+  - match: [{sniHosts: [db.example]}]
+    route: [{destination: {host: db}}]
+";
+        let found: Vec<_> = parse_documents("vs.yaml", yaml)
+            .into_iter()
+            .map(|r| r.expect("valid object"))
+            .flat_map(|r| fields(&r))
+            .collect();
+        let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "VirtualService shop/db: spec.tcp[0].match[0].sourceLabels: not supported, ignored: tcp routes match on port only",
+                "VirtualService shop/db: spec.tls: not supported, ignored: tls routes (by SNI) are not implemented; such traffic is routed by the Service alone",
+            ]
+        );
+    }
+}
