@@ -150,6 +150,9 @@ pub struct Machine {
     pub nproc: usize,
     pub cpu: String,
     pub kernel: String,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute figures when the run ended: the machine is
+    /// shared, so a ratio means more than an absolute figure, and this says how shared.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -166,10 +169,14 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
         Machine {
             nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             cpu,
             kernel,
+            load_average,
         }
     }
 }
@@ -212,10 +219,11 @@ impl Report {
     pub fn markdown(&self) -> String {
         let m = &self.machine;
         let mut out = format!(
-            "Machine: {} × {}, kernel {}; binaries: {}; {} mode; {:.0} s.\n\n",
+            "Machine: {} × {}, kernel {}, load average {} at the end; binaries: {}; {} mode; {:.0} s.\n\n",
             m.nproc,
             m.cpu,
             m.kernel,
+            m.load_average,
             self.binaries,
             if self.quick {
                 "quick (1 repetition, short runs)"

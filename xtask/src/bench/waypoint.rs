@@ -12,7 +12,9 @@
 //! request exported to a real OTLP/gRPC receiver, [`crate::otlp`], on the pod's
 //! 127.0.0.1:4317) — and a fourth on :15084 the same rules with all of it off
 //! (`--request-metrics false --access-log-format off`, no tracing): their rows compare
-//! the two, measured in the same run.
+//! the two, measured in the same run. Three more on :15085-15087 have one of the three
+//! on each (request metrics, the JSON access log, tracing): their rows say which part
+//! of the telemetry costs what, against the same all-off waypoint.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -33,6 +35,9 @@ const HAPROXY: &str = "127.0.0.1:15081";
 const WAYPOINT_POLICIES: &str = "127.0.0.1:15082";
 const WAYPOINT_TELEMETRY: &str = "127.0.0.1:15083";
 const WAYPOINT_BARE: &str = "127.0.0.1:15084";
+const WAYPOINT_METRICS_ONLY: &str = "127.0.0.1:15085";
+const WAYPOINT_LOG_ONLY: &str = "127.0.0.1:15086";
+const WAYPOINT_TRACING_ONLY: &str = "127.0.0.1:15087";
 const OTLP_RECEIVER: &str = "127.0.0.1:4317";
 const DIRECT: &str = "127.0.0.2:8080";
 
@@ -139,6 +144,11 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let with_telemetry = start_waypoint(lab, WAYPOINT_TELEMETRY, 15003, "", &telemetry_on)?;
     let telemetry_off = ["--request-metrics", "false", "--access-log-format", "off"];
     let bare = start_waypoint(lab, WAYPOINT_BARE, 15004, "", &telemetry_off)?;
+    let metrics_only = start_waypoint(lab, WAYPOINT_METRICS_ONLY, 15005, "", &["--access-log-format", "off"])?;
+    let log_only = ["--request-metrics", "false", "--access-log-format", "json"];
+    let log_only = start_waypoint(lab, WAYPOINT_LOG_ONLY, 15006, "", &log_only)?;
+    let tracing_only = [&telemetry_off[..], &["--otlp-endpoint", &endpoint]].concat();
+    let tracing_only = start_waypoint(lab, WAYPOINT_TRACING_ONLY, 15007, "", &tracing_only)?;
     let targets = [
         ("direct to one backend", DIRECT, None),
         ("mesh-waypoint", WAYPOINT, Some(waypoint.pid())),
@@ -157,6 +167,21 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             "mesh-waypoint, metrics + access log + tracing off",
             WAYPOINT_BARE,
             Some(bare.pid()),
+        ),
+        (
+            "mesh-waypoint, request metrics only",
+            WAYPOINT_METRICS_ONLY,
+            Some(metrics_only.pid()),
+        ),
+        (
+            "mesh-waypoint, JSON access log only",
+            WAYPOINT_LOG_ONLY,
+            Some(log_only.pid()),
+        ),
+        (
+            "mesh-waypoint, tracing (OTLP) only",
+            WAYPOINT_TRACING_ONLY,
+            Some(tracing_only.pid()),
         ),
     ]
     .map(|(label, addr, pid)| Target { label, addr, pid });
@@ -194,6 +219,7 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         }
     }
     drop((waypoint, haproxy, with_policies, with_telemetry, bare));
+    drop((metrics_only, log_only, tracing_only));
     progress(&format!("waypoint: the OTLP receiver got {} spans", receiver.count()));
     if receiver.count() == 0 {
         anyhow::bail!("telemetry row: the waypoint exported no span to {endpoint}");
@@ -223,6 +249,12 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             telemetry_row = telemetry_row.target(super::report::Target::RatioAtLeast(0.95));
         }
         rows.push(telemetry_row);
+        for i in [6, 7, 8] {
+            rows.push(
+                Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better)
+                    .vs(targets[5].label, &stat(5, pick)),
+            );
+        }
         for i in [1, 2] {
             rows.push(
                 Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better)
@@ -245,6 +277,19 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         )
         .vs(targets[2].label, &stat(2, |f| &f.cpu_us_per_req)),
     );
+    for i in [4, 6, 7, 8] {
+        rows.push(
+            Row::new(
+                "waypoint",
+                "CPU per request @1000/s",
+                targets[i].label,
+                "µs",
+                stat(i, |f| &f.cpu_us_per_req),
+                Better::Lower,
+            )
+            .vs(targets[5].label, &stat(5, |f| &f.cpu_us_per_req)),
+        );
+    }
     rows.push(
         Row::new(
             "waypoint",
