@@ -36,7 +36,10 @@ fn main() -> anyhow::Result<()> {
             // One thread carries the data path: on 2 vCPUs a current_thread runtime
             // moved more bytes than a work-stealing one (docs/tunnel-tuning.md, step 11).
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(daemon::run(args))
+            let ran = rt.block_on(daemon::run(args));
+            // The JSON access log's queued lines go out before the process ends.
+            mesh_common::telemetry::access_log::flush();
+            ran
         }
         cli::Command::FdHolder(a) => capture::fdstore::run_holder(&a.socket),
         cli::Command::Waypoint(cmd) => waypoint_render::run(cmd),

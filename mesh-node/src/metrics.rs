@@ -17,8 +17,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        mesh_common::telemetry::access_log::register_dropped(&mut registry);
         Self {
-            registry: Arc::new(Mutex::new(Registry::default())),
+            registry: Arc::new(Mutex::new(registry)),
         }
     }
 }

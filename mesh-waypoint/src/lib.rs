@@ -147,6 +147,7 @@ impl Waypoint {
             metrics: Arc::new(opts.build_metrics(crate::metrics::Reporter::waypoint)),
             access_log: opts.access_log,
             tracer: trace::start(opts.otlp.as_ref())?,
+            series: Default::default(),
         });
         tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {

@@ -324,6 +324,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             shutdown_signal().await?;
             tracing::info!("shutting down");
+            mesh_common::telemetry::access_log::flush();
             return Ok(());
         }
         let waypoint = Waypoint::start_with(opts, connector)
@@ -341,6 +342,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         shutdown_signal().await?;
         tracing::info!("shutting down");
+        mesh_common::telemetry::access_log::flush();
         Ok(())
     })
 }

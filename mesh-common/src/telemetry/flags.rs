@@ -2,7 +2,7 @@
 
 /// Envoy-style response flags, so operators' habits carry over: the waypoint's local
 /// replies and both access logs use the same codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Flag {
     /// No route matched (or the host is unknown).
     NoRoute,

@@ -117,6 +117,7 @@ impl IngressGateway {
             metrics: Arc::new(opts.build_metrics(crate::metrics::Reporter::source)),
             access_log: opts.access_log,
             tracer: crate::trace::start(opts.otlp.as_ref())?,
+            series: Default::default(),
         });
         tokio::spawn(listeners::run(
             gateway.bind_ip,

@@ -4,8 +4,6 @@
 
 use std::time::{Instant, SystemTime};
 
-use serde_json::json;
-
 use super::local_reply::Flag;
 
 pub use mesh_common::telemetry::access_log::AccessLogFormat;
@@ -86,27 +84,63 @@ impl AccessLog {
     }
 
     /// Envoy's default access-log fields, by their usual JSON names.
-    pub fn json_line(&self, x: &Exchange<'_>) -> serde_json::Value {
-        json!({
-            "start_time": rfc3339(x.start_time),
-            "method": x.method.as_str(),
-            "path": x.path,
-            "protocol": format!("{:?}", x.version),
-            "authority": x.authority,
-            "response_code": x.status,
-            "response_flags": self.flags_text(),
-            "bytes_received": self.request_bytes,
-            "bytes_sent": x.response_bytes,
-            "duration": x.started.elapsed().as_millis() as u64,
-            "upstream_host": self.endpoint,
-            "upstream_cluster": self.backend,
-            "route_name": self.route,
-            "x_request_id": x.request_id,
-            "downstream_peer_principal": x.peer_principal.map(|p| format!("spiffe://{p}")),
-            "upstream_attempts": self.attempts,
-            "authorization_policy": self.policy,
-            "jwt_refusal": self.jwt,
-        })
+    pub fn json_line<'a>(&'a self, x: &'a Exchange<'a>) -> JsonLine<'a> {
+        JsonLine {
+            start_time: rfc3339(x.start_time),
+            method: x.method.as_str(),
+            path: x.path,
+            protocol: protocol(x.version),
+            authority: x.authority,
+            response_code: x.status,
+            response_flags: self.flags_text(),
+            bytes_received: self.request_bytes,
+            bytes_sent: x.response_bytes,
+            duration: x.started.elapsed().as_millis() as u64,
+            upstream_host: self.endpoint.as_deref(),
+            upstream_cluster: self.backend.as_deref(),
+            route_name: self.route.as_deref(),
+            x_request_id: x.request_id,
+            downstream_peer_principal: x.peer_principal.map(|p| format!("spiffe://{p}")),
+            upstream_attempts: self.attempts,
+            authorization_policy: self.policy.as_deref(),
+            jwt_refusal: self.jwt,
+        }
+    }
+}
+
+/// One JSON access-log line, serialized straight from borrowed fields (no
+/// intermediate JSON tree per request); absent values are `null`.
+#[derive(serde::Serialize)]
+pub struct JsonLine<'a> {
+    start_time: String,
+    method: &'a str,
+    path: &'a str,
+    protocol: &'static str,
+    authority: &'a str,
+    response_code: u16,
+    response_flags: String,
+    bytes_received: u64,
+    bytes_sent: u64,
+    duration: u64,
+    upstream_host: Option<&'a str>,
+    upstream_cluster: Option<&'a str>,
+    route_name: Option<&'a str>,
+    x_request_id: Option<&'a str>,
+    downstream_peer_principal: Option<String>,
+    upstream_attempts: u32,
+    authorization_policy: Option<&'a str>,
+    jwt_refusal: Option<&'static str>,
+}
+
+/// Envoy's `%PROTOCOL%`, as `http::Version`'s `Debug` spells it, without formatting.
+pub fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "-",
     }
 }
 
@@ -137,7 +171,7 @@ mod tests {
             started: Instant::now(),
             start_time: SystemTime::UNIX_EPOCH,
         };
-        let v = log.json_line(&x);
+        let v = serde_json::to_value(log.json_line(&x)).expect("serializes");
         assert_eq!(v["start_time"], "1970-01-01T00:00:00Z");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["protocol"], "HTTP/1.1");
@@ -154,5 +188,9 @@ mod tests {
             "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"
         );
         assert_eq!(v["upstream_attempts"], 2);
+        assert_eq!(v["jwt_refusal"], serde_json::Value::Null);
+        for version in [http::Version::HTTP_10, http::Version::HTTP_11, http::Version::HTTP_2] {
+            assert_eq!(protocol(version), format!("{version:?}"));
+        }
     }
 }

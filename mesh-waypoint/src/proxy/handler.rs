@@ -41,6 +41,8 @@ pub struct Proxy {
     pub access_log: super::access_log::AccessLogFormat,
     /// `--otlp-endpoint`: a span per request; `None` creates nothing.
     pub tracer: Option<Arc<crate::trace::RequestTracer>>,
+    /// The metric series of recent label sets (see [`super::telemetry::SeriesCache`]).
+    pub series: super::telemetry::SeriesCache,
 }
 
 /// What routing needs to know about the request, computed once.
@@ -110,8 +112,15 @@ impl Proxy {
             span.finish(super::telemetry::finished(&snap, &exchange, &ctx, &log));
         }
         if self.metrics.is_recording() {
-            self.metrics
-                .record(super::telemetry::observe(&snap, &parts, &ctx, &log, &resp, started));
+            let answered = super::telemetry::Answered {
+                snap: &snap,
+                parts: &parts,
+                ctx: &ctx,
+                log: &log,
+                resp: &resp,
+                started,
+            };
+            self.series.record(&self.metrics, &answered);
         }
         match downstream_upgrade {
             Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => splice_upgrade(down, resp),

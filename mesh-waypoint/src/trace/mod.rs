@@ -84,17 +84,62 @@ pub fn start(opts: Option<&OtlpOptions>) -> Result<Option<std::sync::Arc<Request
 }
 
 pub struct RequestTracer {
-    // Kept so the batch processor lives as long as the proxy.
-    _provider: SdkTracerProvider,
     tracer: opentelemetry_sdk::trace::Tracer,
+    // Kept so the batch processor lives as long as the proxy; dropped (and flushed)
+    // before the runtime its exporter's channel runs on (fields drop in this order).
+    _provider: SdkTracerProvider,
+    _runtime: Option<ExportRuntime>,
+}
+
+/// The OTLP exporter's own single-threaded tokio runtime, on its own thread
+/// (`otlp-export`): the gRPC channel encodes and sends a batch of up to 512 spans at
+/// a time, and on the proxy's runtime that kept a request worker busy for whole
+/// milliseconds (a p99 several times the median's in `cargo xtask bench waypoint`).
+struct ExportRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExportRuntime {
+    fn start() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("otlp-export".into()).spawn(move || {
+            rt.block_on(async {
+                let _ = stopped.await;
+            })
+        })?;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ExportRuntime {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl RequestTracer {
-    /// Sets up the exporter; call inside the tokio runtime (the gRPC channel lives there).
+    /// Sets up the exporter, its gRPC channel on a runtime of its own ([`ExportRuntime`]).
     pub fn start(opts: &OtlpOptions) -> Result<Self, TraceError> {
         if !opts.endpoint.starts_with("http://") && !opts.endpoint.starts_with("https://") {
             return Err(TraceError::Endpoint(opts.endpoint.clone()));
         }
+        let runtime = ExportRuntime::start().map_err(|e| TraceError::Exporter {
+            endpoint: opts.endpoint.clone(),
+            reason: format!("cannot start the export thread: {e}"),
+        })?;
+        // The channel's tasks are spawned where it is built: on the export runtime.
+        let entered = runtime.handle.enter();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(&opts.endpoint)
@@ -104,6 +149,7 @@ impl RequestTracer {
                 endpoint: opts.endpoint.clone(),
                 reason: e.to_string(),
             })?;
+        drop(entered);
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(opts.queue_size.max(1))
             .with_max_export_batch_size(opts.queue_size.clamp(1, 512))
@@ -119,13 +165,17 @@ impl RequestTracer {
             .with_resource(resource)
             .with_sampler(sampler(opts.sampling))
             .build();
-        Ok(Self::with_provider(provider))
+        Ok(Self {
+            _runtime: Some(runtime),
+            ..Self::with_provider(provider)
+        })
     }
 
     pub fn with_provider(provider: SdkTracerProvider) -> Self {
         Self {
             tracer: provider.tracer("mesh-waypoint"),
             _provider: provider,
+            _runtime: None,
         }
     }
 
