@@ -19,6 +19,8 @@ pub enum RefusalReason {
     AlertReceived,
     TlsError,
     NotH2,
+    /// The peer's IP already had `--hbone-max-handshakes-per-peer` connections in set-up.
+    PeerHandshakeLimit,
     // One CONNECT stream (server side).
     BadRequest,
     NotLocalWorkload,
@@ -59,6 +61,7 @@ impl RefusalReason {
             AlertReceived => "alert_received",
             TlsError => "tls_error",
             NotH2 => "not_h2",
+            PeerHandshakeLimit => "peer_handshake_limit",
             BadRequest => "bad_request",
             NotLocalWorkload => "not_local_workload",
             MeshPort => "mesh_port",

@@ -26,6 +26,106 @@ pub struct ServerSettings {
     pub tls: Arc<rustls::ServerConfig>,
     /// A peer that has not finished TLS and HTTP/2 set-up by then is dropped.
     pub handshake_timeout: Duration,
+    pub limits: Limits,
+    /// Shared by every connection of one listener (or daemon): who is in set-up now.
+    pub handshakes: Arc<Handshakes>,
+}
+
+/// What one peer may hold of an HBONE server. Each is a flag of both binaries
+/// (`--hbone-max-concurrent-streams`, `--hbone-max-header-list-size`,
+/// `--hbone-max-handshakes-per-peer`; README.md, "Abusive peers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS;
+    /// h2's default is unlimited). The client pools every tunnel between two workloads on
+    /// one connection, so this is also the most tunnels one pair of workloads can hold.
+    pub max_concurrent_streams: u32,
+    /// Largest header block of one CONNECT, in bytes (SETTINGS_MAX_HEADER_LIST_SIZE;
+    /// h2's default is 16 MiB, a CONNECT needs a few hundred bytes).
+    pub max_header_list_size: u32,
+    /// Connections from one IP address still in TLS / HTTP/2 set-up at once; more are
+    /// closed at accept (a peer finishing its handshakes is never near it: the client
+    /// makes one connection per pair of workloads).
+    pub max_handshakes_per_peer: u32,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        max_concurrent_streams: 16_384,
+        max_header_list_size: 16 << 10,
+        max_handshakes_per_peer: 64,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// [`Limits`] as flags, one definition for both binaries.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Streams one HBONE connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, default_value_t = Limits::DEFAULT.max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..))]
+    pub hbone_max_concurrent_streams: u32,
+    /// Largest header block of one HBONE CONNECT, in bytes (SETTINGS_MAX_HEADER_LIST_SIZE).
+    #[arg(long, default_value_t = Limits::DEFAULT.max_header_list_size, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub hbone_max_header_list_size: u32,
+    /// Connections from one IP address in TLS / HTTP/2 set-up at once on 15008; more are closed at accept.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_handshakes_per_peer, value_parser = clap::value_parser!(u32).range(1..))]
+    pub hbone_max_handshakes_per_peer: u32,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_concurrent_streams: self.hbone_max_concurrent_streams,
+            max_header_list_size: self.hbone_max_header_list_size,
+            max_handshakes_per_peer: self.hbone_max_handshakes_per_peer,
+        }
+    }
+}
+
+/// Connections per peer IP that are in set-up now.
+#[derive(Debug, Default)]
+pub struct Handshakes(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>);
+
+/// One connection's place in [`Handshakes`], given back when dropped.
+pub struct HandshakeSlot {
+    set: Arc<Handshakes>,
+    ip: std::net::IpAddr,
+}
+
+impl Handshakes {
+    /// A slot for a connection from `ip`, or `None` when `ip` already holds `max`.
+    pub fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: u32) -> Option<HandshakeSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot { set: self.clone(), ip })
+    }
+
+    /// Connections from `ip` in set-up now.
+    pub fn in_progress(&self, ip: std::net::IpAddr) -> u32 {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut map = self.set.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The verified peer of one HBONE connection.
@@ -90,6 +190,16 @@ pub type Closed = Box<dyn FnOnce(Copied) + Send>;
 
 pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, inbound: Arc<dyn Inbound>) {
     let _ = tcp.set_nodelay(true);
+    let Some(slot) = settings
+        .handshakes
+        .enter(peer.ip(), settings.limits.max_handshakes_per_peer)
+    else {
+        let detail = format!(
+            "{} connections of this peer are in set-up",
+            settings.limits.max_handshakes_per_peer
+        );
+        return refuse_conn(&*inbound, peer, RefusalReason::PeerHandshakeLimit, &detail);
+    };
     let setup = async {
         let mut tls = TlsAcceptor::from(settings.tls.clone())
             .accept(tcp)
@@ -107,6 +217,8 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
         let peer_id = tls::spiffe_id(&cert).map_err(|e| (RefusalReason::CertInvalid, e.to_string()))?;
         tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         let h2 = h2::server::Builder::new()
+            .max_concurrent_streams(settings.limits.max_concurrent_streams)
+            .max_header_list_size(settings.limits.max_header_list_size)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
@@ -134,6 +246,7 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
             );
         }
     };
+    drop(slot);
     let conn = Arc::new(conn);
     tracing::debug!(%peer, peer_id = %conn.peer_id, "HBONE connection up");
     while let Some(next) = h2.accept().await {
@@ -200,7 +313,9 @@ async fn stream(
     closed(copied);
 }
 
-fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundRequest, Refused> {
+/// Reads one CONNECT: the target from `:authority` (must be `ip:port`), `for=` of `forwarded`,
+/// a valid `traceparent`, the `baggage` as sent. Public for the fuzz target (fuzz/).
+pub fn parse(parts: &http::request::Parts, conn: Arc<ConnInfo>) -> Result<InboundRequest, Refused> {
     if parts.method != Method::CONNECT {
         return Err(Refused::new(
             StatusCode::BAD_REQUEST,

@@ -64,6 +64,8 @@ pub struct Options {
     /// This proxy's mesh certificate (with `--ca-address`): its CA metrics on the stats
     /// and admin ports, its identity, serial and expiry in `/config_dump`.
     pub identity: Option<Arc<hbone::identity::ProxyIdentity>>,
+    /// Downstream header read and TLS handshake timeouts.
+    pub http_limits: proxy::server::HttpLimits,
 }
 
 impl Options {
@@ -90,6 +92,7 @@ impl Options {
             root_namespace: mesh_common::model::istio::security::ROOT_NAMESPACE.into(),
             otlp: None,
             identity: None,
+            http_limits: Default::default(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl Waypoint {
             access_log: opts.access_log,
             tracer: trace::start(opts.otlp.as_ref())?,
             series: Default::default(),
+            limits: opts.http_limits,
         });
         tokio::spawn(proxy::server::serve(listener, proxy.clone(), rx.clone()));
         let admin_addr = match opts.admin {

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_common::abi;
 use mesh_waypoint::gateway::{GatewayOptions, IngressGateway};
+use mesh_waypoint::proxy::server::HttpLimits;
 use mesh_waypoint::{Options, Waypoint};
 
 #[derive(Parser)]
@@ -114,6 +115,16 @@ struct RunArgs {
     /// endpoints then serve empty families).
     #[arg(long, env = "MESH_REQUEST_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     request_metrics: bool,
+    /// A downstream HTTP/1.1 request head not complete within this many milliseconds
+    /// closes the connection (slow or stalled clients).
+    #[arg(long, default_value_t = HttpLimits::DEFAULT.header_read_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    header_read_timeout_ms: u64,
+    /// An HTTPS (gateway `tls.mode: SIMPLE`) handshake not complete within this many
+    /// milliseconds closes the connection.
+    #[arg(long, default_value_t = HttpLimits::DEFAULT.tls_handshake_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    tls_handshake_timeout_ms: u64,
     /// Tracing: export a span per request over OTLP/gRPC to this collector
     /// (`http://host:4317`), propagating W3C trace context (and B3 when the request used
     /// it) upstream. Off when unset: no span is created.
@@ -195,6 +206,8 @@ struct HboneArgs {
     /// Upstream HBONE connections idle this many seconds are closed.
     #[arg(long, default_value_t = 60)]
     hbone_idle_timeout_secs: u64,
+    #[command(flatten)]
+    hbone_limits: mesh_hbone::server::LimitArgs,
 }
 
 impl HboneArgs {
@@ -234,6 +247,7 @@ impl HboneArgs {
             cert_wait: Duration::from_secs(self.cert_wait_secs),
             handshake_timeout: Duration::from_millis(self.hbone_handshake_timeout_ms),
             idle_timeout: Duration::from_secs(self.hbone_idle_timeout_secs),
+            limits: self.hbone_limits.limits(),
         }))
     }
 }
@@ -287,6 +301,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     sampling: args.trace_sampling,
                 }),
             identity: None,
+            http_limits: HttpLimits {
+                header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+                tls_handshake_timeout: Duration::from_millis(args.tls_handshake_timeout_ms),
+            },
         };
         let hbone = match args.hbone.options(&opts.namespace)? {
             Some(o) => Some(

@@ -181,6 +181,11 @@ fn help_documents_every_flag() {
         "--admin",
         "--gateway",
         "--config-poll-ms",
+        "--header-read-timeout-ms",
+        "--tls-handshake-timeout-ms",
+        "--hbone-max-concurrent-streams",
+        "--hbone-max-header-list-size",
+        "--hbone-max-handshakes-per-peer",
     ] {
         assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }

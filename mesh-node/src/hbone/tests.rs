@@ -135,6 +135,8 @@ async fn start_server(pki: &Pki, cert: &WorkloadCert, inbound: Arc<TestInbound>,
     let settings = ServerSettings {
         tls: cfg,
         handshake_timeout: timeout,
+        limits: Default::default(),
+        handshakes: Default::default(),
     };
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

@@ -65,6 +65,9 @@ pub struct MeshArgs {
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub hbone_handshake_timeout_ms: u64,
 
+    #[command(flatten)]
+    pub hbone_limits: mesh_hbone::server::LimitArgs,
+
     /// Pooled HBONE connections unused for this long are closed, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub hbone_idle_timeout_secs: u64,

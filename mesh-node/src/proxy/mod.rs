@@ -81,6 +81,7 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
             max: Duration::from_millis(m.ca_backoff_max_ms.max(m.ca_backoff_min_ms)),
         },
         handshake_timeout: Duration::from_millis(m.hbone_handshake_timeout_ms),
+        hbone_limits: m.hbone_limits.limits(),
         idle_timeout: Duration::from_secs(m.hbone_idle_timeout_secs),
         cluster_cidrs: a.mesh.cluster_cidrs.clone(),
         unknown_destination_wait: Duration::from_millis(a.mesh.unknown_destination_wait_ms),
@@ -115,6 +116,8 @@ pub struct MeshSettings {
     pub cert_rotate_fraction: f64,
     pub backoff: Backoff,
     pub handshake_timeout: Duration,
+    /// What one peer may hold of a pod's 15008.
+    pub hbone_limits: mesh_hbone::server::Limits,
     pub idle_timeout: Duration,
     /// Pod and Service CIDRs: an unknown destination there waits for the view.
     pub cluster_cidrs: Vec<crate::cli::Cidr>,
@@ -122,6 +125,9 @@ pub struct MeshSettings {
     /// One line per connection (`--access-log-format`).
     pub access_log: mesh_common::telemetry::access_log::AccessLogFormat,
 }
+
+/// One pod's 15008: its TLS config and its connections in set-up per peer IP.
+type PodServer = (Arc<rustls::ServerConfig>, Arc<server::Handshakes>);
 
 pub struct MeshHandler {
     state: StateRx,
@@ -132,7 +138,8 @@ pub struct MeshHandler {
     telemetry: Telemetry,
     passthrough: passthrough::Passthrough,
     settings: MeshSettings,
-    server_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    /// Per pod: its 15008's TLS config, and the connections in set-up there per peer IP.
+    server_configs: Mutex<HashMap<String, PodServer>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -381,19 +388,22 @@ impl MeshHandler {
         };
         let key = pod.workload.key();
         let mut configs = self.server_configs.lock().unwrap_or_else(|p| p.into_inner());
-        let tls = match configs.get(&key) {
+        let (tls, handshakes) = match configs.get(&key) {
             Some(c) => c.clone(),
             None => {
                 let c =
                     crate::tls::server_config(cert.resolver.clone(), self.roots.clone(), &self.settings.trust_domain)
                         .map_err(|_| RefusalReason::Config)?;
-                configs.insert(key, c.clone());
-                c
+                let entry = (c, Arc::default());
+                configs.insert(key, entry.clone());
+                entry
             }
         };
         Ok(ServerSettings {
             tls,
             handshake_timeout: self.settings.handshake_timeout,
+            limits: self.settings.hbone_limits,
+            handshakes,
         })
     }
 }

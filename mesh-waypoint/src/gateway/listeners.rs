@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -22,8 +21,6 @@ use super::routing::Downstream;
 use crate::config::Config;
 use crate::proxy::Proxy;
 
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A port that could not be bound is retried this often.
 const RETRY_BIND: Duration = Duration::from_secs(1);
 
@@ -216,8 +213,11 @@ async fn connection(
         .and_then(|pp| pp.tls.clone());
     match tls {
         None => serve(stream, peer, local, Downstream { port, tls: false }, proxy, closing).await,
-        Some(cfg) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(cfg).accept(stream))
-            .await
+        Some(cfg) => match tokio::time::timeout(
+            proxy.limits.tls_handshake_timeout,
+            tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
+        )
+        .await
         {
             Ok(Ok(tls_stream)) => serve(tls_stream, peer, local, Downstream { port, tls: true }, proxy, closing).await,
             Ok(Err(e)) => tracing::debug!(%peer, port, "TLS handshake failed: {e}"),
@@ -236,13 +236,13 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let builder = crate::proxy::server::http_builder(proxy.limits);
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         req.extensions_mut().insert(down);
         super::edge_headers::apply(req.headers_mut(), peer, down.tls);
         async move { Ok::<_, Infallible>(proxy.handle(req, peer, local).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {

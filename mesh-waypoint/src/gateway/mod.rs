@@ -118,6 +118,7 @@ impl IngressGateway {
             access_log: opts.access_log,
             tracer: crate::trace::start(opts.otlp.as_ref())?,
             series: Default::default(),
+            limits: opts.http_limits,
         });
         tokio::spawn(listeners::run(
             gateway.bind_ip,

@@ -6,7 +6,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use http::StatusCode;
 use mesh_hbone::server::{self, Closed, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
@@ -84,13 +83,11 @@ impl Inbound for WaypointInbound {
 /// Accepts HBONE until `stop` flips.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    settings: ServerSettings,
     proxy: Arc<Proxy>,
     stats: Arc<InboundStats>,
-    handshake_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let settings = ServerSettings { tls, handshake_timeout };
     let inbound: Arc<dyn Inbound> = Arc::new(WaypointInbound { proxy, stats });
     loop {
         let (tcp, peer) = tokio::select! {

@@ -31,6 +31,8 @@ pub struct HboneOptions {
     pub handshake_timeout: Duration,
     /// Pooled upstream HBONE connections unused this long are closed.
     pub idle_timeout: Duration,
+    /// What one peer may hold of the HBONE listener.
+    pub limits: mesh_hbone::server::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +92,13 @@ impl HboneSide {
             .local_addr()
             .map_err(|source| HboneError::Listen { addr, source })?;
         let stats = Arc::new(inbound::InboundStats::default());
-        tokio::spawn(inbound::serve(
-            listener,
+        let settings = mesh_hbone::server::ServerSettings {
             tls,
-            proxy,
-            stats,
-            self.opts.handshake_timeout,
-            stop,
-        ));
+            handshake_timeout: self.opts.handshake_timeout,
+            limits: self.opts.limits,
+            handshakes: Arc::default(),
+        };
+        tokio::spawn(inbound::serve(listener, settings, proxy, stats, stop));
         tracing::info!(%bound, identity = %self.identity.cert.identity, "HBONE listening");
         Ok(bound)
     }

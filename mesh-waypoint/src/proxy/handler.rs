@@ -43,6 +43,8 @@ pub struct Proxy {
     pub tracer: Option<Arc<crate::trace::RequestTracer>>,
     /// The metric series of recent label sets (see [`super::telemetry::SeriesCache`]).
     pub series: super::telemetry::SeriesCache,
+    /// Header read and TLS handshake timeouts of downstream connections.
+    pub limits: super::server::HttpLimits,
 }
 
 /// What routing needs to know about the request, computed once.

@@ -5,8 +5,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -32,6 +34,44 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
     }
 }
 
+/// What one downstream connection may hold of the waypoint's or gateway's HTTP
+/// listeners; flags `--header-read-timeout-ms` and `--tls-handshake-timeout-ms`
+/// (README.md, "Abusive peers"). Header sizes keep hyper's bounds: an HTTP/1.1 head
+/// over ~400 KiB and an HTTP/2 header list over 16 KiB are refused; an HTTP/2
+/// connection has at most 200 concurrent streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// An HTTP/1.1 request head not complete by then closes the connection (hyper's
+    /// default applies only with a timer, which the server had not set: unbounded).
+    pub header_read_timeout: Duration,
+    /// An HTTPS listener's TLS handshake not complete by then closes the connection.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl HttpLimits {
+    pub const DEFAULT: HttpLimits = HttpLimits {
+        header_read_timeout: Duration::from_secs(10),
+        tls_handshake_timeout: Duration::from_secs(10),
+    };
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// hyper's auto (HTTP/1.1 + h2) connection builder with `limits` and a timer.
+pub fn http_builder(limits: HttpLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
 /// The mutual-TLS peer of an HBONE stream, set by the HBONE listener only (plain
 /// listeners have none).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +89,7 @@ pub async fn serve_io<I>(io: I, proxy: Arc<Proxy>, peer: SocketAddr, local: Sock
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let builder = http_builder(proxy.limits);
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         if let Some(id) = &identity {
@@ -56,10 +97,7 @@ where
         }
         async move { Ok::<_, Infallible>(proxy.handle(req, peer, local).await) }
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
         tracing::debug!(%peer, "downstream connection ended: {e}");
     }
 }
