@@ -28,11 +28,17 @@ impl TraceParent {
         }
     }
 
-    /// Version 00 only; `None` for anything malformed or with a zero id.
+    /// Version 00 only; `None` for anything malformed or with a zero id. Every field is
+    /// lowercase hex of its exact length (W3C's HEXDIGLC): `from_str_radix` alone would
+    /// also take a sign (`+1`), so what is logged and forwarded would not be what was sent.
     pub fn parse(value: &str) -> Option<Self> {
         let mut parts = value.trim().split('-');
         let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+            return None;
+        }
+        let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ![trace, span, flags].into_iter().all(lower_hex) {
             return None;
         }
         let tp = Self {
@@ -68,6 +74,12 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+            // Found by fuzz/fuzz_targets/hbone_connect.rs: a sign passed from_str_radix.
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-+1",
+            "00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-+7ad6b7169203331-01",
+            // Uppercase hex is not W3C's HEXDIGLC.
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
         }

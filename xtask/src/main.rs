@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod demo;
+mod fuzz;
 mod test;
 
 use std::path::PathBuf;
@@ -46,6 +47,15 @@ enum Cmd {
         /// Internal: the binaries next to this executable are already built.
         #[arg(long, hide = true)]
         prebuilt: bool,
+    },
+    /// Build the fuzz targets of fuzz/ (cargo-fuzz, nightly; installed when missing) and run
+    /// each for a bounded time from its committed seeds. Fails on any crash.
+    Fuzz {
+        /// Which targets (default: all), e.g. hbone_connect config_yaml.
+        targets: Vec<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
     },
     /// Internal: the load generator / HTTP server that benchmarks start inside pods.
     #[command(hide = true)]
@@ -103,6 +113,7 @@ fn main() -> Result<()> {
         } => demo::token(&user, &groups, ttl_secs),
         Cmd::Clean => clean(),
         Cmd::Bench { names, quick, prebuilt } => bench(&names, quick, prebuilt),
+        Cmd::Fuzz { targets, seconds } => fuzz::run(&fuzz::FuzzOptions { targets, seconds }, &target_dir()),
         Cmd::BenchTool { cmd } => xtask::bench::tool::run(cmd),
     }
 }
@@ -110,7 +121,7 @@ fn main() -> Result<()> {
 fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
     let exe = std::env::current_exe()?;
     let bin_dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    let target_dir = bin_dir.parent().map(PathBuf::from).unwrap_or_default();
+    let target_dir = target_dir();
     if !prebuilt {
         bootstrap::run()?;
         if !quick {
@@ -146,6 +157,15 @@ fn bench(names: &[String], quick: bool, prebuilt: bool) -> Result<()> {
     let opts = xtask::bench::BenchOptions { quick, binaries };
     xtask::bench::run(names, &opts, &target_dir.join("bench"))?;
     Ok(())
+}
+
+/// The target dir this xtask was built in (`<target>/debug/xtask`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "target".into())
 }
 
 fn clean() -> Result<()> {

@@ -15,6 +15,7 @@ use super::plan::{Plan, ServerPlan};
 use super::server_host::request_host;
 use crate::body::{self, Body};
 use crate::config::Snapshot;
+use crate::config::hosts::split_authority;
 use crate::proxy::local_reply::{self, Flag};
 use crate::route::RouteTable;
 
@@ -52,7 +53,14 @@ pub fn decide(snap: &Snapshot, plan: &Plan, parts: &Parts, authority: &str, down
         ));
     };
     if first.https_redirect && !down.tls {
-        return Outcome::Local(https_redirect(parts, authority));
+        return Outcome::Local(match redirect_authority(authority) {
+            Some(a) => https_redirect(parts, &a),
+            None => local_reply::reply(
+                StatusCode::BAD_REQUEST,
+                Flag::NoRoute,
+                "Host is not a host name or IP with an optional port",
+            ),
+        });
     }
     let mut gateways: Vec<String> = servers.iter().map(|s| s.gateway.clone()).collect();
     gateways.sort();
@@ -95,10 +103,40 @@ fn not_found(reason: String) -> Outcome {
     Outcome::Local(local_reply::reply(StatusCode::NOT_FOUND, Flag::NoRoute, &reason))
 }
 
-/// 301 to the same authority and path over https. The port stays unless it is
-/// plain HTTP's default (Envoy's `https_redirect` does the same).
+/// The authority a redirect may point at: the request's host (DNS characters, or an
+/// IP) and its port unless it is plain HTTP's default (Envoy's `https_redirect` does the
+/// same). `None` for anything else: the Host is written into `Location`, and
+/// `shop.example.com:x@evil.test` (whose host part matches a server) would send the
+/// client to evil.test.
+fn redirect_authority(authority: &str) -> Option<String> {
+    let (host, port) = split_authority(authority);
+    let bracketed = authority.starts_with('[');
+    let host_ok = if bracketed {
+        host.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    let host = if bracketed {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    // What split_authority did not take as host and port must not exist.
+    let exact = match port {
+        Some(p) => authority == format!("{host}:{p}"),
+        None => authority == host,
+    };
+    (host_ok && exact).then(|| match port {
+        Some(p) if p != 80 => format!("{host}:{p}"),
+        _ => host,
+    })
+}
+
+/// 301 to `authority` (see [`redirect_authority`]) and the same path over https.
 fn https_redirect(parts: &Parts, authority: &str) -> Response<Body> {
-    let authority = authority.strip_suffix(":80").unwrap_or(authority);
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
@@ -106,4 +144,40 @@ fn https_redirect(parts: &Parts, authority: &str) -> Response<Body> {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzz/fuzz_targets/gateway_host.rs: the Host went into `Location` as
+    /// written, so a Host whose host part matched a server could redirect anywhere.
+    #[test]
+    fn redirects_name_only_the_host_and_a_valid_port() {
+        assert_eq!(
+            redirect_authority("shop.example.com").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            redirect_authority("shop.example.com:80").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            redirect_authority("shop.example.com:8080").as_deref(),
+            Some("shop.example.com:8080")
+        );
+        assert_eq!(redirect_authority("[fd00::1]:8080").as_deref(), Some("[fd00::1]:8080"));
+        assert_eq!(redirect_authority("198.18.0.1").as_deref(), Some("198.18.0.1"));
+        for bad in [
+            "shop.example.com:x@evil.test",
+            "shop.example.com:84\tl",
+            "shop.example.com/evil",
+            "shop.example.com:99999",
+            "[::1",
+            "",
+            "a b",
+        ] {
+            assert_eq!(redirect_authority(bad), None, "{bad:?}");
+        }
+    }
 }

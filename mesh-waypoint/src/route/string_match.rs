@@ -48,8 +48,11 @@ impl StrMatch {
     }
 }
 
-/// Istio regexes match the whole string (Envoy `safe_regex`), so anchor them.
+/// Istio regexes match the whole string (Envoy `safe_regex`), so anchor them. The
+/// pattern must parse on its own first: wrapped unchecked, `a)|(b` balances the
+/// wrapper's parentheses and escapes the anchors (`^(?:a)|(b)$`).
 pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    Regex::new(pattern).map_err(|e| regex_message(&e))?;
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| regex_message(&e))
 }
 
@@ -96,5 +99,20 @@ mod tests {
         let e = StrMatch::compile(&sm("{regex: '(unclosed'}"), "spec.http[1].match[0].uri").unwrap_err();
         assert_eq!(e.to_string(), "spec.http[1].match[0].uri.regex: unclosed group");
         assert!(StrMatch::compile(&sm("{exact: a, prefix: b}"), "p").is_err());
+    }
+
+    /// Found by fuzz/fuzz_targets/route_compile.rs: a pattern closing the anchoring
+    /// group compiled, and `/admin)|(x` matched any path starting with /admin.
+    #[test]
+    fn a_pattern_cannot_escape_the_anchors() {
+        for bad in ["/admin)|(x", ")+(", "a)(?:b"] {
+            let e = compile_regex(bad).unwrap_err();
+            assert!(
+                e.contains("unopened group") || e.contains("unclosed group"),
+                "{bad}: {e}"
+            );
+        }
+        let m = StrMatch::compile(&sm("{regex: '/a|/b'}"), "p").unwrap();
+        assert!(m.matches("/b") && !m.matches("/bc") && !m.matches("x/a"));
     }
 }
