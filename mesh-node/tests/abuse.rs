@@ -28,33 +28,8 @@ fn helper() {
     helper_main();
 }
 
-const TOPOLOGY: &str = "
-apiVersion: v1
-kind: Node
-metadata: {name: n1}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n2}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, annotations: {mesh.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: shop, labels: {app: client}}
-spec: {nodeName: n1, serviceAccountName: client}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: shop, labels: {app: web}}
-spec: {nodeName: n2, serviceAccountName: web}
----
+/// Added to the shared two-node topology: `mallory`, a pod outside the mesh.
+const MALLORY: &str = "---
 apiVersion: v1
 kind: Pod
 metadata: {name: mallory, namespace: plain}
@@ -80,7 +55,7 @@ struct Lab {
 }
 
 fn lab() -> Lab {
-    let c = Cluster::from_yaml(TOPOLOGY).expect("cluster");
+    let c = Cluster::from_yaml(&format!("{TWO_NODES}{MALLORY}")).expect("cluster");
     c.write_config(&config_dir(&c)).expect("config");
     let source = start_daemon(&c, "n1", &[]);
     let per_peer = HANDSHAKES_PER_PEER.to_string();

@@ -14,6 +14,36 @@ use xtask::harness::{self, Cluster, ProcessGuard};
 
 pub const HELPER_ENV: &str = "MESH_CAPTURE_HELPER";
 
+/// Two nodes; namespace `shop` enrolled (pod `a`, app client, on n1; pod `b`, app web,
+/// on n2) and namespace `plain` not: the base the HBONE and abuse e2e tests extend.
+pub const TWO_NODES: &str = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, annotations: {mesh.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: shop, labels: {app: client}}
+spec: {nodeName: n1, serviceAccountName: client}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: shop, labels: {app: web}}
+spec: {nodeName: n2, serviceAccountName: web}
+";
+
 /// Polls `f` until it returns `Some`, failing with `what` after `timeout`.
 pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     xtask::harness::wait_for(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))

@@ -86,33 +86,8 @@ fn hold_many_main() {
     );
 }
 
-const TOPOLOGY: &str = "
-apiVersion: v1
-kind: Node
-metadata: {name: n1}
----
-apiVersion: v1
-kind: Node
-metadata: {name: n2}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, annotations: {mesh.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: shop, labels: {app: client}}
-spec: {nodeName: n1, serviceAccountName: client}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: shop, labels: {app: web}}
-spec: {nodeName: n2, serviceAccountName: web}
----
+/// Added to the shared two-node topology: a second and third `web` pod, a plain pod `c`.
+const MORE_PODS: &str = "---
 apiVersion: v1
 kind: Pod
 metadata: {name: b2, namespace: shop, labels: {app: web}}
@@ -137,7 +112,7 @@ fn cluster() -> Cluster {
 
 /// Not being root fails the test with the harness's reason, it never passes silently.
 fn cluster_with(extra: &str) -> Cluster {
-    let c = Cluster::from_yaml(&format!("{TOPOLOGY}{extra}")).expect("cluster");
+    let c = Cluster::from_yaml(&format!("{TWO_NODES}{MORE_PODS}{extra}")).expect("cluster");
     let dir = config_dir(&c);
     c.write_config(&dir).expect("config");
     let svc = format!(

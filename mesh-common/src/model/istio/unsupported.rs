@@ -5,6 +5,7 @@
 //! enforced leaves them in the same change.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -126,15 +127,18 @@ const VIRTUAL_SERVICE: &[(&str, &str)] = &[
     ),
 ];
 
+/// Field pattern → why, per kind; built once (every snapshot scans every object).
+type Table = Vec<(String, &'static str)>;
+static DESTINATION_RULE_TABLE: LazyLock<Table> = LazyLock::new(destination_rule_paths);
+static VIRTUAL_SERVICE_TABLE: LazyLock<Table> =
+    LazyLock::new(|| VIRTUAL_SERVICE.iter().map(|(p, w)| (p.to_string(), *w)).collect());
+
 /// The set fields of `resource` that are not enforced, by path.
 pub fn fields(resource: &Resource) -> Vec<Unsupported> {
     let object = resource.object_ref();
     let found = match resource {
-        Resource::DestinationRule(d) => scan(&d.spec, &destination_rule_paths()),
-        Resource::VirtualService(v) => {
-            let table: Vec<_> = VIRTUAL_SERVICE.iter().map(|(p, w)| (p.to_string(), *w)).collect();
-            scan(&v.spec, &table)
-        }
+        Resource::DestinationRule(d) => scan(&d.spec, &DESTINATION_RULE_TABLE),
+        Resource::VirtualService(v) => scan(&v.spec, &VIRTUAL_SERVICE_TABLE),
         _ => Vec::new(),
     };
     found
@@ -150,17 +154,17 @@ pub fn fields(resource: &Resource) -> Vec<Unsupported> {
 /// Every field pattern reported, by kind (indices written `[]`): what a test uses to
 /// prove that a sample setting each of them gets each reported.
 pub fn patterns() -> Vec<(&'static str, String)> {
-    let dr = destination_rule_paths()
-        .into_iter()
-        .map(|(p, _)| ("DestinationRule", p));
-    let vs = VIRTUAL_SERVICE.iter().map(|(p, _)| ("VirtualService", p.to_string()));
+    let dr = DESTINATION_RULE_TABLE
+        .iter()
+        .map(|(p, _)| ("DestinationRule", p.clone()));
+    let vs = VIRTUAL_SERVICE_TABLE.iter().map(|(p, _)| ("VirtualService", p.clone()));
     dr.chain(vs).collect()
 }
 
 /// Every not-enforced DestinationRule path, the traffic-policy ones at each level (a
 /// port-level policy has no `tunnel` or `proxyProtocol`).
-fn destination_rule_paths() -> Vec<(String, &'static str)> {
-    let mut out: Vec<(String, &'static str)> = DESTINATION_RULE.iter().map(|(p, w)| (p.to_string(), *w)).collect();
+fn destination_rule_paths() -> Table {
+    let mut out: Table = DESTINATION_RULE.iter().map(|(p, w)| (p.to_string(), *w)).collect();
     for at in TRAFFIC_POLICY_AT {
         let port_level = at.ends_with("portLevelSettings[]");
         out.extend(
@@ -237,13 +241,16 @@ mod tests {
     use super::*;
     use crate::model::parse_documents;
 
-    fn reported(yaml: &str) -> Vec<String> {
+    fn unsupported(yaml: &str) -> Vec<Unsupported> {
         parse_documents("test.yaml", yaml)
             .into_iter()
             .map(|r| r.expect("valid object"))
             .flat_map(|r| fields(&r))
-            .map(|u| u.path)
             .collect()
+    }
+
+    fn reported(yaml: &str) -> Vec<String> {
+        unsupported(yaml).into_iter().map(|u| u.path).collect()
     }
 
     #[test]
@@ -313,12 +320,7 @@ spec:
   - match: [{sniHosts: [db.example]}]
     route: [{destination: {host: db}}]
 ";
-        let found: Vec<_> = parse_documents("vs.yaml", yaml)
-            .into_iter()
-            .map(|r| r.expect("valid object"))
-            .flat_map(|r| fields(&r))
-            .collect();
-        let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+        let lines: Vec<String> = unsupported(yaml).iter().map(ToString::to_string).collect();
         assert_eq!(
             lines,
             [
