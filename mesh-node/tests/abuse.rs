@@ -6,18 +6,18 @@
 //! in another pod still gets through, and the daemon's RSS stays within a bound.
 //! Needs root; RAII teardown also on failure.
 
+#[path = "abuse_support.rs"]
+mod abuse;
 #[path = "capture_support.rs"]
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
+use abuse::*;
 use bytes::Bytes;
 use mesh_hbone::SpiffeId;
-use mesh_hbone::cert::{CertResolver, Current};
-use rustls_pki_types::pem::PemObject;
 use support::*;
 use xtask::harness::{Cluster, ProcessGuard, metric_sum};
 
@@ -46,7 +46,7 @@ const RSS_BOUND_KIB: u64 = 96 << 10;
 struct Lab {
     c: Cluster,
     victim: ProcessGuard,
-    _source: ProcessGuard,
+    source: ProcessGuard,
     _app: Server,
     /// b's 15008 and its application port.
     hbone: SocketAddr,
@@ -86,7 +86,7 @@ fn lab() -> Lab {
         app: SocketAddr::from((b, 8080)),
         c,
         victim,
-        _source: source,
+        source,
         _app: app,
         rt,
     }
@@ -101,17 +101,13 @@ impl Lab {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.victim.pid())).expect("daemon status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        rss_kib(self.victim.pid())
     }
 
     /// The daemon runs, and a tunneled connection from pod a reaches b and back.
-    fn still_serving(&mut self, after: &str) {
-        assert!(self.victim.is_running(), "the daemon died after {after}");
+    fn still_serving(&self, after: &str) {
+        assert!(alive(self.victim.pid()), "the daemon died after {after}");
+        assert!(alive(self.source.pid()), "the source daemon died after {after}");
         let r = kv(&run_helper(&self.c, "shop", "a", "hello", &[self.app.to_string()])[0]);
         assert!(
             r.get("app_peer").is_some_and(|p| !p.is_empty()),
@@ -134,102 +130,31 @@ impl Lab {
         )
     }
 
-    /// A certificate for `id` signed by the CA in `cacerts` (for the authenticated
-    /// attacker: the test plays a workload whose key leaked).
-    fn client_config(&self, cacerts: &std::path::Path, id: &SpiffeId) -> Arc<rustls::ClientConfig> {
-        let ca = mesh_ca::authority::Authority::load(cacerts).expect("CA files");
-        let key = rcgen::KeyPair::generate_for(mesh_hbone::ca::csr::KEY_ALG).expect("key");
-        let now = SystemTime::now();
-        let leaf = ca
-            .issue(id, &key, now - Duration::from_secs(60), now + Duration::from_secs(3600))
-            .expect("issue");
-        let der = rustls_pki_types::CertificateDer::from_pem_slice(leaf.as_bytes()).expect("leaf PEM");
-        let pkcs8 = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&pkcs8).expect("signing key");
-        let resolver = Arc::new(CertResolver::new(Current {
-            certified: Arc::new(rustls::sign::CertifiedKey::new(vec![der], signing)),
-            not_before: now,
-            not_after: now + Duration::from_secs(3600),
-            issued: now,
-            generation: 1,
-        }));
-        let mesh_root = std::fs::read_to_string(self.c.state_dir().join("mesh-ca/cacerts/root-cert.pem"))
-            .or_else(|_| std::fs::read_to_string(self.c.state_dir().join("mesh-ca/cacerts/ca-cert.pem")))
-            .expect("mesh root");
-        let roots = mesh_hbone::ca::client::root_store_pem(&mesh_root).expect("roots");
-        mesh_hbone::tls::client_config(resolver, roots, SpiffeId::new("cluster.local", "shop", "web")).expect("client")
+    /// Mallory holding a mesh certificate for `id` signed by the CA in `cacerts`,
+    /// against b's 15008.
+    fn peer(&self, cacerts: &std::path::Path, id: &SpiffeId) -> MeshPeer<'_> {
+        let server = SpiffeId::new("cluster.local", "shop", "web");
+        MeshPeer::new(&self.c, ("plain", "mallory"), self.hbone, cacerts, id, server)
     }
-
-    /// A mutual-TLS connection from mallory to b's 15008 as `id`, signed by `cacerts`.
-    async fn tls(
-        &self,
-        cacerts: &std::path::Path,
-        id: &SpiffeId,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let tcp = self.connect_as_mallory(self.hbone);
-        tcp.set_nonblocking(true)?;
-        let tcp = tokio::net::TcpStream::from_std(tcp)?;
-        let name = rustls_pki_types::ServerName::try_from("web.shop").expect("name");
-        tokio_rustls::TlsConnector::from(self.client_config(cacerts, id))
-            .connect(name, tcp)
-            .await
-    }
-}
-
-fn mesh_cacerts(c: &Cluster) -> std::path::PathBuf {
-    c.state_dir().join("mesh-ca/cacerts")
 }
 
 fn client_id() -> SpiffeId {
     SpiffeId::new("cluster.local", "shop", "client")
 }
 
-/// Reads until the server closes the connection (EOF or reset) or `within` passes.
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        let _ = s.set_read_timeout(Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(10)),
-        ));
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
-}
-
-/// The first bytes of a TLS ClientHello record (type 22, TLS 1.0 record version, length).
-const HELLO_HEAD: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
-
 #[test]
 fn abusive_peers_on_15008_leave_the_daemon_serving_with_bounded_memory() {
-    let mut lab = lab();
+    let lab = lab();
     lab.still_serving("start-up");
     let rss_start = lab.rss_kib();
 
     // Slowloris: 4x the per-peer cap of handshakes started and never finished. The
     // ones over the cap are closed at once; the rest when the set-up timeout passes.
     let n = 4 * HANDSHAKES_PER_PEER;
-    let mut stalled: Vec<TcpStream> = (0..n)
-        .map(|_| {
-            let mut s = lab.connect_as_mallory(lab.hbone);
-            let _ = s.write_all(HELLO_HEAD);
-            s
-        })
-        .collect();
+    let mut held = stalled(n, HELLO_HEAD, || lab.connect_as_mallory(lab.hbone));
     lab.still_serving("slowloris (held)");
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS.parse().expect("ms")) * 5;
-    let closed = stalled
-        .iter_mut()
-        .map(|s| closed_within(s, timeout))
-        .filter(|c| *c)
-        .count();
+    let closed = count_closed(&mut held, timeout);
     assert_eq!(closed, n, "every stalled handshake is closed by the server");
     assert!(
         lab.refused("peer_handshake_limit") >= (n - HANDSHAKES_PER_PEER) as u64 / 2,
@@ -262,7 +187,7 @@ fn abusive_peers_on_15008_leave_the_daemon_serving_with_bounded_memory() {
     mesh_ca::authority::create_root(other.path(), "cluster.local").expect("other CA");
     let refused_before = lab.refused("");
     let outcome = lab.rt.block_on(async {
-        let tls = lab.tls(other.path(), &client_id()).await;
+        let tls = lab.peer(other.path(), &client_id()).tls().await;
         match tls {
             // TLS 1.3: the client finishes first; the server's verdict comes as an alert.
             Ok(mut s) => {
@@ -290,25 +215,10 @@ fn abusive_peers_on_15008_leave_the_daemon_serving_with_bounded_memory() {
     // rapid reset, control-frame floods, a tunnel whose client stops reading.
     let cacerts = mesh_cacerts(&lab.c);
     let app = lab.app;
+    let peer = lab.peer(&cacerts, &client_id());
     let oversized = lab.rt.block_on(async {
-        let tls = lab.tls(&cacerts, &client_id()).await.expect("mesh TLS");
-        let (mut send, conn) = h2::client::handshake(tls).await.expect("h2");
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .method("CONNECT")
-            .uri(app.to_string())
-            .header("baggage", "x".repeat(64 << 10))
-            .body(())
-            .expect("request");
-        send = send.ready().await.expect("ready");
-        match send.send_request(req, false) {
-            Ok((resp, _)) => match tokio::time::timeout(Duration::from_secs(5), resp).await {
-                Ok(Ok(r)) => format!("status {}", r.status()),
-                Ok(Err(e)) => format!("refused: {e}"),
-                Err(_) => "no answer".into(),
-            },
-            Err(e) => format!("refused locally: {e}"),
-        }
+        let (send, _driver) = peer.h2().await;
+        connect_status(send, &app.to_string(), &[("baggage", "x".repeat(64 << 10))]).await
     });
     assert!(
         !oversized.contains("status 200"),
@@ -316,15 +226,15 @@ fn abusive_peers_on_15008_leave_the_daemon_serving_with_bounded_memory() {
     );
     lab.still_serving("an oversized CONNECT header block");
 
-    let resets = lab.rt.block_on(rapid_reset(&lab, &cacerts, app, 2_000));
+    let resets = lab.rt.block_on(rapid_reset(&peer, app, 2_000));
     eprintln!("FIGURE abuse rapid reset: {resets}");
     lab.still_serving("HTTP/2 rapid reset");
 
-    let flood = lab.rt.block_on(control_flood(&lab, &cacerts, 200_000));
+    let flood = lab.rt.block_on(control_flood(&peer, 200_000));
     eprintln!("FIGURE abuse PING/SETTINGS flood: {flood}");
     lab.still_serving("a PING / SETTINGS flood from a peer that never reads");
 
-    let stuck = lab.rt.block_on(stop_reading(&lab, &cacerts, app));
+    let stuck = lab.rt.block_on(stop_reading(&lab, &peer, app));
     eprintln!("FIGURE abuse stopped reader: {stuck}");
     lab.still_serving("a tunnel whose client stopped reading");
 
@@ -341,68 +251,9 @@ fn abusive_peers_on_15008_leave_the_daemon_serving_with_bounded_memory() {
     );
 }
 
-/// Opens CONNECT streams and cancels each at once, `n` times on one connection.
-async fn rapid_reset(lab: &Lab, cacerts: &std::path::Path, app: SocketAddr, n: usize) -> String {
-    let tls = lab.tls(cacerts, &client_id()).await.expect("mesh TLS");
-    let (mut send, conn) = h2::client::handshake(tls).await.expect("h2");
-    let driver = tokio::spawn(conn);
-    let mut sent = 0;
-    let ended = loop {
-        if sent == n {
-            break "all sent".to_owned();
-        }
-        send = match send.ready().await {
-            Ok(s) => s,
-            Err(e) => break format!("connection ended by the server: {e}"),
-        };
-        let req = http::Request::builder()
-            .method("CONNECT")
-            .uri(app.to_string())
-            .body(())
-            .expect("request");
-        match send.send_request(req, false) {
-            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
-            Err(e) => break format!("connection ended by the server: {e}"),
-        }
-        sent += 1;
-    };
-    driver.abort();
-    format!("{sent} streams opened and reset ({ended})")
-}
-
-/// After the h2 preface, writes PING and SETTINGS frames as fast as TLS takes them
-/// and never reads: the server must stop reading rather than queue its answers.
-async fn control_flood(lab: &Lab, cacerts: &std::path::Path, frames: usize) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut tls = lab.tls(cacerts, &client_id()).await.expect("mesh TLS");
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    let ping: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-    let settings: [u8; 15] = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
-    let started = Instant::now();
-    let mut written = 0;
-    let batch: Vec<u8> = (0..256)
-        .flat_map(|i| if i % 2 == 0 { ping.to_vec() } else { settings.to_vec() })
-        .collect();
-    let _ = tls.write_all(&out).await;
-    while written < frames && started.elapsed() < Duration::from_secs(20) {
-        match tokio::time::timeout(Duration::from_secs(2), tls.write_all(&batch)).await {
-            Ok(Ok(())) => written += 256,
-            Ok(Err(e)) => return format!("{written} frames, then the server closed: {e}"),
-            Err(_) => return format!("{written} frames, then the server stopped reading (backpressure)"),
-        }
-    }
-    format!(
-        "{written} frames in {:?} without the server pushing back",
-        started.elapsed()
-    )
-}
-
 /// A tunnel to the app's `xfer` (it sends 1 GiB) whose client never reads.
-async fn stop_reading(lab: &Lab, cacerts: &std::path::Path, app: SocketAddr) -> String {
-    let tls = lab.tls(cacerts, &client_id()).await.expect("mesh TLS");
-    let (mut send, conn) = h2::client::handshake(tls).await.expect("h2");
-    let driver = tokio::spawn(conn);
+async fn stop_reading(lab: &Lab, peer: &MeshPeer<'_>, app: SocketAddr) -> String {
+    let (mut send, driver) = peer.h2().await;
     send = send.ready().await.expect("ready");
     let req = http::Request::builder()
         .method("CONNECT")
@@ -428,4 +279,121 @@ async fn stop_reading(lab: &Lab, cacerts: &std::path::Path, app: SocketAddr) -> 
         before >> 10,
         peak >> 10
     )
+}
+
+/// Half-sent requests held on a pod's captured plaintext paths.
+const STALLED: usize = 256;
+/// What one stalled connection may cost a daemon (both relay directions' buffers and
+/// the socket state) before the test calls it unbounded.
+const STALLED_CONN_BOUND_KIB: u64 = 160;
+
+/// Slowloris on the L4 paths the daemon relays without parsing: inbound plaintext on
+/// 15006 (from a pod outside the mesh) and captured outbound (15001, tunneled to the
+/// other node). The daemon never sees a request head there, so it holds each
+/// connection as the application does; what it must bound is the cost per connection,
+/// and every other client must still get through. Then CONNECTs a pod's 15008 must
+/// refuse: another node's pod, an address that is no workload, the mesh's own ports.
+#[test]
+fn stalled_plaintext_and_refused_connects_leave_the_daemons_serving() {
+    let lab = lab();
+    lab.still_serving("start-up");
+    let (victim, source) = (lab.victim.pid(), lab.source.pid());
+    let before = (rss_kib(victim), rss_kib(source));
+
+    let mut inbound = stalled(STALLED, HALF_LINE, || lab.connect_as_mallory(lab.app));
+    let outbound = stall_from_pod(&lab.c, ("shop", "a"), lab.app, STALLED);
+    lab.still_serving("slowloris on 15006 and 15001 (held)");
+    let held = (rss_kib(victim), rss_kib(source));
+    assert_eq!(
+        count_closed(&mut inbound, Duration::from_millis(200)),
+        0,
+        "a stalled plaintext connection is the application's to time out, not dropped by the daemon\n{}\n{}",
+        metrics(&lab.c, "n2"),
+        daemon_log(&lab.c, "n2")
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let finished = outbound.finish();
+    drop(inbound);
+    lab.still_serving("slowloris on 15006 and 15001 (released)");
+    let after = (rss_kib(victim), rss_kib(source));
+    eprintln!(
+        "FIGURE abuse slowloris plaintext: {STALLED} on 15006 + {} on 15001 held; n2 RSS {} -> {} -> {} KiB, \
+         n1 RSS {} -> {} -> {} KiB (before, held, released)",
+        finished.0, before.0, held.0, after.0, before.1, held.1, after.1
+    );
+    assert_eq!(
+        finished.0, STALLED,
+        "every outbound slowloris connection was opened: {finished:?}"
+    );
+    let bound = STALLED as u64 * STALLED_CONN_BOUND_KIB;
+    assert!(
+        held.0 < before.0 + 2 * bound && held.1 < before.1 + bound,
+        "held connections cost more than {STALLED_CONN_BOUND_KIB} KiB each: n2 {} -> {} KiB, n1 {} -> {} KiB",
+        before.0,
+        held.0,
+        before.1,
+        held.1
+    );
+
+    let peer = lab.peer(&mesh_cacerts(&lab.c), &client_id());
+    let a = lab.c.pod("shop", "a").expect("pod a").ip;
+    let b = lab.app.ip();
+    let cases = [
+        (SocketAddr::from((a, 8080)), "not_local_workload"),
+        (SocketAddr::from(([198, 18, 250, 250], 8080)), "not_local_workload"),
+        (SocketAddr::new(b, 15008), "mesh_port"),
+        (SocketAddr::new(b, 15006), "mesh_port"),
+        (SocketAddr::new(b, 15001), "mesh_port"),
+    ];
+    for (target, reason) in cases {
+        let counted = lab.refused(reason);
+        let answer = lab.rt.block_on(async {
+            let (send, _driver) = peer.h2().await;
+            connect_status(send, &target.to_string(), &[]).await
+        });
+        assert_eq!(answer, "status 400", "CONNECT {target} must be refused ({reason})");
+        poll(
+            &format!("refusal {reason} for {target} counted"),
+            Duration::from_secs(5),
+            || (lab.refused(reason) > counted).then_some(()),
+        );
+    }
+    eprintln!(
+        "FIGURE abuse refused CONNECT: {} answered 400 and counted (not_local_workload {}, mesh_port {})",
+        cases.len(),
+        lab.refused("not_local_workload"),
+        lab.refused("mesh_port")
+    );
+    lab.still_serving("refused CONNECTs");
+}
+
+/// `n` connections from a helper in `pod` (captured), each sent half a request head and
+/// held until [`Stall::finish`].
+fn stall_from_pod(c: &Cluster, pod: (&str, &str), to: SocketAddr, n: usize) -> Stall {
+    let mut cmd = helper_cmd("stall", &[to.to_string(), n.to_string()]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut guard = c.spawn_in_pod(pod.0, pod.1, cmd).expect("spawn stall helper");
+    let mut out = std::io::BufReader::new(guard.child_mut().stdout.take().expect("stdout"));
+    let opened = kv(&result_line(&mut out));
+    let opened = opened.get("opened").and_then(|n| n.parse().ok()).unwrap_or(0);
+    Stall { guard, opened }
+}
+
+struct Stall {
+    guard: ProcessGuard,
+    opened: usize,
+}
+
+impl Stall {
+    /// Closes the helper's connections; (opened, helper's exit status).
+    fn finish(mut self) -> (usize, String) {
+        drop(self.guard.child_mut().stdin.take());
+        let status = self.guard.wait_timeout(Duration::from_secs(10));
+        (self.opened, format!("{status:?}"))
+    }
 }

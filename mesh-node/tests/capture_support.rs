@@ -383,6 +383,18 @@ pub fn helper_main() {
             println!("RESULT captured={captured} escaped={escaped} failed={failed}");
         }
         "hold" => hold_loop(addr),
+        "stall" => {
+            // Slowloris from inside a pod: `count` connections, half a request line on
+            // each, held until the test closes our stdin.
+            let count: usize = args[1].parse().expect("count");
+            let held: Vec<TcpStream> = (0..count)
+                .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok())
+                .filter_map(|mut s| s.write_all(b"GET /a-request-line-that-never-ends").ok().map(|()| s))
+                .collect();
+            println!("RESULT opened={}", held.len());
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+            drop(held);
+        }
         other => panic!("unknown helper mode {other}"),
     }
 }
