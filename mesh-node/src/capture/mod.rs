@@ -154,18 +154,43 @@ async fn run(mut e: Enroller, p: ProxyInputs, mut stop: oneshot::Receiver<onesho
     }
 }
 
+/// Open files below which the daemon warns: every relayed connection holds one
+/// descriptor on each side the daemon owns (10,000 tunneled connections: 10,000 on the
+/// sending and on the receiving node), each enrolled pod three listeners.
+const WANTED_OPEN_FILES: u64 = 65_536;
+
 /// Each enrolled pod holds three listeners plus accepted connections: the default
-/// soft limit of 1024 fds would cap a node at a few hundred pods.
+/// soft limit of 1024 fds would cap a node at a few hundred pods. Raises the soft
+/// limit to the hard one, and says so when that is still low.
 fn raise_fd_limit() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        tracing::warn!("cannot read the open-file limit: {}", std::io::Error::last_os_error());
+        return;
+    }
+    if r.rlim_cur < r.rlim_max {
+        let soft = r.rlim_cur;
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            r.rlim_cur = soft;
+            tracing::warn!(
+                "cannot raise the open-file limit from {soft} to {}: {}",
+                r.rlim_max,
+                std::io::Error::last_os_error()
+            );
         }
+    }
+    if r.rlim_cur < WANTED_OPEN_FILES {
+        tracing::warn!(
+            open_files = r.rlim_cur,
+            "open-file limit below {WANTED_OPEN_FILES}: this daemon can hold at most about that many connections \
+             (one descriptor per relayed connection and side); raise the hard limit (systemd LimitNOFILE, ulimit -Hn, \
+             the container runtime's nofile)"
+        );
     }
 }

@@ -134,6 +134,16 @@ pub struct Lab {
 
 impl Lab {
     pub fn start() -> anyhow::Result<Lab> {
+        Self::start_with(true)
+    }
+
+    /// The mesh, the HTTP servers and the waypoint, without the reference tools
+    /// (iperf3, stunnel) that only the benchmarks compare against.
+    pub fn start_mesh() -> anyhow::Result<Lab> {
+        Self::start_with(false)
+    }
+
+    fn start_with(references: bool) -> anyhow::Result<Lab> {
         // The file on disk, not current_exe(): the bench's own `cargo build` may have just
         // replaced the running binary, whose /proc path then ends in " (deleted)".
         let tool = bin_path("xtask").context("finding the xtask binary")?;
@@ -160,8 +170,10 @@ impl Lab {
             guards: Vec::new(),
             tool,
         };
-        lab.start_servers()?;
-        lab.start_stunnel()?;
+        lab.start_servers(references)?;
+        if references {
+            lab.start_stunnel()?;
+        }
         if let Err(e) = lab.start_waypoint() {
             eprintln!("bench: the waypoint in the mesh did not start ({e:#}); its rows are skipped");
         }
@@ -215,22 +227,23 @@ impl Lab {
         Ok(())
     }
 
-    fn start_servers(&mut self) -> anyhow::Result<()> {
+    fn start_servers(&mut self, iperf: bool) -> anyhow::Result<()> {
         for pod in [
             ("plain", "remote"),
             ("mesh", "remote"),
             ("mesh", "local"),
             ("wpmesh", "server"),
         ] {
-            let mut iperf = Command::new("iperf3");
-            iperf
-                .args(["-s", "-p", &IPERF_PORT.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            self.spawn(pod, iperf).context("iperf3 -s (apt install iperf3)")?;
+            if iperf {
+                let mut cmd = Command::new("iperf3");
+                cmd.args(["-s", "-p", &IPERF_PORT.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                self.spawn(pod, cmd).context("iperf3 -s (apt install iperf3)")?;
+                self.wait_tcp(pod, SocketAddr::from(([127, 0, 0, 1], IPERF_PORT)))?;
+            }
             let serve = self.tool(&["serve", "--listen", &format!("0.0.0.0:{HTTP_PORT}"), "--name", pod.1]);
             self.spawn(pod, serve)?;
-            self.wait_tcp(pod, SocketAddr::from(([127, 0, 0, 1], IPERF_PORT)))?;
             self.wait_tcp(pod, SocketAddr::from(([127, 0, 0, 1], HTTP_PORT)))?;
         }
         Ok(())

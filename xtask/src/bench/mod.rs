@@ -17,6 +17,7 @@ pub mod procstat;
 pub mod report;
 pub mod resources;
 pub mod scale;
+pub mod soak;
 pub mod tool;
 pub mod tunnel;
 pub mod waypoint;

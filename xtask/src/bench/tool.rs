@@ -50,6 +50,13 @@ pub enum ToolCmd {
     Connect(ConnectArgs),
     /// Opens `conns` keep-alive connections (one request each), prints `{"opened":N}`, holds them `secs`.
     Hold(LoadArgs),
+    /// TCP echo server (the soak's raw connections).
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Many concurrent connections, each sending a known pattern and checking it comes back.
+    Soak(super::soak::SoakArgs),
     /// Certificates per second: CSRs to the mesh CA (`--address`) or signed in process.
     Csr(super::ca::CsrArgs),
     /// One HTTP request after another until one is answered (a new pod's first connection).
@@ -129,6 +136,13 @@ pub fn run(cmd: ToolCmd) -> anyhow::Result<()> {
                 };
                 return serve(listen, body, name).await;
             }
+            ToolCmd::Echo { listen } => {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("bind {listen}"))?;
+                return super::soak::echo(listener).await;
+            }
+            ToolCmd::Soak(a) => return super::soak::soak(a).await,
             ToolCmd::Hold(a) => return hold(a).await,
             ToolCmd::Rate(a) => open_loop(a).await?,
             ToolCmd::Max(a) => closed_loop(a).await?,
@@ -156,10 +170,43 @@ fn raise_fd_limit() {
     }
 }
 
+/// Needs `want` open files (one per connection): raises the soft limit, and the hard
+/// one when allowed; otherwise says what to change.
+pub fn ensure_fd_limit(want: u64) -> anyhow::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid, owned struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        bail!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= want {
+        return Ok(());
+    }
+    let hard = lim.rlim_max;
+    lim.rlim_cur = want.max(hard);
+    lim.rlim_max = want.max(hard);
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        bail!(
+            "{want} open files are needed for the connections, but the hard limit is {hard} and this process \
+             may not raise it ({}): raise it for the caller (ulimit -Hn, systemd LimitNOFILE, the container's nofile)",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 async fn serve(listen: SocketAddr, body: Bytes, name: String) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
+    serve_on(listener, body, name).await
+}
+
+/// Answers GET with `body`, and POST with the request's own body (the soak's HTTP connections).
+pub(super) async fn serve_on(listener: TcpListener, body: Bytes, name: String) -> anyhow::Result<()> {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -167,12 +214,24 @@ async fn serve(listen: SocketAddr, body: Bytes, name: String) -> anyhow::Result<
         let _ = stream.set_nodelay(true);
         let (body, name) = (body.clone(), name.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                let mut resp = http::Response::new(Full::new(body.clone()));
-                if let Ok(v) = http::HeaderValue::from_str(&name) {
-                    resp.headers_mut().insert("x-served-by", v);
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (body, name) = (body.clone(), name.clone());
+                async move {
+                    let body = match req.method() == http::Method::POST {
+                        true => req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default(),
+                        false => body,
+                    };
+                    let mut resp = http::Response::new(Full::new(body));
+                    if let Ok(v) = http::HeaderValue::from_str(&name) {
+                        resp.headers_mut().insert("x-served-by", v);
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
                 }
-                async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -422,19 +481,26 @@ async fn connect_loop(a: ConnectArgs) -> anyhow::Result<LoadResult> {
 }
 
 async fn hold(a: LoadArgs) -> anyhow::Result<()> {
-    let mut held = Vec::with_capacity(a.conns);
-    let mut errors = 0u64;
-    for n in 0..a.conns {
-        let opened = async {
-            let mut s = connect_http(a.target).await?;
-            exchange(&mut s, request(&a, n as u64)?).await?;
-            anyhow::Ok(s)
-        };
-        match tokio::time::timeout(Duration::from_secs(5), opened).await {
-            Ok(Ok(s)) => held.push(s),
-            _ => errors += 1,
-        }
-    }
+    use futures::StreamExt;
+    ensure_fd_limit(a.conns as u64 + 64)?;
+    // Opened 64 at a time: 10,000 one after the other would take most of the bench's time.
+    let opened: Vec<Option<Sender>> = futures::stream::iter(0..a.conns)
+        .map(|n| {
+            let a = &a;
+            async move {
+                let opened = async {
+                    let mut s = connect_http(a.target).await?;
+                    exchange(&mut s, request(a, n as u64)?).await?;
+                    anyhow::Ok(s)
+                };
+                tokio::time::timeout(Duration::from_secs(5), opened).await.ok()?.ok()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let held: Vec<Sender> = opened.into_iter().flatten().collect();
+    let errors = a.conns - held.len();
     println!("{}", serde_json::json!({"opened": held.len(), "errors": errors}));
     tokio::time::sleep(Duration::from_secs_f64(a.secs)).await;
     drop(held);
