@@ -88,3 +88,10 @@ impl fmt::Display for RefusalReason {
         f.write_str(self.as_str())
     }
 }
+
+/// The `reason` label of `mesh_connections_refused_total` (node daemon and waypoint).
+impl prometheus_client::encoding::EncodeLabelValue for RefusalReason {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}

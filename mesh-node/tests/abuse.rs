@@ -381,12 +381,18 @@ fn stall_from_pod(c: &Cluster, pod: (&str, &str), to: SocketAddr, n: usize) -> S
     let mut out = std::io::BufReader::new(guard.child_mut().stdout.take().expect("stdout"));
     let opened = kv(&result_line(&mut out));
     let opened = opened.get("opened").and_then(|n| n.parse().ok()).unwrap_or(0);
-    Stall { guard, opened }
+    Stall {
+        guard,
+        opened,
+        _out: out,
+    }
 }
 
 struct Stall {
     guard: ProcessGuard,
     opened: usize,
+    /// Kept open until the helper exits (libtest writes its summary there).
+    _out: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl Stall {

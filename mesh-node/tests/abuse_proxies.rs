@@ -2,7 +2,8 @@
 //! (real mesh-waypoint processes in their pods, real daemons, HBONE on every hop), each
 //! bounded in time and count: half-sent HTTP request heads and TLS handshakes on the
 //! gateway's ports, oversized request heads to the gateway and (inside an HBONE stream)
-//! to the waypoint, a CONNECT to an address the waypoint does not serve, HTTP/2 rapid
+//! to the waypoint, a CONNECT to an address the waypoint does not serve (answered and
+//! counted), HTTP/2 rapid
 //! reset and a PING / SETTINGS flood against the waypoint's HBONE server. Meanwhile a
 //! user outside the mesh keeps loading /productpage (gateway → waypoint → apps); every
 //! one of those requests must succeed, both proxies must still run, and their RSS must
@@ -216,6 +217,29 @@ fn attacks(p: &Proxies, gw: std::net::Ipv4Addr) {
     assert_eq!(
         unknown, "status 400",
         "CONNECT to an address the waypoint does not serve"
+    );
+    let stats = SocketAddr::from((waypoint_ip, bookinfo::STATS_PORT));
+    let counted = xtask::harness::wait_for("the waypoint counts the refusal", Duration::from_secs(5), || {
+        let body = xtask::mesh::http_get_from_pod(
+            p.cluster,
+            (NAMESPACE, WAYPOINT_POD),
+            stats,
+            "/metrics",
+            &[],
+            Duration::from_secs(5),
+        )
+        .ok()?
+        .body;
+        let n = xtask::harness::metric_sum(
+            &body,
+            "mesh_connections_refused_total",
+            &["reason=\"unknown_destination\""],
+        );
+        (n >= 1).then_some(n)
+    });
+    assert!(
+        counted.is_ok(),
+        "mesh_connections_refused_total{{reason=\"unknown_destination\"}} on the waypoint: {counted:?}"
     );
     let oversized = rt.block_on(async {
         let (send, _driver) = peer.h2().await;

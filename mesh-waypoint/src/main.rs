@@ -104,7 +104,7 @@ struct RunArgs {
     #[arg(long, env = "MESH_ADMIN", default_value_t = SocketAddr::from(([127, 0, 0, 1], abi::PORT_ADMIN)))]
     admin: SocketAddr,
     /// Stats address for Prometheus (`/stats/prometheus`, `/metrics`: Istio's request
-    /// metrics, nothing else), e.g. `0.0.0.0:15020` as Istio's proxies; off when unset.
+    /// metrics, the certificate's and the HBONE refusals' counters), e.g. `0.0.0.0:15020` as Istio's proxies; off when unset.
     #[arg(long, env = "MESH_STATS_ADDR")]
     stats_addr: Option<SocketAddr>,
     /// Access log: `text` (key=value lines in the log on stderr), `json` (one JSON object

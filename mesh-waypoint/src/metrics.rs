@@ -98,6 +98,14 @@ pub struct RequestMetrics {
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
+    /// HBONE connections and streams the waypoint refused (counted even without
+    /// `--request-metrics`: they are not requests).
+    refused: Family<RefusalLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: mesh_hbone::RefusalReason,
 }
 
 /// Envoy's default millisecond buckets (what Istio's dashboards' quantiles assume).
@@ -136,6 +144,12 @@ impl RequestMetrics {
             certs.register(&mut registry);
         }
         mesh_common::telemetry::access_log::register_dropped(&mut registry);
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "mesh_connections_refused",
+            "HBONE connections or streams refused, by reason",
+            refused.clone(),
+        );
         Self {
             reporter,
             recording: true,
@@ -144,7 +158,12 @@ impl RequestMetrics {
             duration,
             request_bytes,
             response_bytes,
+            refused,
         }
+    }
+
+    pub fn refused(&self, reason: mesh_hbone::RefusalReason) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Observes requests only when `on` (`--request-metrics`).

@@ -1,10 +1,8 @@
 //! Istio's TCP metrics (same names and labels as Istio's, so Kiali's and Grafana's
 //! queries carry over) and refusal counters by reason.
 
-use std::fmt::Write as _;
-
 use mesh_hbone::RefusalReason;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -64,16 +62,6 @@ pub enum Direction {
     plaintext,
 }
 
-/// [`RefusalReason`] as a label value (its stable snake_case name).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub struct ReasonLabel(pub RefusalReason);
-
-impl EncodeLabelValue for ReasonLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.0.as_str())
-    }
-}
-
 /// Why a captured outbound connection left as plain TCP instead of HBONE.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -103,7 +91,7 @@ pub struct PassthroughLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
     pub direction: Direction,
-    pub reason: ReasonLabel,
+    pub reason: RefusalReason,
 }
 
 #[derive(Clone, Default)]
@@ -166,11 +154,6 @@ impl TcpMetrics {
     }
 
     pub fn refused(&self, direction: Direction, reason: RefusalReason) {
-        self.refused
-            .get_or_create(&RefusalLabels {
-                direction,
-                reason: ReasonLabel(reason),
-            })
-            .inc();
+        self.refused.get_or_create(&RefusalLabels { direction, reason }).inc();
     }
 }

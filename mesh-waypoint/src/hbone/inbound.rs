@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use crate::proxy::Proxy;
 use crate::proxy::server::{PeerIdentity, serve_io};
 
-/// Counters shown in the admin dump: streams served, refusals by reason.
+/// Counters of one HBONE listener: streams served, refusals by reason (refusals are
+/// also exported as `mesh_connections_refused_total{reason}` on the stats port).
 #[derive(Default)]
 pub struct InboundStats {
     pub streams: AtomicU64,
@@ -65,6 +66,7 @@ impl Inbound for WaypointInbound {
     }
 
     fn refused(&self, reason: RefusalReason, _req: Option<&InboundRequest>) {
+        self.proxy.metrics.refused(reason);
         *self
             .stats
             .refused
