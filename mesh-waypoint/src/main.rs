@@ -135,9 +135,9 @@ struct RunArgs {
     #[arg(long, env = "MESH_OTLP_QUEUE_SIZE", default_value_t = mesh_waypoint::trace::DEFAULT_QUEUE_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
     otlp_queue_size: usize,
-    /// Tracing: the share of new traces recorded, 0.0–1.0 (default 1.0: all). A request
-    /// that arrives with a trace context follows its sampled flag. Istio's default is 1%:
-    /// `0.01`.
+    /// Tracing: the share of new traces recorded, 0.0–1.0 (default 0.01: 1%, Istio's
+    /// mesh default; `1` records every request). A request that arrives with a trace
+    /// context follows its caller's sampled flag instead.
     #[arg(long, env = "MESH_TRACE_SAMPLING", default_value_t = mesh_waypoint::trace::DEFAULT_SAMPLING,
           value_parser = mesh_waypoint::trace::parse_sampling)]
     trace_sampling: f64,

@@ -71,7 +71,7 @@ impl Proxy {
         let mut log = AccessLog::default();
         let ctx = context(&snap, &parts, peer, local);
         if let Some(t) = &self.tracer {
-            log.span = Some(t.begin(&parts.headers, span_name(&ctx), start_time));
+            log.span = Some(t.begin(&parts.headers, || span_name(&ctx), start_time));
         }
         let origin = admission::Origin {
             host_fqdn: &ctx.host_fqdn,
@@ -111,7 +111,7 @@ impl Proxy {
         };
         log.emit(self.access_log, &exchange);
         if let Some(span) = log.span.take() {
-            span.finish(super::telemetry::finished(&snap, &exchange, &ctx, &log));
+            span.finish(|| super::telemetry::finished(&snap, &exchange, &ctx, &log));
         }
         if self.metrics.is_recording() {
             let answered = super::telemetry::Answered {

@@ -40,9 +40,10 @@ pub struct OtlpOptions {
     pub sampling: f64,
 }
 
-/// `--trace-sampling` default: every new trace (Istio's mesh default is 1%, `1.0`
-/// percent in its `meshConfig`; set `0.01` for the same).
-pub const DEFAULT_SAMPLING: f64 = 1.0;
+/// `--trace-sampling` default: 1% of new traces, Istio's mesh default
+/// (`meshConfig.defaultConfig.tracing.sampling: 1.0`, a percentage there). A production
+/// mesh does not record every request; `1.0` here records all of them.
+pub const DEFAULT_SAMPLING: f64 = 0.01;
 
 /// The sampler: the parent's decision when there is one, else `ratio` of new traces.
 pub(crate) fn sampler(ratio: f64) -> Sampler {
@@ -180,7 +181,8 @@ impl RequestTracer {
     }
 
     /// Starts the request's span, named like Envoy's (`<host>:<port>/*`).
-    pub fn begin(&self, headers: &HeaderMap, name: String, start: SystemTime) -> RequestSpan {
+    /// `name` is called only when the span is recorded (see [`RequestSpan`]).
+    pub fn begin(&self, headers: &HeaderMap, name: impl FnOnce() -> String, start: SystemTime) -> RequestSpan {
         RequestSpan::start(&self.tracer, propagation::extract(headers), name, start)
     }
 }

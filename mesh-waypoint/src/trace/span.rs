@@ -40,12 +40,18 @@ pub struct Finished<'a> {
 }
 
 impl RequestSpan {
-    pub(super) fn start(tracer: &Tracer, incoming: Incoming, name: String, start: SystemTime) -> Self {
-        let span = tracer
-            .span_builder(name)
+    /// `name` is called only when the span is recorded: a request sampled out builds
+    /// no name, tag or event (at the default 1% that is 99 requests in 100).
+    pub(super) fn start(tracer: &Tracer, incoming: Incoming, name: impl FnOnce() -> String, start: SystemTime) -> Self {
+        // The sampler (parent-based, trace-id ratio) does not read the name.
+        let mut span = tracer
+            .span_builder("")
             .with_kind(SpanKind::Server)
             .with_start_time(start)
             .start_with_context(tracer, &incoming.parent);
+        if span.is_recording() {
+            span.update_name(name());
+        }
         let upstream = incoming.parent.with_remote_span_context(span.span_context().clone());
         Self {
             span,
@@ -61,6 +67,9 @@ impl RequestSpan {
 
     /// Attempt `attempt` (1-based) failed with `result` at `endpoint` and is retried.
     pub fn retry(&mut self, attempt: u32, result: AttemptResult, endpoint: Option<&str>) {
+        if !self.span.is_recording() {
+            return;
+        }
         self.span.add_event(
             "retry",
             vec![
@@ -75,7 +84,12 @@ impl RequestSpan {
         self.span.span_context().trace_id().to_string()
     }
 
-    pub fn finish(mut self, f: Finished<'_>) {
+    /// Ends the span with the tags `finished` gives, called only when it is recorded.
+    pub fn finish<'a>(mut self, finished: impl FnOnce() -> Finished<'a>) {
+        if !self.span.is_recording() {
+            return;
+        }
+        let f = finished();
         let mut tags = vec![
             KeyValue::new("component", "proxy"),
             KeyValue::new("http.method", f.method.to_owned()),
@@ -131,8 +145,9 @@ mod tests {
         }
     }
 
+    /// Records every span (the default, 1%, would record almost none).
     fn tracer() -> (RequestTracer, Kept) {
-        sampling_tracer(crate::trace::DEFAULT_SAMPLING)
+        sampling_tracer(1.0)
     }
 
     fn sampling_tracer(ratio: f64) -> (RequestTracer, Kept) {
@@ -154,8 +169,8 @@ mod tests {
                 h.insert("traceparent", http::HeaderValue::from_static(tp));
             }
             for _ in 0..20 {
-                t.begin(&h, "reviews:9080/*".into(), SystemTime::now())
-                    .finish(finished(200, "-"));
+                t.begin(&h, || "reviews:9080/*".into(), SystemTime::now())
+                    .finish(|| finished(200, "-"));
             }
             exported.get_finished_spans().map_or(0, |s| s.len())
         };
@@ -166,6 +181,36 @@ mod tests {
         assert_eq!(count(0.0, Some(SAMPLED)), 20, "the caller sampled it");
         assert_eq!(count(1.0, Some(NOT_SAMPLED)), 0, "the caller did not");
         assert!(crate::trace::parse_sampling("0.01").is_ok());
+        assert_eq!(crate::trace::DEFAULT_SAMPLING, 0.01, "Istio's mesh default");
+    }
+
+    /// A request sampled out builds no name, tags or events: its closures are not called.
+    #[test]
+    fn a_span_sampled_out_costs_no_name_or_tags() {
+        let (t, exported) = sampling_tracer(0.0);
+        let called = std::cell::Cell::new(0);
+        let mut span = t.begin(
+            &HeaderMap::new(),
+            || {
+                called.set(called.get() + 1);
+                "reviews:9080/*".into()
+            },
+            SystemTime::now(),
+        );
+        let mut up = HeaderMap::new();
+        span.inject(&mut up);
+        span.retry(1, AttemptResult::Status(503), Some("198.18.2.2:9080"));
+        span.finish(|| {
+            called.set(called.get() + 1);
+            finished(200, "-")
+        });
+        assert_eq!(called.get(), 0);
+        assert_eq!(exported.get_finished_spans().map_or(0, |s| s.len()), 0);
+        let tp = up
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .expect("traceparent");
+        assert!(tp.ends_with("-00"), "the decision goes upstream: {tp}");
         assert!(crate::trace::parse_sampling("1.5").is_err());
         assert!(crate::trace::parse_sampling("-0.1").is_err());
     }
@@ -196,11 +241,11 @@ mod tests {
             "traceparent",
             http::HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
-        let mut span = t.begin(&h, "reviews:9080/*".into(), SystemTime::now());
+        let mut span = t.begin(&h, || "reviews:9080/*".into(), SystemTime::now());
         let mut up = h.clone();
         span.inject(&mut up);
         span.retry(1, AttemptResult::Status(503), Some("198.18.2.2:9080"));
-        span.finish(finished(200, "-"));
+        span.finish(|| finished(200, "-"));
         let spans = exported.get_finished_spans().expect("spans");
         let s = &spans[0];
         assert_eq!(s.name, "reviews:9080/*");
@@ -239,10 +284,10 @@ mod tests {
     #[test]
     fn a_request_without_context_starts_a_trace_and_errors_are_marked() {
         let (t, exported) = tracer();
-        let span = t.begin(&HeaderMap::new(), "productpage:9080/*".into(), SystemTime::now());
+        let span = t.begin(&HeaderMap::new(), || "productpage:9080/*".into(), SystemTime::now());
         let mut up = HeaderMap::new();
         span.inject(&mut up);
-        span.finish(finished(503, "UH"));
+        span.finish(|| finished(503, "UH"));
         let spans = exported.get_finished_spans().expect("spans");
         assert_eq!(spans[0].parent_span_id, opentelemetry::trace::SpanId::INVALID);
         assert!(up.contains_key("traceparent"));

@@ -509,11 +509,12 @@ pub(crate) struct ProxyExtras<'a> {
 }
 
 impl ProxyExtras<'_> {
-    /// `--otlp-endpoint` (with the SDK's batch delay shortened so spans arrive within a
-    /// second), then the extra flags.
+    /// `--otlp-endpoint` recording every request (`--trace-sampling 1`; the default is
+    /// Istio's 1%), with the SDK's batch delay shortened so spans arrive within a
+    /// second, then the extra flags.
     fn apply(self, cmd: &mut Command) {
         if let Some(endpoint) = self.otlp {
-            cmd.args(["--otlp-endpoint", endpoint])
+            cmd.args(["--otlp-endpoint", endpoint, "--trace-sampling", "1"])
                 .env("OTEL_BSP_SCHEDULE_DELAY", "200");
         }
         cmd.args(self.args);
