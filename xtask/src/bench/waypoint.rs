@@ -8,13 +8,17 @@
 //! on :15082 has the same rules plus 100 L7 AuthorizationPolicies attached to it
 //! ([`super::policy::l7_policies`]): its rows compare it with the one without. A third
 //! on :15083 has the plain rules with all its telemetry on — request metrics, the JSON
-//! access log (to stdout, here /dev/null) and tracing (`--otlp-endpoint`, a span per
-//! request exported to a real OTLP/gRPC receiver, [`crate::otlp`], on the pod's
-//! 127.0.0.1:4317) — and a fourth on :15084 the same rules with all of it off
+//! access log (to stdout, here /dev/null) and tracing (`--otlp-endpoint` to a real
+//! OTLP/gRPC receiver, [`crate::otlp`], on the pod's 127.0.0.1:4317) at the default
+//! sampling, Istio's 1% of new traces (`--trace-sampling 0.01`, given explicitly so
+//! the label stays true) — and a fourth on :15084 the same rules with all of it off
 //! (`--request-metrics false --access-log-format off`, no tracing): their rows compare
-//! the two, measured in the same run. Three more on :15085-15087 have one of the three
-//! on each (request metrics, the JSON access log, tracing): their rows say which part
-//! of the telemetry costs what, against the same all-off waypoint.
+//! the two, measured in the same run, on the same traffic. Three more on :15085-15087
+//! have one of the three on each (request metrics, the JSON access log, tracing at 1%):
+//! their rows say which part of the telemetry costs what, against the same all-off
+//! waypoint. Two more, informational, record every request (`--trace-sampling 1`, a
+//! span per request exported): all on (:15088) and tracing only (:15089), so the cost
+//! of recording every span stays visible.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -38,6 +42,8 @@ const WAYPOINT_BARE: &str = "127.0.0.1:15084";
 const WAYPOINT_METRICS_ONLY: &str = "127.0.0.1:15085";
 const WAYPOINT_LOG_ONLY: &str = "127.0.0.1:15086";
 const WAYPOINT_TRACING_ONLY: &str = "127.0.0.1:15087";
+const WAYPOINT_TELEMETRY_ALL_SPANS: &str = "127.0.0.1:15088";
+const WAYPOINT_TRACING_ALL_SPANS: &str = "127.0.0.1:15089";
 const OTLP_RECEIVER: &str = "127.0.0.1:4317";
 const DIRECT: &str = "127.0.0.2:8080";
 
@@ -140,15 +146,18 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let with_policies = start_waypoint(lab, WAYPOINT_POLICIES, 15002, &policies, &[])?;
     let receiver = start_receiver(lab)?;
     let endpoint = format!("http://{OTLP_RECEIVER}");
-    let telemetry_on = ["--otlp-endpoint", &endpoint, "--access-log-format", "json"];
-    let with_telemetry = start_waypoint(lab, WAYPOINT_TELEMETRY, 15003, "", &telemetry_on)?;
+    let tracing = |sampling| ["--otlp-endpoint", &endpoint, "--trace-sampling", sampling];
+    let telemetry_on = |sampling| [&tracing(sampling)[..], &["--access-log-format", "json"]].concat();
+    let with_telemetry = start_waypoint(lab, WAYPOINT_TELEMETRY, 15003, "", &telemetry_on("0.01"))?;
     let telemetry_off = ["--request-metrics", "false", "--access-log-format", "off"];
     let bare = start_waypoint(lab, WAYPOINT_BARE, 15004, "", &telemetry_off)?;
     let metrics_only = start_waypoint(lab, WAYPOINT_METRICS_ONLY, 15005, "", &["--access-log-format", "off"])?;
     let log_only = ["--request-metrics", "false", "--access-log-format", "json"];
     let log_only = start_waypoint(lab, WAYPOINT_LOG_ONLY, 15006, "", &log_only)?;
-    let tracing_only = [&telemetry_off[..], &["--otlp-endpoint", &endpoint]].concat();
-    let tracing_only = start_waypoint(lab, WAYPOINT_TRACING_ONLY, 15007, "", &tracing_only)?;
+    let tracing_only = |sampling| [&telemetry_off[..], &tracing(sampling)[..]].concat();
+    let tracing_only_all = start_waypoint(lab, WAYPOINT_TRACING_ALL_SPANS, 15019, "", &tracing_only("1"))?;
+    let tracing_only = start_waypoint(lab, WAYPOINT_TRACING_ONLY, 15007, "", &tracing_only("0.01"))?;
+    let telemetry_all = start_waypoint(lab, WAYPOINT_TELEMETRY_ALL_SPANS, 15018, "", &telemetry_on("1"))?;
     let targets = [
         ("direct to one backend", DIRECT, None),
         ("mesh-waypoint", WAYPOINT, Some(waypoint.pid())),
@@ -159,7 +168,7 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             Some(with_policies.pid()),
         ),
         (
-            "mesh-waypoint, metrics + JSON access log + tracing (OTLP) on",
+            "mesh-waypoint, metrics + JSON access log + tracing (OTLP, 1% sampling) on",
             WAYPOINT_TELEMETRY,
             Some(with_telemetry.pid()),
         ),
@@ -179,9 +188,19 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             Some(log_only.pid()),
         ),
         (
-            "mesh-waypoint, tracing (OTLP) only",
+            "mesh-waypoint, tracing (OTLP, 1% sampling) only",
             WAYPOINT_TRACING_ONLY,
             Some(tracing_only.pid()),
+        ),
+        (
+            "mesh-waypoint, metrics + JSON access log + tracing (OTLP, 100% sampling) on",
+            WAYPOINT_TELEMETRY_ALL_SPANS,
+            Some(telemetry_all.pid()),
+        ),
+        (
+            "mesh-waypoint, tracing (OTLP, 100% sampling) only",
+            WAYPOINT_TRACING_ALL_SPANS,
+            Some(tracing_only_all.pid()),
         ),
     ]
     .map(|(label, addr, pid)| Target { label, addr, pid });
@@ -219,7 +238,7 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         }
     }
     drop((waypoint, haproxy, with_policies, with_telemetry, bare));
-    drop((metrics_only, log_only, tracing_only));
+    drop((metrics_only, log_only, tracing_only, telemetry_all, tracing_only_all));
     progress(&format!("waypoint: the OTLP receiver got {} spans", receiver.count()));
     if receiver.count() == 0 {
         anyhow::bail!("telemetry row: the waypoint exported no span to {endpoint}");
@@ -249,7 +268,7 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             telemetry_row = telemetry_row.target(super::report::Target::RatioAtLeast(0.95));
         }
         rows.push(telemetry_row);
-        for i in [6, 7, 8] {
+        for i in [6, 7, 8, 9, 10] {
             rows.push(
                 Row::new("waypoint", metric, targets[i].label, unit, stat(i, pick), better)
                     .vs(targets[5].label, &stat(5, pick)),
@@ -277,7 +296,7 @@ pub fn run(lab: &mut Lab, opts: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         )
         .vs(targets[2].label, &stat(2, |f| &f.cpu_us_per_req)),
     );
-    for i in [4, 6, 7, 8] {
+    for i in [4, 6, 7, 8, 9, 10] {
         rows.push(
             Row::new(
                 "waypoint",
