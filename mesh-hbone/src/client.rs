@@ -122,67 +122,54 @@ impl HboneClient {
     }
 
     /// Opens a CONNECT stream to `target`, presenting `source`'s certificate.
+    ///
+    /// A pooled connection can go away under a new stream (the peer daemon hands over
+    /// and sends GOAWAY, or it closed): the CONNECT was then never answered, so it is
+    /// sent once more on a new connection instead of failing the caller's connect.
     pub async fn open(&self, source: &WorkloadCert, target: &TunnelTarget, dial: Dial) -> Result<Tunnel, HboneError> {
-        let src_generation = source.resolver.current().generation;
         let key = PoolKey {
             src: source.identity.clone(),
-            src_generation,
+            src_generation: source.resolver.current().generation,
             dst: target.identity.clone(),
             dst_ip: target.hbone_addr.ip(),
         };
         let slot = self.slot(&key);
-        let mut sender = {
-            let mut guard = slot.lock().await;
-            let reusable = match guard.as_mut() {
-                Some(p) => p.sender.clone().ready().await.ok(),
-                None => None,
-            };
-            let sender = match reusable {
-                Some(s) => s,
-                None => self.handshake(source, target, dial).await?,
-            };
-            *guard = Some(Pooled {
-                sender: sender.clone(),
-                last_used: Instant::now(),
-            });
-            sender
-        };
-        let addr = target.hbone_addr;
-        let h2 = |source| HboneError::H2 { addr, source };
-        let mut req = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.authority.to_string());
-        if let Some(ip) = target.forwarded_for {
-            req = req.header(FORWARDED, format!("for={}", forwarded_ip(ip)));
-        }
-        if let Some(tp) = &target.traceparent {
-            req = req.header(crate::traceparent::TRACEPARENT, tp.to_string());
-        }
-        if let Some(b) = &target.baggage {
-            req = req.header(BAGGAGE, b.as_str());
-        }
-        let req = req.body(()).map_err(|e| {
-            HboneError::Status {
-                addr,
-                authority: target.authority,
-                status: StatusCode::BAD_REQUEST,
+        let (sender, unused_dial) = self.sender(&slot, source, target, dial, true).await?;
+        match (connect(sender, target).await, unused_dial) {
+            (Err(HboneError::H2 { source: e, .. }), Some(dial)) => {
+                tracing::debug!(addr = %target.hbone_addr, "pooled HBONE connection went away before answering ({e}); retrying on a new one");
+                let (sender, _) = self.sender(&slot, source, target, dial, false).await?;
+                connect(sender, target).await
             }
-            .log(e)
-        })?;
-        sender = sender.ready().await.map_err(h2)?;
-        let (response, send) = sender.send_request(req, false).map_err(h2)?;
-        let response = response.await.map_err(h2)?;
-        if response.status() != StatusCode::OK {
-            return Err(HboneError::Status {
-                addr,
-                authority: target.authority,
-                status: response.status(),
-            });
+            (r, _) => r,
         }
-        Ok(Tunnel {
-            send,
-            recv: response.into_body(),
-        })
+    }
+
+    /// The pooled connection when `reuse` and it is usable (handing `dial` back), else a
+    /// new one that replaces it in the pool. The slot stays locked during the handshake
+    /// so that concurrent tunnels to one peer share one connection.
+    async fn sender(
+        &self,
+        slot: &Slot,
+        source: &WorkloadCert,
+        target: &TunnelTarget,
+        dial: Dial,
+        reuse: bool,
+    ) -> Result<(SendRequest<Bytes>, Option<Dial>), HboneError> {
+        let mut guard = slot.lock().await;
+        let reusable = match guard.as_mut() {
+            Some(p) if reuse => p.sender.clone().ready().await.ok(),
+            _ => None,
+        };
+        let (sender, dial) = match reusable {
+            Some(s) => (s, Some(dial)),
+            None => (self.handshake(source, target, dial).await?, None),
+        };
+        *guard = Some(Pooled {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        Ok((sender, dial))
     }
 
     fn slot(&self, key: &PoolKey) -> Slot {
@@ -267,6 +254,46 @@ impl HboneClient {
     pub fn pooled(&self) -> usize {
         self.pool.lock().map(|p| p.len()).unwrap_or(0)
     }
+}
+
+/// One CONNECT stream on `sender`, answered 200.
+async fn connect(sender: SendRequest<Bytes>, target: &TunnelTarget) -> Result<Tunnel, HboneError> {
+    let addr = target.hbone_addr;
+    let h2 = |source| HboneError::H2 { addr, source };
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.authority.to_string());
+    if let Some(ip) = target.forwarded_for {
+        req = req.header(FORWARDED, format!("for={}", forwarded_ip(ip)));
+    }
+    if let Some(tp) = &target.traceparent {
+        req = req.header(crate::traceparent::TRACEPARENT, tp.to_string());
+    }
+    if let Some(b) = &target.baggage {
+        req = req.header(BAGGAGE, b.as_str());
+    }
+    let req = req.body(()).map_err(|e| {
+        HboneError::Status {
+            addr,
+            authority: target.authority,
+            status: StatusCode::BAD_REQUEST,
+        }
+        .log(e)
+    })?;
+    let mut sender = sender.ready().await.map_err(h2)?;
+    let (response, send) = sender.send_request(req, false).map_err(h2)?;
+    let response = response.await.map_err(h2)?;
+    if response.status() != StatusCode::OK {
+        return Err(HboneError::Status {
+            addr,
+            authority: target.authority,
+            status: response.status(),
+        });
+    }
+    Ok(Tunnel {
+        send,
+        recv: response.into_body(),
+    })
 }
 
 fn forwarded_ip(ip: IpAddr) -> String {

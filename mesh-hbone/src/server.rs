@@ -29,6 +29,10 @@ pub struct ServerSettings {
     pub limits: Limits,
     /// Shared by every connection of one listener (or daemon): who is in set-up now.
     pub handshakes: Arc<Handshakes>,
+    /// When it flips to `true` (the server is handing over or stopping), each connection
+    /// sends GOAWAY, serves the streams it has, and closes: clients open new connections
+    /// elsewhere instead of losing streams.
+    pub drain: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What one peer may hold of an HBONE server. Each is a flag of both binaries
@@ -249,7 +253,20 @@ pub async fn serve(settings: ServerSettings, tcp: TcpStream, peer: SocketAddr, i
     drop(slot);
     let conn = Arc::new(conn);
     tracing::debug!(%peer, peer_id = %conn.peer_id, "HBONE connection up");
-    while let Some(next) = h2.accept().await {
+    let mut drain = settings.drain;
+    let mut going_away = false;
+    loop {
+        let next = tokio::select! {
+            next = h2.accept() => next,
+            // A closed channel (nobody can start a drain) is not a drain.
+            Ok(_) = drain.wait_for(|d| *d), if !going_away => {
+                tracing::debug!(%peer, "HBONE connection draining: GOAWAY sent");
+                h2.graceful_shutdown();
+                going_away = true;
+                continue;
+            }
+        };
+        let Some(next) = next else { break };
         match next {
             Ok((req, respond)) => {
                 tokio::spawn(stream(req, respond, conn.clone(), inbound.clone()));

@@ -25,10 +25,19 @@ pub enum Command {
     /// Waypoints (Kubernetes mode).
     #[command(subcommand)]
     Waypoint(crate::waypoint_render::WaypointCommand),
-    /// Internal: the listener fd store the daemon starts for itself (keeps capture
-    /// listeners open while the daemon restarts).
-    #[command(hide = true)]
+    /// The listener fd store (keeps capture listeners open while the daemon restarts or
+    /// is replaced). The daemon starts one for itself unless `--fd-holder-spawn false`
+    /// (the DaemonSet runs it as its own pod).
     FdHolder(FdHolderArgs),
+    /// Exit status 0 once the daemon of this container serves (its `--started-file`
+    /// exists): the DaemonSet's startup probe.
+    Started(StartedArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StartedArgs {
+    #[arg(long)]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -98,6 +107,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
 
+    #[command(flatten)]
+    pub upgrade: UpgradeArgs,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mesh_node=debug,info`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     pub log: String,
@@ -147,6 +159,12 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub detach_on_exit: bool,
 
+    /// Start the fd-holder process when none is running. `false` where the holder runs
+    /// on its own (the DaemonSet's mesh-fd-holder): a holder started inside the daemon's
+    /// container would die with the daemon's pod.
+    #[arg(long, env = "MESH_FD_HOLDER_SPAWN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fd_holder_spawn: bool,
+
     /// Do not keep listener duplicates in the fd-holder process: a crashed daemon then
     /// closes the pods' listeners (captured connects are refused, inbound follows
     /// `--inbound-strict-on-miss`) until it restarts.
@@ -156,6 +174,38 @@ pub struct CaptureArgs {
     /// How often failed enrollments are retried, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub enroll_retry_ms: u64,
+}
+
+/// Hand-over between an old and a new daemon on one node (README.md, "Upgrades").
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    /// After handing over to a new daemon, how long this one keeps relaying the
+    /// connections it holds before exiting (those still open then are closed). Keep the
+    /// DaemonSet's terminationGracePeriodSeconds above it.
+    #[arg(long, env = "MESH_DRAIN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub drain_timeout_secs: u64,
+
+    /// Written once this daemon serves (after taking over from a running one): a
+    /// startup probe that cannot be confused with the old daemon's 15021 on the same
+    /// host network. Keep it on container-local storage.
+    #[arg(long, env = "MESH_STARTED_FILE")]
+    pub started_file: Option<PathBuf>,
+
+    /// A new daemon that finds one running waits this long for its own configuration and
+    /// certificates before taking over; if they are not ready by then it exits and the
+    /// running daemon keeps serving.
+    #[arg(long, env = "MESH_HANDOFF_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub handoff_timeout_secs: u64,
+}
+
+impl UpgradeArgs {
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    pub fn handoff_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.handoff_timeout_secs)
+    }
 }
 
 /// An IPv4 CIDR (`a.b.c.d/n`).

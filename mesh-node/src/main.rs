@@ -8,7 +8,9 @@ mod config;
 mod daemon;
 #[allow(dead_code, unused_imports)] // Kubernetes mode: the daemon wires pod discovery in
 mod discovery;
+mod drain;
 mod ebpf;
+mod handoff;
 mod hbone;
 mod http_server;
 mod identity;
@@ -42,6 +44,10 @@ fn main() -> anyhow::Result<()> {
             ran
         }
         cli::Command::FdHolder(a) => capture::fdstore::run_holder(&a.socket),
+        cli::Command::Started(a) => match a.file.exists() {
+            true => Ok(()),
+            false => anyhow::bail!("{} does not exist yet: the daemon is not serving", a.file.display()),
+        },
         cli::Command::Waypoint(cmd) => waypoint_render::run(cmd),
     }
 }

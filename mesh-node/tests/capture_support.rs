@@ -93,6 +93,18 @@ pub fn ca_client_flags(ca: &xtask::mesh::ca::LocalCa, token: &std::path::Path) -
 
 /// Starts mesh-node on `node` (its netns and cgroup), with the cluster's CA, and waits until it serves.
 pub fn start_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGuard {
+    let guard = spawn_daemon(cluster, node, extra);
+    if let Err(e) = cluster.wait_tcp_on_node(node, ([127, 0, 0, 1], 15021).into(), Duration::from_secs(60)) {
+        panic!(
+            "mesh-node on {node} did not come up: {e}\n{}",
+            daemon_log(cluster, node)
+        );
+    }
+    guard
+}
+
+/// Starts mesh-node on `node` without waiting (a running one may still hold 15021).
+pub fn spawn_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGuard {
     let n = cluster.node(node).expect("node");
     let ca = ca_flags(cluster, node);
     std::fs::create_dir_all(&n.state_dir).expect("state dir");
@@ -114,14 +126,15 @@ pub fn start_daemon(cluster: &Cluster, node: &str, extra: &[&str]) -> ProcessGua
         // The daemon logs (and writes its text access log) on stdout.
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
-    let guard = cluster.spawn_on_node(node, cmd).expect("spawn mesh-node");
-    if let Err(e) = cluster.wait_tcp_on_node(node, ([127, 0, 0, 1], 15021).into(), Duration::from_secs(60)) {
-        panic!(
-            "mesh-node on {node} did not come up: {e}\n{}",
-            daemon_log(cluster, node)
-        );
-    }
-    guard
+    cluster.spawn_on_node(node, cmd).expect("spawn mesh-node")
+}
+
+/// Waits until the daemon on `node` holds at least `n` workload certificates.
+pub fn wait_certs(c: &Cluster, node: &str, n: usize) {
+    poll("workload certificates", Duration::from_secs(30), || {
+        let d = config_dump(c, node);
+        (d["certificates"].as_array().map_or(0, Vec::len) >= n).then_some(())
+    });
 }
 
 pub fn daemon_log(cluster: &Cluster, node: &str) -> String {

@@ -107,6 +107,93 @@ fn kustomizations_list_existing_files() {
     }
 }
 
+fn daemonset(name: &str) -> Value {
+    let file = deploy_dir().join("install/daemonset.yaml");
+    documents(&file)
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("DaemonSet {name} in {}", file.display()))
+}
+
+fn env(container: &Value, name: &str) -> Option<String> {
+    container["env"].as_sequence()?.iter().find(|e| e["name"] == name)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn host_path_of(spec: &Value, container: &Value, mount: &str) -> Option<String> {
+    let volume = container["volumeMounts"]
+        .as_sequence()?
+        .iter()
+        .find(|m| m["mountPath"] == mount)?["name"]
+        .clone();
+    spec["volumes"].as_sequence()?.iter().find(|v| v["name"] == volume)?["hostPath"]["path"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// What the hand-over needs from the DaemonSet (README.md, "Upgrades"): a surge pod
+/// beside the old one, the shared state hostPath, no hostPort clash, a grace period
+/// above the drain, a startup probe of its own, and an fd holder in its own DaemonSet.
+#[test]
+fn daemonset_rolls_out_by_hand_over() {
+    let node = daemonset("mesh-node");
+    let strategy = &node["spec"]["updateStrategy"];
+    assert_eq!(strategy["type"], "RollingUpdate");
+    assert_eq!(
+        strategy["rollingUpdate"]["maxSurge"], 1,
+        "the new pod starts beside the old one"
+    );
+    assert_eq!(
+        strategy["rollingUpdate"]["maxUnavailable"], 0,
+        "the old pod stays until the new one is ready"
+    );
+    let spec = &node["spec"]["template"]["spec"];
+    let daemon = &spec["containers"][0];
+    assert_eq!(
+        host_path_of(spec, daemon, "/var/lib/mesh").as_deref(),
+        Some("/var/lib/mesh"),
+        "handoff.sock and fdstore.sock on a hostPath both pods see"
+    );
+    assert!(
+        daemon["ports"].is_null() && daemon["ports"].as_sequence().is_none(),
+        "hostNetwork ports become hostPorts, which a surge pod cannot share"
+    );
+    let drain: u64 = env(daemon, "MESH_DRAIN_TIMEOUT_SECS").unwrap().parse().unwrap();
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(grace > drain, "grace {grace} s must exceed the drain {drain} s");
+    assert_eq!(env(daemon, "MESH_FD_HOLDER_SPAWN").as_deref(), Some("false"));
+    let started = env(daemon, "MESH_STARTED_FILE").unwrap();
+    let probe = daemon["startupProbe"]["exec"]["command"].as_sequence().unwrap();
+    assert!(probe.iter().any(|a| a == "started") && probe.iter().any(|a| a.as_str() == Some(&*started)));
+    assert!(
+        host_path_of(spec, daemon, "/run/mesh-node").is_none(),
+        "the startup marker is the container's own"
+    );
+
+    let holder = daemonset("mesh-fd-holder");
+    assert_eq!(
+        holder["spec"]["updateStrategy"]["type"], "OnDelete",
+        "a rollout never takes the holder down"
+    );
+    let hspec = &holder["spec"]["template"]["spec"];
+    let c = &hspec["containers"][0];
+    assert_eq!(
+        host_path_of(hspec, c, "/var/lib/mesh").as_deref(),
+        Some("/var/lib/mesh")
+    );
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        args,
+        ["fd-holder", "--socket", "/var/lib/mesh/$(NODE_NAME)/fdstore.sock"]
+    );
+}
+
 /// Istio CRs in deploy/ (samples) against deploy/crds: a structural check of the
 /// OpenAPI subset our CRDs use (type, properties, required, enum, items,
 /// additionalProperties, x-kubernetes-preserve-unknown-fields).

@@ -128,13 +128,6 @@ fn ip(c: &Cluster, ns: &str, pod: &str) -> Ipv4Addr {
 }
 
 /// Waits until the node daemon serves a certificate for each workload.
-fn wait_certs(c: &Cluster, node: &str, n: usize) {
-    poll("workload certificates", Duration::from_secs(30), || {
-        let d = config_dump(c, node);
-        (d["certificates"].as_array().map_or(0, Vec::len) >= n).then_some(())
-    });
-}
-
 #[test]
 fn cross_node_transfer_is_intact_and_only_tls_on_15008_crosses_the_fabric() {
     let c = cluster();

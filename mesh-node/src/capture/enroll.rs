@@ -120,7 +120,7 @@ impl Enroller {
         let held = match fdstore.as_ref().map(FdStore::list) {
             Some(Ok(h)) => h,
             Some(Err(e)) => {
-                // A holder that does not answer (e.g. still serving another daemon) is
+                // A holder that does not answer (hung) is
                 // not used at all: listeners then do not survive a crash.
                 tracing::warn!("fd store unusable, listeners will not survive a crash: {e}");
                 fdstore = None;

@@ -7,18 +7,20 @@
 //! wait in the listeners' backlog; the restarted daemon takes the fds back (`LIST`) and
 //! serves them (docs/capture.md §4). In-flight connections of a crashed daemon are lost.
 //!
-//! Protocol, one message each: `PUT <name>` + 1 fd; `DEL <prefix>`; `LIST` → `FD <name>`
+//! Protocol, one message each: `PUT <name>` + 1 fd → `OK`; `DEL <prefix>` → `OK`; `LIST` → `FD <name>`
 //! + 1 fd per entry, then `END`; `QUIT` (the holder exits, closing everything).
 
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, accept, bind,
-    connect, listen, recvmsg, sendmsg, setsockopt, socket, sockopt,
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockType, UnixAddr,
+    accept, bind, connect, listen, recvmsg, sendmsg, setsockopt, shutdown, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
 
@@ -79,11 +81,25 @@ pub struct FdStore {
 
 impl FdStore {
     /// Connects to the holder at `path`, starting one (detached, its own session) if
-    /// none is running.
-    pub fn connect_or_spawn(path: &Path) -> Result<Self, FdStoreError> {
+    /// none is running and `spawn`; otherwise waits for one to come up.
+    pub fn connect_or_spawn(path: &Path, spawn: bool) -> Result<Self, FdStoreError> {
         if let Ok(s) = Self::connect(path) {
             return Ok(s);
         }
+        if spawn {
+            Self::spawn(path)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Self::connect(path) {
+                Ok(s) => return Ok(s),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => return Err(FdStoreError::NoHolder { path: path.to_owned() }),
+            }
+        }
+    }
+
+    fn spawn(path: &Path) -> Result<(), FdStoreError> {
         let exe = std::env::current_exe().map_err(|source| FdStoreError::Io {
             path: path.to_owned(),
             op: "find own binary",
@@ -100,19 +116,11 @@ impl FdStore {
                 nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
             });
         }
-        cmd.spawn().map_err(|source| FdStoreError::Io {
+        cmd.spawn().map(drop).map_err(|source| FdStoreError::Io {
             path: path.to_owned(),
             op: "start holder",
             source,
-        })?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match Self::connect(path) {
-                Ok(s) => return Ok(s),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                Err(_) => return Err(FdStoreError::NoHolder { path: path.to_owned() }),
-            }
-        }
+        })
     }
 
     fn connect(path: &Path) -> nix::Result<Self> {
@@ -136,17 +144,32 @@ impl FdStore {
         }
     }
 
+    /// Returns once the holder has the fd: a daemon killed right after still left it
+    /// there for the next one (the holder serves each daemon on its own thread).
     pub fn put(&self, name: &str, fd: &impl AsFd) -> Result<(), FdStoreError> {
         send(
             self.conn.as_raw_fd(),
             &format!("PUT {name}"),
             Some(fd.as_fd().as_raw_fd()),
         )
-        .map_err(self.err("PUT"))
+        .map_err(self.err("PUT"))?;
+        self.acked("PUT")
     }
 
     pub fn del(&self, prefix: &str) -> Result<(), FdStoreError> {
-        send(self.conn.as_raw_fd(), &format!("DEL {prefix}"), None).map_err(self.err("DEL"))
+        send(self.conn.as_raw_fd(), &format!("DEL {prefix}"), None).map_err(self.err("DEL"))?;
+        self.acked("DEL")
+    }
+
+    fn acked(&self, op: &'static str) -> Result<(), FdStoreError> {
+        match recv(self.conn.as_raw_fd()).map_err(self.err(op))? {
+            (ok, _) if ok == "OK" => Ok(()),
+            (other, _) => Err(FdStoreError::Io {
+                path: self.path.clone(),
+                op,
+                source: std::io::Error::other(format!("holder answered {other:?}")),
+            }),
+        }
     }
 
     pub fn quit(&self) -> Result<(), FdStoreError> {
@@ -178,29 +201,44 @@ fn pid_file(sock: &Path) -> PathBuf {
     sock.with_extension("pid")
 }
 
-/// The holder process: serves one daemon connection at a time, never exits on its own
+/// The holder process: serves each daemon connection on its own thread (during an
+/// upgrade the old and the new daemon are both connected), never exits on its own
 /// except on `QUIT`. Deliberately tiny, so it never needs restarting.
 pub fn run_holder(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let _ = std::fs::remove_file(path);
     let l = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
     bind(l.as_raw_fd(), &UnixAddr::new(path)?)?;
     listen(&l, Backlog::new(8)?)?;
     std::fs::write(pid_file(path), std::process::id().to_string())?;
-    let mut store: BTreeMap<String, OwnedFd> = BTreeMap::new();
+    let store: Arc<Mutex<BTreeMap<String, OwnedFd>>> = Arc::default();
+    let quit = Arc::new(AtomicBool::new(false));
+    let listener = Arc::new(l);
     loop {
-        let Ok(c) = accept(l.as_raw_fd()) else { continue };
-        // SAFETY: accept returned a fresh fd that we own.
-        let c = unsafe { OwnedFd::from_raw_fd(c) };
-        if serve(&c, &mut store) {
+        let accepted = accept(listener.as_raw_fd());
+        if quit.load(Ordering::SeqCst) {
             let _ = std::fs::remove_file(path);
             let _ = std::fs::remove_file(pid_file(path));
             return Ok(());
         }
+        let Ok(c) = accepted else { continue };
+        // SAFETY: accept returned a fresh fd that we own.
+        let c = unsafe { OwnedFd::from_raw_fd(c) };
+        let (store, quit, listener) = (store.clone(), quit.clone(), listener.clone());
+        std::thread::spawn(move || {
+            if serve(&c, &store) {
+                quit.store(true, Ordering::SeqCst);
+                // Wakes the accept loop above, which then sees `quit`.
+                let _ = shutdown(listener.as_raw_fd(), Shutdown::Both);
+            }
+        });
     }
 }
 
 /// Returns true on QUIT.
-fn serve(c: &OwnedFd, store: &mut BTreeMap<String, OwnedFd>) -> bool {
+fn serve(c: &OwnedFd, store: &Mutex<BTreeMap<String, OwnedFd>>) -> bool {
     loop {
         let Ok((text, fd)) = recv(c.as_raw_fd()) else {
             return false;
@@ -208,12 +246,19 @@ fn serve(c: &OwnedFd, store: &mut BTreeMap<String, OwnedFd>) -> bool {
         if text.is_empty() {
             return false;
         }
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(name) = text.strip_prefix("PUT ") {
             if let Some(fd) = fd {
                 store.insert(name.to_owned(), fd);
             }
+            if send(c.as_raw_fd(), "OK", None).is_err() {
+                return false;
+            }
         } else if let Some(prefix) = text.strip_prefix("DEL ") {
             store.retain(|k, _| !k.starts_with(prefix));
+            if send(c.as_raw_fd(), "OK", None).is_err() {
+                return false;
+            }
         } else if text == "LIST" {
             for (name, fd) in store.iter() {
                 if send(c.as_raw_fd(), &format!("FD {name}"), Some(fd.as_raw_fd())).is_err() {
@@ -234,7 +279,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn holder_keeps_fds_across_clients_and_deletes_by_prefix() {
+    fn holder_keeps_fds_across_clients_serves_two_at_once_and_deletes_by_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("fd.sock");
         let path = sock.clone();
@@ -263,6 +308,9 @@ mod tests {
         assert_eq!(l1.local_addr().unwrap(), a1, "the same listening socket came back");
         store.del("shop_a_1:").unwrap();
         assert_eq!(store.list().unwrap().len(), 1);
+        // An upgrade: a second daemon is served while the first stays connected.
+        let second = FdStore::connect(&sock).unwrap();
+        assert_eq!(second.list().unwrap().keys().collect::<Vec<_>>(), ["shop_b_2:15001"]);
         store.quit().unwrap();
         holder.join().unwrap();
         assert!(!sock.exists());

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::bpf::Lookups;
 use super::handler::{CapturedPod, ConnectionHandler};
+use crate::drain::Drain;
 use crate::netns::netns_cookie;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct LoopCtx {
     pub connections: ConnCounter,
     /// `mesh_capture_enrolled_pods`.
     pub enrolled: prometheus_client::metrics::gauge::Gauge,
+    /// Ends the accept loops on hand-over and counts the connections still open.
+    pub drain: Drain,
 }
 
 impl LoopCtx {
@@ -52,9 +55,16 @@ impl LoopCtx {
     }
 }
 
+/// Accepts until the daemon hands over; then the successor (which holds the same
+/// listening socket) accepts alone.
 pub async fn accept_loop(l: TcpListener, kind: Kind, pod: Arc<CapturedPod>, ctx: Arc<LoopCtx>) {
     loop {
-        match l.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = ctx.drain.started() => return,
+            a = l.accept() => a,
+        };
+        match accepted {
             Ok((s, peer)) => dispatch(s, peer, kind, &pod, &ctx),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the backlog holds clients.
@@ -87,7 +97,11 @@ fn dispatch(s: TcpStream, peer: SocketAddr, kind: Kind, pod: &Arc<CapturedPod>, 
         Kind::Hbone => ctx.handler.hbone(pod, peer, s),
     };
     ctx.count(kind, "accepted");
-    tokio::spawn(fut);
+    let open = ctx.drain.track();
+    tokio::spawn(async move {
+        fut.await;
+        drop(open);
+    });
 }
 
 /// The client's netns cookie and address identify its connect (sockops re-keyed it).

@@ -81,11 +81,12 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
         lookups: lookups.clone(),
         connections,
         enrolled,
+        drain: p.drain.clone(),
     });
     let fdstore = if p.args.capture.no_fd_store {
         None
     } else {
-        open_fd_store(&p.args.state_dir())
+        open_fd_store(&p.args.state_dir(), p.args.capture.fd_holder_spawn)
     };
     let mut enroller = Enroller::new(bpf, bpffs.clone(), p.args.capture.listen_backlog, ctx, fdstore);
     if p.args.kubernetes {
@@ -112,12 +113,12 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     Ok(Capture { stop: Some(stop_tx) })
 }
 
-fn open_fd_store(state_dir: &std::path::Path) -> Option<fdstore::FdStore> {
+fn open_fd_store(state_dir: &std::path::Path, spawn: bool) -> Option<fdstore::FdStore> {
     if let Err(e) = std::fs::create_dir_all(state_dir) {
         tracing::warn!(dir = %state_dir.display(), "no fd store (listeners will not survive a crash): {e}");
         return None;
     }
-    match fdstore::FdStore::connect_or_spawn(&state_dir.join("fdstore.sock")) {
+    match fdstore::FdStore::connect_or_spawn(&state_dir.join("fdstore.sock"), spawn) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!("no fd store (listeners will not survive a crash): {e}");
@@ -139,6 +140,8 @@ async fn run(mut e: Enroller, p: ProxyInputs, mut stop: oneshot::Receiver<onesho
         tokio::select! {
             changed = state.changed() => if changed.is_err() { break },
             _ = retry.tick() => if e.prune_dead() == 0 && !e.has_errors() { continue },
+            // The successor enrolls from now on; the pins stay as they are.
+            _ = p.drain.started() => return,
             done = &mut stop => {
                 if p.args.capture.detach_on_exit {
                     e.detach_all();

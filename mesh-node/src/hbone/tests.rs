@@ -131,17 +131,33 @@ impl TestInbound {
 
 /// The HBONE server on 127.0.0.1, presenting `cert`.
 async fn start_server(pki: &Pki, cert: &WorkloadCert, inbound: Arc<TestInbound>, timeout: Duration) -> SocketAddr {
+    // Never draining: the sender is gone.
+    let drain = tokio::sync::watch::channel(false).1;
+    start_server_with(pki, cert, inbound, timeout, drain, Arc::default()).await
+}
+
+/// Like [`start_server`], draining when `drain` flips, counting accepted connections.
+async fn start_server_with(
+    pki: &Pki,
+    cert: &WorkloadCert,
+    inbound: Arc<TestInbound>,
+    timeout: Duration,
+    drain: tokio::sync::watch::Receiver<bool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
     let cfg = tls::server_config(cert.resolver.clone(), pki.roots(), TD).unwrap();
     let settings = ServerSettings {
         tls: cfg,
         handshake_timeout: timeout,
         limits: Default::default(),
         handshakes: Default::default(),
+        drain,
     };
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, peer)) = l.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(server::serve(settings.clone(), s, peer, inbound.clone()));
         }
     });
@@ -249,6 +265,43 @@ async fn large_transfer_is_intact_and_streams_share_one_connection() {
     tokio::join!(echo_roundtrip(s1, 32 << 20), echo_roundtrip(s2, 1 << 20));
     assert_eq!(c.pooled(), 1);
     assert!(inbound.refusals.borrow().is_empty());
+}
+
+/// A draining server (its daemon handed over) sends GOAWAY: its open tunnel finishes
+/// intact, and new tunnels of the same client go on a new connection without an error.
+#[tokio::test]
+async fn a_draining_server_moves_new_tunnels_to_a_new_connection_and_finishes_open_ones() {
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let (a, b) = (pki.valid(&id("a")), pki.valid(&id("b")));
+    let inbound = Arc::new(TestInbound::default());
+    let (drain, drain_rx) = tokio::sync::watch::channel(false);
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let srv = start_server_with(
+        &pki,
+        &b,
+        inbound.clone(),
+        Duration::from_secs(5),
+        drain_rx,
+        accepted.clone(),
+    )
+    .await;
+    let app = start_echo().await;
+    let c = client(&pki);
+    let t = target(srv, id("b"), app);
+    let open = tunneled_socket(&c, &a, &t).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    drain.send_replace(true);
+    // Bounded: until a tunnel went over a second connection.
+    let mut tunnels = 0;
+    while accepted.load(Ordering::SeqCst) < 2 {
+        assert!(tunnels < 1000, "no new connection after GOAWAY");
+        let s = tunneled_socket(&c, &a, &t).await.expect("a tunnel during the drain");
+        echo_roundtrip(s, 1024).await;
+        tunnels += 1;
+    }
+    echo_roundtrip(open, 8 << 20).await;
+    assert!(inbound.refusals.borrow().is_empty(), "{:?}", inbound.refusals.borrow());
 }
 
 #[tokio::test]

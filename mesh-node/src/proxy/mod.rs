@@ -86,6 +86,7 @@ pub fn handler(p: &crate::daemon::ProxyInputs) -> Result<Arc<dyn ConnectionHandl
         cluster_cidrs: a.mesh.cluster_cidrs.clone(),
         unknown_destination_wait: Duration::from_millis(a.mesh.unknown_destination_wait_ms),
         access_log: a.mesh.access_log_format,
+        drain: p.drain.signal(),
     };
     if a.kubernetes && a.mesh.cluster_cidrs.is_empty() {
         tracing::warn!(
@@ -124,6 +125,8 @@ pub struct MeshSettings {
     pub unknown_destination_wait: Duration,
     /// One line per connection (`--access-log-format`).
     pub access_log: mesh_common::telemetry::access_log::AccessLogFormat,
+    /// Flips on hand-over: the pods' HBONE connections send GOAWAY and finish.
+    pub drain: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One pod's 15008: its TLS config and its connections in set-up per peer IP.
@@ -404,6 +407,7 @@ impl MeshHandler {
             handshake_timeout: self.settings.handshake_timeout,
             limits: self.settings.hbone_limits,
             handshakes,
+            drain: self.settings.drain.clone(),
         })
     }
 }

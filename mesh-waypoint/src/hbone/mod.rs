@@ -97,6 +97,7 @@ impl HboneSide {
             handshake_timeout: self.opts.handshake_timeout,
             limits: self.opts.limits,
             handshakes: Arc::default(),
+            drain: stop.clone(),
         };
         tokio::spawn(inbound::serve(listener, settings, proxy, stats, stop));
         tracing::info!(%bound, identity = %self.identity.cert.identity, "HBONE listening");
