@@ -20,6 +20,7 @@ pub mod scale;
 pub mod soak;
 pub mod tool;
 pub mod tunnel;
+pub mod upgrade;
 pub mod waypoint;
 
 use std::path::Path;
@@ -29,7 +30,16 @@ use std::time::{Duration, Instant};
 pub use report::{Report, Row};
 
 /// Every benchmark, in the order they run.
-pub const ALL: [&str; 7] = ["tunnel", "latency", "policy", "waypoint", "resources", "connect", "ca"];
+pub const ALL: [&str; 8] = [
+    "tunnel",
+    "latency",
+    "policy",
+    "waypoint",
+    "resources",
+    "connect",
+    "ca",
+    "upgrade",
+];
 
 #[derive(Clone, Debug, Default)]
 pub struct BenchOptions {
@@ -81,6 +91,7 @@ pub fn run(names: &[String], opts: &BenchOptions, out_dir: &Path) -> anyhow::Res
             "resources" => resources::run(&lab, opts, idle.as_ref().unwrap_or(&resources::Idle::default())),
             "connect" => connect::run(&lab, opts),
             "ca" => ca::run(&mut lab, opts),
+            "upgrade" => upgrade::run(&mut lab, opts),
             _ => unreachable!("checked above"),
         };
         match result {

@@ -240,6 +240,53 @@ impl LocalMesh {
     }
 
     pub fn start_node(&mut self, cluster: &Cluster, node: &str) -> Result<(), MeshError> {
+        let guard = self.spawn_node(cluster, node, &[])?;
+        self.daemons.insert(node.to_owned(), guard);
+        Ok(())
+    }
+
+    /// Starts a new daemon on `node` beside the running one, which hands over to it
+    /// (README.md, "Upgrades"), and returns the old one's guard once the new one serves
+    /// (it wrote its `--started-file`). The old one drains and exits by itself.
+    pub fn upgrade_node(
+        &mut self,
+        cluster: &Cluster,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<ProcessGuard, MeshError> {
+        let old = self
+            .daemons
+            .remove(node)
+            .ok_or_else(|| MeshError::NoDaemon(node.into()))?;
+        let marker = cluster
+            .node(node)?
+            .state_dir
+            .join(format!("started-after-{}", old.pid()));
+        let _ = std::fs::remove_file(&marker);
+        let new = self.spawn_node(cluster, node, &["--started-file".into(), marker.display().to_string()])?;
+        self.daemons.insert(node.to_owned(), new);
+        crate::harness::wait_until("the new daemon to take over", timeout, || marker.exists()).map_err(|_| {
+            MeshError::NotReady {
+                node: node.into(),
+                waited: timeout,
+                last: format!("{} was not written", marker.display()),
+            }
+        })?;
+        Ok(old)
+    }
+
+    /// Stops the node's daemon (SIGTERM, no successor) and starts it again.
+    pub fn restart_node(&mut self, cluster: &Cluster, node: &str, timeout: Duration) -> Result<(), MeshError> {
+        let mut old = self
+            .daemons
+            .remove(node)
+            .ok_or_else(|| MeshError::NoDaemon(node.into()))?;
+        old.stop()?;
+        self.start_node(cluster, node)?;
+        self.wait_node_ready(cluster, node, timeout)
+    }
+
+    fn spawn_node(&mut self, cluster: &Cluster, node: &str, extra: &[String]) -> Result<ProcessGuard, MeshError> {
         let info = cluster.node(node)?;
         let token = self.ca.issue_node_token(node)?;
         let mut cmd = Command::new(bin_path("mesh-node")?);
@@ -261,6 +308,7 @@ impl LocalMesh {
             .arg(&token)
             .args(["--cluster-cidrs", crate::harness::CLUSTER_CIDRS])
             .args(&self.options.node_args)
+            .args(extra)
             .stdin(Stdio::null());
         match &self.options.log_dir {
             Some(dir) => {
@@ -280,9 +328,7 @@ impl LocalMesh {
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }
         }
-        let guard = cluster.spawn_on_node(node, cmd)?;
-        self.daemons.insert(node.to_owned(), guard);
-        Ok(())
+        Ok(cluster.spawn_on_node(node, cmd)?)
     }
 
     /// SIGKILL, like a crash: pinned programs and maps stay behind.
