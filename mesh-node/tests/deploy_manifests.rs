@@ -41,6 +41,11 @@ fn documents(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The strings of a YAML sequence.
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence().unwrap().iter().filter_map(Value::as_str).collect()
+}
+
 fn is_kustomization(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "kustomization.yaml")
 }
@@ -182,12 +187,7 @@ fn daemonset_rolls_out_by_hand_over() {
         host_path_of(hspec, c, "/var/lib/mesh").as_deref(),
         Some("/var/lib/mesh")
     );
-    let args: Vec<&str> = c["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args: Vec<&str> = strings(&c["args"]);
     assert_eq!(
         args,
         ["fd-holder", "--socket", "/var/lib/mesh/$(NODE_NAME)/fdstore.sock"]
@@ -238,12 +238,7 @@ fn rbac_grants_list_watch_on_exactly_the_watched_kinds() {
     let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
     let mut granted = Vec::new();
     for rule in role["rules"].as_sequence().unwrap() {
-        let verbs: Vec<&str> = rule["verbs"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let verbs: Vec<&str> = strings(&rule["verbs"]);
         for r in rule["resources"].as_sequence().unwrap() {
             if verbs == ["list", "watch"] {
                 granted.push(r.as_str().unwrap().to_owned());
@@ -298,12 +293,7 @@ fn manifests_pass_only_flags_the_binaries_accept() {
     {
         let command = c["command"][0].as_str().unwrap();
         let binary = bin_dir.join(Path::new(command).file_name().unwrap());
-        let args: Vec<&str> = c["args"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let args: Vec<&str> = strings(&c["args"]);
         if !binary.exists() {
             assert!(
                 command.ends_with("mesh-waypoint") || command.ends_with("mesh-ca"),

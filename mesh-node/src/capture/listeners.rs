@@ -58,10 +58,13 @@ impl LoopCtx {
 /// Accepts until the daemon hands over; then the successor (which holds the same
 /// listening socket) accepts alone.
 pub async fn accept_loop(l: TcpListener, kind: Kind, pod: Arc<CapturedPod>, ctx: Arc<LoopCtx>) {
+    // One wait for the whole loop: not a new watch receiver per accepted connection.
+    let draining = ctx.drain.started();
+    tokio::pin!(draining);
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = ctx.drain.started() => return,
+            _ = &mut draining => return,
             a = l.accept() => a,
         };
         match accepted {
