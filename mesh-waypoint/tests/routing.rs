@@ -280,11 +280,19 @@ async fn load_balancers() {
     assert_eq!(rr[0..3], rr[3..6], "round robin cycles: {rr:?}");
     assert_eq!(rr[0..3].iter().collect::<std::collections::BTreeSet<_>>().len(), 3);
 
-    lab.apply("dr.yaml", &dr("{consistentHash: {httpHeaderName: x-user}}"));
-    for user in ["alice", "bob", "carol"] {
-        let seen: std::collections::BTreeSet<String> =
-            futures_seq(&lab, 20, &[("x-user", user)]).await.into_iter().collect();
-        assert_eq!(seen.len(), 1, "user {user} spread over {seen:?}");
+    // Istio's default ring, an explicit ring and Maglev (a prime table).
+    for algorithm in ["", ", ringHash: {minimumRingSize: 4096}", ", maglev: {tableSize: 251}"] {
+        lab.apply(
+            "dr.yaml",
+            &dr(&format!("{{consistentHash: {{httpHeaderName: x-user{algorithm}}}}}")),
+        );
+        let snap = lab.waypoint.config.load();
+        assert!(snap.rejected.is_empty(), "{algorithm}: {:?}", snap.rejected);
+        for user in ["alice", "bob", "carol"] {
+            let seen: std::collections::BTreeSet<String> =
+                futures_seq(&lab, 20, &[("x-user", user)]).await.into_iter().collect();
+            assert_eq!(seen.len(), 1, "{algorithm}: user {user} spread over {seen:?}");
+        }
     }
 
     lab.apply(

@@ -69,14 +69,22 @@ impl CallError {
 }
 
 impl Backend {
-    pub fn new(key: BackendKey, policy: Policy, endpoints: Vec<Arc<Endpoint>>, pool: Arc<Pool>) -> Self {
+    /// `previous`: this backend in the last snapshot, whose consistent-hash table is
+    /// kept when neither the algorithm nor the endpoints changed.
+    pub fn new(
+        key: BackendKey,
+        policy: Policy,
+        endpoints: Vec<Arc<Endpoint>>,
+        pool: Arc<Pool>,
+        previous: Option<&Backend>,
+    ) -> Self {
         Self {
             key,
             protocol: UpstreamProtocol::Http1,
+            balancer: Balancer::new(&policy.lb, &endpoints, previous.map(|p| &p.balancer)),
             policy,
             endpoints,
             pool,
-            balancer: Balancer::default(),
         }
     }
 

@@ -10,6 +10,8 @@ use super::duration;
 use super::hosts::qualify;
 use crate::backend::policy::{LevelPolicy, OutlierPolicy, PolicyParts, PoolLimits};
 use crate::endpoint::balancer::{HashOn, LbPolicy};
+use crate::endpoint::consistent_hash::HashAlgorithm;
+use crate::endpoint::{maglev, ring_hash};
 
 type Result<T> = std::result::Result<T, FieldError>;
 
@@ -134,7 +136,13 @@ fn load_balancer(l: &dr::LoadBalancerSettings, path: &str) -> Result<LbPolicy> {
                 ),
             )),
         },
-        (None, Some(c)) => consistent_hash(c, &format!("{path}.consistentHash")).map(LbPolicy::ConsistentHash),
+        (None, Some(c)) => {
+            let path = format!("{path}.consistentHash");
+            Ok(LbPolicy::ConsistentHash(
+                consistent_hash(c, &path)?,
+                hash_algorithm(c, &path)?,
+            ))
+        }
         (None, None) => Ok(LbPolicy::default()),
     }
 }
@@ -178,6 +186,53 @@ fn consistent_hash(c: &dr::ConsistentHashLb, path: &str) -> Result<HashOn> {
             path,
             "set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
         )),
+    }
+}
+
+/// `ringHash` / `maglev`, or Istio's default: a ring of the deprecated
+/// `minimumRingSize` or 1024. Sizes Envoy would refuse are refused here.
+fn hash_algorithm(c: &dr::ConsistentHashLb, path: &str) -> Result<HashAlgorithm> {
+    let deprecated = c.minimum_ring_size.filter(|n| *n > 0);
+    match (&c.ring_hash, &c.maglev, deprecated) {
+        (Some(_), Some(_), _) => Err(err(path, "set only one of ringHash, maglev")),
+        (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => Err(err(
+            format!("{path}.minimumRingSize"),
+            "the deprecated minimumRingSize is ignored beside ringHash or maglev; set ringHash.minimumRingSize instead",
+        )),
+        (Some(r), None, None) => ring(r.minimum_ring_size, &format!("{path}.ringHash.minimumRingSize")),
+        (None, Some(m), None) => maglev_table(m.table_size, &format!("{path}.maglev.tableSize")),
+        (None, None, size) => ring(size, &format!("{path}.minimumRingSize")),
+    }
+}
+
+fn ring(size: Option<u64>, path: &str) -> Result<HashAlgorithm> {
+    match size {
+        None | Some(0) => Ok(HashAlgorithm::default()),
+        Some(n) if n > ring_hash::MAXIMUM_RING_SIZE => Err(err(
+            path,
+            format!("{n} exceeds the maximum ring size {}", ring_hash::MAXIMUM_RING_SIZE),
+        )),
+        Some(n) => Ok(HashAlgorithm::RingHash { minimum_ring_size: n }),
+    }
+}
+
+fn maglev_table(size: Option<u64>, path: &str) -> Result<HashAlgorithm> {
+    match size {
+        None | Some(0) => Ok(HashAlgorithm::Maglev {
+            table_size: maglev::DEFAULT_TABLE_SIZE,
+        }),
+        Some(n) if n > maglev::MAXIMUM_TABLE_SIZE => Err(err(
+            path,
+            format!(
+                "{n} exceeds the maximum Maglev table size {}",
+                maglev::MAXIMUM_TABLE_SIZE
+            ),
+        )),
+        Some(n) if !maglev::is_prime(n) => Err(err(
+            path,
+            format!("{n} is not a prime number; the Maglev table size must be prime (default 65537)"),
+        )),
+        Some(n) => Ok(HashAlgorithm::Maglev { table_size: n }),
     }
 }
 
@@ -299,10 +354,42 @@ mod tests {
         let mut eff = PolicyParts::default();
         r.policy.apply_to(&mut eff, 9080);
         r.subsets[1].policy.apply_to(&mut eff, 9080);
-        assert!(matches!(eff.lb, Some(LbPolicy::ConsistentHash(HashOn::Header(_)))));
+        assert_eq!(
+            eff.lb,
+            Some(LbPolicy::ConsistentHash(
+                HashOn::Header(HeaderName::from_static("x-user")),
+                HashAlgorithm::RingHash {
+                    minimum_ring_size: 1024
+                }
+            ))
+        );
         let pool = eff.pool.unwrap();
         assert_eq!((pool.max_connections, pool.max_pending), (1, 1));
         assert_eq!(eff.outlier.unwrap().consecutive_5xx, Some(2));
+    }
+
+    #[test]
+    fn consistent_hash_algorithms_and_istio_defaults() {
+        let lb = |spec: &str| {
+            let r = check(&format!(
+                "  trafficPolicy: {{loadBalancer: {{consistentHash: {{useSourceIp: true{spec}}}}}}}\n"
+            ))
+            .unwrap();
+            match r.policy.parts.lb {
+                Some(LbPolicy::ConsistentHash(HashOn::SourceIp, algorithm)) => algorithm,
+                other => panic!("{other:?}"),
+            }
+        };
+        let ring = |n| HashAlgorithm::RingHash { minimum_ring_size: n };
+        assert_eq!(lb(""), ring(1024));
+        assert_eq!(lb(", minimumRingSize: 64"), ring(64));
+        assert_eq!(lb(", ringHash: {}"), ring(1024));
+        assert_eq!(lb(", ringHash: {minimumRingSize: 4096}"), ring(4096));
+        assert_eq!(lb(", maglev: {}"), HashAlgorithm::Maglev { table_size: 65537 });
+        assert_eq!(
+            lb(", maglev: {tableSize: 251}"),
+            HashAlgorithm::Maglev { table_size: 251 }
+        );
     }
 
     #[test]
@@ -331,6 +418,26 @@ mod tests {
             (
                 "  trafficPolicy: {loadBalancer: {consistentHash: {}}}\n",
                 "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.consistentHash: set one of",
+            ),
+            (
+                "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65536}}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 65536 is not a prime number",
+            ),
+            (
+                "  subsets:\n  - {name: v1, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 5000023}}}}}\n",
+                "DestinationRule bookinfo/reviews: spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 5000023 exceeds the maximum Maglev table size 5000011",
+            ),
+            (
+                "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 9000000}}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.consistentHash.ringHash.minimumRingSize: 9000000 exceeds the maximum ring size 8388608",
+            ),
+            (
+                "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {}, maglev: {}}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.consistentHash: set only one of ringHash, maglev",
+            ),
+            (
+                "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 64, maglev: {}}}}\n",
+                "DestinationRule bookinfo/reviews: spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize: the deprecated minimumRingSize is ignored",
             ),
             (
                 "  trafficPolicy: {outlierDetection: {interval: 1 second}}\n",

@@ -252,7 +252,7 @@ fn carry_over(
         Some(o) if o.pool.limits() == &policy.pool => o.pool.clone(),
         _ => Arc::new(Pool::new(policy.pool.clone(), connector.clone())),
     };
-    Backend::new(key, policy, endpoints, pool)
+    Backend::new(key, policy, endpoints, pool, old.map(|o| o.as_ref()))
 }
 
 /// Route destinations naming a subset no DestinationRule defines, or a host that is

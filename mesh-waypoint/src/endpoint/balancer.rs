@@ -1,9 +1,7 @@
 //! Load balancers: ROUND_ROBIN, LEAST_REQUEST (power of two choices), RANDOM,
-//! PASSTHROUGH (the address the client asked for) and consistent hashing
-//! (rendezvous hashing over healthy endpoints, so removing one endpoint only moves
-//! the keys it owned).
+//! PASSTHROUGH (the address the client asked for) and consistent hashing (Envoy's ring
+//! hash or Maglev, [`super::consistent_hash`]).
 
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +10,7 @@ use http::HeaderName;
 use rand::Rng;
 
 use super::Endpoint;
+use super::consistent_hash::{HashAlgorithm, HashTable};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum LbPolicy {
@@ -21,7 +20,7 @@ pub enum LbPolicy {
     LeastRequest,
     Random,
     Passthrough,
-    ConsistentHash(HashOn),
+    ConsistentHash(HashOn, HashAlgorithm),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,12 +45,33 @@ pub struct PickContext<'a> {
     pub avoid: &'a [SocketAddr],
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Balancer {
     next: AtomicUsize,
+    /// Consistent hashing: the ring or table over the backend's endpoints, built once.
+    table: Option<Arc<HashTable>>,
 }
 
 impl Balancer {
+    /// A balancer for `policy` over `endpoints` (a consistent-hash policy builds its
+    /// table here, once per endpoint set, or keeps `previous`'s when it is the same).
+    pub fn new(policy: &LbPolicy, endpoints: &[Arc<Endpoint>], previous: Option<&Balancer>) -> Self {
+        let table = match policy {
+            LbPolicy::ConsistentHash(_, algorithm) => Some(
+                previous
+                    .and_then(|p| p.table.as_ref())
+                    .filter(|t| t.is_for(*algorithm, endpoints))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(HashTable::build(*algorithm, endpoints))),
+            ),
+            _ => None,
+        };
+        Self {
+            next: AtomicUsize::new(0),
+            table,
+        }
+    }
+
     pub fn pick(&self, policy: &LbPolicy, healthy: &[Arc<Endpoint>], cx: &PickContext<'_>) -> Option<Arc<Endpoint>> {
         let fresh: Vec<&Arc<Endpoint>> = healthy.iter().filter(|e| !cx.avoid.contains(&e.addr)).collect();
         let pool: Vec<&Arc<Endpoint>> = if fresh.is_empty() {
@@ -77,20 +97,14 @@ impl Balancer {
                 Some(e) => e,
                 None => pool[rng.gen_range(0..pool.len())],
             },
-            LbPolicy::ConsistentHash(_) => match cx.hash_key {
-                Some(key) => pool.iter().max_by_key(|e| rendezvous(key, e.addr)).copied()?,
+            // No key (header or cookie absent): any endpoint, as Envoy hashes a random number.
+            LbPolicy::ConsistentHash(..) => match cx.hash_key.zip(self.table.as_ref()) {
+                Some((key, table)) => table.pick(key, &pool).unwrap_or(pool[rng.gen_range(0..pool.len())]),
                 None => pool[rng.gen_range(0..pool.len())],
             },
         };
         Some(chosen.clone())
     }
-}
-
-fn rendezvous(key: &str, addr: SocketAddr) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    addr.hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]
@@ -113,7 +127,8 @@ mod tests {
 
     #[test]
     fn round_robin_cycles() {
-        let (b, e) = (Balancer::default(), eps(3));
+        let e = eps(3);
+        let b = Balancer::new(&LbPolicy::RoundRobin, &e, None);
         let picks: Vec<_> = (0..6)
             .map(|_| b.pick(&LbPolicy::RoundRobin, &e, &cx(None, &[])).unwrap().addr)
             .collect();
@@ -123,7 +138,8 @@ mod tests {
 
     #[test]
     fn least_request_prefers_idle() {
-        let (b, e) = (Balancer::default(), eps(2));
+        let e = eps(2);
+        let b = Balancer::new(&LbPolicy::LeastRequest, &e, None);
         e[0].active.store(100, Ordering::Relaxed);
         let idle = (0..200)
             .filter(|_| b.pick(&LbPolicy::LeastRequest, &e, &cx(None, &[])).unwrap().addr == e[1].addr)
@@ -133,8 +149,9 @@ mod tests {
 
     #[test]
     fn consistent_hash_is_sticky_and_avoid_works() {
-        let (b, e) = (Balancer::default(), eps(5));
-        let p = LbPolicy::ConsistentHash(HashOn::SourceIp);
+        let e = eps(5);
+        let p = LbPolicy::ConsistentHash(HashOn::SourceIp, HashAlgorithm::default());
+        let b = Balancer::new(&p, &e, None);
         let first = b.pick(&p, &e, &cx(Some("user-1"), &[])).unwrap().addr;
         assert!((0..50).all(|_| b.pick(&p, &e, &cx(Some("user-1"), &[])).unwrap().addr == first));
         let other = b.pick(&p, &e, &cx(Some("user-1"), &[first])).unwrap().addr;
@@ -143,8 +160,33 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_with_the_same_endpoints_keeps_the_hash_table() {
+        let (e, p) = (
+            eps(5),
+            LbPolicy::ConsistentHash(HashOn::SourceIp, HashAlgorithm::default()),
+        );
+        let first = Balancer::new(&p, &e, None);
+        let table = |b: &Balancer| b.table.clone().expect("a table");
+        let reordered: Vec<_> = e.iter().rev().cloned().collect();
+        assert!(Arc::ptr_eq(
+            &table(&first),
+            &table(&Balancer::new(&p, &reordered, Some(&first)))
+        ));
+        let maglev = LbPolicy::ConsistentHash(HashOn::SourceIp, HashAlgorithm::Maglev { table_size: 251 });
+        for (policy, endpoints) in [(&p, eps(4)), (&maglev, eps(5))] {
+            let next = Balancer::new(policy, &endpoints, Some(&first));
+            assert!(
+                !Arc::ptr_eq(&table(&first), &table(&next)),
+                "{policy:?} over {}",
+                endpoints.len()
+            );
+        }
+    }
+
+    #[test]
     fn passthrough_uses_original_destination() {
-        let (b, e) = (Balancer::default(), eps(3));
+        let e = eps(3);
+        let b = Balancer::new(&LbPolicy::Passthrough, &e, None);
         let want = e[2].addr;
         let c = PickContext {
             hash_key: None,

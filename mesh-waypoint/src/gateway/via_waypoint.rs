@@ -26,6 +26,7 @@ pub fn reroute(snap: &mut Snapshot) {
             backend.policy.clone(),
             vec![endpoint],
             backend.pool.clone(),
+            None,
         )
         .with_protocol(backend.protocol);
         rerouted.push((key.clone(), Arc::new(b)));

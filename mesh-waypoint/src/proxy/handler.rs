@@ -488,7 +488,7 @@ fn rewritten(parts: &Parts, ctx: &Ctx, sel: &Selected<'_>) -> (String, String) {
 
 /// The consistent-hash key, and a `Set-Cookie` when a cookie with a TTL must be minted.
 fn hash_key(lb: &LbPolicy, parts: &Parts, ctx: &Ctx) -> (Option<String>, Option<String>) {
-    let LbPolicy::ConsistentHash(on) = lb else {
+    let LbPolicy::ConsistentHash(on, _) = lb else {
         return (None, None);
     };
     match on {

@@ -49,18 +49,6 @@ const TRAFFIC_POLICY: &[(&str, &str)] = &[
         "slow start is not implemented; new endpoints get their full share at once",
     ),
     (
-        "loadBalancer.consistentHash.ringHash",
-        "the ring hash algorithm is not implemented; consistent hashing uses the waypoint's own hash",
-    ),
-    (
-        "loadBalancer.consistentHash.maglev",
-        "the Maglev algorithm is not implemented; consistent hashing uses the waypoint's own hash",
-    ),
-    (
-        "loadBalancer.consistentHash.minimumRingSize",
-        "the ring hash algorithm is not implemented; consistent hashing uses the waypoint's own hash",
-    ),
-    (
         "loadBalancer.consistentHash.httpCookie.attributes",
         "cookie attributes are not set on the generated cookie",
     ),
@@ -265,7 +253,7 @@ spec:
   trafficPolicy:
     tls: {mode: SIMPLE, sni: reviews.example}
     loadBalancer:
-      consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 1024}}
+      consistentHash: {httpCookie: {name: user, attributes: [{name: SameSite, value: Strict}]}}
     outlierDetection: {consecutive5xxErrors: 3, minHealthPercent: 50}
     portLevelSettings:
     - port: {number: 9080}
@@ -280,7 +268,7 @@ spec:
             reported(yaml),
             [
                 "spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting",
-                "spec.trafficPolicy.loadBalancer.consistentHash.ringHash",
+                "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes",
                 "spec.trafficPolicy.outlierDetection.minHealthPercent",
                 "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.tcpKeepalive",
                 "spec.trafficPolicy.tls",
@@ -301,6 +289,15 @@ spec:
     tls: {mode: ISTIO_MUTUAL}
     outlierDetection: {minHealthPercent: 0}
     loadBalancer: {simple: LEAST_REQUEST}
+  subsets:
+  - name: v1
+    trafficPolicy:
+      loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}
+      portLevelSettings:
+      - port: {number: 9080}
+        loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 4096}}}
+  - name: v2
+    trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user, minimumRingSize: 64}}}
 ";
         assert!(reported(yaml).is_empty(), "{:?}", reported(yaml));
     }
