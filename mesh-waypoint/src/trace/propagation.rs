@@ -8,7 +8,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use super::b3::{self, B3Propagator};
@@ -17,14 +17,18 @@ static W3C: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropaga
 static B3: LazyLock<B3Propagator> = LazyLock::new(B3Propagator::default);
 
 /// Every header B3 uses; stale ones are removed before the new context is written.
-const B3_HEADERS: [&str; 6] = [
-    b3::SINGLE,
-    b3::TRACE_ID,
-    b3::SPAN_ID,
-    b3::PARENT_SPAN_ID,
-    b3::SAMPLED,
-    b3::FLAGS,
+/// Names, not strings: a lookup by `&str` parses and checks the name every time, and
+/// every request (traced or not) looks these up.
+const B3_HEADERS: [HeaderName; 6] = [
+    HeaderName::from_static(b3::SINGLE),
+    HeaderName::from_static(b3::TRACE_ID),
+    HeaderName::from_static(b3::SPAN_ID),
+    HeaderName::from_static(b3::PARENT_SPAN_ID),
+    HeaderName::from_static(b3::SAMPLED),
+    HeaderName::from_static(b3::FLAGS),
 ];
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The caller's trace context, if any, and how it arrived.
 pub struct Incoming {
@@ -36,10 +40,12 @@ pub struct Incoming {
 
 /// W3C first (the mesh's own format); B3 when there is no valid `traceparent`.
 pub fn extract(headers: &HeaderMap) -> Incoming {
-    let b3 = B3_HEADERS.iter().any(|h| headers.contains_key(*h));
-    let w3c = W3C.extract(&Carrier(headers));
-    if w3c.span().span_context().is_valid() {
-        return Incoming { parent: w3c, b3 };
+    let b3 = B3_HEADERS.iter().any(|h| headers.contains_key(h));
+    if headers.contains_key(TRACEPARENT) {
+        let w3c = W3C.extract_with_context(&Context::new(), &Carrier(headers));
+        if w3c.span().span_context().is_valid() {
+            return Incoming { parent: w3c, b3 };
+        }
     }
     if b3 {
         let cx = B3.extract(&Carrier(headers));
@@ -53,15 +59,56 @@ pub fn extract(headers: &HeaderMap) -> Incoming {
     }
 }
 
-/// Writes `cx` (whose span is this proxy's) as the upstream request's trace context.
-pub fn inject(cx: &Context, b3: bool, headers: &mut HeaderMap) {
-    W3C.inject_context(cx, &mut CarrierMut(headers));
+/// Writes `sc` (this proxy's span) as the upstream request's trace context: W3C's
+/// `traceparent`, `tracestate` when the caller sent a non-empty one, and B3 too when
+/// `b3`. The W3C header is written here rather than by the SDK's propagator, which
+/// formats it through `format!` and sends an empty `tracestate` on every request,
+/// sampled or not; the header is the same (version 00, only the sampled flag).
+pub fn inject(sc: &SpanContext, b3: bool, headers: &mut HeaderMap) {
+    if !sc.is_valid() {
+        return;
+    }
+    if let Ok(v) = traceparent(sc) {
+        headers.insert(TRACEPARENT, v);
+    }
+    let state = sc.trace_state();
+    if *state != TraceState::NONE
+        && let Ok(v) = HeaderValue::try_from(state.header())
+        && !v.is_empty()
+    {
+        headers.insert(TRACESTATE, v);
+    } else {
+        headers.remove(TRACESTATE);
+    }
     if b3 {
         for h in B3_HEADERS {
             headers.remove(h);
         }
-        B3.inject_context(cx, &mut CarrierMut(headers));
+        let cx = Context::new().with_remote_span_context(sc.clone());
+        B3.inject_context(&cx, &mut CarrierMut(headers));
     }
+}
+
+/// `00-{trace id}-{span id}-{flags}`, lower-case hex, as the W3C propagator writes it.
+fn traceparent(sc: &SpanContext) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    let sampled = (sc.trace_flags() & TraceFlags::SAMPLED).to_u8();
+    let fields: [(&[u8], usize); 3] = [
+        (&sc.trace_id().to_bytes(), 3),
+        (&sc.span_id().to_bytes(), 36),
+        (&[sampled], 53),
+    ];
+    for (bytes, at) in fields {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    }
+    out[35] = b'-';
+    out[52] = b'-';
+    HeaderValue::from_bytes(&out)
 }
 
 struct Carrier<'a>(&'a HeaderMap);
@@ -129,6 +176,47 @@ mod tests {
         }
     }
 
+    /// The same `traceparent` as opentelemetry's W3C propagator, sampled or not.
+    #[test]
+    fn traceparent_is_the_sdk_propagators() {
+        use opentelemetry::trace::{SpanId, TraceId};
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            let sc = SpanContext::new(
+                TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128),
+                SpanId::from(0x00f067aa0ba902b7_u64),
+                flags,
+                true,
+                TraceState::NONE,
+            );
+            let mut sdk = HeaderMap::new();
+            let cx = Context::new().with_remote_span_context(sc.clone());
+            W3C.inject_context(&cx, &mut CarrierMut(&mut sdk));
+            let mut ours = HeaderMap::new();
+            inject(&sc, false, &mut ours);
+            assert_eq!(ours.get("traceparent"), sdk.get("traceparent"));
+        }
+    }
+
+    /// A caller's `tracestate` goes on; none (or an empty one) sends none.
+    #[test]
+    fn tracestate_goes_upstream_only_when_the_caller_sent_one() {
+        const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let with = headers(&[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE")]);
+        let without = headers(&[("traceparent", TP), ("tracestate", "")]);
+        let upstream = |h: &HeaderMap| {
+            let mut up = h.clone();
+            inject(extract(h).parent.span().span_context(), false, &mut up);
+            up
+        };
+        let up = upstream(&with);
+        assert_eq!(up.get("traceparent").map(|v| v.as_bytes()), Some(TP.as_bytes()));
+        assert_eq!(
+            up.get("tracestate").map(|v| v.as_bytes()),
+            Some(&b"congo=t61rcWkgMzE"[..])
+        );
+        assert_eq!(upstream(&without).get("tracestate"), None);
+    }
+
     #[test]
     fn garbage_starts_a_new_trace() {
         let h = headers(&[("traceparent", "00-zz-yy-01"), ("x-b3-traceid", "nothex")]);
@@ -148,7 +236,7 @@ mod tests {
         ]);
         let inc = extract(&h);
         let mut up = h.clone();
-        inject(&inc.parent, inc.b3, &mut up);
+        inject(inc.parent.span().span_context(), inc.b3, &mut up);
         let tp = up
             .get("traceparent")
             .and_then(|v| v.to_str().ok())

@@ -4,17 +4,16 @@
 use std::time::SystemTime;
 
 use http::HeaderMap;
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
 use opentelemetry_sdk::trace::{Span, Tracer};
 
 use super::propagation::{self, Incoming};
 use crate::route::retry::AttemptResult;
 
 pub struct RequestSpan {
+    /// Its span context (this span's id, the caller's trace) is what goes upstream.
     span: Span,
-    /// The caller's context with this span as the active one: what goes upstream.
-    upstream: Context,
     b3: bool,
 }
 
@@ -52,17 +51,12 @@ impl RequestSpan {
         if span.is_recording() {
             span.update_name(name());
         }
-        let upstream = incoming.parent.with_remote_span_context(span.span_context().clone());
-        Self {
-            span,
-            upstream,
-            b3: incoming.b3,
-        }
+        Self { span, b3: incoming.b3 }
     }
 
     /// Sets the upstream request's trace headers: W3C always, B3 when the caller used it.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        propagation::inject(&self.upstream, self.b3, headers);
+        propagation::inject(self.span.span_context(), self.b3, headers);
     }
 
     /// Attempt `attempt` (1-based) failed with `result` at `endpoint` and is retried.

@@ -169,16 +169,20 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        let load_average = std::fs::read_to_string("/proc/loadavg")
-            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default();
         Machine {
             nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             cpu,
             kernel,
-            load_average,
+            load_average: load_average(),
         }
     }
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute figures, space-separated (empty if unreadable).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 #[derive(Clone, Debug, Serialize)]
