@@ -19,6 +19,9 @@ pub struct ServicePortInfo {
     /// Resolved per pod ([`PodInfo::port`]): a name may map to different ports.
     pub target_port: TargetPort,
     pub protocol: UpstreamProtocol,
+    /// Declared not HTTP ([`is_opaque`]): the waypoint relays its streams as bytes
+    /// (`proxy::tcp`) instead of parsing them as HTTP.
+    pub opaque: bool,
 }
 
 /// How the waypoint speaks to a port's endpoints, by Istio's protocol selection:
@@ -41,6 +44,37 @@ fn protocol_of(p: &mesh_common::model::k8s::ServicePort) -> UpstreamProtocol {
         UpstreamProtocol::Http2
     } else {
         UpstreamProtocol::Http1
+    }
+}
+
+/// Istio's protocol names that are not HTTP (`appProtocol`, or the port name alone
+/// or before a `-`). `https` and `tls` are passed through: the waypoint cannot
+/// terminate the application's TLS.
+const OPAQUE_PROTOCOLS: [&str; 6] = ["tcp", "tls", "https", "mongo", "mysql", "redis"];
+/// Istio's HTTP protocol names (`h2c` and `kubernetes.io/h2c` are Kubernetes' own).
+const HTTP_PROTOCOLS: [&str; 7] = [
+    "http",
+    "http2",
+    "grpc",
+    "grpc-web",
+    "h2c",
+    "kubernetes.io/h2c",
+    "kubernetes.io/ws",
+];
+
+/// Whether a port is declared as a non-HTTP protocol, by Istio's protocol selection:
+/// `appProtocol` first (`tcp`, `mysql`, ...; an HTTP one means HTTP), else the port
+/// name (`tcp`, `tcp-db`, `mongo-main`, ...). A port declaring neither stays HTTP, as
+/// the waypoint treated every port before (Istio would sniff it; the waypoint cannot).
+pub fn is_opaque(app_protocol: Option<&str>, name: Option<&str>) -> bool {
+    let named = |s: &str, list: &[&str]| {
+        let s = s.to_ascii_lowercase();
+        list.iter().any(|k| s == *k || s.starts_with(&format!("{k}-")))
+    };
+    match app_protocol {
+        Some(a) if named(a, &OPAQUE_PROTOCOLS) => true,
+        Some(a) if named(a, &HTTP_PROTOCOLS) => false,
+        _ => name.is_some_and(|n| named(n, &OPAQUE_PROTOCOLS)),
     }
 }
 
@@ -119,6 +153,7 @@ fn service_info(view: &ClusterView, s: &ServiceEntry) -> ServiceInfo {
                 port: p.port,
                 target_port: p.target(),
                 protocol: protocol_of(p),
+                opaque: is_opaque(p.app_protocol.as_deref(), p.name.as_deref()),
             })
             .collect(),
         pods: view.ready_endpoints(s).map(|w| w.as_ref().clone()).collect(),
@@ -133,4 +168,33 @@ pub fn subset_pods<'a>(
     labels: &'a BTreeMap<String, String>,
 ) -> impl Iterator<Item = &'a PodInfo> {
     service.pods.iter().filter(move |p| p.has_labels(labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_opaque;
+
+    #[test]
+    fn port_names_select_tcp_by_istio_prefixes() {
+        for name in ["tcp", "tcp-db", "TLS-x", "https", "mongo", "mysql-main", "redis-cache"] {
+            assert!(is_opaque(None, Some(name)), "{name}");
+        }
+        for name in [
+            "http", "http-web", "http2", "grpc", "grpc-web", "web", "tcpish", "mongodb",
+        ] {
+            assert!(!is_opaque(None, Some(name)), "{name}");
+        }
+        assert!(!is_opaque(None, None), "an undeclared port stays HTTP");
+    }
+
+    #[test]
+    fn app_protocol_wins_over_the_name() {
+        assert!(is_opaque(Some("mysql"), Some("http-db")));
+        assert!(is_opaque(Some("TCP"), None));
+        assert!(!is_opaque(Some("http"), Some("tcp-db")));
+        assert!(!is_opaque(Some("kubernetes.io/h2c"), Some("tcp")));
+        // An appProtocol Istio does not know leaves the decision to the name.
+        assert!(is_opaque(Some("example.com/custom"), Some("tcp-db")));
+        assert!(!is_opaque(Some("example.com/custom"), Some("db")));
+    }
 }

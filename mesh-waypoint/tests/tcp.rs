@@ -4,6 +4,7 @@ mod support;
 
 use std::net::SocketAddr;
 
+use mesh_waypoint::proxy::tcp::TcpOrigin;
 use support::{Lab, NS};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -58,7 +59,14 @@ async fn tcp_route_splits_streams_by_weight() {
     tokio::spawn(async move {
         while let Ok((stream, peer)) = entry.accept().await {
             let proxy = proxy.clone();
-            tokio::spawn(async move { proxy.serve_tcp(stream, "echo:7000", peer).await });
+            tokio::spawn(async move {
+                let origin = TcpOrigin {
+                    target: "echo:7000",
+                    peer,
+                    identity: None,
+                };
+                proxy.serve_tcp(stream, origin).await
+            });
         }
     });
     let mut v1 = 0;
@@ -92,7 +100,14 @@ async fn tcp_to_unknown_host_is_refused_with_reason() {
     let err = lab
         .waypoint
         .proxy
-        .serve_tcp(server, "nowhere:7000", "127.0.0.1:1".parse().expect("addr"))
+        .serve_tcp(
+            server,
+            TcpOrigin {
+                target: "nowhere:7000",
+                peer: "127.0.0.1:1".parse().expect("addr"),
+                identity: None,
+            },
+        )
         .await
         .expect_err("no route");
     assert!(err.to_string().contains("nowhere.bookinfo.svc.cluster.local"), "{err}");

@@ -113,6 +113,33 @@ impl Snapshot {
         snap
     }
 
+    /// The client at `ip` for route matches: its pod's labels and namespace when it is
+    /// a known pod.
+    pub fn source(&self, ip: IpAddr) -> crate::route::Source {
+        match self.discovery.pods_by_ip.get(&ip) {
+            Some(p) => crate::route::Source {
+                ip: Some(ip),
+                labels: p.labels.clone(),
+                namespace: Some(p.namespace.clone()),
+            },
+            None => crate::route::Source {
+                ip: Some(ip),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Whether `addr` is a Service VIP and port declared as non-HTTP
+    /// ([`discovery::is_opaque`]): the waypoint relays such streams as TCP.
+    pub fn is_opaque(&self, addr: SocketAddr) -> bool {
+        self.discovery
+            .by_cluster_ip
+            .get(&addr.ip())
+            .and_then(|fqdn| self.discovery.services.get(fqdn))
+            .and_then(|svc| svc.ports.iter().find(|p| p.port == addr.port()))
+            .is_some_and(|p| p.opaque)
+    }
+
     /// Canonical FQDN for a request's host: a Service VIP maps to its Service.
     pub fn request_host(&self, host: &str) -> String {
         if let Ok(ip) = host.parse::<IpAddr>() {

@@ -15,6 +15,7 @@ use crate::route::cors::Cors;
 use crate::route::direct::DirectResponse;
 use crate::route::fault::{AbortWith, Fault, Percentage};
 use crate::route::headers::{HeaderOps, HeaderRules};
+use crate::route::l4_match::L4Match;
 use crate::route::mirror::Mirror;
 use crate::route::redirect::{Redirect, RedirectPort};
 use crate::route::retry::{RetryOn, RetryPolicy};
@@ -22,6 +23,7 @@ use crate::route::rewrite::Rewrite;
 use crate::route::split::TcpRoute;
 use crate::route::string_match::{StrMatch, compile_regex};
 use crate::route::{Action, DestinationRef, HttpRoute, RequestMatch, RouteTable, WeightedDestination};
+use mesh_common::authz::matcher::Cidr;
 
 type Result<T> = std::result::Result<T, FieldError>;
 
@@ -601,15 +603,36 @@ fn tcp_route(r: &vs::TcpRoute, path: &str, ns: &str) -> Result<TcpRoute> {
     if destinations.is_empty() {
         return Err(err(format!("{path}.route"), "at least one destination is required"));
     }
-    let ports = r
+    let matches = r
         .match_
         .iter()
         .enumerate()
-        .filter_map(|(i, m)| m.port.map(|p| port(p, &format!("{path}.match[{i}].port"))))
+        .map(|(i, m)| l4_match(m, &format!("{path}.match[{i}]")))
         .collect::<Result<_>>()?;
     Ok(TcpRoute {
-        ports,
+        matches,
         split: crate::route::split::Split::new(destinations),
+    })
+}
+
+/// One `tcp[].match[]` block; `gateways` is reported as unsupported, not read.
+fn l4_match(m: &vs::L4MatchAttributes, path: &str) -> Result<L4Match> {
+    let cidr = |text: &str, field: String| Cidr::parse(text).map_err(|e| err(field, e));
+    Ok(L4Match {
+        port: m.port.map(|p| port(p, &format!("{path}.port"))).transpose()?,
+        destination_subnets: m
+            .destination_subnets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cidr(c, format!("{path}.destinationSubnets[{i}]")))
+            .collect::<Result<_>>()?,
+        source_subnet: m
+            .source_subnet
+            .as_deref()
+            .map(|c| cidr(c, format!("{path}.sourceSubnet")))
+            .transpose()?,
+        source_labels: m.source_labels.clone(),
+        source_namespace: m.source_namespace.clone(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! HBONE in: the waypoint terminates mTLS on 15008 and serves each CONNECT stream with
 //! its HTTP engine, as if the client had connected to the stream's `:authority` (the
-//! Service VIP:port the node daemon resolved to this waypoint).
+//! Service VIP:port the node daemon resolved to this waypoint) — or, when that Service
+//! port is declared non-HTTP, relays it as TCP (`proxy::tcp`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::proxy::Proxy;
 use crate::proxy::server::{PeerIdentity, serve_io};
+use crate::proxy::tcp::TcpOrigin;
 
 /// Counters of one HBONE listener: streams served, refusals by reason (refusals are
 /// also exported as `mesh_connections_refused_total{reason}` on the stats port).
@@ -58,6 +60,16 @@ impl Inbound for WaypointInbound {
             principal: id.strip_prefix("spiffe://").unwrap_or(&id).into(),
             conn_ip: req.conn.peer_addr.ip(),
         };
+        // Decided per stream from the snapshot of now; serve_tcp admits the stream
+        // against the policies itself, so a port turning opaque between the two
+        // snapshots is still checked.
+        if proxy.config.load().is_opaque(local) {
+            return Box::pin(async move {
+                Ok(Upstream::Serve(Box::new(move |stream| {
+                    Box::pin(serve_opaque(stream, proxy, peer, local, identity))
+                })))
+            });
+        }
         Box::pin(async move {
             Ok(Upstream::Serve(Box::new(move |stream| {
                 Box::pin(serve_io(stream, proxy, peer, local, Some(identity)))
@@ -79,6 +91,26 @@ impl Inbound for WaypointInbound {
     fn opened(&self, _req: &InboundRequest) -> Closed {
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
         Box::new(|_| {})
+    }
+}
+
+/// Relays a stream for a non-HTTP Service port (refusals and failures are logged by
+/// `serve_tcp` or here; the stream is closed either way).
+async fn serve_opaque(
+    stream: mesh_hbone::stream::H2Stream,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    identity: PeerIdentity,
+) {
+    let target = local.to_string();
+    let origin = TcpOrigin {
+        target: &target,
+        peer,
+        identity: Some(&identity),
+    };
+    if let Err(e) = proxy.serve_tcp(stream, origin).await {
+        tracing::debug!(%peer, %local, "tcp stream ended: {e}");
     }
 }
 

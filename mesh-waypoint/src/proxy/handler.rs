@@ -426,17 +426,7 @@ fn context(snap: &Snapshot, parts: &Parts, peer: SocketAddr, local: SocketAddr) 
         })
         .unwrap_or_default();
     let (host, port) = split_authority(&authority);
-    let source = match snap.discovery.pods_by_ip.get(&peer.ip()) {
-        Some(p) => Source {
-            ip: Some(peer.ip()),
-            labels: p.labels.clone(),
-            namespace: Some(p.namespace.clone()),
-        },
-        None => Source {
-            ip: Some(peer.ip()),
-            ..Source::default()
-        },
-    };
+    let source = snap.source(peer.ip());
     // A stream to a Service VIP (HBONE `:authority`) is for that Service whatever its
     // Host says, as in Istio's waypoints: the ingress gateway keeps the user's Host.
     let host_fqdn = match snap.discovery.by_cluster_ip.get(&local.ip()) {

@@ -7,6 +7,7 @@ pub mod cors;
 pub mod direct;
 pub mod fault;
 pub mod headers;
+pub mod l4_match;
 pub mod matching;
 pub mod mirror;
 pub mod redirect;

@@ -72,14 +72,14 @@ fn pick_by<'a, T>(items: &'a [T], weight: impl Fn(&T) -> u32, rng: &mut impl Rng
 /// A `tcp` route: weighted destinations for non-HTTP ports.
 #[derive(Clone, Debug)]
 pub struct TcpRoute {
-    /// `match[].port`: the route applies to these destination ports (empty: all).
-    pub ports: Vec<u16>,
+    /// `match[]`: the route applies when one block matches (empty: always).
+    pub matches: Vec<super::l4_match::L4Match>,
     pub split: Split,
 }
 
 impl TcpRoute {
-    pub fn applies_to(&self, port: u16) -> bool {
-        self.ports.is_empty() || self.ports.contains(&port)
+    pub fn applies_to(&self, stream: &super::l4_match::StreamInfo<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(stream))
     }
 }
 

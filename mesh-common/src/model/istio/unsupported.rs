@@ -101,13 +101,12 @@ const DESTINATION_RULE: &[(&str, &str)] = &[(
 const VIRTUAL_SERVICE: &[(&str, &str)] = &[
     (
         "spec.tls",
-        "tls routes (by SNI) are not implemented; such traffic is routed by the Service alone",
+        "tls routes (by SNI) are not implemented; TLS streams are relayed by tcp routes or to the Service alone",
     ),
-    ("spec.tcp[].match[].destinationSubnets", "tcp routes match on port only"),
-    ("spec.tcp[].match[].sourceSubnet", "tcp routes match on port only"),
-    ("spec.tcp[].match[].sourceLabels", "tcp routes match on port only"),
-    ("spec.tcp[].match[].sourceNamespace", "tcp routes match on port only"),
-    ("spec.tcp[].match[].gateways", "tcp routes match on port only"),
+    (
+        "spec.tcp[].match[].gateways",
+        "a tcp match's gateways are not read; tcp routes apply at the waypoint",
+    ),
     ("spec.http[].match[].statPrefix", "per-match statistics are not kept"),
     (
         "spec.http[].retries.retryRemoteLocalities",
@@ -311,7 +310,7 @@ metadata: {name: db, namespace: shop}
 spec:
   hosts: [db]
   tcp:
-  - match: [{port: 5432, sourceLabels: {app: web}}]
+  - match: [{port: 5432, sourceLabels: {app: web}, gateways: [mesh]}]
     route: [{destination: {host: db}}]
   tls:
   - match: [{sniHosts: [db.example]}]
@@ -321,8 +320,8 @@ spec:
         assert_eq!(
             lines,
             [
-                "VirtualService shop/db: spec.tcp[0].match[0].sourceLabels: not supported, ignored: tcp routes match on port only",
-                "VirtualService shop/db: spec.tls: not supported, ignored: tls routes (by SNI) are not implemented; such traffic is routed by the Service alone",
+                "VirtualService shop/db: spec.tcp[0].match[0].gateways: not supported, ignored: a tcp match's gateways are not read; tcp routes apply at the waypoint",
+                "VirtualService shop/db: spec.tls: not supported, ignored: tls routes (by SNI) are not implemented; TLS streams are relayed by tcp routes or to the Service alone",
             ]
         );
     }
