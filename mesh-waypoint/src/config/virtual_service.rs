@@ -661,6 +661,22 @@ mod tests {
     }
 
     #[test]
+    fn tcp_match_blocks_compile_every_l4_field_and_name_a_bad_one() {
+        let t = check("  hosts: [db]\n  tcp:\n  - match:\n    - {port: 3306, destinationSubnets: [198.19.0.0/16], sourceSubnet: 198.18.1.0/24, sourceLabels: {app: web}, sourceNamespace: shop}\n    - {port: 3307}\n    route: [{destination: {host: db}}]\n").unwrap();
+        let m = &t.tcp[0].matches;
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].port, m[1].port), (Some(3306), Some(3307)));
+        assert_eq!(m[0].destination_subnets.len(), 1);
+        assert!(m[0].source_subnet.is_some());
+        assert_eq!(m[0].source_labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(m[0].source_namespace.as_deref(), Some("shop"));
+        let bad = check("  hosts: [db]\n  tcp:\n  - match: [{sourceSubnet: 198.18.1.0/33}]\n    route: [{destination: {host: db}}]\n").unwrap_err();
+        assert!(bad.contains("spec.tcp[0].match[0].sourceSubnet"), "{bad}");
+        let bad = check("  hosts: [db]\n  tcp:\n  - match: [{destinationSubnets: [10.0.0.0/8, db]}]\n    route: [{destination: {host: db}}]\n").unwrap_err();
+        assert!(bad.contains("spec.tcp[0].match[0].destinationSubnets[1]"), "{bad}");
+    }
+
+    #[test]
     fn bad_input_names_object_and_path() {
         let table = [
             (
