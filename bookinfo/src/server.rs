@@ -1,6 +1,7 @@
 //! The HTTP server: routes by path for the service this process plays.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(served_by = %args.served_by(), listen = %args.listen, "bookinfo serving");
     let args = Arc::new(args);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("accept: {e}");
@@ -35,7 +36,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let args = args.clone();
-                async move { Ok::<_, Infallible>(handle(&args, req).await) }
+                async move { Ok::<_, Infallible>(handle(&args, req, peer).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -44,7 +45,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-async fn handle(args: &Args, req: Request<Incoming>) -> Reply {
+async fn handle(args: &Args, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let fwd = propagated(&req);
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
@@ -52,6 +53,7 @@ async fn handle(args: &Args, req: Request<Incoming>) -> Reply {
     let served_by = args.served_by();
     let routed = match (args.service, path.as_str()) {
         (_, "/health") => Some(text(StatusCode::OK, "ok\n".into(), "text/plain")),
+        (_, "/peer") => Some(json(peer_report(&served_by, peer, &parts.headers))),
         (Service::Productpage, _) => productpage::route(args, &parts.method, &path, &parts.headers, body, &fwd).await,
         (Service::Details, p) if p.starts_with("/details") => Some(json(data::details(&served_by, id))),
         (Service::Ratings, p) if p.starts_with("/ratings") => Some(json(data::ratings(&served_by, id))),
@@ -76,6 +78,13 @@ async fn handle(args: &Args, req: Request<Incoming>) -> Reply {
         resp.headers_mut().insert("x-request-id", id);
     }
     resp
+}
+
+/// Who this service sees calling it: the connection's peer address (the calling pod's
+/// IP when the mesh preserves it) and any `x-forwarded-for` a proxy added.
+fn peer_report(served_by: &str, peer: SocketAddr, headers: &http::HeaderMap) -> Value {
+    let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    serde_json::json!({ "served_by": served_by, "peer": peer.to_string(), "x_forwarded_for": xff })
 }
 
 /// The headers Bookinfo forwards; `end-user` comes from the request's header or,

@@ -42,6 +42,22 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
+/// A connection the daemon opens to a pod's application from the client's address
+/// (`IP_TRANSPARENT`): sk_lookup must let its SYN reach the application instead of
+/// steering it to 15006 (docs/capture.md §5). Present only while the connect runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DaemonConnect {
+    /// The client's IPv4 address the daemon bound, network byte order.
+    pub remote_ip: u32,
+    /// The pod's IPv4 address, network byte order.
+    pub local_ip: u32,
+    /// The daemon socket's port, host byte order.
+    pub remote_port: u16,
+    /// The application's port, host byte order.
+    pub local_port: u16,
+}
+
 /// Per-pod capture configuration, keyed by the pod's netns cookie (`SO_NETNS_COOKIE`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,8 +103,10 @@ pub mod map {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of u64 counters indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// [`super::DaemonConnect`] -> 1 while the daemon connects to an app from a client's IP.
+    pub const DAEMON_CONNECTS: &str = "DAEMON_CONNECTS";
     /// Every map the daemon pins.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         ORIG_BY_COOKIE,
         ORIG_BY_TUPLE,
         POD_SELF,
@@ -97,6 +115,7 @@ pub mod map {
         EXCLUDED_CIDRS,
         CONFIG,
         COUNTERS,
+        DAEMON_CONNECTS,
     ];
 }
 
@@ -126,10 +145,11 @@ pub enum Counter {
     SkLookupSteered,
     SkLookupMissPass,
     SkLookupMissDrop,
+    SkLookupSkipDaemon,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::Connect4Calls,
         Self::Connect4Redirected,
@@ -148,6 +168,7 @@ impl Counter {
         Self::SkLookupSteered,
         Self::SkLookupMissPass,
         Self::SkLookupMissDrop,
+        Self::SkLookupSkipDaemon,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -169,6 +190,7 @@ impl Counter {
             Self::SkLookupSteered => "sk_lookup_steered",
             Self::SkLookupMissPass => "sk_lookup_miss_pass",
             Self::SkLookupMissDrop => "sk_lookup_miss_drop",
+            Self::SkLookupSkipDaemon => "sk_lookup_skip_daemon",
         }
     }
 }
@@ -183,12 +205,14 @@ const _: () = assert!(core::mem::size_of::<PodConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 8);
 const _: () = assert!(Counter::ALL.len() == Counter::COUNT as usize);
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 16);
+const _: () = assert!(core::mem::size_of::<DaemonConnect>() == 12);
 
 #[cfg(feature = "user")]
 mod pod_impls {
     // SAFETY: plain-old-data, repr(C), no implicit padding (padding is explicit fields).
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::TupleKey {}
+    unsafe impl aya::Pod for super::DaemonConnect {}
     unsafe impl aya::Pod for super::PodConfig {}
     unsafe impl aya::Pod for super::GlobalConfig {}
 }

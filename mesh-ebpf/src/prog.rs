@@ -18,10 +18,10 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::{cgroup_sock_addr, sk_lookup, sock_ops};
 use aya_ebpf::programs::{SkLookupContext, SockAddrContext, SockOpsContext};
-use mesh_common::abi::{Counter, OrigDst, PORT_OUTBOUND, TupleKey, is_mesh_port};
+use mesh_common::abi::{Counter, DaemonConnect, OrigDst, PORT_OUTBOUND, TupleKey, is_mesh_port};
 
 use maps::{INBOUND_LISTENERS, ORIG_BY_COOKIE, ORIG_BY_TUPLE};
-use maps::{count, is_excluded_cidr, is_excluded_port, pod_config, strict_on_miss};
+use maps::{count, is_daemon_connect, is_excluded_cidr, is_excluded_port, pod_config, strict_on_miss};
 
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
@@ -188,6 +188,18 @@ pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
     // addresses (docs/capture.md §3). Outside packets with a local source are martians.
     if is_loopback(remote) || is_loopback(local) || remote == local {
         count(Counter::SkLookupSkipLocal);
+        return SK_PASS;
+    }
+    // The daemon's connect from a client's address looks like outside traffic: only the
+    // exact 4-tuple it registered before connecting tells it apart (docs/capture.md §5).
+    let daemon = DaemonConnect {
+        remote_ip: remote,
+        local_ip: local,
+        remote_port: u16::from_be(l.remote_port),
+        local_port: port,
+    };
+    if is_daemon_connect(&daemon) {
+        count(Counter::SkLookupSkipDaemon);
         return SK_PASS;
     }
     if is_mesh_port(port) || is_excluded_port(port) || is_excluded_cidr(remote) {

@@ -171,6 +171,23 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub no_fd_store: bool,
 
+    /// Connect to a pod's application from the calling pod's IP (the HBONE peer, or the
+    /// `forwarded` client its identity vouches for; the plaintext peer), so the
+    /// application's peer address is the caller's. `false`: the application sees its
+    /// own pod IP as every inbound peer (docs/capture.md §5).
+    #[arg(long, env = "MESH_PRESERVE_CLIENT_IP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub preserve_client_ip: bool,
+
+    /// Socket mark of those connections; inside each pod's netns a policy rule routes
+    /// packets with this mark to `--client-ip-table`. Pick one nothing else in the pods uses.
+    #[arg(long, default_value = "0x15006", value_parser = parse_mark)]
+    pub client_ip_mark: u32,
+
+    /// Routing table (inside each pod's netns) holding the route that delivers the
+    /// application's replies to those connections back to the daemon.
+    #[arg(long, default_value_t = 15006, value_parser = clap::value_parser!(u32).range(256..=0xFFFF_FFFF))]
+    pub client_ip_table: u32,
+
     /// How often failed enrollments are retried, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub enroll_retry_ms: u64,
@@ -257,6 +274,19 @@ impl RunArgs {
     }
 }
 
+/// A non-zero socket mark, decimal or `0x` hexadecimal.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a 32-bit mark: {e}"))?;
+    if v == 0 {
+        return Err("the mark must not be 0 (unmarked packets would match)".into());
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +350,13 @@ mod tests {
         let e = "10.0.0.0/33".parse::<Cidr>().unwrap_err();
         assert!(e.contains("10.0.0.0/33") && e.contains("33"), "{e}");
         assert!("10.0.0/8".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn client_ip_marks_are_non_zero_decimal_or_hex() {
+        assert_eq!(parse_mark("0x15006"), Ok(0x15006));
+        assert_eq!(parse_mark("1337"), Ok(1337));
+        assert!(parse_mark("0").unwrap_err().contains("must not be 0"));
+        assert!(parse_mark("0xzz").unwrap_err().contains("\"0xzz\""));
     }
 }

@@ -34,6 +34,9 @@ pub enum NetnsError {
 enum Request {
     Socket(SocketAddr, oneshot::Sender<io::Result<OwnedFd>>),
     Listen(SocketAddr, i32, oneshot::Sender<io::Result<OwnedFd>>),
+    /// Work that must run inside the netns (netlink, `/proc/sys/net`), whose result the
+    /// closure sends back itself.
+    Run(Box<dyn FnOnce() + Send>),
 }
 
 /// Socket factory bound to one pod's netns. Cheap to clone; the thread ends when the
@@ -120,6 +123,40 @@ impl PodNetns {
         TcpListener::from_std(std::net::TcpListener::from(fd))
     }
 
+    /// Runs `f` on the pod's socket thread, inside its netns: netlink sockets and
+    /// `/proc/sys/net` opened there belong to the pod.
+    pub async fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let gone = || {
+            io::Error::other(format!(
+                "socket thread of netns {} has stopped",
+                self.inner.path.display()
+            ))
+        };
+        self.inner.tx.send(Request::Run(job)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// [`Self::run_inside`] for synchronous callers: blocks until `f` has run. Only for
+    /// short kernel calls (a netlink request), never for anything that waits on peers.
+    pub fn run_inside_blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        let (tx, rx) = mpsc::channel();
+        let job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let gone = || {
+            io::Error::other(format!(
+                "socket thread of netns {} has stopped",
+                self.inner.path.display()
+            ))
+        };
+        self.inner.tx.send(Request::Run(job)).map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())
+    }
+
     async fn ask(&self, req: impl FnOnce(oneshot::Sender<io::Result<OwnedFd>>) -> Request) -> io::Result<OwnedFd> {
         let gone = || {
             io::Error::other(format!(
@@ -150,6 +187,7 @@ fn socket_thread(ns: File, rx: mpsc::Receiver<Request>, ready: mpsc::Sender<io::
             Request::Listen(addr, backlog, tx) => {
                 let _ = tx.send(new_listener(addr, backlog));
             }
+            Request::Run(job) => job(),
         }
     }
 }

@@ -8,11 +8,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
 use xtask::bookinfo::{self, Lab, LabOptions};
 use xtask::harness::{Cluster, wait_for};
+use xtask::mesh::run_helper_in_pod;
 
 const HELPER_ENV: &str = "MESH_AUTHZ_HELPER";
 /// The watched file holding the test's policy (every version replaces it).
@@ -49,25 +49,9 @@ fn get_ratings(addr: SocketAddr) -> String {
     exchange().unwrap_or_else(|e| format!("error={:?}", e.kind()))
 }
 
-/// Runs the helper in `ns/pod` against ratings and returns its result line.
-fn call(c: &Cluster, (ns, pod): (&str, &str), ratings: SocketAddr) -> String {
-    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args([
-        "helper",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(HELPER_ENV, ratings.to_string());
-    let out = c.run_in_pod(ns, pod, cmd).expect("run helper in pod");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("helper in {ns}/{pod} printed no result: {stdout}"))
+/// Runs the helper in `pod` against ratings and returns its result line.
+fn call(c: &Cluster, pod: (&str, &str), ratings: SocketAddr) -> String {
+    run_helper_in_pod(c, pod, &[(HELPER_ENV, ratings.to_string())])
 }
 
 const REVIEWS: (&str, &str) = ("bookinfo", "reviews-v1");

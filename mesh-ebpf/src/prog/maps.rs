@@ -6,8 +6,8 @@ use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash};
 use mesh_common::abi::{
-    CONFIG_STRICT_ON_MISS, Counter, DEFAULT_CONN_ENTRIES, DEFAULT_EXCLUDE_ENTRIES, DEFAULT_POD_ENTRIES, GlobalConfig,
-    LPM_KEY_BITS, OrigDst, PodConfig, TupleKey,
+    CONFIG_STRICT_ON_MISS, Counter, DEFAULT_CONN_ENTRIES, DEFAULT_EXCLUDE_ENTRIES, DEFAULT_POD_ENTRIES, DaemonConnect,
+    GlobalConfig, LPM_KEY_BITS, OrigDst, PodConfig, TupleKey,
 };
 
 /// Deleted at close by sockops; LRU as a backstop if a close is ever missed.
@@ -28,6 +28,9 @@ pub static EXCLUDED_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(DEFAULT_
 /// Filled from flags at start-up (LPM tries must be created without preallocation).
 #[map]
 pub static EXCLUDED_CIDRS: LpmTrie<u32, u8> = LpmTrie::with_max_entries(DEFAULT_EXCLUDE_ENTRIES, 1);
+/// Written and deleted by the daemon around each connect from a client's address.
+#[map]
+pub static DAEMON_CONNECTS: HashMap<DaemonConnect, u8> = HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
 #[map]
 pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -58,4 +61,10 @@ pub fn is_excluded_cidr(ip_be: u32) -> bool {
 #[inline(always)]
 pub fn strict_on_miss() -> bool {
     CONFIG.get(0).is_some_and(|c| c.flags & CONFIG_STRICT_ON_MISS != 0)
+}
+
+/// The daemon's own connect to the pod's application from a client's address.
+#[inline(always)]
+pub fn is_daemon_connect(key: &DaemonConnect) -> bool {
+    unsafe { DAEMON_CONNECTS.get(key) }.is_some()
 }

@@ -13,7 +13,7 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, ProgramError};
 use aya::{Ebpf, EbpfLoader};
-use mesh_common::abi::{self, Counter, GlobalConfig, OrigDst, PodConfig, TupleKey, map};
+use mesh_common::abi::{self, Counter, DaemonConnect, GlobalConfig, OrigDst, PodConfig, TupleKey, map};
 
 use crate::cli::CaptureArgs;
 
@@ -99,6 +99,7 @@ pub struct CaptureBpf {
     ebpf: Ebpf,
     pod_self: HashMap<MapData, u64, PodConfig>,
     listeners: SockHash<MapData, u32>,
+    daemon_connects: Option<HashMap<MapData, DaemonConnect, u8>>,
     pub lookups: Arc<Lookups>,
 }
 
@@ -123,6 +124,7 @@ impl CaptureBpf {
         loader
             .map_max_entries(map::ORIG_BY_COOKIE, args.capture_conn_entries)
             .map_max_entries(map::ORIG_BY_TUPLE, args.capture_conn_entries)
+            .map_max_entries(map::DAEMON_CONNECTS, args.capture_conn_entries)
             .map_max_entries(map::POD_SELF, args.capture_pod_entries)
             .map_max_entries(map::INBOUND_LISTENERS, args.capture_pod_entries)
             .map_max_entries(map::EXCLUDED_PORTS, args.capture_exclude_entries)
@@ -136,6 +138,7 @@ impl CaptureBpf {
         let mut this = Self {
             pod_self: take(&mut ebpf, map::POD_SELF)?,
             listeners: take(&mut ebpf, map::INBOUND_LISTENERS)?,
+            daemon_connects: Some(take(&mut ebpf, map::DAEMON_CONNECTS)?),
             lookups: Arc::new(Lookups {
                 orig_by_tuple: take(&mut ebpf, map::ORIG_BY_TUPLE)?,
                 counters: take(&mut ebpf, map::COUNTERS)?,
@@ -183,6 +186,11 @@ impl CaptureBpf {
             .set(0, GlobalConfig { flags, _pad: 0 }, 0)
             .map_err(merr(map::CONFIG))?;
         Ok(())
+    }
+
+    /// The map the client-IP connects register in (taken once, by [`super::client_ip`]).
+    pub fn take_daemon_connects(&mut self) -> Option<HashMap<MapData, DaemonConnect, u8>> {
+        self.daemon_connects.take()
     }
 
     pub fn set_pod(&mut self, netns_cookie: u64, ip: Ipv4Addr) -> Result<(), BpfError> {

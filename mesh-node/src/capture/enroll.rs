@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use std::os::fd::OwnedFd;
 
 use super::bpf::{BpfError, CaptureBpf, PROGRAMS, Target};
+use super::client_ip::{ClientIp, ClientIpState};
 use super::fdstore::FdStore;
 use super::handler::CapturedPod;
 use super::listeners::{Kind, LoopCtx, accept_loop};
@@ -54,6 +55,8 @@ pub struct PodView {
     pub attached: usize,
     /// Listeners taken back from the fd store (kept open across a daemon restart).
     pub listeners_from_fd_store: usize,
+    /// Whether the application sees its callers' addresses.
+    pub client_ip: ClientIpState,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -253,9 +256,11 @@ impl Enroller {
         let netns = PodNetns::open(&netns_path)?;
         let cookie = netns.cookie();
         let pin_dir = pins::pod_dir(&self.bpffs, &w.namespace, &w.name, cookie);
+        let (client_ip, client_ip_state) = self.prepare_client_ip(&w, &netns).await;
         let pod = Arc::new(CapturedPod {
             workload: w.clone(),
             netns,
+            client_ip,
         });
         let view = PodView {
             ip: w.ip,
@@ -268,6 +273,7 @@ impl Enroller {
             adopted: 0,
             attached: 0,
             listeners_from_fd_store: 0,
+            client_ip: client_ip_state,
         };
         let mut e = Enrolled {
             pod,
@@ -281,6 +287,21 @@ impl Enroller {
             return Err(err);
         }
         Ok(e)
+    }
+
+    /// Prepares the pod's netns for connects from the client's address. A netns that
+    /// refuses leaves the pod meshed with its own IP as the peer its application sees.
+    async fn prepare_client_ip(&self, w: &Workload, netns: &PodNetns) -> (Option<Arc<ClientIp>>, ClientIpState) {
+        let Some(c) = &self.ctx.client_ip else {
+            return (None, ClientIpState::Disabled);
+        };
+        match c.prepare(netns).await {
+            Ok(()) => (Some(c.clone()), ClientIpState::Preserved),
+            Err(e) => {
+                tracing::warn!(pod = %w.key(), "client IP not preserved, the application sees the pod's own IP: {e}");
+                (None, ClientIpState::Unavailable(e.to_string()))
+            }
+        }
     }
 
     async fn enroll_steps(&mut self, e: &mut Enrolled, netns_path: &Path, cgroup: &Path) -> Result<(), EnrollError> {
@@ -334,6 +355,9 @@ impl Enroller {
     /// Detach first (new connects stop being redirected), then drop map entries; the
     /// listeners close when `e` is dropped.
     fn teardown(&mut self, e: &Enrolled) {
+        if let Some(c) = &e.pod.client_ip {
+            c.forget(&e.pod.netns);
+        }
         if let Some(store) = &self.fdstore
             && let Err(err) = store.del(&fd_prefix(&e.view.pin_dir))
         {

@@ -6,13 +6,14 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::client_ip::ClientIp;
 use crate::hbone::relay::Copied;
 use crate::netns::PodNetns;
 use crate::state::Workload;
@@ -26,6 +27,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct CapturedPod {
     pub workload: Arc<Workload>,
     pub netns: PodNetns,
+    /// Set when the pod's netns is prepared for connects from the client's address.
+    pub client_ip: Option<Arc<ClientIp>>,
 }
 
 pub trait ConnectionHandler: Send + Sync + 'static {
@@ -97,6 +100,16 @@ pub fn is_steering_loop(pod: &CapturedPod, peer: SocketAddr, orig_dst: SocketAdd
         tracing::warn!(pod = %pod.workload.key(), %peer, %orig_dst, "inbound from the pod's own address refused (steering loop)");
     }
     looped
+}
+
+/// Connects to the pod's application at `app` (its own address) from `client`'s address
+/// when the pod preserves client IPs and the address can stand in; otherwise from the
+/// pod's own address.
+pub async fn connect_to_app(pod: &CapturedPod, client: IpAddr, app: SocketAddrV4) -> io::Result<TcpStream> {
+    match (&pod.client_ip, client) {
+        (Some(c), IpAddr::V4(ip)) if ClientIp::applies(ip, pod.workload.ip) => c.connect(&pod.netns, ip, app).await,
+        _ => connect_from(&pod.netns, app).await,
+    }
 }
 
 pub async fn connect_from(netns: &PodNetns, dst: SocketAddrV4) -> io::Result<TcpStream> {

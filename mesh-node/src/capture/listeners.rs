@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::bpf::Lookups;
+use super::client_ip::ClientIp;
 use super::handler::{CapturedPod, ConnectionHandler};
 use crate::drain::Drain;
 use crate::netns::netns_cookie;
@@ -42,6 +43,8 @@ pub struct LoopCtx {
     pub enrolled: prometheus_client::metrics::gauge::Gauge,
     /// Ends the accept loops on hand-over and counts the connections still open.
     pub drain: Drain,
+    /// Set with `--preserve-client-ip` (the default): prepares each enrolled pod's netns.
+    pub client_ip: Option<Arc<ClientIp>>,
 }
 
 impl LoopCtx {

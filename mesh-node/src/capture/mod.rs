@@ -6,6 +6,7 @@
 //! [`ConnectionHandler`] (the seam to the HBONE data path).
 
 pub mod bpf;
+pub mod client_ip;
 pub mod enroll;
 pub mod fdstore;
 pub mod handler;
@@ -57,7 +58,8 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     raise_fd_limit();
     let bpffs = p.args.bpffs_dir();
     pins::prepare(&bpffs)?;
-    let bpf = CaptureBpf::load(&bpffs, &p.args.capture)?;
+    let mut bpf = CaptureBpf::load(&bpffs, &p.args.capture)?;
+    let client_ip = client_ip(&p.args.capture, &mut bpf);
     // The loader's parsed kernel BTF is gone now; without this an idle daemon keeps it.
     crate::allocator::release_freed_memory();
     tokio::spawn(crate::allocator::trim_while_running());
@@ -82,6 +84,7 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
         connections,
         enrolled,
         drain: p.drain.clone(),
+        client_ip,
     });
     let fdstore = if p.args.capture.no_fd_store {
         None
@@ -111,6 +114,20 @@ pub async fn start(p: &ProxyInputs, handler: Arc<dyn ConnectionHandler>) -> Resu
     let (stop_tx, stop_rx) = oneshot::channel();
     tokio::spawn(run(enroller, p.clone(), stop_rx));
     Ok(Capture { stop: Some(stop_tx) })
+}
+
+/// The shared client-IP state, unless `--preserve-client-ip=false`.
+fn client_ip(args: &crate::cli::CaptureArgs, bpf: &mut CaptureBpf) -> Option<Arc<client_ip::ClientIp>> {
+    if !args.preserve_client_ip {
+        tracing::info!("--preserve-client-ip=false: applications see their pod's own IP as every inbound peer");
+        return None;
+    }
+    let routing = client_ip::Routing {
+        mark: args.client_ip_mark,
+        table: args.client_ip_table,
+    };
+    let map = bpf.take_daemon_connects()?;
+    Some(Arc::new(client_ip::ClientIp::new(routing, map)))
 }
 
 fn open_fd_store(state_dir: &std::path::Path, spawn: bool) -> Option<fdstore::FdStore> {

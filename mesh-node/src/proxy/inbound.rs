@@ -2,7 +2,7 @@
 //! pod's IP inside its netns. Only the pod's own addresses may be targeted.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -12,7 +12,7 @@ use mesh_hbone::RefusalReason;
 use super::metrics::{Direction, Reporter, Security};
 use super::peers;
 use super::telemetry::{Conn, Telemetry};
-use crate::capture::handler::{BoxFuture, CapturedPod};
+use crate::capture::handler::{BoxFuture, CapturedPod, connect_to_app};
 use crate::config::StateRx;
 use crate::hbone::server::{Closed, Inbound, InboundRequest, Refused, Upstream};
 use crate::policy::authz::{self, Connection};
@@ -112,15 +112,14 @@ impl Inbound for PodInbound {
         self.authorize_policy(req, target)
     }
 
+    /// From the client's address: the `forwarded: for=` workload when its identity is
+    /// the peer's, else the HBONE peer (a waypoint's own address: the client is then in
+    /// the request's `x-forwarded-for`).
     fn connect(&self, req: &InboundRequest) -> BoxFuture<'static, io::Result<Upstream>> {
-        let netns = self.pod.netns.clone();
-        let (ip, target) = (self.pod.workload.ip, req.target);
-        Box::pin(async move {
-            let sock = netns.tcp_socket().await?;
-            sock.bind(SocketAddr::from((ip, 0)))?;
-            sock.set_nodelay(true)?;
-            sock.connect(target).await.map(Upstream::Tcp)
-        })
+        let pod = self.pod.clone();
+        let client = forwarded_source(&self.state.borrow(), req).map_or(req.conn.peer_addr.ip(), |w| IpAddr::V4(w.ip));
+        let app = SocketAddrV4::new(self.pod.workload.ip, req.target.port());
+        Box::pin(async move { connect_to_app(&pod, client, app).await.map(Upstream::Tcp) })
     }
 
     fn refused(&self, reason: RefusalReason, req: Option<&InboundRequest>) {

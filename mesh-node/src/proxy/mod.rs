@@ -21,7 +21,7 @@ use rustls::RootCertStore;
 use tokio::net::TcpStream;
 
 use crate::capture::handler::{
-    BoxFuture, CapturedPod, ConnectionHandler, DirectHandler, connect_from, is_steering_loop, reject,
+    BoxFuture, CapturedPod, ConnectionHandler, DirectHandler, connect_from, connect_to_app, is_steering_loop, reject,
     relay as relay_plain,
 };
 use crate::config::StateRx;
@@ -252,7 +252,8 @@ impl MeshHandler {
                 self.passthrough.record(&pod, dst, reason);
                 let destination = peers::remote(&self.state.borrow(), IpAddr::V4(*dst.ip()));
                 let c = conn(dst, Security::none, destination, service.as_ref());
-                self.forward_plaintext(stream, &pod, dst, c).await;
+                let upstream = connect_from(&pod.netns, dst).await;
+                self.forward_plaintext(stream, upstream, &pod, dst, c).await;
             }
             Route::Refuse(reason) => {
                 tracing::info!(pod = %pod.workload.key(), dst = %orig_dst, %reason, "outbound connection refused");
@@ -332,9 +333,17 @@ impl MeshHandler {
         }
     }
 
-    /// Plain TCP from the pod's netns to `dst` (passthrough), counted as `none`.
-    async fn forward_plaintext(&self, stream: TcpStream, pod: &CapturedPod, dst: SocketAddrV4, c: Conn) {
-        let upstream = match connect_from(&pod.netns, dst).await {
+    /// Plain TCP between `stream` and the connected `upstream` (passthrough, or
+    /// PERMISSIVE plaintext to the pod's app), counted as `none`.
+    async fn forward_plaintext(
+        &self,
+        stream: TcpStream,
+        upstream: std::io::Result<TcpStream>,
+        pod: &CapturedPod,
+        dst: SocketAddrV4,
+        c: Conn,
+    ) {
+        let upstream = match upstream {
             Ok(up) => up,
             Err(e) => {
                 self.telemetry.failed(c, RefusalReason::ConnectFailed);
@@ -438,7 +447,8 @@ impl ConnectionHandler for SharedMeshHandler {
             if is_steering_loop(&pod, peer, orig_dst) {
                 return;
             }
-            mesh.forward_plaintext(stream, &pod, orig_dst, c).await;
+            let upstream = connect_to_app(&pod, peer.ip(), orig_dst).await;
+            mesh.forward_plaintext(stream, upstream, &pod, orig_dst, c).await;
         })
     }
 

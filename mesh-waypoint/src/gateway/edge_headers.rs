@@ -3,7 +3,7 @@
 //! `x-forwarded-proto` says how the client connected, and a request without
 //! `x-request-id` gets one, so Bookinfo-style apps can propagate it downstream.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 use http::header::HeaderValue;
@@ -14,14 +14,7 @@ pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_REQUEST_ID: &str = "x-request-id";
 
 pub fn apply(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
-    let client = peer.ip().to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    append_forwarded_for(headers, peer.ip());
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -30,6 +23,19 @@ pub fn apply(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
         && let Ok(v) = HeaderValue::from_str(&request_id(&mut rand::thread_rng()))
     {
         headers.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// Appends `client` to `x-forwarded-for` (the gateway's downstream; the waypoint's
+/// client, since the application behind a waypoint sees the waypoint's address).
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let client = client.to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 

@@ -94,6 +94,8 @@ where
         let proxy = proxy.clone();
         if let Some(id) = &identity {
             req.extensions_mut().insert(id.clone());
+            // The application sees the waypoint as its peer: the client goes in XFF.
+            crate::gateway::edge_headers::append_forwarded_for(req.headers_mut(), peer.ip());
         }
         async move { Ok::<_, Infallible>(proxy.handle(req, peer, local).await) }
     });

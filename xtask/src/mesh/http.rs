@@ -42,6 +42,35 @@ pub fn http_get_from_pod(
         .map_err(|e| HarnessError::sys(format!("GET http://{addr}{path} from pod {ns}/{pod}"), e))
 }
 
+/// GET `path` from `addr` with a socket of this process: what an in-pod helper (a
+/// process [`run_helper_in_pod`] started in the pod's cgroup, so capture applies) does.
+pub fn http_get_here(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<HttpReply> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    exchange(stream, addr, path, &[], timeout)
+}
+
+/// Runs the calling test binary's ignored test `helper` inside pod `ns/pod` (its
+/// cgroup and netns) with `env`, and returns the line it printed after `RESULT `.
+pub fn run_helper_in_pod(cluster: &Cluster, (ns, pod): (&str, &str), env: &[(&str, String)]) -> String {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("current exe"));
+    cmd.args([
+        "helper",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = cluster.run_in_pod(ns, pod, cmd).expect("run helper in pod");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("helper in {ns}/{pod} printed no result: {stdout}"))
+}
+
 fn exchange(
     mut stream: TcpStream,
     addr: SocketAddr,

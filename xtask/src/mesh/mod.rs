@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::apiserver::{ApiServer, ApiServerError};
 use crate::harness::{Cluster, HarnessError, ProcessGuard, Signal, bin_path};
 
-pub use http::{HttpReply, http_get, http_get_from_pod};
+pub use http::{HttpReply, http_get, http_get_from_pod, http_get_here, run_helper_in_pod};
 
 /// How the daemons are started. Defaults suit tests and the demo.
 #[derive(Clone, Debug, Default)]
@@ -254,6 +254,17 @@ impl LocalMesh {
         node: &str,
         timeout: Duration,
     ) -> Result<ProcessGuard, MeshError> {
+        self.upgrade_node_with(cluster, node, timeout, &[])
+    }
+
+    /// [`Self::upgrade_node`] to a daemon started with `extra` flags as well.
+    pub fn upgrade_node_with(
+        &mut self,
+        cluster: &Cluster,
+        node: &str,
+        timeout: Duration,
+        extra: &[String],
+    ) -> Result<ProcessGuard, MeshError> {
         let old = self
             .daemons
             .remove(node)
@@ -263,7 +274,9 @@ impl LocalMesh {
             .state_dir
             .join(format!("started-after-{}", old.pid()));
         let _ = std::fs::remove_file(&marker);
-        let new = self.spawn_node(cluster, node, &["--started-file".into(), marker.display().to_string()])?;
+        let mut args = vec!["--started-file".into(), marker.display().to_string()];
+        args.extend_from_slice(extra);
+        let new = self.spawn_node(cluster, node, &args)?;
         self.daemons.insert(node.to_owned(), new);
         crate::harness::wait_until("the new daemon to take over", timeout, || marker.exists()).map_err(|_| {
             MeshError::NotReady {
