@@ -174,6 +174,9 @@ impl Refused {
 pub enum Upstream {
     /// Relayed to a socket (the node daemon: the application in the pod).
     Tcp(TcpStream),
+    /// [`Upstream::Tcp`] with a value that must live as long as the relay (the node
+    /// daemon's registration of a connection made from the client's address).
+    Held(TcpStream, Box<dyn Send + Sync>),
     /// Served in-process on the stream itself (the waypoint's HTTP engine).
     Serve(Box<dyn FnOnce(H2Stream) -> BoxFuture<'static, ()> + Send>),
 }
@@ -315,7 +318,8 @@ async fn stream(
     };
     let closed = inbound.opened(&request);
     let copied = match upstream {
-        Upstream::Tcp(tcp) => {
+        // `_` leaves a Held value in `upstream`, dropped when this function returns.
+        Upstream::Tcp(tcp) | Upstream::Held(tcp, _) => {
             let (copied, err) = relay(tcp, send, body).await;
             if let Some(e) = err {
                 tracing::debug!(peer = %conn.peer_addr, target = %request.target, "tunnel ended with error: {e}");

@@ -45,6 +45,19 @@ spec: {nodeName: n2, serviceAccountName: web}
 ";
 
 /// Polls `f` until it returns `Some`, failing with `what` after `timeout`.
+/// Asserts the app's peer (`app_peer`) is the daemon relaying for the client whose own
+/// socket is `client_local`: the client's IP (the daemon preserves it, docs/capture.md
+/// §5) on a port other than the client's, which a connection that bypassed the daemon
+/// would keep.
+pub fn assert_relayed_for(app_peer: &str, client_local: &str, client: std::net::Ipv4Addr, what: &str) {
+    let peer: SocketAddr = app_peer.parse().unwrap_or_else(|e| panic!("{what}: app_peer {app_peer:?}: {e}"));
+    let local: SocketAddr = client_local
+        .parse()
+        .unwrap_or_else(|e| panic!("{what}: local {client_local:?}: {e}"));
+    assert_eq!(peer.ip(), client, "{what}: the app sees the client's IP (peer {peer}, client {local})");
+    assert_ne!(peer.port(), local.port(), "{what}: relayed by the daemon (peer {peer}, client {local})");
+}
+
 pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     xtask::harness::wait_for(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::client_ip::ClientIp;
+use super::client_ip::{ClientIp, Registered};
 use crate::hbone::relay::Copied;
 use crate::netns::PodNetns;
 use crate::state::Workload;
@@ -104,11 +104,15 @@ pub fn is_steering_loop(pod: &CapturedPod, peer: SocketAddr, orig_dst: SocketAdd
 
 /// Connects to the pod's application at `app` (its own address) from `client`'s address
 /// when the pod preserves client IPs and the address can stand in; otherwise from the
-/// pod's own address.
-pub async fn connect_to_app(pod: &CapturedPod, client: IpAddr, app: SocketAddrV4) -> io::Result<TcpStream> {
+/// pod's own address. Keep the registration as long as the stream.
+pub async fn connect_to_app(
+    pod: &CapturedPod,
+    client: IpAddr,
+    app: SocketAddrV4,
+) -> io::Result<(TcpStream, Option<Registered>)> {
     match (&pod.client_ip, client) {
         (Some(c), IpAddr::V4(ip)) if ClientIp::applies(ip, pod.workload.ip) => c.connect(&pod.netns, ip, app).await,
-        _ => connect_from(&pod.netns, app).await,
+        _ => Ok((connect_from(&pod.netns, app).await?, None)),
     }
 }
 

@@ -127,7 +127,14 @@ fn client_ip(args: &crate::cli::CaptureArgs, bpf: &mut CaptureBpf) -> Option<Arc
         table: args.client_ip_table,
     };
     let map = bpf.take_daemon_connects()?;
-    Some(Arc::new(client_ip::ClientIp::new(routing, map)))
+    let c = Arc::new(client_ip::ClientIp::new(routing, map));
+    // A predecessor's connections are established by now (or died with it): their
+    // tuples are no longer needed, and stale ones would let a forged SYN past steering.
+    let stale = c.clear_stale();
+    if stale > 0 {
+        tracing::info!(entries = stale, "cleared client-IP connect registrations left by the previous daemon");
+    }
+    Some(c)
 }
 
 fn open_fd_store(state_dir: &std::path::Path, spawn: bool) -> Option<fdstore::FdStore> {

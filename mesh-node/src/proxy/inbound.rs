@@ -119,7 +119,12 @@ impl Inbound for PodInbound {
         let pod = self.pod.clone();
         let client = forwarded_source(&self.state.borrow(), req).map_or(req.conn.peer_addr.ip(), |w| IpAddr::V4(w.ip));
         let app = SocketAddrV4::new(self.pod.workload.ip, req.target.port());
-        Box::pin(async move { connect_to_app(&pod, client, app).await.map(Upstream::Tcp) })
+        Box::pin(async move {
+            Ok(match connect_to_app(&pod, client, app).await? {
+                (stream, Some(registered)) => Upstream::Held(stream, Box::new(registered)),
+                (stream, None) => Upstream::Tcp(stream),
+            })
+        })
     }
 
     fn refused(&self, reason: RefusalReason, req: Option<&InboundRequest>) {

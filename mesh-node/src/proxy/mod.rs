@@ -447,7 +447,10 @@ impl ConnectionHandler for SharedMeshHandler {
             if is_steering_loop(&pod, peer, orig_dst) {
                 return;
             }
-            let upstream = connect_to_app(&pod, peer.ip(), orig_dst).await;
+            let (upstream, _registered) = match connect_to_app(&pod, peer.ip(), orig_dst).await {
+                Ok((up, registered)) => (Ok(up), registered),
+                Err(e) => (Err(e), None),
+            };
             mesh.forward_plaintext(stream, upstream, &pod, orig_dst, c).await;
         })
     }

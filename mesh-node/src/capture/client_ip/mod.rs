@@ -12,7 +12,7 @@ pub mod routing;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aya::maps::{HashMap, MapData};
 use mesh_common::abi::DaemonConnect;
@@ -89,10 +89,18 @@ impl ClientIp {
             && !client.is_broadcast()
     }
 
-    /// Connects to the pod's application at `app` from `client`'s address. When the
-    /// tuple cannot be registered (map full) the connection goes from the pod's own
-    /// address instead: the application then sees that, as with the feature off.
-    pub async fn connect(&self, netns: &PodNetns, client: Ipv4Addr, app: SocketAddrV4) -> io::Result<TcpStream> {
+    /// Connects to the pod's application at `app` from `client`'s address. The returned
+    /// registration must live as long as the connection: until the application's side
+    /// exists, segments reach its listener through sk_lookup (a SYN-cookie handshake
+    /// completes on the final ACK or first data), and only the registered tuple keeps
+    /// them from being steered to 15006. When the tuple cannot be registered (map full)
+    /// the connection goes from the pod's own address instead.
+    pub async fn connect(
+        self: &Arc<Self>,
+        netns: &PodNetns,
+        client: Ipv4Addr,
+        app: SocketAddrV4,
+    ) -> io::Result<(TcpStream, Option<Registered>)> {
         let sock = netns.tcp_socket().await?;
         let raw = socket2::SockRef::from(&sock);
         raw.set_ip_transparent_v4(true)?;
@@ -104,34 +112,46 @@ impl ClientIp {
             remote_port: sock.local_addr()?.port(),
             local_port: app.port(),
         };
-        let Some(_registered) = self.register(key) else {
-            return crate::capture::handler::connect_from(netns, app).await;
+        let Some(registered) = self.register(key) else {
+            return Ok((crate::capture::handler::connect_from(netns, app).await?, None));
         };
         let stream = sock.connect(SocketAddr::V4(app)).await?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok((stream, Some(registered)))
     }
 
-    fn register(&self, key: DaemonConnect) -> Option<Registered<'_>> {
+    fn register(self: &Arc<Self>, key: DaemonConnect) -> Option<Registered> {
         let mut map = self.connects.lock().unwrap_or_else(|p| p.into_inner());
         match map.insert(key, 1, 0) {
-            Ok(()) => Some(Registered { owner: self, key }),
+            Ok(()) => Some(Registered {
+                owner: self.clone(),
+                key,
+            }),
             Err(e) => {
-                tracing::warn!("DAEMON_CONNECTS is full or unwritable ({e}); connecting from the pod's own IP");
+                tracing::warn!(
+                    "DAEMON_CONNECTS is full or unwritable ({e}; --capture-conn-entries sizes it); connecting from the pod's own IP"
+                );
                 None
             }
         }
     }
+
+    /// Drops registrations a crashed predecessor left (their connections died with it):
+    /// a stale tuple would let a later SYN with the same addresses past steering.
+    pub fn clear_stale(&self) -> usize {
+        let mut map = self.connects.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<DaemonConnect> = map.keys().filter_map(Result::ok).collect();
+        keys.iter().filter(|k| map.remove(k).is_ok()).count()
+    }
 }
 
-/// The registered 4-tuple; removed when the connect has finished either way (the SYN
-/// has passed sk_lookup by then; later segments never consult it).
-struct Registered<'a> {
-    owner: &'a ClientIp,
+/// A connection's 4-tuple in `DAEMON_CONNECTS`; removed when dropped.
+pub struct Registered {
+    owner: Arc<ClientIp>,
     key: DaemonConnect,
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
         let mut map = self.owner.connects.lock().unwrap_or_else(|p| p.into_inner());
         let _ = map.remove(&self.key);
