@@ -44,7 +44,7 @@ pub struct TupleKey {
 
 /// A connection the daemon opens to a pod's application from the client's address
 /// (`IP_TRANSPARENT`): sk_lookup must let its SYN reach the application instead of
-/// steering it to 15006 (docs/capture.md §5). Present only while the connect runs.
+/// steering it to 15006 (docs/capture.md §5). Present while that connection lasts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DaemonConnect {

@@ -132,7 +132,9 @@ pub struct CaptureArgs {
     pub capture_exclude_cidrs: Vec<Cidr>,
 
     /// Size of the original-destination maps: concurrent captured connections per node
-    /// (LRU beyond that; entries are deleted when connections close).
+    /// (LRU beyond that; entries are deleted when connections close). Also sizes
+    /// DAEMON_CONNECTS: concurrent inbound connections made from clients' IPs (beyond it,
+    /// from the pod's own IP).
     #[arg(long, default_value_t = mesh_common::abi::DEFAULT_CONN_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub capture_conn_entries: u32,
 

@@ -223,8 +223,14 @@ fn inbound_plaintext_is_steered_but_pod_loopback_is_not() {
     let r = hello(&c, "shop", "a", app);
     assert_eq!(host(&r["local"]), "127.0.0.1", "{r:?}");
     assert_eq!(r["getpeername"], app.to_string(), "{r:?}");
-    assert_eq!(host(&r["app_peer"]), b_ip.to_string(), "{r:?}");
-    assert_eq!(counter(&config_dump(&c, "n1"), "sk_lookup_steered"), steered);
+    let d = config_dump(&c, "n1");
+    assert_eq!(
+        host(&r["app_peer"]),
+        ip(&c, "shop", "a").to_string(),
+        "the caller's IP: {r:?}"
+    );
+    assert_eq!(counter(&d, "sk_lookup_steered"), steered);
+    assert!(counter(&d, "sk_lookup_skip_daemon") >= 1, "{}", d["capture"]);
 }
 
 fn set_enrolled(c: &mut Cluster, ns: &str, on: bool) {
@@ -433,7 +439,12 @@ fn strict_on_miss_fails_closed_when_listeners_are_gone() {
         dump["capture"]["counters"]
     );
     let r = hello(&c, "plain", "c", b_app);
-    assert_relayed_for(&r["app_peer"], &r["local"], ip(&c, "plain", "c"), "steered again after restart");
+    assert_relayed_for(
+        &r["app_peer"],
+        &r["local"],
+        ip(&c, "plain", "c"),
+        "steered again after restart",
+    );
     let r = hello(&c, "shop", "a", srv.addr_in(&c));
     assert_eq!(host(&r["local"]), "127.0.0.1", "{r:?}");
 }

@@ -50,12 +50,22 @@ spec: {nodeName: n2, serviceAccountName: web}
 /// §5) on a port other than the client's, which a connection that bypassed the daemon
 /// would keep.
 pub fn assert_relayed_for(app_peer: &str, client_local: &str, client: std::net::Ipv4Addr, what: &str) {
-    let peer: SocketAddr = app_peer.parse().unwrap_or_else(|e| panic!("{what}: app_peer {app_peer:?}: {e}"));
+    let peer: SocketAddr = app_peer
+        .parse()
+        .unwrap_or_else(|e| panic!("{what}: app_peer {app_peer:?}: {e}"));
     let local: SocketAddr = client_local
         .parse()
         .unwrap_or_else(|e| panic!("{what}: local {client_local:?}: {e}"));
-    assert_eq!(peer.ip(), client, "{what}: the app sees the client's IP (peer {peer}, client {local})");
-    assert_ne!(peer.port(), local.port(), "{what}: relayed by the daemon (peer {peer}, client {local})");
+    assert_eq!(
+        peer.ip(),
+        client,
+        "{what}: the app sees the client's IP (peer {peer}, client {local})"
+    );
+    assert_ne!(
+        peer.port(),
+        local.port(),
+        "{what}: relayed by the daemon (peer {peer}, client {local})"
+    );
 }
 
 pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {

@@ -454,7 +454,12 @@ fn strict_refuses_plaintext_from_a_non_enrolled_pod_and_permissive_allows_it() {
     let r = kv(&run_helper(&c, "plain", "c", "hello", &[b.to_string()])[0]);
     let (peer, local) = (r.get("app_peer"), r.get("local"));
     let (peer, local) = (peer.map_or("", String::as_str), local.map_or("", String::as_str));
-    assert_relayed_for(peer, local, ip(&c, "plain", "c"), "PERMISSIVE (default) forwards plaintext");
+    assert_relayed_for(
+        peer,
+        local,
+        ip(&c, "plain", "c"),
+        "PERMISSIVE (default) forwards plaintext",
+    );
 
     permissive_plaintext_is_counted_as_none(&c);
 

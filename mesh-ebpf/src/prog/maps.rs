@@ -28,7 +28,8 @@ pub static EXCLUDED_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(DEFAULT_
 /// Filled from flags at start-up (LPM tries must be created without preallocation).
 #[map]
 pub static EXCLUDED_CIDRS: LpmTrie<u32, u8> = LpmTrie::with_max_entries(DEFAULT_EXCLUDE_ENTRIES, 1);
-/// Written and deleted by the daemon around each connect from a client's address.
+/// Written by the daemon for each connection it opens from a client's address, deleted
+/// when that connection closes (and cleared at start-up after a crash).
 #[map]
 pub static DAEMON_CONNECTS: HashMap<DaemonConnect, u8> = HashMap::with_max_entries(DEFAULT_CONN_ENTRIES, 0);
 #[map]

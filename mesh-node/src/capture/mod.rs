@@ -132,7 +132,10 @@ fn client_ip(args: &crate::cli::CaptureArgs, bpf: &mut CaptureBpf) -> Option<Arc
     // tuples are no longer needed, and stale ones would let a forged SYN past steering.
     let stale = c.clear_stale();
     if stale > 0 {
-        tracing::info!(entries = stale, "cleared client-IP connect registrations left by the previous daemon");
+        tracing::info!(
+            entries = stale,
+            "cleared client-IP connect registrations left by the previous daemon"
+        );
     }
     Some(c)
 }

@@ -6,7 +6,7 @@
 //! ([`ClientIp::connect`]); the pod's netns routes replies to that mark back to the daemon
 //! ([`routing`]); and the sk_lookup program lets exactly that SYN through to the
 //! application instead of steering it to 15006, because the daemon registers its 4-tuple
-//! in `DAEMON_CONNECTS` for the duration of the connect.
+//! in `DAEMON_CONNECTS` for as long as the connection lasts.
 
 pub mod routing;
 
