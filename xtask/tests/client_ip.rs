@@ -112,6 +112,20 @@ fn applications_see_the_calling_pods_ip_and_the_waypoint_forwards_it() {
         "each connect from a client's IP passed sk_lookup by its tuple"
     );
 
+    // A hand-over to the same binary adopts the pinned links: their program is
+    // recognised as this daemon's, so the feature stays on.
+    let old = lab
+        .mesh
+        .upgrade_node(&c, RATINGS_NODE, Duration::from_secs(60))
+        .expect("hand over to the same binary");
+    drop(old);
+    let dump = lab.mesh.config_dump(&c, RATINGS_NODE).expect("config_dump");
+    let pod = &dump["capture"]["pods"]["bookinfo/ratings-v1"];
+    assert_eq!(pod["adopted"], 6, "links adopted: {pod}");
+    assert_eq!(pod["client_ip"], "preserved", "adopted current program: {pod}");
+    let (peer, _) = seen_from(&c, REVIEWS_V2, &ratings_pod);
+    assert_eq!(peer, Some(pod_ip(&c, REVIEWS_V2)), "after the hand-over");
+
     // Off: a daemon with the flag takes over node2; the app sees its own IP again.
     let old = lab
         .mesh

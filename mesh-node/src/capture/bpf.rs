@@ -236,6 +236,25 @@ impl CaptureBpf {
             })
     }
 
+    /// Whether the link pinned at `pin`, if any, runs this daemon's `prog` (same
+    /// instructions, hence the same kernel tag). A link adopted from an older daemon keeps
+    /// running that daemon's program, so a feature the older program lacks must stay off
+    /// for the pod. Nothing pinned: the link will be attached with ours.
+    pub fn pinned_runs_current(&self, prog: &'static str, pin: &Path) -> bool {
+        let Ok(link) = PinnedLink::from_pin(pin) else {
+            return true;
+        };
+        let Ok(info) = FdLink::from(link).info() else {
+            return false;
+        };
+        let ours = self.ebpf.program(prog).and_then(|p| p.info().ok()).map(|i| i.tag());
+        let theirs = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == info.program_id())
+            .map(|p| p.tag());
+        ours.is_some() && ours == theirs
+    }
+
     /// Attaches `prog` to the pod's cgroup or netns and pins the link at `pin`, unless a
     /// link is already pinned there (a previous daemon attached it): then it is adopted.
     /// Returns whether it was adopted.

@@ -256,7 +256,10 @@ impl Enroller {
         let netns = PodNetns::open(&netns_path)?;
         let cookie = netns.cookie();
         let pin_dir = pins::pod_dir(&self.bpffs, &w.namespace, &w.name, cookie);
-        let (client_ip, client_ip_state) = self.prepare_client_ip(&w, &netns).await;
+        let steering_current = self
+            .bpf
+            .pinned_runs_current("steer_inbound", &pin_dir.join("steer_inbound"));
+        let (client_ip, client_ip_state) = self.prepare_client_ip(&w, &netns, steering_current).await;
         let pod = Arc::new(CapturedPod {
             workload: w.clone(),
             netns,
@@ -291,10 +294,24 @@ impl Enroller {
 
     /// Prepares the pod's netns for connects from the client's address. A netns that
     /// refuses leaves the pod meshed with its own IP as the peer its application sees.
-    async fn prepare_client_ip(&self, w: &Workload, netns: &PodNetns) -> (Option<Arc<ClientIp>>, ClientIpState) {
+    /// `steering_current`: the pod's sk_lookup program is this daemon's; an older one
+    /// adopted across an upgrade ignores DAEMON_CONNECTS and would steer the daemon's
+    /// connects back to 15006 (a loop), so the pod keeps its own IP until re-enrolled.
+    async fn prepare_client_ip(
+        &self,
+        w: &Workload,
+        netns: &PodNetns,
+        steering_current: bool,
+    ) -> (Option<Arc<ClientIp>>, ClientIpState) {
         let Some(c) = &self.ctx.client_ip else {
             return (None, ClientIpState::Disabled);
         };
+        if !steering_current {
+            let why = "the pod's sk_lookup program was adopted from an older daemon and does not know \
+                       DAEMON_CONNECTS; the application sees the pod's own IP until the pod is re-enrolled";
+            tracing::warn!(pod = %w.key(), "client IP not preserved: {why}");
+            return (None, ClientIpState::Unavailable(why.into()));
+        }
         match c.prepare(netns).await {
             Ok(()) => (Some(c.clone()), ClientIpState::Preserved),
             Err(e) => {

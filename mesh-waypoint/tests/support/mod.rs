@@ -260,9 +260,14 @@ impl Lab {
 
     /// Writes `name` in the config directory and applies it now.
     pub fn apply(&self, name: &str, yaml: &str) {
-        std::fs::write(self.dir.path().join(name), yaml).expect("write config");
+        // Written beside it (hidden names are not read) and renamed into place: the
+        // waypoint's own directory poll must never see a half-written file, which
+        // would drop the file's objects until the next reload.
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write config");
         // Same size and mtime within the timestamp granularity would look unchanged.
-        bump_mtime(&self.dir.path().join(name));
+        bump_mtime(&tmp);
+        std::fs::rename(&tmp, self.dir.path().join(name)).expect("rename config into place");
         self.waypoint.reload_config().expect("config dir readable");
     }
 
