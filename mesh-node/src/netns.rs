@@ -127,46 +127,37 @@ impl PodNetns {
     /// `/proc/sys/net` opened there belong to the pod.
     pub async fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(move || {
+        self.submit(move || {
             let _ = tx.send(f());
-        });
-        let gone = || {
-            io::Error::other(format!(
-                "socket thread of netns {} has stopped",
-                self.inner.path.display()
-            ))
-        };
-        self.inner.tx.send(Request::Run(job)).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        })?;
+        rx.await.map_err(|_| self.gone())
     }
 
     /// [`Self::run_inside`] for synchronous callers: blocks until `f` has run. Only for
     /// short kernel calls (a netlink request), never for anything that waits on peers.
     pub fn run_inside_blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
         let (tx, rx) = mpsc::channel();
-        let job = Box::new(move || {
+        self.submit(move || {
             let _ = tx.send(f());
-        });
-        let gone = || {
-            io::Error::other(format!(
-                "socket thread of netns {} has stopped",
-                self.inner.path.display()
-            ))
-        };
-        self.inner.tx.send(Request::Run(job)).map_err(|_| gone())?;
-        rx.recv().map_err(|_| gone())
+        })?;
+        rx.recv().map_err(|_| self.gone())
+    }
+
+    fn submit(&self, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        self.inner.tx.send(Request::Run(Box::new(job))).map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> io::Error {
+        io::Error::other(format!(
+            "socket thread of netns {} has stopped",
+            self.inner.path.display()
+        ))
     }
 
     async fn ask(&self, req: impl FnOnce(oneshot::Sender<io::Result<OwnedFd>>) -> Request) -> io::Result<OwnedFd> {
-        let gone = || {
-            io::Error::other(format!(
-                "socket thread of netns {} has stopped",
-                self.inner.path.display()
-            ))
-        };
         let (tx, rx) = oneshot::channel();
-        self.inner.tx.send(req(tx)).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        self.inner.tx.send(req(tx)).map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
     }
 }
 
