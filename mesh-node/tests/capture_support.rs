@@ -348,16 +348,8 @@ pub fn run_helper(cluster: &Cluster, ns: &str, pod: &str, mode: &str, args: &[St
 }
 
 pub fn helper_cmd(mode: &str, args: &[String]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args([
-        "helper",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(HELPER_ENV, mode);
+    let mut cmd = harness::test_helper("helper");
+    cmd.env(HELPER_ENV, mode);
     cmd.env("MESH_CAPTURE_HELPER_ARGS", args.join(" "));
     cmd
 }

@@ -6,7 +6,6 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -521,16 +520,8 @@ fn a_thousand_concurrent_tunneled_connections_are_held_without_loss() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-    cmd.args([
-        "helper",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(HOLD_ENV, format!("{b} 1000 {secs}"));
+    let mut cmd = xtask::harness::test_helper("helper");
+    cmd.env(HOLD_ENV, format!("{b} 1000 {secs}"));
     let out_path = c.state_dir().join("hold-many.out");
     cmd.stdout(std::fs::File::create(&out_path).expect("output file"));
     let mut guard = c.spawn_in_pod("shop", "a", cmd).expect("spawn holder");

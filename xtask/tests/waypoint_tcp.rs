@@ -8,11 +8,10 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
 use xtask::bookinfo::{self, Lab, LabOptions};
-use xtask::harness::{Cluster, wait_for};
+use xtask::harness::{Cluster, test_helper, wait_for};
 
 const ECHO_ENV: &str = "MESH_TCP_ECHO_VERSION";
 const CLIENT_ENV: &str = "MESH_TCP_CLIENT";
@@ -79,15 +78,9 @@ fn exchange(addr: SocketAddr, i: usize) -> Option<String> {
     (reply[colon + 1..] == payload[..]).then(|| String::from_utf8_lossy(&reply[..colon]).into_owned())
 }
 
-fn helper(name: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1", "-q"]);
-    cmd
-}
-
 /// `(v1, v2, bad)` of `n` streams from productpage to the echo Service.
 fn run_client(c: &Cluster, n: usize) -> (usize, usize, usize) {
-    let mut cmd = helper("echo_client");
+    let mut cmd = test_helper("echo_client");
     cmd.env(CLIENT_ENV, format!("{ECHO_VIP}:{ECHO_PORT},{n}"));
     let out = c
         .run_in_pod(PRODUCTPAGE.0, PRODUCTPAGE.1, cmd)
@@ -134,7 +127,7 @@ fn tcp_service_behind_the_waypoint_splits_80_20_echoes_intact_and_fails_closed()
     let _servers: Vec<_> = ["v1", "v2"]
         .iter()
         .map(|v| {
-            let mut cmd = helper("echo_server");
+            let mut cmd = test_helper("echo_server");
             cmd.env(ECHO_ENV, v);
             c.spawn_in_pod("bookinfo", &format!("reviews-{v}"), cmd)
                 .expect("echo server")

@@ -91,7 +91,9 @@ pub use metrics::metric_sum;
 pub use names::{TAG, is_prefix, new_prefix};
 pub use netns::in_netns;
 pub use poll::{POLL_INTERVAL, Ticker, wait_for, wait_until};
-pub use process::{DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid};
+pub use process::{
+    DEFAULT_STOP_TIMEOUT, ProcessGuard, Signal, cgroup_of, netns_id_of_path, netns_id_of_pid, test_helper,
+};
 pub use shutdown::{Shutdown, install_shutdown_handler};
 pub use teardown::leftovers;
 pub use topology::{CLUSTER_CIDRS, FABRIC_SERVICE_IP, LOCAL_IP_ANNOTATION, NodeSpec, PodSpec, Topology};

@@ -235,3 +235,13 @@ pub fn netns_id_of_path(path: &Path) -> Result<u64, HarnessError> {
         .map(|m| m.ino())
         .map_err(|e| HarnessError::io("stat", path, e))
 }
+
+/// A command that re-runs the calling test binary with only its ignored test `name`:
+/// how e2e tests run their own code as a client inside a pod (its cgroup and netns,
+/// so capture applies to it), passing arguments through the environment.
+pub fn test_helper(name: &str) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("finding the test binary to re-run: {e}"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1", "-q"]);
+    cmd
+}

@@ -52,16 +52,8 @@ pub fn http_get_here(addr: SocketAddr, path: &str, timeout: Duration) -> std::io
 /// Runs the calling test binary's ignored test `helper` inside pod `ns/pod` (its
 /// cgroup and netns) with `env`, and returns the line it printed after `RESULT `.
 pub fn run_helper_in_pod(cluster: &Cluster, (ns, pod): (&str, &str), env: &[(&str, String)]) -> String {
-    let mut cmd = std::process::Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args([
-        "helper",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let mut cmd = crate::harness::test_helper("helper");
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     let out = cluster.run_in_pod(ns, pod, cmd).expect("run helper in pod");
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
