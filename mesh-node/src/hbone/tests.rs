@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::client::{Dial, HboneClient, HboneError, TunnelTarget};
+use super::client::{Dial, HboneClient, HboneError, Tunnel, TunnelTarget};
 use super::relay::{Copied, relay};
 use super::server::{self, Inbound, InboundRequest, Refused, ServerSettings, Upstream};
 use crate::identity::SpiffeId;
@@ -198,11 +198,16 @@ fn target(hbone: SocketAddr, identity: SpiffeId, app: SocketAddr) -> TunnelTarge
 /// A local TCP pair whose far end is relayed through a tunnel: what capture gives the client.
 async fn tunneled_socket(client: &HboneClient, src: &WorkloadCert, t: &TunnelTarget) -> Result<TcpStream, HboneError> {
     let tunnel = client.open(src, t, dial()).await?;
+    Ok(relayed(tunnel).await)
+}
+
+/// The app's side of a local TCP pair whose other end is relayed through `tunnel`.
+async fn relayed(tunnel: Tunnel) -> TcpStream {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_side = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
     let (captured, _) = l.accept().await.unwrap();
     tokio::spawn(relay(captured, tunnel.send, tunnel.recv));
-    Ok(app_side)
+    app_side
 }
 
 /// Sends `len` pseudo-random bytes, half-closes, and checks the echo's hash.
@@ -301,6 +306,69 @@ async fn a_draining_server_moves_new_tunnels_to_a_new_connection_and_finishes_op
         tunnels += 1;
     }
     echo_roundtrip(open, 8 << 20).await;
+    assert!(inbound.refusals.borrow().is_empty(), "{:?}", inbound.refusals.borrow());
+}
+
+/// The peer's first connection answers one CONNECT, then goes away under the next one
+/// (as a crashed peer daemon's would) without answering it; every later connection is
+/// served by the real server.
+async fn start_server_dying_on_second_stream(pki: &Pki, cert: &WorkloadCert, inbound: Arc<TestInbound>) -> SocketAddr {
+    let cfg = tls::server_config(cert.resolver.clone(), pki.roots(), TD).unwrap();
+    let settings = ServerSettings {
+        tls: cfg.clone(),
+        handshake_timeout: Duration::from_secs(5),
+        limits: Default::default(),
+        handshakes: Default::default(),
+        drain: tokio::sync::watch::channel(false).1,
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((first, _)) = l.accept().await else { return };
+        tokio::spawn(async move {
+            let tls = tokio_rustls::TlsAcceptor::from(cfg).accept(first).await.unwrap();
+            let mut conn = h2::server::handshake(tls).await.unwrap();
+            let (_, mut respond) = conn.accept().await.unwrap().unwrap();
+            let _open = respond.send_response(http::Response::new(()), false).unwrap();
+            // The second CONNECT arrives; the connection is dropped before any answer.
+            let _unanswered = conn.accept().await;
+        });
+        while let Ok((s, peer)) = l.accept().await {
+            tokio::spawn(server::serve(settings.clone(), s, peer, inbound.clone()));
+        }
+    });
+    addr
+}
+
+/// A pooled connection that dies under a new CONNECT: the caller still gets its tunnel,
+/// sent once more on a new connection (mesh-hbone's retry), and the pool keeps one entry.
+#[tokio::test]
+async fn a_pooled_connection_dying_under_a_new_stream_is_retried_on_a_new_one() {
+    let pki = Pki::new();
+    let (a, b) = (pki.valid(&id("a")), pki.valid(&id("b")));
+    let inbound = Arc::new(TestInbound::default());
+    let srv = start_server_dying_on_second_stream(&pki, &b, inbound.clone()).await;
+    let app = start_echo().await;
+    let c = client(&pki);
+    let t = target(srv, id("b"), app);
+    let _first = c
+        .open(&a, &t, dial())
+        .await
+        .expect("first tunnel on the first connection");
+    let dials = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = dials.clone();
+    let dial: Dial = Box::new(move |addr| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(TcpStream::connect(addr))
+    });
+    let tunnel = c.open(&a, &t, dial).await.expect("retried on a new connection");
+    assert_eq!(
+        dials.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "exactly one new connection dialled"
+    );
+    echo_roundtrip(relayed(tunnel).await, 256 << 10).await;
+    assert_eq!(c.pooled(), 1);
     assert!(inbound.refusals.borrow().is_empty(), "{:?}", inbound.refusals.borrow());
 }
 
