@@ -19,6 +19,8 @@ use std::time::Duration;
 
 pub use crate::rfc3339;
 
+use super::json;
+
 /// Lines waiting for stdout at most (about 400 bytes each: ~3 MiB when full, a
 /// fraction of a second of traffic at the rates the waypoint serves).
 pub const QUEUED_LINES: usize = 8192;
@@ -155,9 +157,25 @@ thread_local! {
 /// One JSON object on one stdout line, queued (see the module's doc). Nothing here
 /// can fail the request or connection the line describes.
 pub fn write_json(line: &impl serde::Serialize) {
+    queue_line(|buf| serde_json::to_writer(buf, line).is_ok());
+}
+
+/// The same for a line written field by field by `fill` ([`json::Object`]), without
+/// serde (the waypoint's line per request).
+pub fn write_object(fill: impl FnOnce(&mut json::Object<'_>)) {
+    queue_line(|buf| {
+        let mut object = json::Object::begin(buf);
+        fill(&mut object);
+        object.end();
+        true
+    });
+}
+
+/// Writes a line into the thread's buffer with `write` and queues it when it says so.
+fn queue_line(write: impl FnOnce(&mut Vec<u8>) -> bool) {
     LINE.with_borrow_mut(|buf| {
         buf.clear();
-        if serde_json::to_writer(&mut *buf, line).is_ok() {
+        if write(buf) {
             buf.push(b'\n');
             queue().push(buf);
         }

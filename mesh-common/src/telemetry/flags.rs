@@ -48,9 +48,16 @@ impl Flag {
 
 /// Comma-separated codes, `-` when none (Envoy's `%RESPONSE_FLAGS%`).
 pub fn flags_text(flags: &[Flag]) -> String {
-    if flags.is_empty() {
-        return "-".to_owned();
-    }
-    let codes: Vec<&str> = flags.iter().map(|f| f.code()).collect();
-    codes.join(",")
+    flags_parts(flags).collect()
+}
+
+/// The pieces of [`flags_text`] in order (codes and commas), for writers that need
+/// no `String` of it.
+pub fn flags_parts(flags: &[Flag]) -> impl Iterator<Item = &'static str> + '_ {
+    let none = flags.is_empty().then_some("-");
+    let codes = flags
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| [(i > 0).then_some(","), Some(f.code())].into_iter().flatten());
+    none.into_iter().chain(codes)
 }

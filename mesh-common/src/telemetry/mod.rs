@@ -9,10 +9,11 @@
 
 pub mod access_log;
 mod flags;
+pub mod json;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 
-pub use flags::{Flag, flags_text};
+pub use flags::{Flag, flags_parts, flags_text};
 
 use crate::view::{ServiceEntry, Workload};
 

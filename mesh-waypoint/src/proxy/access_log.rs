@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::local_reply::Flag;
 
 pub use mesh_common::telemetry::access_log::AccessLogFormat;
-use mesh_common::telemetry::access_log::{rfc3339, write_json};
+use mesh_common::telemetry::access_log::{rfc3339, write_object};
+use mesh_common::telemetry::{flags_parts, json};
 
 #[derive(Default)]
 pub struct AccessLog {
@@ -60,7 +61,7 @@ impl AccessLog {
     pub fn emit(&self, format: AccessLogFormat, x: &Exchange<'_>) {
         match format {
             AccessLogFormat::Text => self.emit_text(x),
-            AccessLogFormat::Json => write_json(&self.json_line(x)),
+            AccessLogFormat::Json => write_object(|o| self.json_fields(x, o)),
             AccessLogFormat::Off => {}
         }
     }
@@ -83,76 +84,57 @@ impl AccessLog {
         );
     }
 
-    /// Envoy's default access-log fields, by their usual JSON names.
-    pub fn json_line<'a>(&'a self, x: &'a Exchange<'a>) -> JsonLine<'a> {
-        JsonLine {
-            start_time: start_time(x.start_time),
-            method: x.method.as_str(),
-            path: x.path,
-            protocol: protocol(x.version),
-            authority: x.authority,
-            response_code: x.status,
-            response_flags: self.flags_text(),
-            bytes_received: self.request_bytes,
-            bytes_sent: x.response_bytes,
-            duration: x.started.elapsed().as_millis() as u64,
-            upstream_host: self.endpoint.as_deref(),
-            upstream_cluster: self.backend.as_deref(),
-            route_name: self.route.as_deref(),
-            x_request_id: x.request_id,
-            downstream_peer_principal: x.peer_principal.map(|p| format!("spiffe://{p}")),
-            upstream_attempts: self.attempts,
-            authorization_policy: self.policy.as_deref(),
-            jwt_refusal: self.jwt,
-        }
+    /// Envoy's default access-log fields, by their usual JSON names; absent values
+    /// are `null`. Written straight into the line's buffer: no JSON tree, no serde,
+    /// no `String` per field.
+    pub fn json_fields(&self, x: &Exchange<'_>, o: &mut json::Object<'_>) {
+        with_start_time(x.start_time, |t| o.str("start_time", t));
+        o.str("method", x.method.as_str())
+            .str("path", x.path)
+            .str("protocol", protocol(x.version))
+            .str("authority", x.authority)
+            .u64("response_code", u64::from(x.status))
+            .concat("response_flags", flags_parts(&self.flags))
+            .u64("bytes_received", self.request_bytes)
+            .u64("bytes_sent", x.response_bytes)
+            .u64("duration", x.started.elapsed().as_millis() as u64)
+            .opt_str("upstream_host", self.endpoint.as_deref())
+            .opt_str("upstream_cluster", self.backend.as_deref())
+            .opt_str("route_name", self.route.as_deref())
+            .opt_str("x_request_id", x.request_id);
+        match x.peer_principal {
+            Some(p) => o.concat("downstream_peer_principal", ["spiffe://", p]),
+            None => o.opt_str("downstream_peer_principal", None),
+        };
+        o.u64("upstream_attempts", u64::from(self.attempts))
+            .opt_str("authorization_policy", self.policy.as_deref())
+            .opt_str("jwt_refusal", self.jwt);
     }
 }
 
-/// One JSON access-log line, serialized straight from borrowed fields (no
-/// intermediate JSON tree per request); absent values are `null`.
-#[derive(serde::Serialize)]
-pub struct JsonLine<'a> {
-    start_time: String,
-    method: &'a str,
-    path: &'a str,
-    protocol: &'static str,
-    authority: &'a str,
-    response_code: u16,
-    response_flags: String,
-    bytes_received: u64,
-    bytes_sent: u64,
-    duration: u64,
-    upstream_host: Option<&'a str>,
-    upstream_cluster: Option<&'a str>,
-    route_name: Option<&'a str>,
-    x_request_id: Option<&'a str>,
-    downstream_peer_principal: Option<String>,
-    upstream_attempts: u32,
-    authorization_policy: Option<&'a str>,
-    jwt_refusal: Option<&'static str>,
-}
-
 thread_local! {
-    /// The last whole second formatted ([`rfc3339`] without its fraction and `Z`).
-    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    /// The last whole second formatted ([`rfc3339`] without its fraction and `Z`), its
+    /// length, and after it the fraction of the last time written.
+    static SECOND: std::cell::RefCell<(u64, usize, String)> = const { std::cell::RefCell::new((u64::MAX, 0, String::new())) };
 }
 
-/// [`rfc3339`] of `t`, the same text, with the date and time of day formatted once a
-/// second per thread: requests of the same second only append the fraction. The
-/// calendar formatting was the JSON line's most expensive field.
-fn start_time(t: SystemTime) -> String {
+/// Calls `f` with [`rfc3339`] of `t`, the same text, the date and time of day
+/// formatted once a second per thread: requests of the same second only write the
+/// fraction, into the same buffer. The calendar formatting was the JSON line's most
+/// expensive field.
+fn with_start_time<R>(t: SystemTime, f: impl FnOnce(&str) -> R) -> R {
     let Ok(since_epoch) = t.duration_since(SystemTime::UNIX_EPOCH) else {
-        return rfc3339(t);
+        return f(&rfc3339(t));
     };
     let (secs, nanos) = (since_epoch.as_secs(), since_epoch.subsec_nanos());
-    SECOND.with_borrow_mut(|(second, prefix)| {
+    SECOND.with_borrow_mut(|(second, prefix, out)| {
         if *second != secs {
-            let whole = rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-            *prefix = whole.trim_end_matches('Z').to_owned();
+            *out = rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            out.truncate(out.trim_end_matches('Z').len());
+            *prefix = out.len();
             *second = secs;
         }
-        let mut out = String::with_capacity(prefix.len() + 11);
-        out.push_str(prefix);
+        out.truncate(*prefix);
         if nanos != 0 {
             // As `time` writes it: nine digits without their trailing zeros.
             let mut digits = [b'0'; 9];
@@ -166,7 +148,7 @@ fn start_time(t: SystemTime) -> String {
             out.extend(digits[..end].iter().map(|&d| char::from(d)));
         }
         out.push('Z');
-        out
+        f(out)
     })
 }
 
@@ -193,10 +175,13 @@ mod tests {
         for nanos in [0, 1, 10, 120, 5_000_000, 123_456_789, 999_999_999, 100_000_000] {
             for secs in [0, 1, 86_399] {
                 let t = base + Duration::from_secs(secs) + Duration::from_nanos(nanos);
-                assert_eq!(start_time(t), rfc3339(t), "{secs} s + {nanos} ns");
+                assert_eq!(with_start_time(t, str::to_owned), rfc3339(t), "{secs} s + {nanos} ns");
             }
         }
-        assert_eq!(start_time(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            with_start_time(SystemTime::UNIX_EPOCH, str::to_owned),
+            "1970-01-01T00:00:00Z"
+        );
     }
 
     #[test]
@@ -213,7 +198,7 @@ mod tests {
         let x = Exchange {
             method: &http::Method::GET,
             authority: "reviews:9080",
-            path: "/reviews/0",
+            path: "/reviews/0?q=\"caf\u{e9}\"\\\n\u{1}",
             version: http::Version::HTTP_11,
             request_id: Some("abc"),
             peer_principal: Some("cluster.local/ns/bookinfo/sa/bookinfo-productpage"),
@@ -222,7 +207,36 @@ mod tests {
             started: Instant::now(),
             start_time: SystemTime::UNIX_EPOCH,
         };
-        let v = serde_json::to_value(log.json_line(&x)).expect("serializes");
+        let mut line = Vec::new();
+        let mut o = json::Object::begin(&mut line);
+        log.json_fields(&x, &mut o);
+        o.end();
+        let v: serde_json::Value = serde_json::from_slice(&line).expect("one JSON object");
+        let mut keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut envoys = [
+            "start_time",
+            "method",
+            "path",
+            "protocol",
+            "authority",
+            "response_code",
+            "response_flags",
+            "bytes_received",
+            "bytes_sent",
+            "duration",
+            "upstream_host",
+            "upstream_cluster",
+            "route_name",
+            "x_request_id",
+            "downstream_peer_principal",
+            "upstream_attempts",
+            "authorization_policy",
+            "jwt_refusal",
+        ];
+        envoys.sort_unstable();
+        assert_eq!(keys, envoys, "each of Envoy's fields, once");
+        assert_eq!(v["path"], x.path, "escaped and parsed back");
         assert_eq!(v["start_time"], "1970-01-01T00:00:00Z");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["protocol"], "HTTP/1.1");
