@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, TracerProviderBuilder,
+};
 
 pub use span::{Finished, RequestSpan};
 
@@ -86,6 +88,9 @@ pub fn start(opts: Option<&OtlpOptions>) -> Result<Option<std::sync::Arc<Request
 
 pub struct RequestTracer {
     tracer: opentelemetry_sdk::trace::Tracer,
+    /// Decides each request before any SDK span exists ([`RequestTracer::begin`]); the
+    /// provider's own sampler records whatever reaches it.
+    sampler: Sampler,
     // Kept so the batch processor lives as long as the proxy; dropped (and flushed)
     // before the runtime its exporter's channel runs on (fields drop in this order).
     _provider: SdkTracerProvider,
@@ -163,18 +168,25 @@ impl RequestTracer {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_resource(resource)
-            .with_sampler(sampler(opts.sampling))
-            .build();
+            .with_resource(resource);
         Ok(Self {
             _runtime: Some(runtime),
-            ..Self::with_provider(provider)
+            ..Self::with_provider(provider, opts.sampling)
         })
     }
 
-    pub fn with_provider(provider: SdkTracerProvider) -> Self {
+    /// A tracer on the provider `builder` builds, recording `sampling` of new traces
+    /// (see [`sampler`]). The decision is taken before the SDK sees the request
+    /// ([`RequestSpan`]), so the provider records every span it is asked to start, and
+    /// a new trace keeps the trace id the decision was taken on ([`span::DecidedIds`]).
+    pub fn with_provider(builder: TracerProviderBuilder, sampling: f64) -> Self {
+        let provider = builder
+            .with_sampler(Sampler::AlwaysOn)
+            .with_id_generator(span::DecidedIds)
+            .build();
         Self {
             tracer: provider.tracer("mesh-waypoint"),
+            sampler: sampler(sampling),
             _provider: provider,
             _runtime: None,
         }
@@ -183,6 +195,6 @@ impl RequestTracer {
     /// Starts the request's span, named like Envoy's (`<host>:<port>/*`).
     /// `name` is called only when the span is recorded (see [`RequestSpan`]).
     pub fn begin(&self, headers: &HeaderMap, name: impl FnOnce() -> String, start: SystemTime) -> RequestSpan {
-        RequestSpan::start(&self.tracer, propagation::extract(headers), name, start)
+        RequestSpan::start(&self.tracer, &self.sampler, propagation::extract(headers), name, start)
     }
 }

@@ -5,16 +5,28 @@ use std::time::SystemTime;
 
 use http::HeaderMap;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
-use opentelemetry_sdk::trace::{Span, Tracer};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, Tracer as _,
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample, Span, Tracer};
 
 use super::propagation::{self, Incoming};
 use crate::route::retry::AttemptResult;
 
 pub struct RequestSpan {
     /// Its span context (this span's id, the caller's trace) is what goes upstream.
-    span: Span,
+    span: Sampled,
     b3: bool,
+}
+
+/// A recorded span is the SDK's. A request sampled out (99 in 100 at the default 1%)
+/// gets no SDK span at all, only the context the SDK would have given it — a new span
+/// id in the caller's trace (or a new trace), the not-sampled flag, the caller's
+/// `tracestate` — so the upstream request carries the decision: the SDK's span, even
+/// unrecorded, cost a tracer clone, its limits and a drop per request.
+enum Sampled {
+    Recorded(Span),
+    Out(SpanContext),
 }
 
 /// What the span records once the response is known (Envoy's tag names).
@@ -38,33 +50,95 @@ pub struct Finished<'a> {
     pub destination_principal: Option<String>,
 }
 
+thread_local! {
+    /// The trace id [`RequestSpan::start`] decided to record, for the span it starts next.
+    static DECIDED: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
+}
+
+/// The SDK's random ids, except that a new trace started by [`RequestSpan::start`]
+/// gets the trace id its sampling decision was taken on: the trace-id ratio sampler
+/// then decides the same for that trace id anywhere (what W3C asks of it).
+#[derive(Debug)]
+pub(super) struct DecidedIds;
+
+impl IdGenerator for DecidedIds {
+    fn new_trace_id(&self) -> TraceId {
+        DECIDED
+            .take()
+            .unwrap_or_else(|| RandomIdGenerator::default().new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        RandomIdGenerator::default().new_span_id()
+    }
+}
+
 impl RequestSpan {
     /// `name` is called only when the span is recorded: a request sampled out builds
     /// no name, tag or event (at the default 1% that is 99 requests in 100).
-    pub(super) fn start(tracer: &Tracer, incoming: Incoming, name: impl FnOnce() -> String, start: SystemTime) -> Self {
-        // The sampler (parent-based, trace-id ratio) does not read the name.
-        let mut span = tracer
-            .span_builder("")
-            .with_kind(SpanKind::Server)
-            .with_start_time(start)
-            .start_with_context(tracer, &incoming.parent);
-        if span.is_recording() {
-            span.update_name(name());
-        }
+    ///
+    /// `sampler` decides first, as the SDK's tracer would (same parent, same kind, a
+    /// trace id from the SDK's generator, no name or attributes: ours reads neither);
+    /// only a span it records is started in the SDK, whose own sampler must record
+    /// everything, and whose id generator ([`DecidedIds`]) gives a new trace the trace
+    /// id decided on.
+    pub(super) fn start(
+        tracer: &Tracer,
+        sampler: &Sampler,
+        incoming: Incoming,
+        name: impl FnOnce() -> String,
+        start: SystemTime,
+    ) -> Self {
+        let ids = RandomIdGenerator::default();
+        let parent = incoming.parent.span();
+        let parent = parent.span_context();
+        let trace_id = if parent.is_valid() {
+            parent.trace_id()
+        } else {
+            ids.new_trace_id()
+        };
+        let decision = sampler.should_sample(Some(&incoming.parent), trace_id, "", &SpanKind::Server, &[], &[]);
+        let span = match decision.decision {
+            SamplingDecision::Drop => Sampled::Out(SpanContext::new(
+                trace_id,
+                ids.new_span_id(),
+                TraceFlags::default(),
+                false,
+                decision.trace_state,
+            )),
+            SamplingDecision::RecordOnly | SamplingDecision::RecordAndSample => {
+                DECIDED.set(Some(trace_id));
+                let span = tracer
+                    .span_builder(name())
+                    .with_kind(SpanKind::Server)
+                    .with_start_time(start)
+                    .start_with_context(tracer, &incoming.parent);
+                // Unused when the span has a parent (or the provider is shut down).
+                DECIDED.set(None);
+                Sampled::Recorded(span)
+            }
+        };
         Self { span, b3: incoming.b3 }
+    }
+
+    fn context(&self) -> &SpanContext {
+        match &self.span {
+            Sampled::Recorded(span) => span.span_context(),
+            Sampled::Out(sc) => sc,
+        }
     }
 
     /// Sets the upstream request's trace headers: W3C always, B3 when the caller used it.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        propagation::inject(self.span.span_context(), self.b3, headers);
+        propagation::inject(self.context(), self.b3, headers);
     }
 
     /// Attempt `attempt` (1-based) failed with `result` at `endpoint` and is retried.
     pub fn retry(&mut self, attempt: u32, result: AttemptResult, endpoint: Option<&str>) {
-        if !self.span.is_recording() {
+        let Sampled::Recorded(span) = &mut self.span else {
             return;
-        }
-        self.span.add_event(
+        };
+        span.add_event(
             "retry",
             vec![
                 KeyValue::new("attempt", i64::from(attempt)),
@@ -75,14 +149,14 @@ impl RequestSpan {
     }
 
     pub fn trace_id(&self) -> String {
-        self.span.span_context().trace_id().to_string()
+        self.context().trace_id().to_string()
     }
 
     /// Ends the span with the tags `finished` gives, called only when it is recorded.
-    pub fn finish<'a>(mut self, finished: impl FnOnce() -> Finished<'a>) {
-        if !self.span.is_recording() {
+    pub fn finish<'a>(self, finished: impl FnOnce() -> Finished<'a>) {
+        let Sampled::Recorded(mut span) = self.span else {
             return;
-        }
+        };
         let f = finished();
         let mut tags = vec![
             KeyValue::new("component", "proxy"),
@@ -103,12 +177,12 @@ impl RequestSpan {
             ("destination.principal", f.destination_principal),
         ];
         tags.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| KeyValue::new(k, v))));
-        self.span.set_attributes(tags);
+        span.set_attributes(tags);
         // As Envoy: a 5xx or a local failure (response flag) marks the span an error.
         if f.status >= 500 || f.flags != "-" {
-            self.span.set_status(Status::error(format!("{} {}", f.status, f.flags)));
+            span.set_status(Status::error(format!("{} {}", f.status, f.flags)));
         }
-        self.span.end();
+        span.end();
     }
 }
 
@@ -146,11 +220,8 @@ mod tests {
 
     fn sampling_tracer(ratio: f64) -> (RequestTracer, Kept) {
         let exporter = Kept::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .with_sampler(crate::trace::sampler(ratio))
-            .build();
-        (RequestTracer::with_provider(provider), exporter)
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone());
+        (RequestTracer::with_provider(provider, ratio), exporter)
     }
 
     /// `--trace-sampling` decides new traces only; a caller's sampled flag wins.
@@ -176,6 +247,29 @@ mod tests {
         assert_eq!(count(1.0, Some(NOT_SAMPLED)), 0, "the caller did not");
         assert!(crate::trace::parse_sampling("0.01").is_ok());
         assert_eq!(crate::trace::DEFAULT_SAMPLING, 0.01, "Istio's mesh default");
+    }
+
+    /// A new trace is recorded under the trace id it was sampled on: the SDK's
+    /// trace-id ratio sampler, asked again about each recorded trace id, records it.
+    #[test]
+    fn a_recorded_new_trace_keeps_the_trace_id_it_was_sampled_on() {
+        let (t, exported) = sampling_tracer(0.5);
+        for _ in 0..200 {
+            t.begin(&HeaderMap::new(), || "reviews:9080/*".into(), SystemTime::now())
+                .finish(|| finished(200, "-"));
+        }
+        let spans = exported.get_finished_spans().unwrap_or_default();
+        assert!((50..150).contains(&spans.len()), "about half recorded: {}", spans.len());
+        let ratio = Sampler::TraceIdRatioBased(0.5);
+        for s in &spans {
+            let again = ratio.should_sample(None, s.span_context.trace_id(), "", &SpanKind::Server, &[], &[]);
+            assert_eq!(
+                again.decision,
+                SamplingDecision::RecordAndSample,
+                "{:?}",
+                s.span_context
+            );
+        }
     }
 
     /// A request sampled out builds no name, tags or events: its closures are not called.
