@@ -25,7 +25,8 @@ pub struct RequestSpan {
 /// `tracestate` — so the upstream request carries the decision: the SDK's span, even
 /// unrecorded, cost a tracer clone, its limits and a drop per request.
 enum Sampled {
-    Recorded(Span),
+    /// Boxed: the SDK's span is ~290 bytes, and the common case is the small one.
+    Recorded(Box<Span>),
     Out(SpanContext),
 }
 
@@ -115,7 +116,7 @@ impl RequestSpan {
                     .start_with_context(tracer, &incoming.parent);
                 // Unused when the span has a parent (or the provider is shut down).
                 DECIDED.set(None);
-                Sampled::Recorded(span)
+                Sampled::Recorded(Box::new(span))
             }
         };
         Self { span, b3: incoming.b3 }
