@@ -200,7 +200,7 @@ fn daemonset_rolls_out_by_hand_over() {
 #[test]
 fn samples_match_our_crd_schemas() {
     let crds = load_crds();
-    assert_eq!(crds.len(), 6);
+    assert_eq!(crds.len(), 7);
     let mut checked = 0;
     for file in &all_yaml() {
         for doc in documents(file).iter().filter(|d| is_istio(d)) {

@@ -47,7 +47,10 @@ pub fn config_dump(config: &Config) -> serde_json::Value {
         "generation": snap.generation,
         "gateway": gateway,
         "namespace": snap.namespace,
-        "virtualServices": snap.tables.iter().map(|t| t.object.to_string()).collect::<Vec<_>>(),
+        "virtualServices": snap.tables.iter().filter(|t| t.object.kind == "VirtualService").map(|t| t.object.to_string()).collect::<Vec<_>>(),
+        "httpRoutes": snap.http_routes,
+        "httpRouteStatus": snap.http_route_status,
+        "routeTables": route_tables(&snap),
         "destinationRules": snap.rules.values().map(|r| r.object.to_string()).collect::<Vec<_>>(),
         "services": snap.discovery.services.values().collect::<Vec<_>>(),
         "backends": backends,
@@ -60,6 +63,22 @@ pub fn config_dump(config: &Config) -> serde_json::Value {
             "jwks": config.jwks().summary(),
         },
     })
+}
+
+/// Which object's rules route each host the waypoint has HTTP routes for (HTTPRoutes
+/// win over a VirtualService naming the same Service).
+fn route_tables(snap: &crate::config::Snapshot) -> serde_json::Value {
+    snap.tables
+        .iter()
+        .filter(|t| t.object.kind == "HTTPRoute")
+        .map(|t| {
+            json!({
+                "hosts": t.hosts,
+                "kind": t.object.kind,
+                "routes": t.http.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
 }
 
 /// Binds the admin listener and serves it until `stop` changes.

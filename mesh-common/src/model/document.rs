@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::gateway_api::{self, HttpRoute};
 use super::istio::networking::{self, DestinationRule, Gateway, VirtualService};
 use super::istio::security::{self, AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use super::k8s::{Namespace, Node, Pod, Secret, Service};
@@ -25,6 +26,8 @@ pub enum Resource {
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
+    /// Gateway API `HTTPRoute` (`gateway.networking.k8s.io`).
+    HttpRoute(Box<HttpRoute>),
     Other(RawObject),
 }
 
@@ -41,7 +44,14 @@ pub struct RawObject {
 
 impl RawObject {
     pub fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new(&self.kind, self.metadata.namespace.as_deref(), &self.metadata.name)
+        // Gateway API's Gateway has the name of Istio's kind: qualified by its group, the
+        // two never share a key in the store.
+        let kind = if self.group() == gateway_api::GROUP && self.kind == "Gateway" {
+            format!("Gateway.{}", gateway_api::GROUP)
+        } else {
+            self.kind.clone()
+        };
+        ObjectRef::new(&kind, self.metadata.namespace.as_deref(), &self.metadata.name)
     }
 
     /// The API group, `""` for core kinds (`v1`).
@@ -80,6 +90,7 @@ impl Resource {
             Resource::PeerAuthentication(o) => o.object_ref(),
             Resource::AuthorizationPolicy(o) => o.object_ref(),
             Resource::RequestAuthentication(o) => o.object_ref(),
+            Resource::HttpRoute(o) => o.object_ref(),
             Resource::Other(o) => o.object_ref(),
         }
     }
@@ -157,6 +168,7 @@ fn decode_kind(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, Co
         (security::GROUP, "PeerAuthentication") => decode_peer_authentication(raw, value)?,
         (security::GROUP, "AuthorizationPolicy") => decode_authorization_policy(raw, value)?,
         (security::GROUP, "RequestAuthentication") => decode_request_authentication(raw, value)?,
+        (gateway_api::GROUP, "HTTPRoute") => decode_http_route(raw, value)?,
         _ => Resource::Other(raw),
     })
 }
@@ -184,6 +196,17 @@ fn decode_request_authentication(raw: RawObject, value: &serde_yaml::Value) -> R
     let ra: RequestAuthentication = raw.decode(value)?;
     ra.validate()?;
     Ok(Resource::RequestAuthentication(Box::new(ra)))
+}
+
+fn decode_http_route(raw: RawObject, value: &serde_yaml::Value) -> Result<Resource, ConfigError> {
+    let version = raw.api_version.rsplit_once('/').map_or("", |(_, v)| v);
+    if !gateway_api::VERSIONS.contains(&version) {
+        return Err(ConfigError::UnsupportedVersion {
+            object: raw.object_ref(),
+            api_version: raw.api_version.clone(),
+        });
+    }
+    Ok(Resource::HttpRoute(Box::new(raw.decode(value)?)))
 }
 
 fn check_security_version(raw: &RawObject) -> Result<(), ConfigError> {
@@ -279,6 +302,18 @@ mod tests {
             err.starts_with("VirtualService d/r: spec.http[1].retries.retryon: unknown field `retryon`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn gateway_api_gateway_and_istio_gateway_of_one_name_are_distinct_objects() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: n}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: n}\n\
+                    spec: {gatewayClassName: istio-waypoint}\n";
+        let refs: Vec<String> = parse_documents("g.yaml", text)
+            .into_iter()
+            .map(|r| r.unwrap().object_ref().to_string())
+            .collect();
+        assert_eq!(refs, ["Gateway n/g", "Gateway.gateway.networking.k8s.io n/g"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod document;
 pub mod enrollment;
 pub mod error;
+pub mod gateway_api;
 pub mod istio;
 pub mod k8s;
 pub mod object;

@@ -7,6 +7,8 @@ pub mod destination_rule;
 pub mod duration;
 pub mod feed;
 pub mod hosts;
+pub mod http_route;
+pub mod route_status;
 pub mod snapshot;
 pub mod virtual_service;
 
@@ -43,6 +45,7 @@ pub fn validate(r: &Resource) -> Result<(), ConfigError> {
     match r {
         Resource::VirtualService(v) => virtual_service::compile(v).map(drop).map_err(invalid),
         Resource::DestinationRule(d) => destination_rule::compile(d).map(drop).map_err(invalid),
+        Resource::HttpRoute(h) => http_route::compile(h).map(drop).map_err(invalid),
         Resource::Secret(s) => crate::gateway::secret::validate(s).map_err(invalid),
         _ => Ok(()),
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use mesh_common::model::Resource;
 
 use super::destination_rule::{self, CompiledRule};
-use super::hosts::{canonical_request_host, qualify};
-use super::virtual_service;
+use super::hosts::{HostPattern, canonical_request_host, qualify};
+use super::{http_route, virtual_service};
 use crate::backend::policy::{Policy, PolicyParts};
 use crate::backend::pool::Pool;
 use crate::backend::{Backend, BackendKey};
@@ -24,8 +24,13 @@ pub struct Snapshot {
     pub generation: u64,
     pub namespace: String,
     pub discovery: Discovery,
-    /// Visible VirtualServices, in name order.
+    /// Visible VirtualServices, in name order, then one table per Service that
+    /// HTTPRoutes attach to (object kind `HTTPRoute`, see [`Snapshot::table_for`]).
     pub tables: Vec<Arc<RouteTable>>,
+    /// HTTPRoutes compiled into `tables` (`HTTPRoute ns/name`), in name order.
+    pub http_routes: Vec<String>,
+    /// Gateway API conditions of each compiled HTTPRoute, per parentRef.
+    pub http_route_status: Vec<super::route_status::RouteStatus>,
     /// DestinationRule in force per host.
     pub rules: BTreeMap<String, CompiledRule>,
     pub backends: HashMap<BackendKey, Arc<Backend>>,
@@ -76,6 +81,8 @@ impl Snapshot {
         let mut tables: Vec<Arc<RouteTable>> = Vec::new();
         let mut rules: BTreeMap<String, CompiledRule> = BTreeMap::new();
         let mut warnings = Vec::new();
+        let mut http_routes = Vec::new();
+        let mut http_route_status = Vec::new();
         for r in resources {
             let ignored = mesh_common::model::istio::unsupported::fields(r);
             warnings.extend(ignored.iter().map(ToString::to_string));
@@ -89,15 +96,29 @@ impl Snapshot {
                     Ok(c) => choose_rule(&mut rules, c, namespace),
                     Err(e) => warnings.push(format!("{}: {e}", r.object_ref())),
                 },
+                Resource::HttpRoute(h) => match http_route::compile(h) {
+                    Ok(c) => {
+                        http_routes.push(c);
+                        let known = |fqdn: &str| discovery.services.contains_key(fqdn);
+                        http_route_status.push(super::route_status::compute(h, known));
+                    }
+                    Err(e) => warnings.push(format!("{}: {e}", r.object_ref())),
+                },
                 _ => {}
             }
         }
+        let route_tables = http_route::tables(&http_routes);
+        let http_routes = http_routes.iter().map(|r| r.object.to_string()).collect();
+        warnings.extend(shadowed_virtual_services(&tables, &route_tables));
+        tables.extend(route_tables.into_iter().map(Arc::new));
         let backends = build_backends(&discovery, &rules, prev, &connector);
         let mut snap = Snapshot {
             generation,
             namespace: namespace.to_owned(),
             discovery,
             tables,
+            http_routes,
+            http_route_status,
             rules,
             backends,
             warnings,
@@ -107,6 +128,7 @@ impl Snapshot {
             authz: Default::default(),
         };
         snap.warnings.extend(dangling_references(resources, &snap));
+        snap.warnings.extend(dangling_http_route_references(resources, &snap));
         for w in &snap.warnings {
             tracing::warn!("{w}");
         }
@@ -153,7 +175,9 @@ impl Snapshot {
 
     /// The VirtualService for `fqdn`: exact host first, then the longest wildcard.
     /// Only VirtualServices bound (at their top level or in a match block) to one of
-    /// `gateways` — the ones this proxy serves — are considered.
+    /// `gateways` — the ones this proxy serves — are considered. The HTTPRoutes of a
+    /// Service win over a VirtualService naming the same host (Istio leaves mixing the
+    /// two undefined; see docs/gateway-api.md).
     pub fn table_for(&self, fqdn: &str, gateways: &[String]) -> Option<&Arc<RouteTable>> {
         self.tables
             .iter()
@@ -166,7 +190,11 @@ impl Snapshot {
                     .max()
                     .map(|s| (s, t))
             })
-            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.object.cmp(&a.1.object)))
+            .max_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| is_http_route(a.1).cmp(&is_http_route(b.1)))
+                    .then_with(|| b.1.object.cmp(&a.1.object))
+            })
             .map(|(_, t)| t)
     }
 
@@ -195,6 +223,27 @@ impl Snapshot {
                 subset: dest.subset.clone().unwrap_or_default(),
             })
     }
+}
+
+fn is_http_route(t: &RouteTable) -> bool {
+    t.object.kind == "HTTPRoute"
+}
+
+/// A VirtualService host that HTTPRoutes also route: the VirtualService is not used for it.
+fn shadowed_virtual_services(virtual_services: &[Arc<RouteTable>], route_tables: &[RouteTable]) -> Vec<String> {
+    let mut out = Vec::new();
+    for vs in virtual_services {
+        for (i, h) in vs.hosts.iter().enumerate() {
+            let HostPattern::Exact(host) = h else { continue };
+            if route_tables.iter().any(|t| t.hosts.contains(h)) && vs.gateways.iter().any(|g| g == "mesh") {
+                out.push(format!(
+                    "{}: spec.hosts[{i}]: `{host}` is also routed by HTTPRoutes, which take precedence; this VirtualService is not used for it",
+                    vs.object
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Istio prefers the client's namespace, then the service's; then name order.
@@ -313,6 +362,48 @@ fn dangling_references(resources: &[Resource], snap: &Snapshot) -> Vec<String> {
                     if !defined {
                         out.push(format!("{object}: {path}.subset: subset `{subset}` of `{host}` is not defined by any DestinationRule; requests routed there get 503"));
                     }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// HTTPRoute parents and backends naming no known Service (a parent that is not a
+/// Service is reported as unsupported instead).
+fn dangling_http_route_references(resources: &[Resource], snap: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in resources {
+        let Resource::HttpRoute(h) = r else { continue };
+        let ns = h.metadata.namespace_or_default();
+        let object = r.object_ref();
+        for (i, p) in h.spec.parent_refs.iter().enumerate().filter(|(_, p)| p.is_service()) {
+            let host = qualify(&p.name, p.namespace.as_deref().unwrap_or(ns));
+            if snap.service(&host).is_none() {
+                out.push(format!(
+                    "{object}: spec.parentRefs[{i}].name: `{host}` is not a known Service; the route applies to no traffic"
+                ));
+            }
+        }
+        for (i, rule) in h.spec.rules.iter().enumerate() {
+            let mirrors = rule.filters.iter().enumerate().filter_map(|(j, f)| {
+                let m = f.request_mirror.as_ref()?;
+                Some((
+                    format!("spec.rules[{i}].filters[{j}].requestMirror.backendRef"),
+                    m.backend_ref.name.clone(),
+                ))
+            });
+            let backends = rule
+                .backend_refs
+                .iter()
+                .enumerate()
+                .map(|(j, b)| (format!("spec.rules[{i}].backendRefs[{j}]"), b.name.clone()));
+            for (path, name) in backends.chain(mirrors) {
+                let host = qualify(&name, ns);
+                if snap.service(&host).is_none() {
+                    out.push(format!(
+                        "{object}: {path}.name: `{host}` is not a known Service; requests routed there get 503"
+                    ));
                 }
             }
         }

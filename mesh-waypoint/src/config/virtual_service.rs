@@ -246,14 +246,14 @@ fn header_matches(headers: &BTreeMap<String, StringMatch>, path: &str) -> Result
         .collect()
 }
 
-fn port(p: u32, path: &str) -> Result<u16> {
+pub(super) fn port(p: u32, path: &str) -> Result<u16> {
     u16::try_from(p)
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| err(path, format!("port {p} is outside 1–65535")))
 }
 
-fn opt_duration(d: &Option<String>, path: &str) -> Result<Option<std::time::Duration>> {
+pub(super) fn opt_duration(d: &Option<String>, path: &str) -> Result<Option<std::time::Duration>> {
     d.as_deref()
         .map(|d| duration::parse(d).map_err(|m| err(path, m)))
         .transpose()
@@ -425,6 +425,7 @@ fn redirect(r: &vs::HttpRedirect, path: &str) -> Result<Redirect> {
         port,
         scheme: r.scheme.clone(),
         code,
+        replace_prefix: None,
     })
 }
 
@@ -507,6 +508,7 @@ fn rewrite(r: &vs::HttpRewrite, path: &str) -> Result<Rewrite> {
         uri: r.uri.clone(),
         authority: r.authority.clone(),
         uri_regex,
+        replace_prefix: None,
     })
 }
 

@@ -9,6 +9,9 @@ pub struct Redirect {
     pub port: Option<RedirectPort>,
     pub scheme: Option<String>,
     pub code: StatusCode,
+    /// Gateway API `ReplacePrefixMatch`: the `PathPrefix` this route matched, which
+    /// `uri` replaces element-wise; the query is kept.
+    pub replace_prefix: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +28,18 @@ impl Redirect {
     pub fn location(&self, scheme: &str, host: &str, port: u16, path_and_query: &str) -> String {
         let scheme = self.scheme.as_deref().unwrap_or(scheme);
         let host = self.authority.as_deref().unwrap_or(host);
-        let path = self.uri.as_deref().unwrap_or(path_and_query);
+        let replaced;
+        let path = match (&self.replace_prefix, &self.uri) {
+            (Some(prefix), Some(new)) => {
+                let (path, query) = path_and_query
+                    .split_once('?')
+                    .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+                let path = super::rewrite::replace_path_prefix(path, prefix, new);
+                replaced = query.map_or(path.clone(), |q| format!("{path}?{q}"));
+                replaced.as_str()
+            }
+            _ => self.uri.as_deref().unwrap_or(path_and_query),
+        };
         let port = match self.port {
             Some(RedirectPort::Fixed(p)) => Some(p),
             Some(RedirectPort::FromRequest) => Some(port),
@@ -55,6 +69,7 @@ mod tests {
             port,
             scheme: scheme.map(Into::into),
             code: StatusCode::MOVED_PERMANENTLY,
+            replace_prefix: None,
         }
     }
 

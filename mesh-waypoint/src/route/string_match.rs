@@ -11,6 +11,9 @@ pub enum StrMatch {
     Regex(Regex),
     /// `{}`: the value only has to exist.
     Present,
+    /// Gateway API `PathPrefix`: whole path elements (`/foo` matches `/foo` and
+    /// `/foo/bar`, not `/foobar`). Kept without its trailing `/`: `/` is `""`.
+    PathPrefix(String),
 }
 
 impl StrMatch {
@@ -33,6 +36,9 @@ impl StrMatch {
             Self::Prefix(p) => value.starts_with(p.as_str()),
             Self::Regex(r) => r.is_match(value),
             Self::Present => true,
+            Self::PathPrefix(p) => value
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
         }
     }
 
@@ -99,6 +105,21 @@ mod tests {
         let e = StrMatch::compile(&sm("{regex: '(unclosed'}"), "spec.http[1].match[0].uri").unwrap_err();
         assert_eq!(e.to_string(), "spec.http[1].match[0].uri.regex: unclosed group");
         assert!(StrMatch::compile(&sm("{exact: a, prefix: b}"), "p").is_err());
+    }
+
+    #[test]
+    fn path_prefix_matches_whole_elements() {
+        let m = StrMatch::PathPrefix("/foo".into());
+        for (path, want) in [
+            ("/foo", true),
+            ("/foo/", true),
+            ("/foo/bar", true),
+            ("/foobar", false),
+            ("/fo", false),
+        ] {
+            assert_eq!(m.matches(path), want, "{path}");
+        }
+        assert!(StrMatch::PathPrefix(String::new()).matches("/anything"));
     }
 
     /// Found by fuzz/fuzz_targets/route_compile.rs: a pattern closing the anchoring

@@ -58,6 +58,7 @@ pub const KINDS: &[Kind] = &[
         "RequestAuthentication",
         "requestauthentications",
     ),
+    grouped("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
 ];
 
 impl Kind {

@@ -391,11 +391,18 @@ pub fn waypoint_dump(cluster: &Cluster) -> Result<serde_json::Value, LabError> {
 
 /// True when a config dump lists object `name` (`Kind ns/name`) among those in force.
 fn lists(dump: &serde_json::Value, name: &str) -> bool {
+    if let Some((ns, svc)) = name.strip_prefix("Service ").and_then(|n| n.split_once('/')) {
+        let fqdn = format!("{svc}.{ns}.svc.cluster.local");
+        return dump["services"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["fqdn"].as_str() == Some(&fqdn)));
+    }
     [
         "virtualServices",
         "destinationRules",
         "authorizationPolicies",
         "requestAuthentications",
+        "httpRoutes",
     ]
     .iter()
     .any(|k| {

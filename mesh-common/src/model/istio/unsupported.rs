@@ -1,4 +1,5 @@
-//! Fields of Istio's kinds that this mesh accepts (Istio YAML applies unchanged) but does
+//! Fields of Istio's kinds (and of Gateway API's HTTPRoute, and Gateway API kinds
+//! that are not implemented at all) that this mesh accepts (Istio YAML applies unchanged) but does
 //! not enforce. Nothing is ignored silently: each such field, when set, is reported with
 //! its path and the reason (the waypoint's `/config_dump` `warnings`, its log, and
 //! `mesh-waypoint check`). The tables below are the list; a field that starts being
@@ -10,6 +11,7 @@ use std::sync::LazyLock;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::model::gateway_api::{self, HttpRoute};
 use crate::model::{ObjectRef, Resource};
 
 /// One set field that is not enforced.
@@ -114,11 +116,62 @@ const VIRTUAL_SERVICE: &[(&str, &str)] = &[
     ),
 ];
 
+const HTTP_ROUTE: &[(&str, &str)] = &[
+    (
+        "spec.hostnames",
+        "a route attached to a Service applies to that Service's traffic; hostnames are not read",
+    ),
+    (
+        "spec.parentRefs[].sectionName",
+        "a Service parent's sectionName (port name) is not read; set `port` to narrow the route to one port",
+    ),
+    (
+        "spec.rules[].retry",
+        "HTTPRoute retry (experimental) is not implemented; the mesh default applies (2 retries on connect failures)",
+    ),
+    (
+        "spec.rules[].sessionPersistence",
+        "session persistence is not implemented; use a DestinationRule consistentHash",
+    ),
+    (
+        "spec.rules[].filters[].extensionRef",
+        "extension filters are not implemented",
+    ),
+    (
+        "spec.rules[].filters[].cors",
+        "the CORS filter (experimental) is not implemented; use a VirtualService corsPolicy",
+    ),
+    (
+        "spec.rules[].backendRefs[].filters[].requestMirror",
+        "per-backend filters other than header modifiers are not implemented",
+    ),
+    (
+        "spec.rules[].backendRefs[].filters[].requestRedirect",
+        "per-backend filters other than header modifiers are not implemented",
+    ),
+    (
+        "spec.rules[].backendRefs[].filters[].urlRewrite",
+        "per-backend filters other than header modifiers are not implemented",
+    ),
+    (
+        "spec.rules[].backendRefs[].filters[].extensionRef",
+        "extension filters are not implemented",
+    ),
+    (
+        "spec.rules[].backendRefs[].filters[].cors",
+        "the CORS filter (experimental) is not implemented",
+    ),
+];
+
 /// Field pattern → why, per kind; built once (every snapshot scans every object).
 type Table = Vec<(String, &'static str)>;
 static DESTINATION_RULE_TABLE: LazyLock<Table> = LazyLock::new(destination_rule_paths);
-static VIRTUAL_SERVICE_TABLE: LazyLock<Table> =
-    LazyLock::new(|| VIRTUAL_SERVICE.iter().map(|(p, w)| (p.to_string(), *w)).collect());
+static VIRTUAL_SERVICE_TABLE: LazyLock<Table> = LazyLock::new(|| owned(VIRTUAL_SERVICE));
+static HTTP_ROUTE_TABLE: LazyLock<Table> = LazyLock::new(|| owned(HTTP_ROUTE));
+
+fn owned(table: &[(&str, &'static str)]) -> Table {
+    table.iter().map(|(p, w)| (p.to_string(), *w)).collect()
+}
 
 /// The set fields of `resource` that are not enforced, by path.
 pub fn fields(resource: &Resource) -> Vec<Unsupported> {
@@ -126,6 +179,17 @@ pub fn fields(resource: &Resource) -> Vec<Unsupported> {
     let found = match resource {
         Resource::DestinationRule(d) => scan(&d.spec, &DESTINATION_RULE_TABLE),
         Resource::VirtualService(v) => scan(&v.spec, &VIRTUAL_SERVICE_TABLE),
+        Resource::HttpRoute(h) => {
+            let mut found = scan(&h.spec, &HTTP_ROUTE_TABLE);
+            found.extend(non_service_parents(h));
+            found.sort();
+            found
+        }
+        Resource::Other(raw) if raw.group() == gateway_api::GROUP => gateway_api::UNSUPPORTED_KINDS
+            .iter()
+            .filter(|(kind, _)| *kind == raw.kind)
+            .map(|(_, why)| ("kind".to_owned(), *why))
+            .collect(),
         _ => Vec::new(),
     };
     found
@@ -145,7 +209,24 @@ pub fn patterns() -> Vec<(&'static str, String)> {
         .iter()
         .map(|(p, _)| ("DestinationRule", p.clone()));
     let vs = VIRTUAL_SERVICE_TABLE.iter().map(|(p, _)| ("VirtualService", p.clone()));
-    dr.chain(vs).collect()
+    let hr = HTTP_ROUTE_TABLE.iter().map(|(p, _)| ("HTTPRoute", p.clone()));
+    dr.chain(vs).chain(hr).collect()
+}
+
+/// Parents other than a Service: the waypoint serves mesh (GAMMA) routes only.
+fn non_service_parents(h: &HttpRoute) -> Vec<(String, &'static str)> {
+    h.spec
+        .parent_refs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_service())
+        .map(|(i, _)| {
+            (
+                format!("spec.parentRefs[{i}]"),
+                "only Service parents (group \"\", kind Service: mesh routes) are served; a route attached to a Gateway is not applied",
+            )
+        })
+        .collect()
 }
 
 /// Every not-enforced DestinationRule path, the traffic-policy ones at each level (a
@@ -323,6 +404,54 @@ spec:
                 "VirtualService shop/db: spec.tcp[0].match[0].gateways: not supported, ignored: a tcp match's gateways are not read; tcp routes apply at the waypoint",
                 "VirtualService shop/db: spec.tls: not supported, ignored: tls routes (by SNI) are not implemented; TLS streams are relayed by tcp routes or to the Service alone",
             ]
+        );
+    }
+
+    #[test]
+    fn http_route_unenforced_fields_gateway_parents_and_unimplemented_kinds_are_reported() {
+        let yaml = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs:
+  - {group: '', kind: Service, name: reviews, sectionName: http}
+  - {name: ingress}
+  hostnames: [reviews.example.com]
+  rules:
+  - filters:
+    - {type: ExtensionRef, extensionRef: {group: x.io, kind: Filter, name: f}}
+    - {type: CORS, cors: {allowOrigins: ['*']}}
+    backendRefs:
+    - name: reviews
+      port: 9080
+      filters: [{type: URLRewrite, urlRewrite: {hostname: r}}]
+    retry: {attempts: 3}
+    sessionPersistence: {sessionName: s}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db, namespace: bookinfo}
+spec: {}
+";
+        assert_eq!(
+            reported(yaml),
+            [
+                "spec.hostnames",
+                "spec.parentRefs[0].sectionName",
+                "spec.parentRefs[1]",
+                "spec.rules[0].backendRefs[0].filters[0].urlRewrite",
+                "spec.rules[0].filters[0].extensionRef",
+                "spec.rules[0].filters[1].cors",
+                "spec.rules[0].retry",
+                "spec.rules[0].sessionPersistence",
+                "kind",
+            ]
+        );
+        let tcp = unsupported(yaml).pop().unwrap().to_string();
+        assert_eq!(
+            tcp,
+            "TCPRoute bookinfo/db: kind: not supported, ignored: TCPRoute is not implemented; use a VirtualService `tcp` route"
         );
     }
 }

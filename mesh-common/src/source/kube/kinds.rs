@@ -25,6 +25,7 @@ const fn core(kind: &'static str, plural: &'static str) -> WatchedKind {
 
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
+const GATEWAY_API: &[&str] = &["v1", "v1beta1"];
 
 const fn istio(
     group: &'static str,
@@ -74,6 +75,7 @@ pub const WATCHED: &[WatchedKind] = &[
         "requestauthentications",
         SECURITY,
     ),
+    istio("gateway.networking.k8s.io", "HTTPRoute", "httproutes", GATEWAY_API),
 ];
 
 /// Secrets hold the ingress gateway's `credentialName` certificates. Not in [`WATCHED`]:
