@@ -101,6 +101,10 @@ pub struct CaptureBpf {
     listeners: SockHash<MapData, u32>,
     daemon_connects: Option<HashMap<MapData, DaemonConnect, u8>>,
     pub lookups: Arc<Lookups>,
+    /// Kernel program id → whether it runs our instructions. Adopted links of one
+    /// predecessor share its program, so the kernel's program list is walked once per
+    /// predecessor, not once per pod.
+    current_by_id: std::collections::HashMap<u32, bool>,
 }
 
 pub fn maps_dir(bpffs: &Path) -> PathBuf {
@@ -143,6 +147,7 @@ impl CaptureBpf {
                 orig_by_tuple: take(&mut ebpf, map::ORIG_BY_TUPLE)?,
                 counters: take(&mut ebpf, map::COUNTERS)?,
             }),
+            current_by_id: Default::default(),
             ebpf,
         };
         this.write_exclusions(args)?;
@@ -240,19 +245,25 @@ impl CaptureBpf {
     /// instructions, hence the same kernel tag). A link adopted from an older daemon keeps
     /// running that daemon's program, so a feature the older program lacks must stay off
     /// for the pod. Nothing pinned: the link will be attached with ours.
-    pub fn pinned_runs_current(&self, prog: &'static str, pin: &Path) -> bool {
+    pub fn pinned_runs_current(&mut self, prog: &'static str, pin: &Path) -> bool {
         let Ok(link) = PinnedLink::from_pin(pin) else {
             return true;
         };
         let Ok(info) = FdLink::from(link).info() else {
             return false;
         };
+        let id = info.program_id();
+        if let Some(known) = self.current_by_id.get(&id) {
+            return *known;
+        }
         let ours = self.ebpf.program(prog).and_then(|p| p.info().ok()).map(|i| i.tag());
         let theirs = aya::programs::loaded_programs()
             .filter_map(Result::ok)
-            .find(|p| p.id() == info.program_id())
+            .find(|p| p.id() == id)
             .map(|p| p.tag());
-        ours.is_some() && ours == theirs
+        let current = ours.is_some() && ours == theirs;
+        self.current_by_id.insert(id, current);
+        current
     }
 
     /// Attaches `prog` to the pod's cgroup or netns and pins the link at `pin`, unless a
