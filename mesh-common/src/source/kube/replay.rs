@@ -106,23 +106,19 @@ impl Replay {
         kube::client::ClientBuilder::new(self.clone(), "default")
     }
 
-    /// Answers discovery of Istio's API groups with every version we accept.
+    /// Answers discovery of every non-core API group we watch (Istio's, Gateway API's)
+    /// with every version we accept.
     pub fn istio_groups(&self) -> &Self {
-        let group = |name: &str, versions: &[&str]| {
-            let vs: Vec<Value> = versions
+        for kind in WATCHED.iter().filter(|k| !k.group.is_empty()) {
+            let vs: Vec<Value> = kind
+                .versions
                 .iter()
-                .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+                .map(|v| json!({"groupVersion": format!("{}/{v}", kind.group), "version": v}))
                 .collect();
-            json!({"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": vs, "preferredVersion": vs[0]})
-        };
-        self.fixed(
-            "/apis/networking.istio.io",
-            group("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
-        );
-        self.fixed(
-            "/apis/security.istio.io",
-            group("security.istio.io", &["v1", "v1beta1"]),
-        )
+            let body = json!({"kind": "APIGroup", "apiVersion": "v1", "name": kind.group, "versions": vs, "preferredVersion": vs[0]});
+            self.fixed(&format!("/apis/{}", kind.group), body);
+        }
+        self
     }
 
     pub fn fixed(&self, path: &str, body: Value) -> &Self {
